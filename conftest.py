@@ -1,0 +1,62 @@
+"""Shared test fixtures: the event loops to run under and a throwaway redis-server per session.
+
+Set STREGO_TEST_REDIS_URL to use an existing server instead (its database is flushed per test).
+With CI=true, a test that needs Redis fails when no server can be started; elsewhere it is skipped
+with the reason."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.redis_server import RedisServer, start_redis_server
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | None]:
+    """A redis-server started for this session, or None when STREGO_TEST_REDIS_URL is set."""
+    if os.environ.get("STREGO_TEST_REDIS_URL"):
+        yield None
+        return
+    try:
+        server = start_redis_server()
+    except (RuntimeError, OSError) as exc:
+        if IN_CI:
+            pytest.fail(f"CI needs a redis-server and none could be started: {exc}")
+        pytest.skip(f"no redis-server could be started: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer | None) -> str:
+    return os.environ.get("STREGO_TEST_REDIS_URL") or redis_server.url  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def clean_redis_url(redis_url: str) -> Iterator[str]:
+    """The session's Redis URL, with its database flushed before the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    yield redis_url

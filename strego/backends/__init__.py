@@ -1,0 +1,1 @@
+"""Storage backends. `base.Backend` is the contract; `memory` and `redis` implement it."""

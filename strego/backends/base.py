@@ -1,0 +1,225 @@
+"""The backend contract: one async method per atomic state transition, plus the reads an inspector
+needs. The runtime (Client, Server) talks to nothing else, and `conformance/` checks every backend
+against this contract.
+
+States and places. A task accepted by `enqueue` is at every instant in exactly one state:
+
+    scheduled --promote--> pending --fetch/claim--> active --ack--> completed
+        |                     ^  ^                     |  \\--fail--> retry --promote--> pending
+        |                     |  '-----release---------'   \\--fail--> dead --requeue--> pending
+        '--cancel--> cancelled <--cancel-- pending, retry
+
+Time. Every backend reads "now" from its clock (epoch milliseconds, injectable for tests). Every
+expiry (unique keys, processed markers, retention, leases) is judged against that clock, never
+against a clock the caller cannot control.
+
+Retention. Completed and cancelled tasks are kept for `completed_ttl_ms`; the completed entry is
+the processed marker. Dead tasks are kept for `dead_ttl_ms`. When retention ends the task is gone.
+Expired entries are removed by `promote` (which the server's scheduler calls often) and need not be
+removed the instant they expire, but reads never report an expired unique key as held, and an
+expired marker is treated as absent.
+
+Leases. Fetching or claiming a task gives the consumer a lease until now + `lease_ms`.
+`renew` extends leases; `claim_stale` takes over tasks whose lease has expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from strego.errors import StregoError
+from strego.message import TaskMessage
+from strego.task import TaskInfo, TaskState
+
+#: A clock: returns the current time in epoch milliseconds.
+Clock = Callable[[], int]
+
+
+@attrs.frozen
+class ConsumerInfo:
+    """A consumer (one server's fetcher) of a queue: the tasks it holds and how long since it last
+    fetched, acked or renewed."""
+
+    name: str
+    queue: str
+    held: tuple[str, ...]
+    idle_ms: int
+
+
+@attrs.frozen
+class QueueInfo:
+    name: str
+    paused: bool
+    counts: dict[TaskState, int]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A storage backend. Every method that changes state is one atomic transition: concurrent calls
+    from any number of processes never lose, duplicate or half-apply a task."""
+
+    #: The clock the backend judges time by (epoch ms).
+    clock: Clock
+    #: How long a fetched or claimed task is leased to its consumer before others may claim it.
+    lease_ms: int
+    #: How long completed (the processed marker) and cancelled tasks are kept.
+    completed_ttl_ms: int
+    #: How long dead tasks are kept.
+    dead_ttl_ms: int
+    #: Names of optional features this backend has (none are defined yet).
+    capabilities: frozenset[str]
+
+    # -- producing ------------------------------------------------------------------------------
+
+    async def enqueue(self, message: TaskMessage) -> TaskInfo:
+        """Store a new task: pending if `process_at_ms` is None or not after now, else scheduled.
+        With a unique key, the key is taken in the same step; a key held by a live task (not
+        completed, not cancelled, TTL not expired) raises `DuplicateTaskError` naming the holder.
+        An id that exists in any state raises `TaskIdConflictError`. Registers the queue."""
+        ...
+
+    async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
+        """Enqueue each message as `enqueue` would, in as few round trips as the backend can.
+        Returns, in order, a TaskInfo for each accepted message and, in place of a refused one,
+        the error `enqueue` would have raised (DuplicateTaskError or TaskIdConflictError); the
+        other messages are accepted regardless."""
+        ...
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    async def fetch(
+        self, queues: Sequence[str], count: int, consumer: str, *, block_ms: int = 0
+    ) -> list[TaskInfo]:
+        """Start up to `count` pending tasks: each becomes active, held by `consumer`, with
+        `started_ms` = now, `deliveries` + 1, and a lease until now + lease_ms.
+
+        Queues are taken in the order given (a later queue only when the earlier ones have no
+        pending task); within a queue, higher priority first, then oldest first. Paused queues are
+        skipped. A task whose processed marker exists is completed (acked) without being returned.
+
+        If nothing is pending and `block_ms` > 0, waits up to that long for a task to arrive and
+        returns as soon as one does (possibly an empty list on a spurious wake-up)."""
+        ...
+
+    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
+        """Complete an active task: it leaves active and becomes completed, its processed marker
+        written in the same step, its unique key released. Returns True if this call completed it;
+        False (and changes nothing) if the task is not active (already completed by another
+        delivery's ack, cancelled, released, dead, unknown). An active task held by another
+        consumer (this one's lease was lost and the task reclaimed) is completed all the same:
+        the work was done, and the other holder's ack then returns False."""
+        ...
+
+    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
+        """`ack` for each (queue, task_id), in as few round trips as possible."""
+        ...
+
+    async def fail(
+        self, queue: str, task_id: str, consumer: str, error: str, *, retry_at_ms: int | None
+    ) -> TaskState | None:
+        """Record a failed run of an active task. If `retry_at_ms` is given and retried < max_retry:
+        the task goes to retry, due at retry_at_ms, with retried + 1. Otherwise (SkipRetry, no
+        retries left, undecodable) it goes to dead. `error` becomes last_error either way.
+        Returns the new state, or None (changing nothing) if the task is not active."""
+        ...
+
+    async def release(self, queue: str, task_ids: Sequence[str], consumer: str) -> int:
+        """Give active tasks held by `consumer` back to pending at once (graceful shutdown),
+        without counting a failure. Returns how many were released; tasks not held by `consumer`
+        are left as they are."""
+        ...
+
+    async def renew(self, queue: str, task_ids: Sequence[str], consumer: str) -> list[str]:
+        """Extend to now + lease_ms the leases of these tasks held by `consumer`. Returns the ids it
+        no longer holds (completed, reclaimed by another consumer, or gone)."""
+        ...
+
+    async def claim_stale(
+        self, queues: Sequence[str], consumer: str, count: int, *, max_deliveries: int
+    ) -> list[TaskInfo]:
+        """Take over up to `count` active tasks whose lease expired (their consumer died): each is
+        now held by `consumer`, deliveries + 1, lease renewed, and returned to be run. A task whose
+        deliveries already reached `max_deliveries` is not returned but goes to dead with the error
+        "exceeded max deliveries (N): its consumer died N times while running it". A stale task
+        whose processed marker exists is completed instead. Every stale task is found, however many
+        fresh ones stand between them."""
+        ...
+
+    async def promote(self, queues: Sequence[str]) -> int | None:
+        """Move scheduled and retry tasks that are due (due time <= now) to pending, and remove
+        entries whose retention ended. Returns the earliest due time (ms) of the scheduled and
+        retry tasks still waiting in these queues, or None when there are none."""
+        ...
+
+    async def wait_schedule_change(self, queues: Sequence[str], timeout_ms: int) -> None:
+        """Wait until a scheduled or retry task is added to one of these queues with a due time
+        earlier than any waiting before, or until timeout_ms passes. May return spuriously. Lets a
+        scheduler sleep until the next due time without polling."""
+        ...
+
+    # -- managing ---------------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str, queue: str | None = None) -> bool:
+        """Cancel a scheduled, pending or retry task: it becomes cancelled (never retried or
+        dead-lettered) and its unique key is released. Returns False, changing nothing, for a
+        task in any other state or unknown."""
+        ...
+
+    async def requeue_dead(self, queue: str, task_id: str) -> bool:
+        """Move one dead task back to pending with retried = 0, in one step by id. False if that
+        task is not dead (so two concurrent requeues of one task move it once)."""
+        ...
+
+    async def requeue_all_dead(self, queue: str) -> int:
+        """Move every dead task of the queue back to pending; returns how many."""
+        ...
+
+    async def purge(self, queue: str, states: Sequence[TaskState] | None = None) -> int:
+        """Delete the tasks of `queue` in the given states (default: every state but active) and
+        return how many. Consumer groups, pause state and active tasks survive. Purging active
+        tasks is refused with InvalidTaskError (they are running)."""
+        ...
+
+    async def pause(self, queue: str) -> None:
+        """Stop `fetch` from starting tasks of this queue; everything else goes on."""
+        ...
+
+    async def resume(self, queue: str) -> None: ...
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def queues(self) -> list[str]:
+        """Names of every queue a task was ever enqueued to (until purged away), sorted."""
+        ...
+
+    async def queue_info(self, queue: str) -> QueueInfo:
+        """Paused flag and the count of tasks in each state (every TaskState present as a key)."""
+        ...
+
+    async def list_tasks(
+        self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
+    ) -> list[TaskInfo]:
+        """Tasks of one state, in a stable order: scheduled and retry by due time; pending in the
+        order fetch would take them; active by start time; dead, completed and cancelled most
+        recent first. Paging with offset/limit."""
+        ...
+
+    async def get_task(self, task_id: str, queue: str | None = None) -> TaskInfo | None:
+        """One task by id (searching every queue when `queue` is None), or None."""
+        ...
+
+    async def consumers(self, queue: str) -> list[ConsumerInfo]:
+        """The consumers of a queue with the tasks they hold and their idle times."""
+        ...
+
+    async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
+        """Forget consumers idle for longer than idle_ms that hold no task, and return their names.
+        A consumer that still holds tasks is kept (claim its tasks first)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. The backend is unusable afterwards."""
+        ...

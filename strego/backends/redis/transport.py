@@ -1,0 +1,83 @@
+"""The transport seam: the few operations RedisBackend needs from a Redis connection, behind one
+small interface, so the same scripts run over redis-py (asyncio) or strego's anyio-native client
+(asyncio and trio).
+
+Replies are returned as hiredis/redis-py parse them with no decoding: bulk strings are `bytes`,
+integers `int`, arrays `list`, nil `None`. Errors are raised as strego's typed errors
+(`strego.errors`), with the Redis error text kept:
+
+- a reply starting with OOM -> OutOfMemoryError; WRONGTYPE -> ForeignKeyError;
+  any other error reply -> BackendError
+- a connection that could not be made or dropped -> BackendConnectionError; a dropped connection
+  after a non-idempotent command was written -> ReplyLostError; a timeout -> BackendTimeoutError
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import attrs
+
+#: One argument of a Redis command.
+Arg = bytes | str | int | float
+
+
+@attrs.frozen
+class Script:
+    """A Lua script, loaded once per server and called by SHA1. `source` is the full text after
+    shared fragments were included."""
+
+    name: str
+    source: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+@attrs.frozen
+class ScriptCall:
+    """One EVALSHA of `script` with KEYS and ARGV."""
+
+    script: Script
+    keys: Sequence[Arg]
+    args: Sequence[Arg]
+
+
+@attrs.frozen
+class Command:
+    """One plain Redis command, e.g. Command(("SADD", key, member)). `idempotent` commands may be
+    retried on a new connection when the reply was lost."""
+
+    args: Sequence[Arg]
+    idempotent: bool = False
+
+
+class Transport(Protocol):
+    async def run_script(self, call: ScriptCall) -> Any:
+        """EVALSHA the script; on NOSCRIPT load it (SCRIPT LOAD) and call again."""
+        ...
+
+    async def execute(self, command: Command) -> Any:
+        """Run one plain command."""
+        ...
+
+    async def pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
+        """Send every call in one round trip (not a MULTI transaction) and return their replies in
+        order. An error reply of one call is returned in its place as the typed strego exception
+        instance (not raised); NOSCRIPT replies are handled by loading and re-sending those calls.
+        A connection failure raises."""
+        ...
+
+    async def blocking(self, command: Command, timeout_ms: int) -> Any:
+        """Run a blocking command (XREAD/XREADGROUP BLOCK, BLPOP...) on a connection of its own, so
+        it never delays other calls. `timeout_ms` is the command's own block time; the transport
+        allows that much plus a margin before it gives up on the reply."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,103 @@
+"""Typed errors. Every error strego raises on purpose derives from `StregoError`."""
+
+from __future__ import annotations
+
+
+class StregoError(Exception):
+    """Base class of strego's errors."""
+
+
+# -- invalid input: raised before anything is written ------------------------------------------
+
+
+class InvalidTaskError(StregoError, ValueError):
+    """A task, option or name is invalid. Nothing was written."""
+
+
+class InvalidQueueNameError(InvalidTaskError):
+    """A queue name is empty, too long, or uses characters outside the documented charset."""
+
+
+class SerializationError(InvalidTaskError):
+    """A payload could not be serialized at enqueue. Nothing was written."""
+
+
+class PayloadTooLargeError(InvalidTaskError):
+    """A serialized payload is larger than the configured limit. Nothing was written."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload is {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+# -- refusals by the backend --------------------------------------------------------------------
+
+
+class DuplicateTaskError(StregoError):
+    """The task's unique key is held by another task that has not finished and whose TTL has not
+    expired. `holder_id` names that task."""
+
+    def __init__(self, unique_key: str, holder_id: str) -> None:
+        super().__init__(f"unique key {unique_key!r} is held by task {holder_id}")
+        self.unique_key = unique_key
+        self.holder_id = holder_id
+
+
+class TaskIdConflictError(StregoError):
+    """A task with this id already exists (in any state, including completed within retention)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"a task with id {task_id!r} already exists")
+        self.task_id = task_id
+
+
+class TaskNotFoundError(StregoError, LookupError):
+    """No task with this id exists (or its retention has ended)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task with id {task_id!r}")
+        self.task_id = task_id
+
+
+# -- run time -----------------------------------------------------------------------------------
+
+
+class DecodeError(StregoError):
+    """A stored task or payload could not be decoded at run time."""
+
+
+class SkipRetry(StregoError):
+    """Raised by a handler: the task goes to dead at once, without further retries."""
+
+
+# -- backend and transport ----------------------------------------------------------------------
+
+
+class BackendError(StregoError):
+    """The backend failed; the message keeps the backend's own error text."""
+
+
+class BackendConnectionError(BackendError, ConnectionError):
+    """The backend could not be reached, or the connection dropped."""
+
+
+class ReplyLostError(BackendConnectionError):
+    """A non-idempotent command was sent, but the connection dropped before its reply arrived: it
+    may or may not have taken effect. It is not retried automatically."""
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """The backend did not answer in time."""
+
+
+class OutOfMemoryError(BackendError):
+    """The backend refused a write because it is out of memory. Nothing was written."""
+
+
+class ForeignKeyError(BackendError):
+    """A key under strego's prefix holds a value of the wrong type (written by something else)."""
+
+
+class SchemaVersionError(BackendError):
+    """The stored data was written by an incompatible schema version."""

@@ -1,0 +1,46 @@
+"""`TaskMessage`: a validated task with its payload serialized, as a backend stores it."""
+
+from __future__ import annotations
+
+import attrs
+
+from strego.task import TaskInfo, TaskState
+
+
+@attrs.frozen
+class TaskMessage:
+    """Everything a backend stores about a task at enqueue. Built by the client from a `Task`
+    (validated, payload serialized); backends treat `payload` as opaque bytes."""
+
+    id: str
+    type: str
+    queue: str
+    payload: bytes
+    encoding: str
+    max_retry: int = 3
+    priority: int = 0
+    timeout_ms: int | None = None
+    labels: dict[str, str] = attrs.field(factory=dict)
+    unique_key: str | None = None
+    unique_ttl_ms: int | None = None
+    created_ms: int = 0
+    #: None or a time at or before now: pending at once; later: scheduled until then
+    process_at_ms: int | None = None
+
+    def info(self, state: TaskState, **fields: object) -> TaskInfo:
+        """A TaskInfo for this message in `state`; `fields` sets the state-dependent fields."""
+        return TaskInfo(
+            id=self.id,
+            type=self.type,
+            queue=self.queue,
+            state=state,
+            payload=self.payload,
+            encoding=self.encoding,
+            max_retry=self.max_retry,
+            priority=self.priority,
+            timeout_ms=self.timeout_ms,
+            labels=self.labels,
+            unique_key=self.unique_key,
+            created_ms=self.created_ms,
+            **fields,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,83 @@
+"""Payload serializers. A serializer turns a payload into bytes at enqueue and back at run time;
+its `name` is stored with the task so the worker decodes with the same one. Raw `bytes` payloads
+skip serialization and are stored as they are (encoding ``"raw"``).
+
+JSON is the default. attrs instances are unstructured with cattrs first, so typed handlers can
+structure them back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import cattrs
+
+from strego.errors import DecodeError, SerializationError
+
+RAW_ENCODING = "raw"
+
+converter = cattrs.Converter()
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns payloads into bytes and back. `name` identifies it in stored tasks."""
+
+    name: str
+
+    def dumps(self, payload: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+def _plain(payload: Any) -> Any:
+    return converter.unstructure(payload) if attrs.has(type(payload)) else payload
+
+
+class JsonSerializer:
+    """Compact UTF-8 JSON. NaN and infinities are refused (they are not JSON)."""
+
+    name = "json"
+
+    def dumps(self, payload: Any) -> bytes:
+        try:
+            text = json.dumps(
+                _plain(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(f"payload is not JSON-serializable: {exc}") from exc
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: escape them, so they round-trip exactly
+            return json.dumps(_plain(payload), separators=(",", ":"), allow_nan=False).encode()
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError(f"payload is not valid JSON: {exc}") from exc
+
+
+class MsgpackSerializer:
+    """msgpack (needs the ``msgpack`` package: ``pip install strego[msgpack]``)."""
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        import msgpack  # type: ignore[import-untyped]  # optional, imported when chosen
+
+        self._msgpack = msgpack
+
+    def dumps(self, payload: Any) -> bytes:
+        try:
+            data: bytes = self._msgpack.packb(_plain(payload), use_bin_type=True)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise SerializationError(f"payload is not msgpack-serializable: {exc}") from exc
+        return data
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return self._msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            raise DecodeError(f"payload is not valid msgpack: {exc}") from exc

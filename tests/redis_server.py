@@ -1,0 +1,98 @@
+"""Start and stop throwaway `redis-server` processes for tests (a free loopback port, no persistence
+unless asked, killed at the end)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+
+import attrs
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@attrs.define
+class RedisServer:
+    """One redis-server process on 127.0.0.1:`port` (and a Unix socket), with its own directory."""
+
+    port: int
+    dir: str
+    args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_socket(self) -> str:
+        return os.path.join(self.dir, "redis.sock")
+
+    def start(self, timeout: float = 10.0) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH")
+        cmd = [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--unixsocket", self.unix_socket,
+            "--unixsocketperm", "700",
+            "--dir", self.dir,
+            "--save", "",
+            "--appendonly", "no",
+            "--logfile", os.path.join(self.dir, "redis.log"),
+            *self.args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"redis-server exited at start: {err}{self.log_tail()}")
+            if self.ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer within {timeout}s{self.log_tail()}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def log_tail(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "redis.log")) as f:
+                return "\n" + "".join(f.readlines()[-20:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def start_redis_server(args: Sequence[str] = ()) -> RedisServer:
+    server = RedisServer(port=free_port(), dir=tempfile.mkdtemp(prefix="strego-redis-"),
+                         args=tuple(args))  # fmt: skip
+    server.start()
+    return server
