@@ -19,8 +19,9 @@ Expired entries are removed by `promote` (which the server's scheduler calls oft
 removed the instant they expire, but reads never report an expired unique key as held, and an
 expired marker is treated as absent.
 
-Leases. Fetching or claiming a task gives the consumer a lease until now + `lease_ms`.
-`renew` extends leases; `claim_stale` takes over tasks whose lease has expired.
+Leases. Fetching or claiming a task gives the consumer a lease until now + `lease_ms` (an argument
+of each call: the server decides how long its leases last). `renew` extends leases; `claim_stale`
+takes over tasks whose lease has expired. Consumer idle times are judged by the clock as well.
 """
 
 from __future__ import annotations
@@ -63,8 +64,6 @@ class Backend(Protocol):
 
     #: The clock the backend judges time by (epoch ms).
     clock: Clock
-    #: How long a fetched or claimed task is leased to its consumer before others may claim it.
-    lease_ms: int
     #: How long completed (the processed marker) and cancelled tasks are kept.
     completed_ttl_ms: int
     #: How long dead tasks are kept.
@@ -91,7 +90,13 @@ class Backend(Protocol):
     # -- consuming --------------------------------------------------------------------------------
 
     async def fetch(
-        self, queues: Sequence[str], count: int, consumer: str, *, block_ms: int = 0
+        self,
+        queues: Sequence[str],
+        count: int,
+        consumer: str,
+        *,
+        lease_ms: int,
+        block_ms: int = 0,
     ) -> list[TaskInfo]:
         """Start up to `count` pending tasks: each becomes active, held by `consumer`, with
         `started_ms` = now, `deliveries` + 1, and a lease until now + lease_ms.
@@ -132,13 +137,21 @@ class Backend(Protocol):
         are left as they are."""
         ...
 
-    async def renew(self, queue: str, task_ids: Sequence[str], consumer: str) -> list[str]:
+    async def renew(
+        self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
+    ) -> list[str]:
         """Extend to now + lease_ms the leases of these tasks held by `consumer`. Returns the ids it
         no longer holds (completed, reclaimed by another consumer, or gone)."""
         ...
 
     async def claim_stale(
-        self, queues: Sequence[str], consumer: str, count: int, *, max_deliveries: int
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        count: int,
+        *,
+        lease_ms: int,
+        max_deliveries: int,
     ) -> list[TaskInfo]:
         """Take over up to `count` active tasks whose lease expired (their consumer died): each is
         now held by `consumer`, deliveries + 1, lease renewed, and returned to be run. A task whose
