@@ -40,11 +40,13 @@ class Script:
 
 @attrs.frozen
 class ScriptCall:
-    """One EVALSHA of `script` with KEYS and ARGV."""
+    """One EVALSHA of `script` with KEYS and ARGV. `idempotent` calls (running the script twice has
+    the effect of running it once) may be retried on a new connection when the reply was lost."""
 
     script: Script
     keys: Sequence[Arg]
     args: Sequence[Arg]
+    idempotent: bool = False
 
 
 @attrs.frozen
