@@ -1,0 +1,578 @@
+"""MemoryBackend: the backend contract (`strego.backends.base`) in plain Python, in-process.
+
+For unit tests, demos and single-process applications. Every transition is synchronous Python
+between awaits, so it is atomic under asyncio and trio alike; only anyio primitives are used for
+waiting. Data lives per queue:
+
+- `tasks`: every task record by id, and `by_state`: the same records grouped by state;
+- `pending`: one insertion-ordered dict per priority level, so fetch is O(1) per task;
+- `due`: a heap of scheduled and retry tasks by due time;
+- `expiry`: a heap of completed, cancelled and dead tasks by the end of their retention.
+
+The heaps are cleaned lazily: an entry whose record has since moved (its `seq` changed) or gone is
+skipped when it reaches the top.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from strego.backends.base import Clock, ConsumerInfo, QueueInfo
+from strego.clock import wall_clock_ms
+from strego.errors import (
+    BackendError,
+    DuplicateTaskError,
+    InvalidTaskError,
+    StregoError,
+    TaskIdConflictError,
+)
+from strego.message import TaskMessage
+from strego.task import TaskInfo, TaskState
+
+if TYPE_CHECKING:
+    from strego.backends.base import Backend
+
+_WAITING = (TaskState.SCHEDULED, TaskState.RETRY)
+_ENDED = (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.DEAD)
+_CANCELLABLE = (TaskState.SCHEDULED, TaskState.PENDING, TaskState.RETRY)
+
+
+@attrs.define(eq=False)
+class _Record:
+    message: TaskMessage
+    state: TaskState
+    #: changes each time the record is placed in a state; heap entries with an older seq are stale
+    seq: int = 0
+    retried: int = 0
+    deliveries: int = 0
+    started_ms: int | None = None
+    completed_ms: int | None = None
+    next_run_ms: int | None = None
+    last_error: str | None = None
+    consumer: str | None = None
+    lease_until_ms: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.message.id
+
+    def info(self) -> TaskInfo:
+        return self.message.info(
+            self.state,
+            retried=self.retried,
+            deliveries=self.deliveries,
+            started_ms=self.started_ms,
+            completed_ms=self.completed_ms,
+            next_run_ms=self.next_run_ms,
+            last_error=self.last_error,
+            consumer=self.consumer,
+        )
+
+
+@attrs.define(eq=False)
+class _UniqueLock:
+    holder: str
+    expires_ms: int | None
+
+
+@attrs.define(eq=False)
+class _Queue:
+    name: str
+    #: a task was enqueued here (only such queues are listed by `queues`)
+    listed: bool = False
+    paused: bool = False
+    tasks: dict[str, _Record] = attrs.Factory(dict)
+    by_state: dict[TaskState, dict[str, _Record]] = attrs.Factory(
+        lambda: {state: {} for state in TaskState}
+    )
+    pending: dict[int, OrderedDict[str, _Record]] = attrs.Factory(dict)
+    due: list[tuple[int, int, str]] = attrs.Factory(list)
+    expiry: list[tuple[int, int, str]] = attrs.Factory(list)
+    unique: dict[str, _UniqueLock] = attrs.Factory(dict)
+    #: consumer name -> when it last fetched, acked, renewed or claimed (clock ms)
+    consumers: dict[str, int] = attrs.Factory(dict)
+
+    def pending_in_order(self) -> Iterable[_Record]:
+        for priority in sorted(self.pending, reverse=True):
+            yield from self.pending[priority].values()
+
+
+class MemoryBackend:
+    """An in-process backend. `clock` returns epoch ms (wall time by default); completed and
+    cancelled tasks are kept `completed_ttl_ms`, dead tasks `dead_ttl_ms`."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        completed_ttl_ms: int = 3_600_000,
+        dead_ttl_ms: int = 7 * 86_400_000,
+    ) -> None:
+        self.clock: Clock = clock if clock is not None else wall_clock_ms
+        self.completed_ttl_ms = completed_ttl_ms
+        self.dead_ttl_ms = dead_ttl_ms
+        self.capabilities: frozenset[str] = frozenset()
+        self._queues: dict[str, _Queue] = {}
+        self._seq = itertools.count(1)
+        # Created lazily inside the event loop; set and dropped to wake every waiter at once.
+        self._arrival: anyio.Event | None = None
+        self._schedule_change: anyio.Event | None = None
+        self._closed = False
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        if self._closed:
+            raise BackendError("the backend is closed")
+        return int(self.clock())
+
+    def _queue(self, name: str, now: int) -> _Queue:
+        """The queue's state, created on first use, with ended retention swept away."""
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = _Queue(name)
+        while q.expiry and q.expiry[0][0] <= now:
+            _, seq, task_id = heapq.heappop(q.expiry)
+            rec = q.tasks.get(task_id)
+            if rec is not None and rec.seq == seq:
+                self._delete(q, rec)
+        return q
+
+    def _find(self, task_id: str, queue: str | None, now: int) -> tuple[_Queue, _Record] | None:
+        names = [queue] if queue is not None else list(self._queues)
+        for name in names:
+            q = self._queue(name, now)
+            rec = q.tasks.get(task_id)
+            if rec is not None:
+                return q, rec
+        return None
+
+    def _place(self, q: _Queue, rec: _Record, state: TaskState, now: int) -> None:
+        """Move `rec` into `state` (its state-specific fields already set) and its structures."""
+        if rec.state == TaskState.PENDING:
+            q.pending[rec.message.priority].pop(rec.id, None)
+        del q.by_state[rec.state][rec.id]
+        rec.state = state
+        rec.seq = next(self._seq)
+        q.by_state[state][rec.id] = rec
+        if state != TaskState.ACTIVE:
+            rec.consumer = None
+        if state == TaskState.PENDING:
+            rec.next_run_ms = None
+            q.pending.setdefault(rec.message.priority, OrderedDict())[rec.id] = rec
+            self._notify_arrival()
+        elif state in _WAITING:
+            assert rec.next_run_ms is not None
+            earliest = self._earliest_due(q)
+            heapq.heappush(q.due, (rec.next_run_ms, rec.seq, rec.id))
+            if earliest is None or rec.next_run_ms < earliest:
+                self._notify_schedule_change()
+        elif state in _ENDED:
+            rec.next_run_ms = now
+            ttl = self.dead_ttl_ms if state == TaskState.DEAD else self.completed_ttl_ms
+            heapq.heappush(q.expiry, (now + ttl, rec.seq, rec.id))
+            if state != TaskState.DEAD:  # a dead task keeps its unique key until the TTL
+                self._release_unique(q, rec)
+
+    def _delete(self, q: _Queue, rec: _Record) -> None:
+        if rec.state == TaskState.PENDING:
+            q.pending[rec.message.priority].pop(rec.id, None)
+        del q.by_state[rec.state][rec.id]
+        del q.tasks[rec.id]
+        self._release_unique(q, rec)
+
+    def _release_unique(self, q: _Queue, rec: _Record) -> None:
+        key = rec.message.unique_key
+        if key is not None:
+            lock = q.unique.get(key)
+            if lock is not None and lock.holder == rec.id:
+                del q.unique[key]
+
+    def _unique_holder(self, q: _Queue, key: str, now: int) -> str | None:
+        lock = q.unique.get(key)
+        if lock is None:
+            return None
+        if (lock.expires_ms is not None and lock.expires_ms <= now) or lock.holder not in q.tasks:
+            del q.unique[key]
+            return None
+        return lock.holder
+
+    def _earliest_due(self, q: _Queue) -> int | None:
+        while q.due:
+            due_ms, seq, task_id = q.due[0]
+            rec = q.tasks.get(task_id)
+            if rec is not None and rec.seq == seq and rec.state in _WAITING:
+                return due_ms
+            heapq.heappop(q.due)
+        return None
+
+    def _notify_arrival(self) -> None:
+        if self._arrival is not None:
+            self._arrival.set()
+            self._arrival = None
+
+    def _notify_schedule_change(self) -> None:
+        if self._schedule_change is not None:
+            self._schedule_change.set()
+            self._schedule_change = None
+
+    def _touch(self, q: _Queue, consumer: str, now: int) -> None:
+        q.consumers[consumer] = now
+
+    def _enqueue(self, message: TaskMessage, now: int) -> TaskInfo:
+        q = self._queue(message.queue, now)
+        if message.id in q.tasks:
+            raise TaskIdConflictError(message.id)
+        key = message.unique_key
+        if key is not None:
+            holder = self._unique_holder(q, key, now)
+            if holder is not None:
+                raise DuplicateTaskError(key, holder)
+            ttl = message.unique_ttl_ms
+            q.unique[key] = _UniqueLock(message.id, None if ttl is None else now + ttl)
+        q.listed = True
+        # Start in a placeholder state so _place has a uniform "leave the old state" step.
+        rec = _Record(message=message, state=TaskState.CANCELLED)
+        q.tasks[rec.id] = rec
+        q.by_state[rec.state][rec.id] = rec
+        if message.process_at_ms is None or message.process_at_ms <= now:
+            self._place(q, rec, TaskState.PENDING, now)
+        else:
+            rec.next_run_ms = message.process_at_ms
+            self._place(q, rec, TaskState.SCHEDULED, now)
+        return rec.info()
+
+    def _start(
+        self, queues: Sequence[str], count: int, consumer: str, lease_ms: int
+    ) -> list[TaskInfo]:
+        now = self._now()
+        started: list[TaskInfo] = []
+        for name in queues:
+            q = self._queue(name, now)
+            self._touch(q, consumer, now)
+            if q.paused:
+                continue
+            for priority in sorted(q.pending, reverse=True):
+                level = q.pending[priority]
+                while level and len(started) < count:
+                    rec = next(iter(level.values()))
+                    self._activate(q, rec, consumer, lease_ms, now)
+                    started.append(rec.info())
+        return started
+
+    def _activate(self, q: _Queue, rec: _Record, consumer: str, lease_ms: int, now: int) -> None:
+        self._place(q, rec, TaskState.ACTIVE, now)
+        rec.consumer = consumer
+        rec.started_ms = now
+        rec.deliveries += 1
+        rec.lease_until_ms = now + lease_ms
+
+    def _ack(self, queue: str, task_id: str, consumer: str, now: int) -> bool:
+        q = self._queue(queue, now)
+        self._touch(q, consumer, now)
+        rec = q.tasks.get(task_id)
+        if rec is None or rec.state != TaskState.ACTIVE:
+            return False
+        rec.completed_ms = now
+        self._place(q, rec, TaskState.COMPLETED, now)
+        return True
+
+    def _to_dead(self, q: _Queue, rec: _Record, error: str, now: int) -> None:
+        rec.last_error = error
+        self._place(q, rec, TaskState.DEAD, now)
+
+    # -- producing ------------------------------------------------------------------------------
+
+    async def enqueue(self, message: TaskMessage) -> TaskInfo:
+        await anyio.lowlevel.checkpoint()
+        return self._enqueue(message, self._now())
+
+    async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        results: list[TaskInfo | StregoError] = []
+        for message in messages:
+            try:
+                results.append(self._enqueue(message, now))
+            except (DuplicateTaskError, TaskIdConflictError) as exc:
+                results.append(exc)
+        return results
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        queues: Sequence[str],
+        count: int,
+        consumer: str,
+        *,
+        lease_ms: int,
+        block_ms: int = 0,
+    ) -> list[TaskInfo]:
+        await anyio.lowlevel.checkpoint()
+        started = self._start(queues, count, consumer, lease_ms)
+        if started or block_ms <= 0 or count <= 0:
+            return started
+        with anyio.move_on_after(block_ms / 1000):
+            while True:
+                if self._arrival is None:
+                    self._arrival = anyio.Event()
+                await self._arrival.wait()
+                # The arrival may have been in another queue or taken by another fetcher.
+                started = self._start(queues, count, consumer, lease_ms)
+                if started:
+                    return started
+        return []
+
+    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        return self._ack(queue, task_id, consumer, self._now())
+
+    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        return [self._ack(queue, task_id, consumer, now) for queue, task_id in items]
+
+    async def fail(
+        self, queue: str, task_id: str, consumer: str, error: str, *, retry_at_ms: int | None
+    ) -> TaskState | None:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q = self._queue(queue, now)
+        self._touch(q, consumer, now)
+        rec = q.tasks.get(task_id)
+        if rec is None or rec.state != TaskState.ACTIVE:
+            return None
+        if retry_at_ms is not None and rec.retried < rec.message.max_retry:
+            rec.last_error = error
+            rec.retried += 1
+            rec.next_run_ms = retry_at_ms
+            self._place(q, rec, TaskState.RETRY, now)
+        else:
+            self._to_dead(q, rec, error, now)
+        return rec.state
+
+    async def release(self, queue: str, task_ids: Sequence[str], consumer: str) -> int:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q = self._queue(queue, now)
+        released = 0
+        for task_id in task_ids:
+            rec = q.tasks.get(task_id)
+            if rec is not None and rec.state == TaskState.ACTIVE and rec.consumer == consumer:
+                self._place(q, rec, TaskState.PENDING, now)
+                released += 1
+        return released
+
+    async def renew(
+        self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
+    ) -> list[str]:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q = self._queue(queue, now)
+        self._touch(q, consumer, now)
+        lost: list[str] = []
+        for task_id in task_ids:
+            rec = q.tasks.get(task_id)
+            if rec is not None and rec.state == TaskState.ACTIVE and rec.consumer == consumer:
+                rec.lease_until_ms = now + lease_ms
+            else:
+                lost.append(task_id)
+        return lost
+
+    async def claim_stale(
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        count: int,
+        *,
+        lease_ms: int,
+        max_deliveries: int,
+    ) -> list[TaskInfo]:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        claimed: list[TaskInfo] = []
+        for name in queues:
+            q = self._queue(name, now)
+            self._touch(q, consumer, now)
+            active = q.by_state[TaskState.ACTIVE].values()
+            stale = sorted(
+                (rec for rec in active if rec.lease_until_ms <= now),
+                key=lambda rec: (rec.lease_until_ms, rec.seq),
+            )
+            for rec in stale:
+                if len(claimed) >= count:
+                    return claimed
+                if rec.deliveries >= max_deliveries:
+                    error = (
+                        f"exceeded max deliveries ({max_deliveries}):"
+                        f" its consumer died {max_deliveries} times while running it"
+                    )
+                    self._to_dead(q, rec, error, now)
+                    continue
+                self._activate(q, rec, consumer, lease_ms, now)
+                claimed.append(rec.info())
+        return claimed
+
+    async def promote(self, queues: Sequence[str]) -> int | None:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        earliest: int | None = None
+        for name in queues:
+            q = self._queue(name, now)
+            while (due_ms := self._earliest_due(q)) is not None and due_ms <= now:
+                _, _, task_id = heapq.heappop(q.due)
+                self._place(q, q.tasks[task_id], TaskState.PENDING, now)
+            if due_ms is not None and (earliest is None or due_ms < earliest):
+                earliest = due_ms
+        return earliest
+
+    async def wait_schedule_change(self, queues: Sequence[str], timeout_ms: int) -> None:
+        self._now()
+        if self._schedule_change is None:
+            self._schedule_change = anyio.Event()
+        # Any earlier schedule in any queue wakes every waiter: spurious wake-ups are allowed.
+        with anyio.move_on_after(max(timeout_ms, 0) / 1000):
+            await self._schedule_change.wait()
+
+    # -- managing ---------------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str, queue: str | None = None) -> bool:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        found = self._find(task_id, queue, now)
+        if found is None or found[1].state not in _CANCELLABLE:
+            return False
+        self._place(*found, TaskState.CANCELLED, now)
+        return True
+
+    async def requeue_dead(self, queue: str, task_id: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q = self._queue(queue, now)
+        rec = q.tasks.get(task_id)
+        if rec is None or rec.state != TaskState.DEAD:
+            return False
+        rec.retried = 0
+        self._place(q, rec, TaskState.PENDING, now)
+        return True
+
+    async def requeue_all_dead(self, queue: str) -> int:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q = self._queue(queue, now)
+        dead = list(q.by_state[TaskState.DEAD].values())
+        for rec in dead:  # oldest death first, so pending keeps that order
+            rec.retried = 0
+            self._place(q, rec, TaskState.PENDING, now)
+        return len(dead)
+
+    async def purge(self, queue: str, states: Sequence[TaskState] | None = None) -> int:
+        await anyio.lowlevel.checkpoint()
+        chosen = set(TaskState) - {TaskState.ACTIVE} if states is None else set(states)
+        if TaskState.ACTIVE in chosen:
+            raise InvalidTaskError("active tasks cannot be purged: they are running")
+        now = self._now()
+        q = self._queue(queue, now)
+        doomed = [rec for state in chosen for rec in q.by_state[state].values()]
+        for rec in doomed:
+            self._delete(q, rec)
+        return len(doomed)
+
+    async def pause(self, queue: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._queue(queue, self._now()).paused = True
+
+    async def resume(self, queue: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._queue(queue, self._now()).paused = False
+        self._notify_arrival()  # blocked fetchers may now take this queue's pending tasks
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def queues(self) -> list[str]:
+        await anyio.lowlevel.checkpoint()
+        self._now()
+        return sorted(name for name, q in self._queues.items() if q.listed)
+
+    async def queue_info(self, queue: str) -> QueueInfo:
+        await anyio.lowlevel.checkpoint()
+        q = self._queue(queue, self._now())
+        counts = {state: len(q.by_state[state]) for state in TaskState}
+        return QueueInfo(name=queue, paused=q.paused, counts=counts)
+
+    async def list_tasks(
+        self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
+    ) -> list[TaskInfo]:
+        await anyio.lowlevel.checkpoint()
+        q = self._queue(queue, self._now())
+        records: Iterable[_Record]
+        if state == TaskState.PENDING:
+            records = q.pending_in_order()
+        elif state == TaskState.ACTIVE:
+            records = sorted(q.by_state[state].values(), key=lambda r: (r.started_ms, r.seq))
+        elif state in _WAITING:
+            records = sorted(q.by_state[state].values(), key=lambda r: (r.next_run_ms, r.seq))
+        else:  # most recent first
+            records = sorted(
+                q.by_state[state].values(), key=lambda r: (r.next_run_ms, r.seq), reverse=True
+            )
+        page = itertools.islice(records, max(offset, 0), max(offset, 0) + max(limit, 0))
+        return [rec.info() for rec in page]
+
+    async def get_task(self, task_id: str, queue: str | None = None) -> TaskInfo | None:
+        await anyio.lowlevel.checkpoint()
+        found = self._find(task_id, queue, self._now())
+        return None if found is None else found[1].info()
+
+    async def consumers(self, queue: str) -> list[ConsumerInfo]:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q = self._queue(queue, now)
+        held: dict[str, list[str]] = {name: [] for name in q.consumers}
+        for rec in q.by_state[TaskState.ACTIVE].values():
+            if rec.consumer is not None:
+                held.setdefault(rec.consumer, []).append(rec.id)
+        return [
+            ConsumerInfo(
+                name=name,
+                queue=queue,
+                held=tuple(sorted(held[name])),
+                idle_ms=now - q.consumers.get(name, now),
+            )
+            for name in sorted(held)
+        ]
+
+    async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q = self._queue(queue, now)
+        holders = {rec.consumer for rec in q.by_state[TaskState.ACTIVE].values()}
+        removed = sorted(
+            name
+            for name, seen in q.consumers.items()
+            if now - seen > idle_ms and name not in holders
+        )
+        for name in removed:
+            del q.consumers[name]
+        return removed
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._closed = True
+        self._notify_arrival()
+        self._notify_schedule_change()
+
+
+if TYPE_CHECKING:
+
+    def _is_a_backend(backend: MemoryBackend) -> Backend:
+        return backend  # mypy checks that MemoryBackend satisfies the protocol
