@@ -1,0 +1,366 @@
+"""One Redis connection over an anyio byte stream (TCP, TLS or Unix socket), speaking RESP through
+hiredis, with automatic pipelining and no background task.
+
+Requests from any number of tasks are queued on the connection. The task that finds nobody driving
+the connection becomes the driver: it writes every queued request in one send, reads replies and
+hands them out in FIFO order, and keeps writing whatever was queued meanwhile. When its own reply
+has arrived it hands the driver role to the oldest task still waiting and returns. So concurrent
+calls share writes and reads, and the connection needs no task group of its own.
+
+A connection that fails is failed whole: every waiting request gets a `ConnectionLost` that says
+whether its bytes may have reached the server, and the connection is never used again.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from collections.abc import Sequence
+from itertools import chain
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+import attrs
+import hiredis
+
+from strego.backends.redis.url import ConnectionSettings
+from strego.errors import BackendConnectionError, BackendError, BackendTimeoutError
+
+_NOT_ENOUGH_DATA = object()
+_RECEIVE_SIZE = 65536
+#: Sentinel: use the connection's own read timeout.
+DEFAULT_TIMEOUT: Any = object()
+
+
+class ConnectionLost(Exception):
+    """The connection failed before this request's replies all arrived. `written` tells whether the
+    request may have reached the server; `timeout` that the failure was a read timeout."""
+
+    def __init__(self, message: str, *, written: bool, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.written = written
+        self.timeout = timeout
+
+
+@attrs.define
+class ConnectionStats:
+    """Counters shared by the connections of one transport (for tests and benchmarks)."""
+
+    connections_opened: int = 0
+    #: Socket writes: one per batch of requests sent together.
+    writes: int = 0
+    #: Requests sent (a pipeline of many commands is one request).
+    requests: int = 0
+
+
+class _Request:
+    __slots__ = (
+        "abandoned",
+        "count",
+        "done",
+        "error",
+        "event",
+        "lead",
+        "payload",
+        "read_timeout",
+        "replies",
+        "written",
+    )
+
+    def __init__(self, payload: bytes, count: int, read_timeout: float | None) -> None:
+        self.payload = payload
+        self.count = count
+        self.read_timeout = read_timeout
+        self.replies: list[Any] = []
+        self.error: ConnectionLost | None = None
+        self.done = False
+        self.written = False
+        # The caller was cancelled after the request was sent: its replies are read and dropped.
+        self.abandoned = False
+        # The caller was handed the driver role.
+        self.lead = False
+        self.event = anyio.Event()
+
+    def finish(self, error: ConnectionLost | None = None) -> None:
+        self.done = True
+        self.error = error
+        self.event.set()
+
+
+class Connection:
+    """A connected, logged-in Redis connection. Use `open_connection` to make one."""
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        *,
+        address: str,
+        tls: bool,
+        read_timeout: float | None,
+        write_timeout: float | None,
+        stats: ConnectionStats,
+    ) -> None:
+        self._stream = stream
+        self._address = address
+        self._tls = tls
+        self._read_timeout = read_timeout
+        self._write_timeout = write_timeout
+        self._stats = stats
+        self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH_DATA)
+        self._raw_socket: socket.socket | None = stream.extra(
+            anyio.abc.SocketAttribute.raw_socket, None
+        )
+        self._queued: deque[_Request] = deque()
+        self._inflight: deque[_Request] = deque()
+        self._driving = False
+        self.broken = False
+
+    @property
+    def load(self) -> int:
+        """Requests queued or awaiting replies."""
+        return len(self._queued) + len(self._inflight)
+
+    async def request(
+        self, payload: bytes, count: int, *, read_timeout: float | None = DEFAULT_TIMEOUT
+    ) -> list[Any]:
+        """Send `payload` (`count` packed commands) and return its `count` replies, error replies
+        included as `hiredis.ReplyError` values. Raises ConnectionLost if the connection fails."""
+        if self.broken:
+            raise ConnectionLost(f"connection to {self._address} is closed", written=False)
+        if read_timeout is DEFAULT_TIMEOUT:
+            read_timeout = self._read_timeout
+        req = _Request(payload, count, read_timeout)
+        self._queued.append(req)
+        if self._driving:
+            try:
+                await req.event.wait()
+            except BaseException:
+                self._forget(req)
+                if req.lead:
+                    self._pass_lead()
+                raise
+            if not req.done:  # woken to take over as the driver
+                await self._drive(req)
+        else:
+            self._driving = True
+            await self._drive(req)
+        if req.error is not None:
+            raise req.error
+        return req.replies
+
+    async def aclose(self) -> None:
+        if not self.broken:
+            await self._fail(f"connection to {self._address} was closed", timed_out=False)
+
+    # -- the driver -----------------------------------------------------------------------------
+
+    async def _drive(self, req: _Request) -> None:
+        try:
+            while not req.done:
+                if self._queued:
+                    await self._write_queued()
+                else:
+                    await self._read_some()
+        except BaseException:
+            # Cancelled (or a bug): the replies already requested are still read by the next driver.
+            self._forget(req)
+            raise
+        finally:
+            self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        if not self.broken:
+            for other in chain(self._inflight, self._queued):
+                if not other.done and not other.abandoned:
+                    other.lead = True
+                    other.event.set()
+                    return
+        self._driving = False
+
+    def _forget(self, req: _Request) -> None:
+        """The caller of `req` is gone: drop it if unsent, else read and drop its replies."""
+        if req.done:
+            return
+        if req.written:
+            req.abandoned = True
+        else:
+            self._queued.remove(req)
+
+    async def _write_queued(self) -> None:
+        if not self._inflight and self._closed_while_idle():
+            await self._fail(f"connection to {self._address} was closed by the server", False)
+            return
+        batch = list(self._queued)
+        self._queued.clear()
+        for r in batch:
+            r.written = True
+        self._inflight.extend(batch)
+        data = batch[0].payload if len(batch) == 1 else b"".join(r.payload for r in batch)
+        self._stats.writes += 1
+        self._stats.requests += len(batch)
+        try:
+            # Shielded: a send cut short by cancellation would leave half a command on the wire.
+            with anyio.fail_after(self._write_timeout, shield=True):
+                await self._stream.send(data)
+        except TimeoutError:
+            await self._fail(f"write to {self._address} timed out", timed_out=True)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            await self._fail(f"connection to {self._address} dropped: {_describe(exc)}", False)
+
+    async def _read_some(self) -> None:
+        head = self._inflight[0]
+        try:
+            with anyio.fail_after(head.read_timeout):
+                data = await self._stream.receive(_RECEIVE_SIZE)
+        except TimeoutError:
+            await self._fail(
+                f"no reply from {self._address} within {head.read_timeout}s", timed_out=True
+            )
+            return
+        except (
+            OSError,
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+        ) as exc:
+            await self._fail(f"connection to {self._address} dropped: {_describe(exc)}", False)
+            return
+        self._reader.feed(data)
+        inflight = self._inflight
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                await self._fail(f"protocol error from {self._address}: {exc}", False)
+                return
+            if reply is _NOT_ENOUGH_DATA:
+                return
+            if not inflight:
+                await self._fail(f"unexpected reply from {self._address}", False)
+                return
+            r = inflight[0]
+            r.replies.append(reply)
+            if len(r.replies) == r.count:
+                inflight.popleft()
+                r.finish()
+
+    async def _fail(self, message: str, timed_out: bool) -> None:
+        self.broken = True
+        for r in self._inflight:
+            r.finish(ConnectionLost(message, written=True, timeout=timed_out))
+        for r in self._queued:
+            r.finish(ConnectionLost(message, written=False, timeout=timed_out))
+        self._inflight.clear()
+        self._queued.clear()
+        await anyio.aclose_forcefully(self._stream)
+
+    def _closed_while_idle(self) -> bool:
+        """Whether the server closed this idle connection (restart, CLIENT KILL, idle timeout).
+        Checked before a write so that such a request counts as never sent and can be retried."""
+        if self._raw_socket is None:
+            return False
+        fd = self._raw_socket.fileno()
+        if fd < 0:
+            return True
+        # asyncio hands out a wrapper that refuses recv(): peek through a borrowed socket object.
+        peek = socket.socket(fileno=fd)
+        try:
+            data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        finally:
+            peek.detach()
+        # Plain RESP never sends unasked; over TLS, bytes may be a session ticket.
+        return not data or not self._tls
+
+
+async def open_connection(
+    settings: ConnectionSettings,
+    stats: ConnectionStats,
+    *,
+    write_timeout: float | None = None,
+) -> Connection:
+    """Connect, log in (AUTH), select the database and name the client. Raises
+    BackendConnectionError if the server cannot be reached, BackendTimeoutError if it does not
+    answer within `settings.connect_timeout`, BackendError if it refuses the login."""
+    address = settings.describe()
+    try:
+        with anyio.fail_after(settings.connect_timeout):
+            stream = await _connect_stream(settings)
+            conn = Connection(
+                stream,
+                address=address,
+                tls=settings.ssl_context is not None,
+                read_timeout=settings.read_timeout,
+                write_timeout=write_timeout,
+                stats=stats,
+            )
+            try:
+                replies = await conn.request(*_handshake(settings))
+            except BaseException:
+                await conn.aclose()
+                raise
+    except TimeoutError:
+        raise BackendTimeoutError(
+            f"could not connect to {address} within {settings.connect_timeout}s"
+        ) from None
+    except ConnectionLost as exc:
+        raise BackendConnectionError(f"could not connect to {address}: {exc}") from None
+    except (OSError, anyio.BrokenResourceError) as exc:
+        raise BackendConnectionError(f"could not connect to {address}: {_describe(exc)}") from None
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            await conn.aclose()
+            raise BackendError(f"{address} refused the connection setup: {reply}")
+    stats.connections_opened += 1
+    return conn
+
+
+async def _connect_stream(settings: ConnectionSettings) -> anyio.abc.ByteStream:
+    if settings.unix_path is not None:
+        return await anyio.connect_unix(settings.unix_path)
+    assert settings.host is not None
+    if settings.ssl_context is None:
+        return await anyio.connect_tcp(settings.host, settings.port)
+    return await anyio.connect_tcp(
+        settings.host,
+        settings.port,
+        ssl_context=settings.ssl_context,
+        tls_hostname=settings.tls_hostname or settings.host,
+        # Redis servers often close without a TLS close_notify: treat that as a plain EOF.
+        tls_standard_compatible=False,
+    )
+
+
+def _handshake(settings: ConnectionSettings) -> tuple[bytes, int]:
+    commands: list[tuple[Any, ...]] = []
+    if settings.password is not None:
+        if settings.username is not None:
+            commands.append(("AUTH", settings.username, settings.password))
+        else:
+            commands.append(("AUTH", settings.password))
+    if settings.db:
+        commands.append(("SELECT", settings.db))
+    if settings.client_name:
+        commands.append(("CLIENT", "SETNAME", settings.client_name))
+    # One round trip always: proves the server speaks RESP and, over TLS, reads session tickets.
+    commands.append(("PING",))
+    return b"".join(pack_command(c) for c in commands), len(commands)
+
+
+def pack_command(args: Sequence[Any]) -> bytes:
+    """RESP for one command. (hiredis's stub types the argument as a 1-tuple, hence the cast.)"""
+    packed: bytes = hiredis.pack_command(cast(Any, tuple(args)))
+    return packed
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, anyio.EndOfStream):
+        return "closed by the server"
+    if not text and exc.__cause__ is not None:
+        text = str(exc.__cause__)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
