@@ -13,6 +13,9 @@ import pytest
 
 from tests.redis_server import RedisServer, start_redis_server
 
+#: make_backend, parametrized over our backends (runs the conformance suite on each)
+pytest_plugins = ["tests.backend_fixtures"]
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 

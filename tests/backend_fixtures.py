@@ -1,0 +1,80 @@
+"""Pytest plugin: the `make_backend` fixture that runs the conformance suite (and any test that
+asks for it) against each of our backends.
+
+To add a backend, add a row to BACKENDS: a name (the test id) and a `BackendKind` whose `factory`
+gets the fixture request (to reach fixtures such as `redis_url`) and returns the `make_backend`
+factory. Event loops a backend cannot run on are deselected, not skipped."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import attrs
+import pytest
+
+from strego.backends.base import Backend, Clock
+from strego.backends.memory import MemoryBackend
+
+
+class BackendFactory(Protocol):
+    """What `make_backend` returns: a fresh, empty backend on `clock`, closed on exit."""
+
+    def __call__(
+        self, *, clock: Clock, completed_ttl_ms: int = ..., dead_ttl_ms: int = ...
+    ) -> AbstractAsyncContextManager[Backend]: ...
+
+
+@attrs.frozen
+class BackendKind:
+    factory: Callable[[pytest.FixtureRequest], BackendFactory]
+    #: anyio backends ("asyncio", "trio") this backend runs on; other combinations are deselected
+    event_loops: frozenset[str] = frozenset({"asyncio", "trio"})
+
+
+def _memory(request: pytest.FixtureRequest) -> BackendFactory:
+    @contextlib.asynccontextmanager
+    async def factory(
+        *, clock: Clock, completed_ttl_ms: int = 3_600_000, dead_ttl_ms: int = 604_800_000
+    ) -> AsyncIterator[Backend]:
+        backend = MemoryBackend(
+            clock=clock, completed_ttl_ms=completed_ttl_ms, dead_ttl_ms=dead_ttl_ms
+        )
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+
+    return factory
+
+
+BACKENDS: dict[str, BackendKind] = {
+    "memory": BackendKind(_memory),
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def make_backend(request: pytest.FixtureRequest) -> BackendFactory:
+    return BACKENDS[request.param].factory(request)
+
+
+def _event_loop_name(param: Any) -> str:
+    return param[0] if isinstance(param, tuple) else str(param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        kind = BACKENDS.get(params.get("make_backend", ""))
+        loop = params.get("anyio_backend")
+        if kind is not None and loop is not None and _event_loop_name(loop) not in kind.event_loops:
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
