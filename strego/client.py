@@ -1,0 +1,167 @@
+"""The producer side: `Client` turns `Task`s into stored messages, and inspects and manages queues.
+
+Everything that can be refused locally (invalid options, a payload that does not serialize or is
+too large) is refused before the backend is called, so a refused task writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+from strego.backends.base import Backend, ConsumerInfo, QueueInfo
+from strego.errors import InvalidTaskError, PayloadTooLargeError, StregoError
+from strego.ids import new_task_id
+from strego.message import TaskMessage
+from strego.serializers import RAW_ENCODING, JsonSerializer, Serializer
+from strego.task import Task, TaskInfo, TaskState, validate_queue_name
+
+#: Default limit of a serialized payload: 1 MiB.
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
+
+
+class Client:
+    """Enqueue tasks and inspect queues.
+
+    Options:
+
+    - `serializer` (default `JsonSerializer()`): turns payloads into bytes. `bytes` payloads are
+      stored as they are, with encoding ``"raw"``.
+    - `max_payload_bytes` (default 1 MiB): a larger serialized payload raises
+      PayloadTooLargeError.
+
+    The client does not own the backend: leaving ``async with Client(...)`` does not close it
+    (several clients and servers may share one backend; close it with ``backend.aclose()``).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        serializer: Serializer | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int):
+            raise TypeError(f"max_payload_bytes must be an int, not {max_payload_bytes!r}")
+        if max_payload_bytes <= 0:
+            raise ValueError(f"max_payload_bytes must be positive, not {max_payload_bytes}")
+        self.backend = backend
+        self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
+        if self.serializer.name == RAW_ENCODING:
+            raise ValueError(f"the serializer name {RAW_ENCODING!r} is reserved for bytes payloads")
+        self.max_payload_bytes = max_payload_bytes
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    # -- producing ----------------------------------------------------------------------------
+
+    def message(self, task: Task) -> TaskMessage:
+        """The message `enqueue` would store for `task` (serialized, with id and times), or the
+        error it would raise locally."""
+        if not isinstance(task, Task):
+            raise InvalidTaskError(f"expected a strego.Task, not {type(task).__name__}")
+        if isinstance(task.payload, bytes | bytearray | memoryview):
+            payload, encoding = bytes(task.payload), RAW_ENCODING
+        else:
+            payload, encoding = self.serializer.dumps(task.payload), self.serializer.name
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLargeError(len(payload), self.max_payload_bytes)
+        now_ms = self.backend.clock()
+        if task.process_at is not None:
+            process_at_ms: int | None = math.ceil(task.process_at * 1000)
+        elif task.process_in is not None:
+            process_at_ms = now_ms + math.ceil(task.process_in * 1000)
+        else:
+            process_at_ms = None
+        return TaskMessage(
+            id=task.id if task.id is not None else new_task_id(now_ms),
+            type=task.type,
+            queue=task.queue,
+            payload=payload,
+            encoding=encoding,
+            max_retry=task.max_retry,
+            priority=task.priority,
+            timeout_ms=None if task.timeout is None else math.ceil(task.timeout * 1000),
+            labels=dict(task.labels),
+            unique_key=task.unique_key,
+            unique_ttl_ms=None if task.unique_ttl is None else math.ceil(task.unique_ttl * 1000),
+            created_ms=now_ms,
+            process_at_ms=process_at_ms,
+        )
+
+    async def enqueue(self, task: Task) -> TaskInfo:
+        """Store one task. Raises InvalidTaskError (and its subclasses SerializationError,
+        PayloadTooLargeError) before anything is written, DuplicateTaskError when its unique key
+        is held, TaskIdConflictError when its id exists."""
+        return await self.backend.enqueue(self.message(task))
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[TaskInfo | StregoError]:
+        """Store several tasks in one backend call.
+
+        All tasks are checked and serialized first: if any is invalid, its error is raised and
+        none is enqueued. The backend then accepts each task on its own; the result has, in
+        order, a TaskInfo for each accepted task and, in place of each refused one, the error
+        (DuplicateTaskError or TaskIdConflictError) — refusals are returned, not raised, and the
+        other tasks are enqueued regardless."""
+        messages = [self.message(task) for task in tasks]
+        if not messages:
+            return []
+        return await self.backend.enqueue_many(messages)
+
+    async def get_task(self, task_id: str, queue: str | None = None) -> TaskInfo | None:
+        """One task by id (every queue is searched when `queue` is None), or None."""
+        return await self.backend.get_task(task_id, queue)
+
+    async def cancel(self, task_id: str, queue: str | None = None) -> bool:
+        """Cancel a scheduled, pending or retry task. True if it was cancelled; False if it is
+        running, finished or unknown (a running task cannot be cancelled)."""
+        return await self.backend.cancel(task_id, queue)
+
+    # -- inspecting and managing --------------------------------------------------------------
+
+    async def queues(self) -> list[str]:
+        """Every queue a task was ever enqueued to, sorted."""
+        return await self.backend.queues()
+
+    async def queue_info(self, queue: str) -> QueueInfo:
+        """Paused flag and the number of tasks in each state."""
+        return await self.backend.queue_info(validate_queue_name(queue))
+
+    async def list_tasks(
+        self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
+    ) -> list[TaskInfo]:
+        """Tasks of one state of a queue, paged."""
+        state = TaskState(state)
+        return await self.backend.list_tasks(
+            validate_queue_name(queue), state, offset=offset, limit=limit
+        )
+
+    async def consumers(self, queue: str) -> list[ConsumerInfo]:
+        """The servers consuming a queue, with the tasks each holds."""
+        return await self.backend.consumers(validate_queue_name(queue))
+
+    async def requeue_dead(self, queue: str, task_id: str) -> bool:
+        """Move a dead task back to pending (retried = 0). False if it is not dead."""
+        return await self.backend.requeue_dead(validate_queue_name(queue), task_id)
+
+    async def requeue_all_dead(self, queue: str) -> int:
+        """Move every dead task of a queue back to pending; returns how many."""
+        return await self.backend.requeue_all_dead(validate_queue_name(queue))
+
+    async def pause(self, queue: str) -> None:
+        """Stop servers from starting tasks of this queue (running ones finish)."""
+        await self.backend.pause(validate_queue_name(queue))
+
+    async def resume(self, queue: str) -> None:
+        await self.backend.resume(validate_queue_name(queue))

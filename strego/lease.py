@@ -1,0 +1,62 @@
+"""Leases: the tasks a server holds, renewed often enough that no other server claims them while
+this one lives."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import anyio
+
+from strego.backends.base import Backend
+from strego.errors import StregoError
+
+log = logging.getLogger("strego.lease")
+
+
+class LeaseKeeper:
+    """Tracks the tasks held by one consumer (fetched, buffered, running or awaiting their ack)
+    and renews all their leases every `interval` seconds."""
+
+    def __init__(self, backend: Backend, consumer: str, lease_ms: int, interval: float) -> None:
+        self.backend = backend
+        self.consumer = consumer
+        self.lease_ms = lease_ms
+        self.interval = interval
+        self._held: dict[str, set[str]] = defaultdict(set)
+
+    def hold(self, queue: str, task_id: str) -> None:
+        self._held[queue].add(task_id)
+
+    def drop(self, queue: str, task_id: str) -> None:
+        ids = self._held.get(queue)
+        if ids is not None:
+            ids.discard(task_id)
+            if not ids:
+                del self._held[queue]
+
+    def held(self) -> dict[str, set[str]]:
+        return {queue: set(ids) for queue, ids in self._held.items()}
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._held.values())
+
+    async def renew_all(self) -> None:
+        for queue, ids in self.held().items():
+            lost = await self.backend.renew(
+                queue, sorted(ids), self.consumer, lease_ms=self.lease_ms
+            )
+            for task_id in lost:
+                # Completed meanwhile (its ack raced the renewal), or another server claimed it:
+                # our handler may still finish, and the backend then counts the work once.
+                if task_id in self._held.get(queue, ()):
+                    log.warning("lease of task %s in queue %s was lost", task_id, queue)
+
+    async def run(self) -> None:
+        """Renew forever (until cancelled); a failed renewal is logged and tried next round."""
+        while True:
+            await anyio.sleep(self.interval)
+            try:
+                await self.renew_all()
+            except StregoError as exc:
+                log.warning("renewing leases failed: %s", exc)

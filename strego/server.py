@@ -1,0 +1,652 @@
+"""The consumer side: `Server` runs handlers for the tasks of its queues.
+
+Inside one server (one anyio task group):
+
+    fetcher ─┐                                   ┌─ runner 1 ─┐
+             ├─> bounded buffer (TaskInfo) ──────┼─ ...       ├─> ack batcher ─> backend.ack_many
+    recovery ┘   (claim_stale of dead servers)   └─ runner N ─┘   (fail goes straight to backend)
+    lease keeper: renews every held task's lease      scheduler: promote scheduled/retry tasks
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import secrets
+import signal
+import socket
+import threading
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from strego.backends.base import Backend
+from strego.errors import DecodeError, SkipRetry
+from strego.handlers import Handler, Registry, reset_current_task, set_current_task
+from strego.lease import LeaseKeeper
+from strego.queue_order import QueueOrder, QueuesSpec
+from strego.retry import ExponentialBackoff, RetryDelay
+from strego.scheduler import Scheduler
+from strego.serializers import RAW_ENCODING, JsonSerializer, MsgpackSerializer, Serializer
+from strego.task import TaskInfo, TaskState
+
+log = logging.getLogger("strego.server")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: How long one fetch waits for a task to arrive before asking again.
+FETCH_BLOCK_MS = 2000
+#: The longest a backend call made during shutdown (releasing tasks) may take.
+SHUTDOWN_CALL_TIMEOUT = 5.0
+#: Longest error text stored with a failed task.
+MAX_ERROR_CHARS = 2000
+
+
+def default_serializers() -> list[Serializer]:
+    found: list[Serializer] = [JsonSerializer()]
+    with contextlib.suppress(ImportError):  # msgpack is optional
+        found.append(MsgpackSerializer())
+    return found
+
+
+def consumer_name() -> str:
+    """hostname:pid:random, unique per server instance."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`Type: message`, then the innermost frames (where it was raised), for last_error."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    if frames:
+        text += "\n" + "\n".join(
+            f"  {os.path.basename(f.filename)}:{f.lineno} in {f.name}" for f in frames
+        )
+    return text[:MAX_ERROR_CHARS]
+
+
+@attrs.define
+class ServerStats:
+    """Counts of what this server did since it started."""
+
+    processed: int = 0  #: handlers that returned (acked)
+    failed: int = 0  #: handler runs that failed (any reason)
+    retried: int = 0  #: failures sent to retry
+    dead: int = 0  #: failures sent to dead
+    released: int = 0  #: tasks given back to pending at shutdown
+    claimed: int = 0  #: stale tasks taken over from dead servers
+
+
+@attrs.frozen
+class _Failure:
+    error: str
+    retry: bool
+    exception: BaseException
+
+
+class _Slots:
+    """How many tasks the server holds (buffered or running) against its concurrency."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._freed = anyio.Event()
+
+    def free(self) -> int:
+        return max(0, self.size - self.used)
+
+    def take(self, n: int) -> None:
+        self.used += n
+
+    def give(self, n: int = 1) -> None:
+        if n:
+            self.used -= n
+            self._freed.set()
+
+    async def wait_free(self) -> None:
+        while self.used >= self.size:
+            self._freed = anyio.Event()
+            await self._freed.wait()
+
+
+async def _wait_any(*events: anyio.Event) -> None:
+    async with anyio.create_task_group() as group:
+
+        async def waiter(event: anyio.Event) -> None:
+            await event.wait()
+            group.cancel_scope.cancel()
+
+        for event in events:
+            group.start_soon(waiter, event)
+
+
+class Server:
+    """Runs handlers for the tasks of its queues.
+
+    Options (all keyword-only):
+
+    - `queues` (default ``["default"]``): a name, a list (round-robin), or a mapping of name to
+      weight (a weighted random order for each fetch, so queues are served in proportion).
+    - `strict` (False): priority order instead: the list's order or highest weight first; a queue
+      is served only when all before it are empty.
+    - `concurrency` (10): how many handlers run at once. Sync (`def`) handlers run in worker
+      threads, at most `concurrency` at once.
+    - `shutdown_timeout` (10 s): how long running handlers may finish after a stop; then they are
+      cancelled and their tasks released to pending.
+    - `claim_stale_after` (30 s): the lease of every task this server holds; leases are renewed
+      every third of it, and another server may claim a task whose lease expired (its server
+      died).
+    - `max_deliveries` (5): a task whose server died this many times while running it goes to dead.
+    - `recovery_interval` (min(5 s, claim_stale_after)): how often to look for stale tasks.
+    - `retry_delay` (`ExponentialBackoff()`: full jitter, base 1 s, cap 1 h): a callable
+      ``(retried, exception, task) -> seconds`` giving the delay before a failed task's retry.
+    - `default_timeout` (None): seconds a handler may run when its task has no timeout.
+    - `serializers` (JSON, and msgpack when installed): how payloads are decoded, by the encoding
+      name stored with each task.
+    - `name`: the consumer name (default ``hostname:pid:random``); must be unique per server.
+
+    Run it with ``await server.run()`` (until `stop()`, SIGINT or SIGTERM) or ``async with
+    server:`` (in the background for the block). The server does not close its backend.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        queues: QueuesSpec = ("default",),
+        strict: bool = False,
+        concurrency: int = 10,
+        shutdown_timeout: float = 10.0,
+        claim_stale_after: float = 30.0,
+        max_deliveries: int = 5,
+        recovery_interval: float | None = None,
+        retry_delay: RetryDelay | None = None,
+        default_timeout: float | None = None,
+        serializers: Iterable[Serializer] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+        for what, value in (
+            ("shutdown_timeout", shutdown_timeout),
+            ("claim_stale_after", claim_stale_after),
+        ):
+            if not (isinstance(value, int | float) and 0 <= value < math.inf):
+                raise ValueError(f"{what} must be a non-negative number of seconds")
+        if claim_stale_after <= 0:
+            raise ValueError("claim_stale_after must be positive")
+        if default_timeout is not None and not default_timeout > 0:
+            raise ValueError("default_timeout must be positive")
+        if isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int):
+            raise ValueError("max_deliveries must be an integer >= 1")
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be an integer >= 1")
+        self.backend = backend
+        self.order = QueueOrder(queues, strict=strict)
+        self.queues = list(self.order.names)
+        self.concurrency = concurrency
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.claim_stale_after = float(claim_stale_after)
+        self.lease_ms = max(1, round(claim_stale_after * 1000))
+        self.max_deliveries = max_deliveries
+        self.recovery_interval = (
+            min(5.0, self.claim_stale_after) if recovery_interval is None else recovery_interval
+        )
+        self.retry_delay: RetryDelay = retry_delay or ExponentialBackoff()
+        self.default_timeout = default_timeout
+        self.serializers = {
+            s.name: s for s in (default_serializers() if serializers is None else serializers)
+        }
+        self.name = name or consumer_name()
+        self.registry = Registry()
+        self.stats = ServerStats()
+        self._stop_requested = False
+        self._running = False
+        self._stop_event: anyio.Event | None = None
+        self._force_event: anyio.Event | None = None
+        self._handler_scopes: dict[tuple[str, str], anyio.CancelScope] = {}
+        self._stopping = False
+        self._group: anyio.abc.TaskGroup | None = None
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def handler(self, task_type: str) -> Callable[[F], F]:
+        """Decorator registering the handler of `task_type`. Its first parameter's annotation
+        decides what it receives: `strego.Task` (or none) for the task, any other type for the
+        payload structured into it."""
+
+        def register(func: F) -> F:
+            self.registry.add(task_type, func)
+            return func
+
+        return register
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the server to shut down gracefully (returns at once; `run()` returns when done)."""
+        self._stop_requested = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def cancel_running(self) -> None:
+        """Stop at once: like `stop()`, without waiting for `shutdown_timeout`."""
+        self.stop()
+        if self._force_event is not None:
+            self._force_event.set()
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Run until `stop()` (or SIGINT/SIGTERM when `handle_signals` and on the main thread; a
+        second signal cancels running handlers at once), then shut down gracefully."""
+        async with anyio.create_task_group() as group:
+            if handle_signals and threading.current_thread() is threading.main_thread():
+                await group.start(self._watch_signals)
+            await self._serve()
+            group.cancel_scope.cancel()
+
+    async def __aenter__(self) -> Self:
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        try:
+            await group.start(self._serve)
+        except BaseException as exc:
+            await group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._group = group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.stop()
+        group, self._group = self._group, None
+        assert group is not None
+        return await group.__aexit__(exc_type, exc, tb)
+
+    async def _watch_signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                if not self._stop_requested:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    self.stop()
+                else:
+                    log.warning(
+                        "received %s again: cancelling running handlers",
+                        signal.Signals(signum).name,
+                    )
+                    self.cancel_running()
+
+    async def _serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self._running:
+            raise RuntimeError("this server is already running")
+        self._running = True
+        self._stopping = False
+        self._stop_event = anyio.Event()
+        self._force_event = anyio.Event()
+        if self._stop_requested:
+            self._stop_event.set()
+        self._stop_requested = False
+        if not len(self.registry):
+            log.warning("server %s has no handlers: every task will fail", self.name)
+        self._slots = _Slots(self.concurrency)
+        self._limiter = anyio.CapacityLimiter(self.concurrency)
+        self._lease = LeaseKeeper(
+            self.backend, self.name, self.lease_ms, self.claim_stale_after / 3
+        )
+        scheduler = Scheduler(
+            self.backend, self.queues, consumer_idle=max(300.0, 10 * self.claim_stale_after)
+        )
+        # buffer: fetched tasks plus room for stale ones claimed while a fetch is out
+        buf_send, buf_recv = anyio.create_memory_object_stream[TaskInfo](2 * self.concurrency)
+        ack_send, ack_recv = anyio.create_memory_object_stream[TaskInfo](math.inf)
+        self._acks = ack_send
+        intake_done, runners_done, acker_done, upkeep_done = (anyio.Event() for _ in range(4))
+        log.info(
+            "server %s starting: queues %s%s, concurrency %d",
+            self.name,
+            ", ".join(self.queues),
+            " (strict)" if self.order.strict else "",
+            self.concurrency,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                upkeep = await tg.start(
+                    self._group_of, [self._lease.run, scheduler.run], upkeep_done
+                )
+                await tg.start(
+                    self._group_of, [functools.partial(self._ack_loop, ack_recv)], acker_done
+                )
+                runners = [
+                    functools.partial(self._runner, buf_recv.clone())
+                    for _ in range(self.concurrency)
+                ]
+                await tg.start(self._group_of, runners, runners_done)
+                intake = await tg.start(
+                    self._group_of,
+                    [
+                        functools.partial(self._fetch_loop, buf_send.clone()),
+                        functools.partial(self._recovery_loop, buf_send.clone()),
+                    ],
+                    intake_done,
+                )
+                buf_send.close()
+                task_status.started()
+
+                await self._stop_event.wait()
+                log.info("server %s stopping", self.name)
+                self._stopping = True
+                intake.cancel()
+                await intake_done.wait()
+                await self._release(self._drain(buf_recv), "not started")
+                with anyio.move_on_after(self.shutdown_timeout):
+                    await _wait_any(runners_done, self._force_event)
+                if not runners_done.is_set():
+                    log.warning(
+                        "server %s: cancelling %d handlers still running",
+                        self.name,
+                        len(self._handler_scopes),
+                    )
+                    for scope in list(self._handler_scopes.values()):
+                        scope.cancel()
+                    await runners_done.wait()
+                ack_send.close()
+                await acker_done.wait()
+                upkeep.cancel()
+                await upkeep_done.wait()
+                await self._release_strays()
+        finally:
+            self._running = False
+            self._stop_event = None
+            self._force_event = None
+            buf_recv.close()
+            log.info("server %s stopped", self.name)
+
+    async def _group_of(
+        self,
+        funcs: Sequence[Callable[[], Coroutine[Any, Any, Any]]],
+        done: anyio.Event,
+        *,
+        task_status: anyio.abc.TaskStatus[anyio.CancelScope],
+    ) -> None:
+        """Run `funcs` in a task group of their own; hand back its cancel scope; set `done` when
+        they all ended."""
+        try:
+            async with anyio.create_task_group() as group:
+                for func in funcs:
+                    group.start_soon(func)
+                task_status.started(group.cancel_scope)
+        finally:
+            done.set()
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    async def _fetch_loop(self, send: MemoryObjectSendStream[TaskInfo]) -> None:
+        with send:
+            while True:
+                await self._slots.wait_free()
+                count = self._slots.free()
+                self._slots.take(count)
+                got: list[TaskInfo] = []
+                try:
+                    got = await self.backend.fetch(
+                        self.order.next(),
+                        count,
+                        self.name,
+                        lease_ms=self.lease_ms,
+                        block_ms=FETCH_BLOCK_MS,
+                    )
+                except Exception as exc:
+                    log.warning("fetch failed: %s", exc)
+                    self._slots.give(count)
+                    await anyio.sleep(1.0)
+                    continue
+                except BaseException:
+                    self._slots.give(count)
+                    raise
+                self._slots.give(count - len(got))
+                for info in got:
+                    self._lease.hold(info.queue, info.id)
+                    send.send_nowait(info)
+
+    async def _recovery_loop(self, send: MemoryObjectSendStream[TaskInfo]) -> None:
+        with send:
+            while True:
+                try:
+                    await self._claim_stale(send)
+                except Exception as exc:
+                    log.warning("claiming stale tasks failed: %s", exc)
+                await anyio.sleep(self.recovery_interval)
+
+    async def _claim_stale(self, send: MemoryObjectSendStream[TaskInfo]) -> None:
+        while True:
+            # may go past `concurrency` by up to as many again: they wait in the buffer
+            count = 2 * self.concurrency - self._slots.used
+            if count <= 0:
+                return
+            self._slots.take(count)
+            try:
+                got = await self.backend.claim_stale(
+                    self.queues,
+                    self.name,
+                    count,
+                    lease_ms=self.lease_ms,
+                    max_deliveries=self.max_deliveries,
+                )
+            finally:
+                self._slots.give(count)
+            self._slots.take(len(got))
+            for info in got:
+                self._lease.hold(info.queue, info.id)
+                send.send_nowait(info)
+            if got:
+                self.stats.claimed += len(got)
+                log.info("claimed %d stale tasks", len(got))
+            if len(got) < count:
+                return
+
+    def _drain(self, recv: MemoryObjectReceiveStream[TaskInfo]) -> list[TaskInfo]:
+        out = []
+        while True:
+            try:
+                out.append(recv.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return out
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def _runner(self, recv: MemoryObjectReceiveStream[TaskInfo]) -> None:
+        with recv:
+            async for info in recv:
+                try:
+                    if self._stopping:
+                        await self._release([info], "not started")
+                    else:
+                        await self._process(info)
+                finally:
+                    self._slots.give(1)
+
+    async def _process(self, info: TaskInfo) -> None:
+        handler = self.registry.get(info.type)
+        key = (info.queue, info.id)
+        attempt = info.retried + 1
+        log.debug("start %s %s (queue %s, attempt %d)", info.type, info.id, info.queue, attempt)
+        started = anyio.current_time()
+        failure: _Failure | None = None
+        token = set_current_task(info)
+        try:
+            with anyio.CancelScope() as scope:
+                self._handler_scopes[key] = scope
+                failure = await self._execute(info, handler)
+        except BaseException:
+            # the whole server is being cancelled: give the task back rather than wait for its lease
+            await self._release([info], "cancelled")
+            raise
+        finally:
+            self._handler_scopes.pop(key, None)
+            reset_current_task(token)
+        if scope.cancelled_caught:
+            await self._release([info], "cancelled at shutdown")
+            return
+        elapsed = anyio.current_time() - started
+        if failure is None:
+            log.debug("done %s %s in %.3fs", info.type, info.id, elapsed)
+            self._acks.send_nowait(info)
+            return
+        await self._fail(info, failure)
+
+    async def _execute(self, info: TaskInfo, handler: Handler | None) -> _Failure | None:
+        """Run the handler; None on success, else what went wrong."""
+        if handler is None:
+            message = f"no handler for task type {info.type!r}"
+            return _Failure(message, retry=True, exception=LookupError(message))
+        try:
+            argument = handler.argument(info, self._decode(info))
+        except DecodeError as exc:
+            return _Failure(str(exc), retry=False, exception=exc)
+        timeout = info.timeout if info.timeout is not None else self.default_timeout
+        with anyio.move_on_after(timeout) as deadline:
+            try:
+                if handler.is_async:
+                    await handler.func(argument)
+                else:
+                    # a thread cannot be interrupted: on timeout or shutdown it is abandoned
+                    await anyio.to_thread.run_sync(
+                        handler.func, argument, limiter=self._limiter, abandon_on_cancel=True
+                    )
+            except SkipRetry as exc:
+                return _Failure(describe_exception(exc), retry=False, exception=exc)
+            except Exception as exc:
+                return _Failure(describe_exception(exc), retry=True, exception=exc)
+        if deadline.cancelled_caught:
+            message = f"timed out after {timeout:g}s"
+            return _Failure(message, retry=True, exception=TimeoutError(message))
+        return None
+
+    def _decode(self, info: TaskInfo) -> Any:
+        if info.encoding == RAW_ENCODING:
+            return info.payload
+        serializer = self.serializers.get(info.encoding)
+        if serializer is None:
+            raise DecodeError(f"unknown payload encoding {info.encoding!r}")
+        try:
+            return serializer.loads(info.payload)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"payload cannot be decoded as {info.encoding}: {exc}") from exc
+
+    async def _fail(self, info: TaskInfo, failure: _Failure) -> None:
+        retry_at_ms = None
+        if failure.retry:
+            try:
+                delay = self.retry_delay(info.retried, failure.exception, info)
+            except Exception:
+                log.exception("retry_delay raised; using the default backoff")
+                delay = ExponentialBackoff()(info.retried, failure.exception, info)
+            retry_at_ms = self.backend.clock() + max(0, round(delay * 1000))
+        self.stats.failed += 1
+        try:
+            state = await self.backend.fail(
+                info.queue, info.id, self.name, failure.error, retry_at_ms=retry_at_ms
+            )
+        except Exception as exc:
+            # it stays active under our name: once its lease expires it is claimed and run again
+            log.warning("recording the failure of task %s failed: %s", info.id, exc)
+            return
+        finally:
+            self._lease.drop(info.queue, info.id)
+        if state is TaskState.RETRY:
+            self.stats.retried += 1
+        elif state is TaskState.DEAD:
+            self.stats.dead += 1
+        first_line = failure.error.partition("\n")[0]
+        log.warning(
+            "task %s %s (queue %s, attempt %d) failed: %s -> %s",
+            info.type,
+            info.id,
+            info.queue,
+            info.retried + 1,
+            first_line,
+            state or "not active",
+        )
+
+    # -- acks -----------------------------------------------------------------------------------
+
+    async def _ack_loop(self, recv: MemoryObjectReceiveStream[TaskInfo]) -> None:
+        """Acks whatever completed while the previous ack was out, in one call."""
+        with recv:
+            async for info in recv:
+                batch = [info, *self._drain(recv)]
+                await self._ack(batch)
+
+    async def _ack(self, batch: list[TaskInfo]) -> None:
+        for attempt in range(3):
+            try:
+                if len(batch) == 1:
+                    results = [await self.backend.ack(batch[0].queue, batch[0].id, self.name)]
+                else:
+                    items = [(info.queue, info.id) for info in batch]
+                    results = await self.backend.ack_many(items, self.name)
+                break
+            except Exception as exc:  # acking twice is harmless: retry a lost reply
+                log.warning("ack of %d tasks failed (try %d): %s", len(batch), attempt + 1, exc)
+                await anyio.sleep(0.1 * 3**attempt)
+        else:
+            results = [False] * len(batch)  # they will be claimed again when their lease ends
+        for info, acked in zip(batch, results, strict=True):
+            self._lease.drop(info.queue, info.id)
+            self.stats.processed += 1
+            if not acked:
+                log.debug("ack of task %s found it no longer active", info.id)
+
+    # -- giving tasks back ----------------------------------------------------------------------
+
+    async def _release(self, infos: Sequence[TaskInfo], why: str) -> None:
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for info in infos:
+            by_queue[info.queue].append(info.id)
+        for queue, ids in by_queue.items():
+            await self._release_ids(queue, ids, why)
+
+    async def _release_ids(self, queue: str, ids: list[str], why: str) -> None:
+        with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+            try:
+                released = await self.backend.release(queue, ids, self.name)
+            except Exception as exc:
+                log.warning("releasing %d tasks of queue %s failed: %s", len(ids), queue, exc)
+                released = 0
+            self.stats.released += released
+            if released:
+                log.info("released %d tasks of queue %s (%s)", released, queue, why)
+        for task_id in ids:
+            self._lease.drop(queue, task_id)
+
+    async def _release_strays(self) -> None:
+        """Release anything still held under this server's name (a fetch interrupted by the
+        shutdown after the backend had started its tasks)."""
+        for queue in self.queues:
+            with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+                try:
+                    consumers = await self.backend.consumers(queue)
+                except Exception as exc:
+                    log.warning("listing consumers of %s failed: %s", queue, exc)
+                    continue
+                for consumer in consumers:
+                    if consumer.name == self.name and consumer.held:
+                        await self._release_ids(queue, list(consumer.held), "stray")
