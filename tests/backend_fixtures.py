@@ -8,6 +8,7 @@ factory. Event loops a backend cannot run on are deselected, not skipped."""
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -50,8 +51,49 @@ def _memory(request: pytest.FixtureRequest) -> BackendFactory:
     return factory
 
 
+def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
+    """Backends on a RedisBackend whose client `connect` makes; each gets a prefix of its own."""
+
+    @contextlib.asynccontextmanager
+    async def factory(
+        *, clock: Clock, completed_ttl_ms: int = 3_600_000, dead_ttl_ms: int = 604_800_000
+    ) -> AsyncIterator[Backend]:
+        from strego.backends.redis import RedisBackend
+
+        backend = RedisBackend(
+            connect(),
+            prefix=f"t{uuid.uuid4().hex[:12]}",
+            clock=clock,
+            completed_ttl_ms=completed_ttl_ms,
+            dead_ttl_ms=dead_ttl_ms,
+        )
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+
+    return factory
+
+
+def _redis(request: pytest.FixtureRequest) -> BackendFactory:
+    import redis.asyncio
+
+    url = request.getfixturevalue("redis_url")
+    return _redis_factory(lambda: redis.asyncio.Redis.from_url(url))
+
+
+def _fakeredis(request: pytest.FixtureRequest) -> BackendFactory:
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    return _redis_factory(lambda: fakeredis.FakeAsyncRedis(server=server))
+
+
 BACKENDS: dict[str, BackendKind] = {
     "memory": BackendKind(_memory),
+    # redis-py runs on asyncio only
+    "redis": BackendKind(_redis, event_loops=frozenset({"asyncio"})),
+    "fakeredis": BackendKind(_fakeredis, event_loops=frozenset({"asyncio"})),
 }
 
 

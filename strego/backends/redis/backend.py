@@ -1,0 +1,543 @@
+"""`RedisBackend`: the backend contract on Redis. Every state transition is one Lua script from
+strego/lua (see docs/redis.md for the key layout, the record format and each script); everything
+is sent through a `Transport`, so the same backend runs over redis-py or the anyio transport."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+
+from strego.backends.base import Clock, ConsumerInfo, QueueInfo
+from strego.backends.redis import codes
+from strego.backends.redis.keys import Keys, queues_key
+from strego.backends.redis.record import LETTER, decode, encode_envelope, ended_ms
+from strego.backends.redis.scripts import script
+from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
+from strego.errors import InvalidTaskError, StregoError
+from strego.message import TaskMessage
+from strego.task import TaskInfo, TaskState, validate_queue_name
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+#: Messages of one queue sent in one enqueue script call.
+ENQUEUE_CHUNK = 100
+#: How many entries promote moves or expires per call, and requeue_all_dead per call.
+BATCH = 1000
+
+_RETAINED = {
+    TaskState.COMPLETED: "completed",
+    TaskState.CANCELLED: "cancelled",
+    TaskState.DEAD: "dead",
+}
+
+
+def system_clock() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """Key/value pairs from a map reply: a dict under RESP3, a flat list or list of pairs under
+    RESP2 (transports may speak either)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(reply.items())
+    if isinstance(reply[0], list):
+        return [(k, v) for k, v in reply]
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
+class RedisBackend:
+    """A backend storing tasks in Redis. Give it a `redis.asyncio.Redis` client (created with
+    ``decode_responses=False`` or not: replies are read raw either way) or any `Transport`."""
+
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(
+        self,
+        client_or_transport: redis.asyncio.Redis | Transport,
+        *,
+        prefix: str = "strego",
+        group: str = "strego",
+        clock: Clock | None = None,
+        completed_ttl_ms: int = 3_600_000,
+        dead_ttl_ms: int = 7 * 86_400_000,
+    ) -> None:
+        if hasattr(client_or_transport, "run_script"):
+            self.transport: Transport = cast("Transport", client_or_transport)
+        else:
+            from strego.backends.redis.redispy_transport import RedisPyTransport
+
+            self.transport = RedisPyTransport(client_or_transport)
+        self.prefix = prefix
+        self.group = group
+        self.clock: Clock = clock or system_clock
+        self.completed_ttl_ms = completed_ttl_ms
+        self.dead_ttl_ms = dead_ttl_ms
+        self._keys: dict[str, Keys] = {}
+        self._registry = queues_key(prefix)
+        #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing
+        self._signal_ids: dict[str, bytes] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisBackend:
+        import redis.asyncio
+
+        return cls(redis.asyncio.Redis.from_url(url, decode_responses=False, protocol=2), **options)
+
+    def keys(self, queue: str) -> Keys:
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = Keys(self.prefix, validate_queue_name(queue))
+        return keys
+
+    def _call(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> ScriptCall:
+        return ScriptCall(script(name), keys, args)
+
+    async def _run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        return await self.transport.run_script(self._call(name, keys, args))
+
+    async def _pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
+        replies = await self.transport.pipeline(calls)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
+    # -- producing ------------------------------------------------------------------------------
+
+    async def enqueue(self, message: TaskMessage) -> TaskInfo:
+        result = (await self.enqueue_many([message]))[0]
+        if isinstance(result, StregoError):
+            raise result
+        return result
+
+    async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
+        if not messages:
+            return []
+        now = self.clock()
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for i, message in enumerate(messages):
+            by_queue[message.queue].append(i)
+        calls: list[ScriptCall | Command] = [
+            Command(("SADD", self._registry, *by_queue), idempotent=True)
+        ]
+        chunks: list[list[int]] = []
+        for queue, indexes in by_queue.items():
+            k = self.keys(queue)
+            keys = (
+                k.tasks, k.scheduled, k.retry, k.unique, k.unique_exp, k.signal, k.completed,
+                k.dead, k.cancelled, *k.streams,
+            )  # fmt: skip
+            for start in range(0, len(indexes), ENQUEUE_CHUNK):
+                chunk = indexes[start : start + ENQUEUE_CHUNK]
+                args: list[Arg] = [now, self.group, self.completed_ttl_ms, self.dead_ttl_ms]
+                for i in chunk:
+                    m = messages[i]
+                    due = m.process_at_ms if m.process_at_ms is not None else None
+                    args += (
+                        m.id,
+                        "" if due is None or due <= now else due,
+                        m.priority,
+                        m.max_retry,
+                        m.unique_key or "",
+                        m.unique_ttl_ms or 0,
+                        encode_envelope(m),
+                    )
+                calls.append(self._call("enqueue", keys, args))
+                chunks.append(chunk)
+        replies = await self._pipeline(calls)
+        results: list[TaskInfo | StregoError | None] = [None] * len(messages)
+        for chunk, reply in zip(chunks, replies[1:], strict=True):
+            for i, (code, detail) in zip(chunk, reply, strict=True):
+                m = messages[i]
+                if code != codes.OK:
+                    results[i] = codes.error_for(code, m, detail)
+                elif detail == b"s":
+                    results[i] = m.info(TaskState.SCHEDULED, next_run_ms=m.process_at_ms)
+                else:
+                    results[i] = m.info(TaskState.PENDING)
+        return [r for r in results if r is not None]
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    def _decode_pairs(self, queue: str, flat: Sequence[bytes]) -> list[TaskInfo]:
+        return [decode(queue, _str(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def fetch(
+        self,
+        queues: Sequence[str],
+        count: int,
+        consumer: str,
+        *,
+        lease_ms: int,
+        block_ms: int = 0,
+    ) -> list[TaskInfo]:
+        out, waits = await self._fetch_once(queues, count, consumer, lease_ms)
+        if out or block_ms <= 0 or count <= 0:
+            return out
+        if not waits:  # every queue is paused: nothing to wait on but time
+            await anyio.sleep(block_ms / 1000)
+            return []
+        streams = [s for s, _ in waits]
+        ids = [i for _, i in waits]
+        await self.transport.blocking(
+            Command(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *ids)), block_ms
+        )
+        out, _ = await self._fetch_once(queues, count, consumer, lease_ms)
+        return out
+
+    async def _fetch_once(
+        self, queues: Sequence[str], count: int, consumer: str, lease_ms: int
+    ) -> tuple[list[TaskInfo], list[tuple[str, bytes]]]:
+        out: list[TaskInfo] = []
+        waits: list[tuple[str, bytes]] = []
+        for queue in queues:
+            if len(out) >= count:
+                break
+            k = self.keys(queue)
+            status, items, last = await self._run(
+                "fetch",
+                (k.tasks, k.leases, k.consumers, k.paused, *k.streams),
+                (self.clock(), self.group, consumer, count - len(out), lease_ms),
+            )
+            out += self._decode_pairs(queue, items)
+            if status == codes.OK and last:
+                waits += zip(k.streams, last, strict=True)
+        return out, waits
+
+    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
+        return (await self.ack_many([(queue, task_id)], consumer))[0]
+
+    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
+        if not items:
+            return []
+        now = self.clock()
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for i, (queue, _) in enumerate(items):
+            by_queue[queue].append(i)
+        calls: list[ScriptCall | Command] = []
+        for queue, indexes in by_queue.items():
+            k = self.keys(queue)
+            calls.append(
+                self._call(
+                    "ack",
+                    (k.tasks, k.leases, k.completed, k.unique, k.unique_exp, k.consumers,
+                     *k.streams),
+                    (now, self.group, consumer, *(items[i][1] for i in indexes)),
+                )
+            )  # fmt: skip
+        replies = await self._pipeline(calls)
+        done = [False] * len(items)
+        for indexes, reply in zip(by_queue.values(), replies, strict=True):
+            for i, flag in zip(indexes, reply, strict=True):
+                done[i] = flag == 1
+        return done
+
+    async def fail(
+        self, queue: str, task_id: str, consumer: str, error: str, *, retry_at_ms: int | None
+    ) -> TaskState | None:
+        k = self.keys(queue)
+        letter = await self._run(
+            "fail",
+            (k.tasks, k.leases, k.scheduled, k.retry, k.dead, k.signal, k.consumers, *k.streams),
+            (self.clock(), self.group, consumer, task_id, error,
+             "" if retry_at_ms is None else retry_at_ms),
+        )  # fmt: skip
+        return {b"r": TaskState.RETRY, b"d": TaskState.DEAD}.get(letter)
+
+    async def release(self, queue: str, task_ids: Sequence[str], consumer: str) -> int:
+        k = self.keys(queue)
+        if not task_ids:
+            return 0
+        n: int = await self._run(
+            "release",
+            (k.tasks, k.leases, k.consumers, *k.streams),
+            (self.clock(), self.group, consumer, *task_ids),
+        )
+        return n
+
+    async def renew(
+        self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
+    ) -> list[str]:
+        k = self.keys(queue)
+        if not task_ids:
+            return []
+        lost = await self._run(
+            "renew",
+            (k.tasks, k.leases, k.consumers),
+            (self.clock(), consumer, lease_ms, *task_ids),
+        )
+        return [_str(i) for i in lost]
+
+    async def claim_stale(
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        count: int,
+        *,
+        lease_ms: int,
+        max_deliveries: int,
+    ) -> list[TaskInfo]:
+        error = (
+            f"exceeded max deliveries ({max_deliveries}): its consumer died {max_deliveries}"
+            " times while running it"
+        )
+        out: list[TaskInfo] = []
+        for queue in queues:
+            if len(out) >= count:
+                break
+            k = self.keys(queue)
+            items = await self._run(
+                "claim_stale",
+                (k.tasks, k.leases, k.dead, k.consumers, *k.streams),
+                (self.clock(), self.group, consumer, count - len(out), lease_ms, max_deliveries,
+                 error),
+            )  # fmt: skip
+            out += self._decode_pairs(queue, items)
+        return out
+
+    async def promote(self, queues: Sequence[str]) -> int | None:
+        if not queues:
+            return None
+        now = self.clock()
+        calls: list[ScriptCall | Command] = []
+        for queue in queues:
+            k = self.keys(queue)
+            calls.append(
+                self._call(
+                    "promote",
+                    (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
+                     k.unique_exp, k.signal, *k.streams),
+                    (now, self.group, self.completed_ttl_ms, self.dead_ttl_ms, BATCH),
+                )
+            )  # fmt: skip
+        earliest: int | None = None
+        for queue, (due, signal_id) in zip(queues, await self._pipeline(calls), strict=True):
+            self._signal_ids.setdefault(queue, signal_id)
+            if due:
+                earliest = int(due) if earliest is None else min(earliest, int(due))
+        return earliest
+
+    async def wait_schedule_change(self, queues: Sequence[str], timeout_ms: int) -> None:
+        if not queues or timeout_ms <= 0:
+            return
+        streams = [self.keys(q).signal for q in queues]
+        ids = [self._signal_ids.get(q, b"$") for q in queues]
+        reply = await self.transport.blocking(
+            Command(("XREAD", "BLOCK", timeout_ms, "STREAMS", *streams, *ids)), timeout_ms
+        )
+        by_key = {k: q for k, q in zip(streams, queues, strict=True)}
+        for key, entries in _pairs(reply):
+            if entries:
+                self._signal_ids[by_key[_str(key)]] = entries[-1][0]
+
+    # -- managing ---------------------------------------------------------------------------------
+
+    async def _queue_of(self, task_id: str) -> str | None:
+        found = await self._find(task_id)
+        return found[0] if found else None
+
+    async def cancel(self, task_id: str, queue: str | None = None) -> bool:
+        if queue is None:
+            queue = await self._queue_of(task_id)
+            if queue is None:
+                return False
+        k = self.keys(queue)
+        done = await self._run(
+            "cancel",
+            (k.tasks, k.scheduled, k.retry, k.cancelled, k.unique, k.unique_exp, *k.streams),
+            (self.clock(), self.group, task_id),
+        )
+        return bool(done == 1)
+
+    async def _requeue(self, queue: str, task_ids: Sequence[str]) -> int:
+        k = self.keys(queue)
+        n: int = await self._run(
+            "requeue_dead",
+            (k.tasks, k.dead, *k.streams),
+            (self.clock(), self.group, self.dead_ttl_ms, BATCH, *task_ids),
+        )
+        return n
+
+    async def requeue_dead(self, queue: str, task_id: str) -> bool:
+        return await self._requeue(queue, [task_id]) == 1
+
+    async def requeue_all_dead(self, queue: str) -> int:
+        total = 0
+        while n := await self._requeue(queue, []):
+            total += n
+        return total
+
+    async def purge(self, queue: str, states: Sequence[TaskState] | None = None) -> int:
+        if states is None:
+            states = [s for s in TaskState if s is not TaskState.ACTIVE]
+        if TaskState.ACTIVE in states:
+            raise InvalidTaskError("active tasks cannot be purged: they are running")
+        k = self.keys(queue)
+        deleted, left = await self._run(
+            "purge",
+            (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
+             k.unique_exp, *k.streams),
+            ("".join(LETTER[TaskState(s)] for s in states),),
+        )  # fmt: skip
+        if left == 0:
+            # the registry is a separate key (another slot): drop the queue, then put it back if
+            # a task arrived in between
+            await self.transport.execute(Command(("SREM", self._registry, queue), idempotent=True))
+            if await self.transport.execute(Command(("HLEN", k.tasks), idempotent=True)):
+                await self.transport.execute(
+                    Command(("SADD", self._registry, queue), idempotent=True)
+                )
+        return int(deleted)
+
+    async def pause(self, queue: str) -> None:
+        await self.transport.execute(Command(("SET", self.keys(queue).paused, 1), idempotent=True))
+
+    async def resume(self, queue: str) -> None:
+        await self.transport.execute(Command(("DEL", self.keys(queue).paused), idempotent=True))
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def queues(self) -> list[str]:
+        names = await self.transport.execute(Command(("SMEMBERS", self._registry), idempotent=True))
+        return sorted(_str(n) for n in names)
+
+    def _live_from(self, state: TaskState, now: int) -> str:
+        """The lowest end time (exclusive) of a retained task still within its retention."""
+        ttl = self.dead_ttl_ms if state is TaskState.DEAD else self.completed_ttl_ms
+        return f"({now - ttl}"
+
+    async def queue_info(self, queue: str) -> QueueInfo:
+        k = self.keys(queue)
+        now = self.clock()
+        calls: list[ScriptCall | Command] = [
+            Command(("EXISTS", k.paused)),
+            Command(("ZCARD", k.scheduled)),
+            Command(("ZCARD", k.retry)),
+            Command(("ZCARD", k.leases)),
+            *(
+                Command(("ZCOUNT", getattr(k, _RETAINED[s]), self._live_from(s, now), "+inf"))
+                for s in _RETAINED
+            ),
+            *(Command(("XLEN", s)) for s in k.streams),
+        ]
+        r = await self._pipeline(calls)
+        counts = {
+            TaskState.SCHEDULED: r[1],
+            TaskState.RETRY: r[2],
+            TaskState.ACTIVE: r[3],
+            TaskState.COMPLETED: r[4],
+            TaskState.CANCELLED: r[5],
+            TaskState.DEAD: r[6],
+            # every stream entry is a pending task or an active one (until it leaves active)
+            TaskState.PENDING: max(0, sum(r[7:]) - r[3]),
+        }
+        return QueueInfo(name=queue, paused=bool(r[0]), counts={s: counts[s] for s in TaskState})
+
+    async def _records(self, queue: str, ids: Sequence[bytes]) -> list[TaskInfo]:
+        if not ids:
+            return []
+        recs = await self.transport.execute(
+            Command(("HMGET", self.keys(queue).tasks, *ids), idempotent=True)
+        )
+        return [decode(queue, _str(i), r) for i, r in zip(ids, recs, strict=True) if r is not None]
+
+    async def list_tasks(
+        self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
+    ) -> list[TaskInfo]:
+        k = self.keys(queue)
+        if offset < 0 or limit < 0:
+            raise InvalidTaskError("offset and limit must be >= 0")
+        if limit == 0:
+            return []
+        if state is TaskState.PENDING:
+            items = await self._run("list_pending", (k.tasks, *k.streams), (offset, limit))
+            return self._decode_pairs(queue, items)
+        if state is TaskState.ACTIVE:
+            ids = await self.transport.execute(Command(("ZRANGE", k.leases, 0, -1)))
+            active = [t for t in await self._records(queue, ids) if t.state is TaskState.ACTIVE]
+            active.sort(key=lambda t: (t.started_ms or 0, t.id))
+            return active[offset : offset + limit]
+        if state in (TaskState.SCHEDULED, TaskState.RETRY):
+            key = k.scheduled if state is TaskState.SCHEDULED else k.retry
+            ids = await self.transport.execute(Command(("ZRANGE", key, offset, offset + limit - 1)))
+        else:
+            key = getattr(k, _RETAINED[state])
+            ids = await self.transport.execute(
+                Command(("ZREVRANGEBYSCORE", key, "+inf", self._live_from(state, self.clock()),
+                         "LIMIT", offset, limit))
+            )  # fmt: skip
+        return [t for t in await self._records(queue, ids) if t.state is state]
+
+    def _retained(self, record: bytes, now: int) -> bool:
+        state, ended = ended_ms(record)
+        if ended is None or state not in _RETAINED:
+            return True
+        ttl = self.dead_ttl_ms if state is TaskState.DEAD else self.completed_ttl_ms
+        return ended + ttl > now
+
+    async def _find(self, task_id: str) -> tuple[str, bytes] | None:
+        names = await self.queues()
+        if not names:
+            return None
+        calls: list[ScriptCall | Command] = [
+            Command(("HGET", self.keys(q).tasks, task_id), idempotent=True) for q in names
+        ]
+        now = self.clock()
+        for queue, rec in zip(names, await self._pipeline(calls), strict=True):
+            if rec is not None and self._retained(rec, now):
+                return queue, rec
+        return None
+
+    async def get_task(self, task_id: str, queue: str | None = None) -> TaskInfo | None:
+        if queue is None:
+            found = await self._find(task_id)
+            return None if found is None else decode(found[0], task_id, found[1])
+        rec = await self.transport.execute(
+            Command(("HGET", self.keys(queue).tasks, task_id), idempotent=True)
+        )
+        if rec is None or not self._retained(rec, self.clock()):
+            return None
+        return decode(queue, task_id, rec)
+
+    async def consumers(self, queue: str) -> list[ConsumerInfo]:
+        k = self.keys(queue)
+        seen, ids = await self._pipeline(
+            [Command(("HGETALL", k.consumers)), Command(("ZRANGE", k.leases, 0, -1))]
+        )
+        held: dict[str, list[str]] = defaultdict(list)
+        for task in await self._records(queue, ids):
+            if task.state is TaskState.ACTIVE and task.consumer is not None:
+                held[task.consumer].append(task.id)
+        now = self.clock()
+        return [
+            ConsumerInfo(
+                name=_str(name),
+                queue=queue,
+                held=tuple(sorted(held[_str(name)])),
+                idle_ms=max(0, now - int(last_seen)),
+            )
+            for name, last_seen in _pairs(seen)
+        ]
+
+    async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
+        k = self.keys(queue)
+        names = await self._run(
+            "remove_idle_consumers",
+            (k.tasks, k.leases, k.consumers, *k.streams),
+            (self.clock(), self.group, idle_ms),
+        )
+        return [_str(n) for n in names]
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()

@@ -1,0 +1,107 @@
+"""The task record codec: the one place Python reads and writes what the `tasks` hash holds.
+
+A record is a header that the Lua scripts own (strego/lua/lib/record.lua parses and rebuilds it
+with string functions) followed by the envelope that only Python reads::
+
+    <state><retried>,<deliveries>,<started>,<ended>,<due>,<max_retry>,<priority>,<sid>,
+    <consumer_len>,<error_len>,<unique_len>;<consumer><error><unique_key><envelope>
+
+    envelope = <created>,<timeout>,<type_len>,<encoding_len>,<labels_len>;
+               <type><encoding><labels JSON, empty when none><payload>
+
+Numbers are decimal ASCII, empty for "none"; lengths are in bytes. The payload is the tail,
+stored and returned byte for byte: nothing ever parses it."""
+
+from __future__ import annotations
+
+import json
+
+from strego.errors import SchemaVersionError
+from strego.message import TaskMessage
+from strego.task import TaskInfo, TaskState
+
+STATE_OF = {
+    b"s"[0]: TaskState.SCHEDULED,
+    b"p"[0]: TaskState.PENDING,
+    b"a"[0]: TaskState.ACTIVE,
+    b"r"[0]: TaskState.RETRY,
+    b"d"[0]: TaskState.DEAD,
+    b"c"[0]: TaskState.COMPLETED,
+    b"x"[0]: TaskState.CANCELLED,
+}
+LETTER = {state: bytes([code]).decode() for code, state in STATE_OF.items()}
+_ENDED = (TaskState.DEAD, TaskState.COMPLETED, TaskState.CANCELLED)
+
+
+def encode_envelope(message: TaskMessage) -> bytes:
+    """The immutable part of a task, as the enqueue script stores it after the header."""
+    kind = message.type.encode()
+    encoding = message.encoding.encode()
+    labels = json.dumps(message.labels, separators=(",", ":")).encode() if message.labels else b""
+    timeout = "" if message.timeout_ms is None else message.timeout_ms
+    head = f"{message.created_ms},{timeout},{len(kind)},{len(encoding)},{len(labels)};"
+    return b"".join((head.encode(), kind, encoding, labels, message.payload))
+
+
+def _int(field: bytes) -> int | None:
+    return int(field) if field else None
+
+
+def decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
+    """A TaskInfo from a stored record (SchemaVersionError when it is not one)."""
+    try:
+        return _decode(queue, task_id, record)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise SchemaVersionError(f"task {task_id} in queue {queue}: unreadable record") from exc
+
+
+def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
+    end = record.index(b";")
+    state = STATE_OF[record[0]]
+    retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, ul = record[
+        1:end
+    ].split(b",")
+    pos = end + 1
+    consumer = record[pos : pos + int(cl)]
+    pos += int(cl)
+    error = record[pos : pos + int(el)]
+    pos += int(el)
+    unique = record[pos : pos + int(ul)]
+    pos += int(ul)
+    env_end = record.index(b";", pos)
+    created, timeout, tl, encl, ll = record[pos:env_end].split(b",")
+    pos = env_end + 1
+    kind = record[pos : pos + int(tl)]
+    pos += int(tl)
+    encoding = record[pos : pos + int(encl)]
+    pos += int(encl)
+    labels = record[pos : pos + int(ll)]
+    pos += int(ll)
+    ended_ms = _int(ended)
+    return TaskInfo(
+        id=task_id,
+        type=kind.decode(),
+        queue=queue,
+        state=state,
+        payload=record[pos:],
+        encoding=encoding.decode(),
+        max_retry=int(max_retry),
+        priority=int(prio),
+        timeout_ms=_int(timeout),
+        labels=json.loads(labels) if labels else {},
+        unique_key=unique.decode() if unique else None,
+        retried=int(retried),
+        deliveries=int(deliveries),
+        created_ms=int(created),
+        started_ms=_int(started),
+        completed_ms=ended_ms if state is TaskState.COMPLETED else None,
+        next_run_ms=ended_ms if state in _ENDED else _int(due),
+        last_error=error.decode(errors="replace") if error else None,
+        consumer=consumer.decode(errors="replace") if consumer else None,
+    )
+
+
+def ended_ms(record: bytes) -> tuple[TaskState, int | None]:
+    """The state and end time of a record, without decoding the rest (for retention checks)."""
+    fields = record[1 : record.index(b";")].split(b",")
+    return STATE_OF[record[0]], _int(fields[3])

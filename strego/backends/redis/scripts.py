@@ -1,0 +1,32 @@
+"""Loads the Lua scripts of strego/lua once: each ``--#include lib/x.lua`` line is replaced by that
+shared fragment, and each script becomes one `Script` (called by SHA1, loaded again on NOSCRIPT)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+from strego.backends.redis.transport import Script
+
+_INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
+
+NAMES = (
+    "enqueue", "fetch", "ack", "fail", "release", "renew", "claim_stale", "promote", "cancel",
+    "requeue_dead", "purge", "remove_idle_consumers", "list_pending",
+)  # fmt: skip
+
+
+def _read(path: str) -> str:
+    return resources.files("strego.lua").joinpath(path).read_text(encoding="utf-8")
+
+
+def source(name: str) -> str:
+    """The script's own text, before includes."""
+    return _read(f"{name}.lua")
+
+
+@cache
+def script(name: str) -> Script:
+    text = _INCLUDE.sub(lambda m: _read(m.group(1)), source(name))
+    return Script(name=name, source=text)

@@ -1,0 +1,45 @@
+-- claim_stale: active tasks whose lease expired (lease <= now) -> active, held by `consumer`
+-- (XCLAIM of their stream entry), deliveries + 1, new lease; or -> dead when their deliveries
+-- reached max_deliveries. The `leases` zset is scored by expiry, so every stale task is found
+-- however many fresh ones there are.
+-- KEYS: 1 tasks, 2 leases, 3 dead, 4 consumers, 5..15 stream for priority 0..10
+-- ARGV: 1 now, 2 group, 3 consumer, 4 count, 5 lease_ms, 6 max_deliveries,
+--       7 the error recorded for a task that exceeded max_deliveries
+-- Returns {id, record, ...} of the claimed tasks.
+--#include lib/record.lua
+local now, group, consumer = ARGV[1], ARGV[2], ARGV[3]
+local need, max_deliveries = tonumber(ARGV[4]), tonumber(ARGV[6])
+redis.call('HSET', KEYS[4], consumer, now)
+local lease_until = add_ms(now, ARGV[5])
+local out, seen = {}, {}
+while need > 0 do
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, need)
+  local fresh = false
+  for _, id in ipairs(stale) do
+    if seen[id] then break end  -- only with lease_ms 0, where a claimed lease is stale at once
+    seen[id], fresh = true, true
+    local h = parse(redis.call('HGET', KEYS[1], id))
+    local stream = h and KEYS[5 + h.priority]
+    if not h or h.state ~= 'a' then
+      redis.call('ZREM', KEYS[2], id)
+    elseif h.deliveries >= max_deliveries then
+      unlink(stream, group, h.sid)
+      redis.call('ZREM', KEYS[2], id)
+      h.state, h.ended, h.sid, h.consumer, h.error = 'd', now, '', '', ARGV[7]
+      redis.call('ZADD', KEYS[3], now, id)
+      redis.call('HSET', KEYS[1], id, build(h))
+    else
+      if h.sid ~= '' and redis.call('EXISTS', stream) == 1 then
+        redis.call('XCLAIM', stream, group, consumer, 0, h.sid, 'JUSTID')
+      end
+      h.deliveries, h.started, h.consumer = h.deliveries + 1, now, consumer
+      redis.call('ZADD', KEYS[2], lease_until, id)
+      redis.call('HSET', KEYS[1], id, build(h))
+      out[#out + 1] = id
+      out[#out + 1] = build(h)
+      need = need - 1
+    end
+  end
+  if not fresh then break end
+end
+return out

@@ -1,0 +1,58 @@
+-- enqueue: new tasks -> pending (XADD to their priority stream) or scheduled (due later),
+-- taking each unique key in the same step.
+-- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 unique, 5 unique_exp, 6 signal, 7 completed, 8 dead,
+--       9 cancelled, 10..20 stream for priority 0..10
+-- ARGV: 1 now, 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, then 7 per task:
+--       id, due ('' = pending now), priority, max_retry, unique_key ('' = none),
+--       unique_ttl_ms, envelope
+-- Returns one reply per task: {'OK', 'p'|'s'} | {'DUPLICATE', holder_id} | {'ID_CONFLICT', ''}
+--#include lib/record.lua
+local now, group = ARGV[1], ARGV[2]
+local out = {}
+for i = 5, #ARGV, 7 do
+  local id, due, prio, max_retry, ukey, uttl, env =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local reply = nil
+  local old = parse(redis.call('HGET', KEYS[1], id))
+  if old then
+    if expired(old, now, ARGV[3], ARGV[4]) then
+      -- retention ended: the old task is gone, its id free again
+      local place = ({c = KEYS[7], d = KEYS[8], x = KEYS[9]})[old.state]
+      redis.call('ZREM', place, id)
+      redis.call('HDEL', KEYS[1], id)
+    else
+      reply = {E_ID_CONFLICT, ''}
+    end
+  end
+  if not reply and ukey ~= '' then
+    local holder = redis.call('HGET', KEYS[4], ukey)
+    if holder then
+      local until_ms = redis.call('ZSCORE', KEYS[5], ukey)
+      local h = parse(redis.call('HGET', KEYS[1], holder))
+      if until_ms and tonumber(until_ms) > tonumber(now) and h
+          and h.state ~= 'c' and h.state ~= 'x' then
+        reply = {E_DUPLICATE, holder}
+      end
+    end
+  end
+  if not reply then
+    if ukey ~= '' then
+      redis.call('HSET', KEYS[4], ukey, id)
+      redis.call('ZADD', KEYS[5], add_ms(now, uttl), ukey)
+    end
+    local h = {state = 'p', retried = 0, deliveries = 0, started = '', ended = '', due = '',
+               max_retry = tonumber(max_retry), priority = tonumber(prio), sid = '',
+               consumer = '', error = '', unique = ukey, env = env}
+    if due == '' then
+      h.sid = push(KEYS[10 + h.priority], group, id)
+    else
+      h.state, h.due = 's', due
+      signal_if_earliest(KEYS[2], KEYS[3], KEYS[6], due)
+      redis.call('ZADD', KEYS[2], due, id)
+    end
+    redis.call('HSET', KEYS[1], id, build(h))
+    reply = {'OK', h.state}
+  end
+  out[#out + 1] = reply
+end
+return out

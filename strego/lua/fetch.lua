@@ -1,0 +1,50 @@
+-- fetch: pending -> active. Delivers up to `count` tasks of one queue to `consumer` with
+-- XREADGROUP (never blocking here), highest priority first, oldest first within a priority.
+-- KEYS: 1 tasks, 2 leases, 3 consumers, 4 paused, 5..15 stream for priority 0..10
+-- ARGV: 1 now, 2 group, 3 consumer, 4 count, 5 lease_ms
+-- Returns {'OK', {id, record, ...}, last_ids} | {'PAUSED', {}, {}}. last_ids (only when fewer
+-- than `count` were started) holds each stream's newest entry id ('0-0' when it has none), for
+-- the caller's XREAD BLOCK: anything added after the script is then seen.
+--#include lib/record.lua
+local now, group, consumer = ARGV[1], ARGV[2], ARGV[3]
+local need = tonumber(ARGV[4])
+redis.call('HSET', KEYS[3], consumer, now)
+if redis.call('EXISTS', KEYS[4]) == 1 then return {E_PAUSED, {}, {}} end
+local lease_until = add_ms(now, ARGV[5])
+local out = {}
+for prio = 10, 0, -1 do
+  local stream = KEYS[5 + prio]
+  while need > 0 and redis.call('EXISTS', stream) == 1 do
+    local entries = read_entries(redis.call('XREADGROUP', 'GROUP', group, consumer,
+      'COUNT', need, 'STREAMS', stream, '>'))
+    if #entries == 0 then break end
+    for _, entry in ipairs(entries) do
+      local sid, id = entry[1], entry[2][2]
+      local h = parse(redis.call('HGET', KEYS[1], id))
+      if h and h.state == 'p' and h.sid == sid then
+        h.state, h.deliveries, h.started, h.consumer = 'a', h.deliveries + 1, now, consumer
+        redis.call('HSET', KEYS[1], id, build(h))
+        redis.call('ZADD', KEYS[2], lease_until, id)
+        out[#out + 1] = id
+        out[#out + 1] = build(h)
+        need = need - 1
+      else
+        -- an entry whose task left pending some other way: drop it
+        redis.call('XACK', stream, group, sid)
+        redis.call('XDEL', stream, sid)
+      end
+    end
+  end
+  if need == 0 then break end
+end
+local last = {}
+if need > 0 then
+  for prio = 0, 10 do
+    local newest = {}
+    if redis.call('EXISTS', KEYS[5 + prio]) == 1 then
+      newest = redis.call('XREVRANGE', KEYS[5 + prio], '+', '-', 'COUNT', 1)
+    end
+    last[prio + 1] = newest[1] and newest[1][1] or '0-0'
+  end
+end
+return {'OK', out, last}

@@ -1,0 +1,103 @@
+-- lib/record.lua: helpers shared by every script (included when scripts are loaded).
+-- Key-independent: they only touch keys handed to them, which the caller took from KEYS.
+--
+-- Record (the value of a task in the queue's `tasks` hash):
+--   <state><retried>,<deliveries>,<started>,<ended>,<due>,<max_retry>,<priority>,<sid>,
+--   <consumer_len>,<error_len>,<unique_len>;<consumer><error><unique_key><envelope>
+-- state is one letter (s p a r d c x); empty numbers mean "none"; sid is the stream entry id of a
+-- pending or active task. The envelope (type, payload, options) belongs to Python and is never
+-- parsed here: payloads stay opaque bytes.
+
+local HEADER = '^(%a)(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*);()'
+
+-- Return codes (mapped to typed errors by strego/backends/redis/codes.py).
+local E_DUPLICATE = 'DUPLICATE'
+local E_ID_CONFLICT = 'ID_CONFLICT'
+local E_PAUSED = 'PAUSED'
+
+local function parse(rec)
+  if not rec then return nil end
+  local s, r, d, st, en, due, mr, pr, sid, cl, el, ul, pos = string.match(rec, HEADER)
+  if not s then return nil end
+  cl, el, ul = tonumber(cl), tonumber(el), tonumber(ul)
+  return {
+    state = s, retried = tonumber(r), deliveries = tonumber(d), started = st, ended = en,
+    due = due, max_retry = tonumber(mr), priority = tonumber(pr), sid = sid,
+    consumer = string.sub(rec, pos, pos + cl - 1),
+    error = string.sub(rec, pos + cl, pos + cl + el - 1),
+    unique = string.sub(rec, pos + cl + el, pos + cl + el + ul - 1),
+    env = string.sub(rec, pos + cl + el + ul),
+  }
+end
+
+local function build(h)
+  return table.concat({
+    h.state, string.format('%d', h.retried), ',', string.format('%d', h.deliveries), ',',
+    h.started, ',', h.ended, ',', h.due, ',', string.format('%d', h.max_retry), ',',
+    string.format('%d', h.priority), ',', h.sid, ',', #h.consumer, ',', #h.error, ',',
+    #h.unique, ';', h.consumer, h.error, h.unique, h.env,
+  })
+end
+
+local function add_ms(ms, delta)
+  return string.format('%d', tonumber(ms) + tonumber(delta))
+end
+
+-- XREADGROUP's reply for one stream: {{key, entries}}. Some emulators drop the outer list.
+local function read_entries(reply)
+  if not reply or not reply[1] then return {} end
+  if type(reply[1]) == 'string' then return reply[2] or {} end
+  return reply[1][2] or {}
+end
+
+-- Append a task id to a priority stream, creating the stream with its group on first use.
+local function push(stream, group, id)
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  end
+  return redis.call('XADD', stream, '*', 't', id)
+end
+
+-- Remove an entry from its stream and from the group's pending list.
+local function unlink(stream, group, sid)
+  if sid ~= '' and redis.call('EXISTS', stream) == 1 then
+    redis.call('XACK', stream, group, sid)
+    redis.call('XDEL', stream, sid)
+  end
+end
+
+-- Release a unique key if `id` still holds it.
+local function release_unique(unique, unique_exp, ukey, id)
+  if ukey ~= '' and redis.call('HGET', unique, ukey) == id then
+    redis.call('HDEL', unique, ukey)
+    redis.call('ZREM', unique_exp, ukey)
+  end
+end
+
+-- The earliest due time among the scheduled and retry sets, or nil.
+local function earliest(scheduled, retry)
+  local best = nil
+  for _, key in ipairs({scheduled, retry}) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if first[2] and (best == nil or tonumber(first[2]) < tonumber(best)) then best = first[2] end
+  end
+  return best
+end
+
+-- Wake schedulers when `due` is earlier than anything waiting (call before adding it).
+local function signal_if_earliest(scheduled, retry, signal, due)
+  local best = earliest(scheduled, retry)
+  if best == nil or tonumber(due) < tonumber(best) then
+    redis.call('XADD', signal, 'MAXLEN', '~', '16', '*', 'd', due)
+  end
+end
+
+-- Is a terminal task's retention over (completed/cancelled after completed_ttl, dead after dead_ttl)?
+local function expired(h, now, completed_ttl, dead_ttl)
+  if h.ended == '' then return false end
+  local ttl
+  if h.state == 'c' or h.state == 'x' then ttl = completed_ttl
+  elseif h.state == 'd' then ttl = dead_ttl
+  else return false end
+  return tonumber(h.ended) + tonumber(ttl) <= tonumber(now)
+end

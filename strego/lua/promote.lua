@@ -1,0 +1,42 @@
+-- promote: scheduled and retry tasks that are due (due <= now) -> pending (XADD), at most
+-- `limit` per call; and the end of retention: completed and cancelled tasks older than
+-- completed_ttl_ms, dead ones older than dead_ttl_ms and expired unique keys are removed
+-- (at most `limit` of each per call).
+-- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 dead, 5 completed, 6 cancelled, 7 unique,
+--       8 unique_exp, 9 signal, 10..20 stream for priority 0..10
+-- ARGV: 1 now, 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, 5 limit
+-- Returns {earliest due ms still waiting ('' = none; now when more are due than `limit`),
+--          newest signal entry id ('0-0' = none)}
+--#include lib/record.lua
+local now, group, limit = ARGV[1], ARGV[2], tonumber(ARGV[5])
+local more = false
+for _, set in ipairs({KEYS[2], KEYS[3]}) do
+  local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
+  if #due == limit then more = true end
+  for _, id in ipairs(due) do
+    redis.call('ZREM', set, id)
+    local h = parse(redis.call('HGET', KEYS[1], id))
+    if h and (h.state == 's' or h.state == 'r') then
+      h.state, h.due = 'p', ''
+      h.sid = push(KEYS[10 + h.priority], group, id)
+      redis.call('HSET', KEYS[1], id, build(h))
+    end
+  end
+end
+for _, spec in ipairs({{KEYS[5], ARGV[3]}, {KEYS[6], ARGV[3]}, {KEYS[4], ARGV[4]}}) do
+  local set, ttl = spec[1], spec[2]
+  local gone = redis.call('ZRANGEBYSCORE', set, '-inf', add_ms(now, -tonumber(ttl)),
+    'LIMIT', 0, limit)
+  for _, id in ipairs(gone) do
+    redis.call('ZREM', set, id)
+    redis.call('HDEL', KEYS[1], id)
+  end
+end
+local stale_keys = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now, 'LIMIT', 0, limit)
+for _, ukey in ipairs(stale_keys) do
+  redis.call('ZREM', KEYS[8], ukey)
+  redis.call('HDEL', KEYS[7], ukey)
+end
+local next_due = more and now or (earliest(KEYS[2], KEYS[3]) or '')
+local newest = redis.call('XREVRANGE', KEYS[9], '+', '-', 'COUNT', 1)
+return {next_due, newest[1] and newest[1][1] or '0-0'}

@@ -1,0 +1,19 @@
+-- renew: extend the leases of active tasks held by `consumer` to now + lease_ms.
+-- KEYS: 1 tasks, 2 leases, 3 consumers
+-- ARGV: 1 now, 2 consumer, 3 lease_ms, 4.. task ids
+-- Returns the ids the consumer no longer holds.
+--#include lib/record.lua
+local consumer = ARGV[2]
+redis.call('HSET', KEYS[3], consumer, ARGV[1])
+local lease_until = add_ms(ARGV[1], ARGV[3])
+local lost = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local h = parse(redis.call('HGET', KEYS[1], id))
+  if h and h.state == 'a' and h.consumer == consumer then
+    redis.call('ZADD', KEYS[2], lease_until, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

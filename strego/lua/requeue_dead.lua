@@ -1,0 +1,26 @@
+-- requeue_dead: dead -> pending with retried = 0, by id (a task that is not dead, or whose
+-- retention ended, is left alone, so two concurrent requeues move it once). With no ids given,
+-- requeues up to `limit` of the oldest dead tasks (requeue_all_dead calls it until it returns 0).
+-- KEYS: 1 tasks, 2 dead, 3..13 stream for priority 0..10
+-- ARGV: 1 now, 2 group, 3 dead_ttl_ms, 4 limit, 5.. task ids
+-- Returns how many were requeued.
+--#include lib/record.lua
+local now, group = ARGV[1], ARGV[2]
+local ids = {}
+if #ARGV > 4 then
+  for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[4]) - 1)
+end
+local n = 0
+for _, id in ipairs(ids) do
+  local h = parse(redis.call('HGET', KEYS[1], id))
+  if h and h.state == 'd' and not expired(h, now, 0, ARGV[3]) then
+    redis.call('ZREM', KEYS[2], id)
+    h.state, h.retried, h.ended = 'p', 0, ''
+    h.sid = push(KEYS[3 + h.priority], group, id)
+    redis.call('HSET', KEYS[1], id, build(h))
+    n = n + 1
+  end
+end
+return n
