@@ -20,7 +20,11 @@ from tests.runtime_support import backend, eventually, wait_for_state
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
-pytestmark = pytest.mark.anyio
+#: the runtime runs on MemoryBackend and RedisBackend (fakeredis is left to the conformance suite)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.parametrize("make_backend", ["memory", "redis"], indirect=True),
+]
 
 
 def no_delay(retried: int, exc: BaseException, info: strego.TaskInfo) -> float:
