@@ -1,0 +1,218 @@
+"""The Lua scripts: each has its KEYS/ARGV header, touches only keys handed to it in KEYS (watched
+with MONITOR on a real redis-server), and survives SCRIPT FLUSH (NOSCRIPT -> load -> retry)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from conformance.clock import FakeClock
+from conformance.helpers import LEASE_MS, message
+from strego.backends.redis import RedisBackend
+from strego.backends.redis.scripts import NAMES, script, source
+from strego.task import TaskState
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py runs on asyncio only
+
+
+def _lua_files() -> list[str]:
+    root = resources.files("strego.lua")
+    return sorted(p.name[: -len(".lua")] for p in root.iterdir() if p.name.endswith(".lua"))
+
+
+def test_every_script_file_is_loaded() -> None:
+    assert sorted(NAMES) == _lua_files()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_script_header_lists_keys_and_argv(name: str) -> None:
+    lines = source(name).splitlines()
+    header = []
+    for line in lines:
+        if not line.startswith("--") or line.startswith("--#include"):
+            break
+        header.append(line)
+    text = "\n".join(header)
+    assert re.match(rf"-- {name}\b", header[0]), "the first line names the transition"
+    assert "-- KEYS:" in text
+    assert "-- ARGV:" in text
+    # every KEYS[n] the script uses is described in the header
+    used = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", source(name))}
+    described = re.search(r"-- KEYS:(.*?)-- ARGV:", text, re.S)
+    assert described is not None
+    numbers = {int(n) for n in re.findall(r"\b(\d+)\b", described.group(1))}
+    assert used, "every key comes from KEYS"
+    assert max(used) <= max(numbers), "the header describes the last KEYS index used"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_includes_are_resolved(name: str) -> None:
+    assert "--#include" not in script(name).source
+    assert script(name) is script(name), "each Script is built once"
+
+
+@pytest.mark.parametrize("name", [*NAMES, "lib/record"])
+def test_no_key_is_built_inside_a_script(name: str) -> None:
+    text = resources.files("strego.lua").joinpath(f"{name}.lua").read_text()
+    code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+    # the first argument of every redis.call is a key from KEYS or a variable holding one,
+    # never a literal or a concatenation
+    for call in re.finditer(r"redis\.p?call\(\s*'(\w+)'\s*,\s*([^,)]+)", code):
+        command, first = call.group(1), call.group(2).strip()
+        if command in {"XGROUP", "XREADGROUP"}:  # subcommand / GROUP first; MONITOR checks them
+            continue
+        assert ".." not in first, f"{name}: {call.group(0)} builds a key"
+        assert not first.startswith(("'", '"')), f"{name}: {call.group(0)} names a literal key"
+    assert ("KEYS[" in code) == (name != "lib/record"), "the shared library takes keys as arguments"
+
+
+# -- MONITOR: every key a script touches was passed in KEYS ---------------------------------------
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+class Monitor:
+    """Reads MONITOR lines from a raw connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.lines: list[str] = []
+
+    async def __aenter__(self) -> Monitor:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(b"MONITOR\r\n")
+        await self.writer.drain()
+        assert (await self.reader.readline()).startswith(b"+OK")
+        return self
+
+    async def read_until(self, marker: str) -> list[str]:
+        while True:
+            line = (await asyncio.wait_for(self.reader.readline(), 10)).decode()
+            self.lines.append(line)
+            if marker in line:
+                return self.lines
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()
+
+
+def _commands(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """(source, args) per MONITOR line; source is "lua" for commands run by a script."""
+    out = []
+    for line in lines:
+        m = re.match(r"^\+?[\d.]+ \[\d+ ([^\]]+)\] (.*)$", line.strip())
+        if m:
+            out.append((m.group(1), [a.encode().decode("unicode_escape") for a in
+                                     _QUOTED.findall(m.group(2))]))  # fmt: skip
+    return out
+
+
+async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str) -> None:
+    prefix = f"mon{uuid.uuid4().hex[:8]}"
+    clock = FakeClock()
+    client = redis.asyncio.Redis.from_url(redis_url)
+    host, port = (
+        client.connection_pool.connection_kwargs["host"],
+        client.connection_pool.connection_kwargs["port"],
+    )
+    backend = RedisBackend(client, prefix=prefix, clock=clock, completed_ttl_ms=1_000,
+                           dead_ttl_ms=2_000)  # fmt: skip
+    try:
+        async with Monitor(host, port) as mon:
+            await _every_script(backend, clock)
+            await client.echo("monitor-end")
+            lines = await mon.read_until("monitor-end")
+    finally:
+        await backend.aclose()
+    commands = _commands(lines)
+    shas_seen: set[str] = set()
+    keys: set[str] = set()
+    for src, args in commands:
+        if src != "lua":
+            if args and args[0].upper() == "EVALSHA":
+                shas_seen.add(args[1])
+                n = int(args[2])
+                keys = set(args[3 : 3 + n])
+            elif prefix in " ".join(args):
+                keys = set()
+            continue
+        for arg in args[1:]:
+            if arg.startswith(prefix):
+                assert arg in keys, f"{args[0]} touched {arg}, not in the script's KEYS"
+    assert shas_seen == {script(n).sha for n in NAMES}, "the workload ran every script"
+    assert any(src == "lua" for src, _ in commands)
+
+
+async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:
+    """A workload that runs every script at least once."""
+    t0 = clock()
+    await backend.enqueue_many(
+        [message("a"), message("b", priority=5), message("s", process_at_ms=t0 + 10),
+         message("u", unique_key="k", unique_ttl_ms=5)]
+    )  # fmt: skip
+    await backend.list_tasks("q", TaskState.PENDING)
+    got = await backend.fetch(["q"], 3, "c1", lease_ms=LEASE_MS)
+    assert len(got) == 3
+    await backend.renew("q", [got[0].id], "c1", lease_ms=LEASE_MS)
+    await backend.ack("q", got[0].id, "c1")
+    await backend.fail("q", got[1].id, "c1", "boom", retry_at_ms=None)
+    await backend.release("q", [got[2].id], "c1")
+    await backend.requeue_dead("q", got[1].id)
+    await backend.cancel("s", "q")
+    clock.advance(100)
+    await backend.fetch(["q"], 5, "c2", lease_ms=10)
+    clock.advance(100)
+    await backend.claim_stale(["q"], "c3", 10, lease_ms=LEASE_MS, max_deliveries=5)
+    await backend.promote(["q"])
+    await backend.remove_idle_consumers("q", 0)
+    await backend.requeue_all_dead("q")
+    await backend.purge("q", [TaskState.COMPLETED, TaskState.CANCELLED, TaskState.PENDING])
+
+
+# -- NOSCRIPT ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+async def backend_and_client(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[RedisBackend, Any]]:
+    if request.param == "redis":
+        client: Any = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
+    else:
+        import fakeredis
+
+        client = fakeredis.FakeAsyncRedis()
+    backend = RedisBackend(client, prefix=f"t{uuid.uuid4().hex[:8]}", clock=FakeClock())
+    try:
+        yield backend, client
+    finally:
+        await backend.aclose()
+
+
+async def test_script_flush_mid_run_changes_nothing_visible(
+    backend_and_client: tuple[RedisBackend, Any],
+) -> None:
+    backend, client = backend_and_client
+    await backend.enqueue(message("a"))
+    await client.script_flush()
+    # single calls and pipelines both load the scripts again and retry
+    results = await backend.enqueue_many([message("b"), message("c", queue="other")])
+    assert [r.id for r in results if not isinstance(r, Exception)] == ["b", "c"]
+    got = await backend.fetch(["q", "other"], 3, "c1", lease_ms=LEASE_MS)
+    assert [t.id for t in got] == ["a", "b", "c"]
+    await client.script_flush()
+    assert await backend.ack_many([("q", "a"), ("q", "b"), ("other", "c")], "c1") == [True] * 3
+    await client.script_flush()
+    assert (await backend.queue_info("q")).counts[TaskState.COMPLETED] == 2
