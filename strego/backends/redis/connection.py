@@ -96,14 +96,12 @@ class Connection:
         stream: anyio.abc.ByteStream,
         *,
         address: str,
-        tls: bool,
         read_timeout: float | None,
         write_timeout: float | None,
         stats: ConnectionStats,
     ) -> None:
         self._stream = stream
         self._address = address
-        self._tls = tls
         self._read_timeout = read_timeout
         self._write_timeout = write_timeout
         self._stats = stats
@@ -114,6 +112,7 @@ class Connection:
         self._queued: deque[_Request] = deque()
         self._inflight: deque[_Request] = deque()
         self._driving = False
+        self._writes = 0
         self.broken = False
 
     @property
@@ -188,7 +187,8 @@ class Connection:
             self._queued.remove(req)
 
     async def _write_queued(self) -> None:
-        if not self._inflight and self._closed_while_idle():
+        # (Skipped for the first write: over TLS, session tickets may be waiting until then.)
+        if not self._inflight and self._writes and self._closed_while_idle():
             await self._fail(f"connection to {self._address} was closed by the server", False)
             return
         batch = list(self._queued)
@@ -198,6 +198,7 @@ class Connection:
         self._inflight.extend(batch)
         data = batch[0].payload if len(batch) == 1 else b"".join(r.payload for r in batch)
         self._stats.writes += 1
+        self._writes += 1
         self._stats.requests += len(batch)
         try:
             # Shielded: a send cut short by cancellation would leave half a command on the wire.
@@ -266,15 +267,16 @@ class Connection:
         # asyncio hands out a wrapper that refuses recv(): peek through a borrowed socket object.
         peek = socket.socket(fileno=fd)
         try:
-            data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             return True
         finally:
             peek.detach()
-        # Plain RESP never sends unasked; over TLS, bytes may be a session ticket.
-        return not data or not self._tls
+        # EOF, or bytes nobody asked for: RESP sends nothing unasked, and TLS session tickets were
+        # read with the reply to the login PING. Over TLS, this is the server's close_notify.
+        return True
 
 
 async def open_connection(
@@ -293,7 +295,6 @@ async def open_connection(
             conn = Connection(
                 stream,
                 address=address,
-                tls=settings.ssl_context is not None,
                 read_timeout=settings.read_timeout,
                 write_timeout=write_timeout,
                 stats=stats,
