@@ -82,6 +82,13 @@ def _redis(request: pytest.FixtureRequest) -> BackendFactory:
     return _redis_factory(lambda: redis.asyncio.Redis.from_url(url))
 
 
+def _anyio_redis(request: pytest.FixtureRequest) -> BackendFactory:
+    from strego.backends.redis.anyio_transport import AnyioTransport
+
+    url = request.getfixturevalue("redis_url")
+    return _redis_factory(lambda: AnyioTransport.from_url(url))
+
+
 def _fakeredis(request: pytest.FixtureRequest) -> BackendFactory:
     import fakeredis
 
@@ -94,6 +101,8 @@ BACKENDS: dict[str, BackendKind] = {
     # redis-py runs on asyncio only
     "redis": BackendKind(_redis, event_loops=frozenset({"asyncio"})),
     "fakeredis": BackendKind(_fakeredis, event_loops=frozenset({"asyncio"})),
+    # RedisBackend over strego's own anyio transport: asyncio and trio
+    "anyio-redis": BackendKind(_anyio_redis),
 }
 
 
