@@ -1,0 +1,133 @@
+"""Units of the runtime without a backend: backoff policies, queue order, handler registration,
+server options."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import strego
+from strego.backends.memory import MemoryBackend
+from strego.handlers import Registry
+from strego.queue_order import QueueOrder
+from strego.task import TaskInfo, TaskState
+
+INFO = TaskInfo(
+    id="x", type="t", queue="default", state=TaskState.ACTIVE, payload=b"", encoding="json",
+    max_retry=3,
+)  # fmt: skip
+ERR = RuntimeError("boom")
+
+
+def test_full_jitter_stays_under_the_exponential_ceiling_and_the_cap() -> None:
+    backoff = strego.ExponentialBackoff(base=1.0, cap=30.0, rng=random.Random(1))
+    for retried in range(12):
+        ceiling = min(30.0, 2.0**retried)
+        delays = [backoff(retried, ERR, INFO) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling / 2  # spread over the range, not stuck at 0
+    assert backoff(10_000, ERR, INFO) <= 30.0  # no overflow for huge counts
+
+
+def test_decorrelated_jitter_stays_between_base_and_cap() -> None:
+    backoff = strego.ExponentialBackoff(base=0.5, cap=10.0, jitter="decorrelated")
+    for retried in range(20):
+        assert all(0.5 <= backoff(retried, ERR, INFO) <= 10.0 for _ in range(100))
+    late = [backoff(15, ERR, INFO) for _ in range(200)]
+    assert sum(late) / len(late) > 2.0  # it grows with the retries
+
+
+def test_backoff_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="base"):
+        strego.ExponentialBackoff(base=0)
+
+
+def test_round_robin_rotates() -> None:
+    order = QueueOrder(["a", "b", "c"])
+    assert [order.next()[0] for _ in range(4)] == ["a", "b", "c", "a"]
+    assert order.next() == ["b", "c", "a"]
+
+
+def test_weighted_order_is_proportional() -> None:
+    order = QueueOrder({"a": 6, "b": 3, "c": 1}, rng=random.Random(7))
+    first = Counter(order.next()[0] for _ in range(10_000))
+    assert 5500 < first["a"] < 6500
+    assert 2500 < first["b"] < 3500
+    assert 700 < first["c"] < 1300
+    assert sorted(order.next()) == ["a", "b", "c"]
+
+
+def test_strict_order_is_by_weight_or_list() -> None:
+    assert QueueOrder({"low": 1, "high": 9, "mid": 5}, strict=True).next() == [
+        "high", "mid", "low"
+    ]  # fmt: skip
+    assert QueueOrder(["x", "y"], strict=True).next() == ["x", "y"]
+
+
+@pytest.mark.parametrize("queues", [[], {"a": 0}, {"a": -1}, ["a", "a"], ["bad name"], {"a": True}])
+def test_bad_queue_specs_are_refused(queues: Any) -> None:
+    with pytest.raises(ValueError):
+        QueueOrder(queues)
+
+
+def test_handlers_are_registered_once_with_their_argument_type() -> None:
+    registry = Registry()
+
+    async def raw(task: strego.Task) -> None: ...
+
+    def untyped(task):  # type: ignore[no-untyped-def]
+        ...
+
+    async def typed(payload: dict[str, int]) -> None: ...
+
+    assert registry.add("raw", raw).argument_type is strego.Task
+    assert registry.add("untyped", untyped).argument_type is strego.Task
+    handler = registry.add("typed", typed)
+    assert handler.argument_type == dict[str, int]
+    assert handler.is_async
+    assert not registry.get("untyped").is_async  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="already registered"):
+        registry.add("raw", raw)
+    with pytest.raises(TypeError, match="one positional argument"):
+        registry.add("none", lambda: None)
+
+
+def test_current_task_outside_a_handler() -> None:
+    with pytest.raises(LookupError, match="inside a running handler"):
+        strego.current_task()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"concurrency": 0},
+        {"concurrency": 1.5},
+        {"claim_stale_after": 0},
+        {"shutdown_timeout": -1},
+        {"max_deliveries": 0},
+        {"default_timeout": 0},
+        {"queues": []},
+    ],
+)
+def test_bad_server_options_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        strego.Server(MemoryBackend(), **options)
+
+
+def test_server_defaults() -> None:
+    server = strego.Server(MemoryBackend())
+    assert server.queues == ["default"]
+    assert server.concurrency == 10
+    assert server.lease_ms == 30_000
+    assert server.recovery_interval == 5.0
+    assert server.max_deliveries == 5
+    assert set(server.serializers) >= {"json"}
+    assert server.name != strego.Server(MemoryBackend()).name
+
+
+def test_client_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        strego.Client(MemoryBackend(), max_payload_bytes=0)
