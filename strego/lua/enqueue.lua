@@ -36,10 +36,6 @@ for i = 5, #ARGV, 7 do
     end
   end
   if not reply then
-    if ukey ~= '' then
-      redis.call('HSET', KEYS[4], ukey, id)
-      redis.call('ZADD', KEYS[5], add_ms(now, uttl), ukey)
-    end
     local h = {state = 'p', retried = 0, deliveries = 0, started = '', ended = '', due = '',
                max_retry = tonumber(max_retry), priority = tonumber(prio), sid = '',
                consumer = '', error = '', unique = ukey, env = env}
@@ -49,6 +45,11 @@ for i = 5, #ARGV, 7 do
       h.state, h.due = 's', due
       signal_if_earliest(KEYS[2], KEYS[3], KEYS[6], due)
       redis.call('ZADD', KEYS[2], due, id)
+    end
+    -- the stream or zset write comes first: if it fails (a foreign key, OOM) nothing was written
+    if ukey ~= '' then
+      redis.call('HSET', KEYS[4], ukey, id)
+      redis.call('ZADD', KEYS[5], add_ms(now, uttl), ukey)
     end
     redis.call('HSET', KEYS[1], id, build(h))
     reply = {'OK', h.state}

@@ -103,5 +103,8 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
 
 def ended_ms(record: bytes) -> tuple[TaskState, int | None]:
     """The state and end time of a record, without decoding the rest (for retention checks)."""
-    fields = record[1 : record.index(b";")].split(b",")
-    return STATE_OF[record[0]], _int(fields[3])
+    try:
+        fields = record[1 : record.index(b";")].split(b",")
+        return STATE_OF[record[0]], _int(fields[3])
+    except (ValueError, KeyError, IndexError) as exc:
+        raise SchemaVersionError("unreadable task record") from exc
