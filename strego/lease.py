@@ -9,7 +9,6 @@ from collections import defaultdict
 import anyio
 
 from strego.backends.base import Backend
-from strego.errors import StregoError
 
 log = logging.getLogger("strego.lease")
 
@@ -58,5 +57,5 @@ class LeaseKeeper:
             await anyio.sleep(self.interval)
             try:
                 await self.renew_all()
-            except StregoError as exc:
+            except Exception as exc:  # never let a backend hiccup stop the renewals
                 log.warning("renewing leases failed: %s", exc)

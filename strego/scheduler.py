@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import anyio
 
 from strego.backends.base import Backend
-from strego.errors import StregoError
 
 log = logging.getLogger("strego.scheduler")
 
@@ -60,6 +59,6 @@ class Scheduler:
                     await self.prune()
                 if wait > 0:
                     await self.backend.wait_schedule_change(self.queues, max(1, round(wait * 1000)))
-            except StregoError as exc:
+            except Exception as exc:  # never let a backend hiccup stop the scheduler
                 log.warning("scheduler: %s", exc)
                 await anyio.sleep(1.0)
