@@ -3,6 +3,7 @@ auto-pipelining, blocking commands, connection options and timeouts."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -343,3 +344,29 @@ async def test_connection_refused() -> None:
     )
     with pytest.raises(BackendConnectionError, match="could not connect"):
         await t.execute(Command(("GET", "k")))
+
+
+async def test_replies_stay_matched_when_callers_are_cancelled(transport: AnyioTransport) -> None:
+    """Many callers, a third of them cancelled at various points (waiting, driving, or handed
+    the driver role): every caller that finishes gets its own reply."""
+    rng = random.Random(1234)
+    finished: list[tuple[int, Any]] = []
+
+    async def call(i: int, scope: anyio.CancelScope) -> None:
+        with scope:
+            finished.append((i, await transport.execute(Command(("ECHO", f"reply-{i}")))))
+
+    for _round in range(5):
+        async with anyio.create_task_group() as tg:
+            scopes = [anyio.CancelScope() for _ in range(60)]
+            for i, scope in enumerate(scopes):
+                tg.start_soon(call, i, scope)
+            for _ in range(20):
+                # Let the calls progress between cancellations: a loop turn, or long enough for I/O.
+                await anyio.sleep(rng.choice((0, 0, 0.001)))
+                rng.choice(scopes).cancel()
+    assert 0 < len(finished) < 5 * 60, "some calls finish and some are cancelled"
+    assert all(reply == f"reply-{i}".encode() for i, reply in finished)
+    # The connection is still in step.
+    assert await transport.execute(Command(("ECHO", "last"))) == b"last"
+    assert transport.stats.connections_opened == 1
