@@ -253,3 +253,38 @@ async def test_retries_are_bounded(
 async def _load_is(t: AnyioTransport, expected: int) -> bool:
     conn = t._shared[0]
     return conn is not None and conn.load == expected
+
+
+async def test_concurrent_callers_share_one_reconnect_failure() -> None:
+    """While the server is unreachable, calls waiting for the same reconnect get its failure
+    instead of each trying again with backoff."""
+    accepted = 0
+
+    async def hang_up(stream: anyio.abc.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        await stream.aclose()
+
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, hang_up)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        t = AnyioTransport.from_url(
+            f"redis://127.0.0.1:{port}", connect_attempts=3, backoff_base=0.01
+        )
+        errors: list[BaseException] = []
+
+        async def ping() -> None:
+            try:
+                await t.ping()
+            except BackendConnectionError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as callers:
+            for _ in range(50):
+                callers.start_soon(ping)
+        assert len(errors) == 50
+        assert accepted == 3  # one caller's connect_attempts; the other 49 shared its failure
+        tg.cancel_scope.cancel()

@@ -108,6 +108,10 @@ class AnyioTransport:
         self._write_timeout = write_timeout
         self._shared: list[Connection | None] = [None] * shared_connections
         self._next_shared = 0
+        # Per shared slot: how many times it was (re)connected, and the last attempt's failure.
+        self._connect_failures: list[tuple[int, BackendError | None]] = [
+            (0, None) for _ in self._shared
+        ]
         self._max_blocking = max_blocking_connections
         self._idle_blocking: list[Connection] = []
         # anyio primitives need a running event loop: made on first use, so that a transport can be
@@ -265,12 +269,23 @@ class AnyioTransport:
             return conn
         if self._shared_locks is None:
             self._shared_locks = [anyio.Lock() for _ in self._shared]
-        # One task reconnects a slot; the others wait for it and share the new connection.
+        # One task reconnects a slot; the others wait for it and share the new connection, or its
+        # failure: a hundred waiting calls must not each retry with backoff, one after another.
+        attempts_seen = self._connect_failures[index][0]
         async with self._shared_locks[index]:
             conn = self._shared[index]
-            if conn is None or conn.broken:
+            if conn is not None and not conn.broken:
+                return conn
+            attempts, failure = self._connect_failures[index]
+            if attempts != attempts_seen and failure is not None:
+                raise type(failure)(*failure.args)
+            try:
                 conn = await self._connect()
-                self._shared[index] = conn
+            except BackendError as exc:
+                self._connect_failures[index] = (attempts + 1, exc)
+                raise
+            self._connect_failures[index] = (attempts + 1, None)
+            self._shared[index] = conn
             return conn
 
     async def _connect(self) -> Connection:
