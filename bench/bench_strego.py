@@ -1,0 +1,91 @@
+"""strego: enqueue N no-op tasks (client.enqueue_many, batches of 1000), then one Server with
+concurrency C drains them; prints one JSON line shaped like the peers' in /work/shared/bench/peers.
+
+    python bench/bench_strego.py N C REDIS_URL [--transport redispy|anyio] [--trio]
+
+Redis memory is read with the synchronous redis-py client before and after enqueueing (as the
+peers' _mem.py does), so bytes_per_task counts what the pending tasks occupy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import anyio
+import redis
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from strego import Client, Server, Task
+from strego.backends.redis.backend import RedisBackend
+
+BATCH = 1000
+
+
+def used_memory(url: str) -> int:
+    r = redis.Redis.from_url(url)
+    try:
+        return int(r.info("memory")["used_memory"])
+    finally:
+        r.close()
+
+
+def make_backend(url: str, transport: str) -> RedisBackend:
+    if transport == "anyio":
+        from strego.backends.redis.anyio_transport import AnyioTransport
+
+        return RedisBackend(AnyioTransport.from_url(url))
+    return RedisBackend.from_url(url)
+
+
+async def run(n: int, concurrency: int, url: str, transport: str) -> dict[str, object]:
+    backend = make_backend(url, transport)
+    client = Client(backend)
+    m0 = used_memory(url)
+    t0 = time.perf_counter()
+    for start in range(0, n, BATCH):
+        await client.enqueue_many([Task("noop", None) for _ in range(min(BATCH, n - start))])
+    t1 = time.perf_counter()
+    m1 = used_memory(url)
+
+    server = Server(backend, concurrency=concurrency)
+    done = anyio.Event()
+    count = 0
+
+    @server.handler("noop")
+    async def noop(task: Task) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    t2 = time.perf_counter()
+    async with server:
+        await done.wait()
+    # leaving the block stops the server gracefully: every ack is flushed before it returns
+    t3 = time.perf_counter()
+    await backend.aclose()
+    return {"peer": "strego", "n": n, "bytes_per_task": (m1 - m0) / n,
+            "enqueue_s": t1 - t0, "process_s": t3 - t2}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("n", type=int)
+    ap.add_argument("concurrency", type=int)
+    ap.add_argument("url")
+    ap.add_argument("--transport", choices=("redispy", "anyio"), default="redispy")
+    ap.add_argument("--trio", action="store_true", help="run under trio (needs --transport anyio)")
+    a = ap.parse_args()
+    logging.disable(logging.INFO)
+    backend = "trio" if a.trio else "asyncio"
+    result = anyio.run(run, a.n, a.concurrency, a.url, a.transport, backend=backend)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
