@@ -1,4 +1,4 @@
-"""Payload serializers: JSON and msgpack round-trips, attrs instances, refusals and decode errors."""
+"""Payload serializers: JSON and msgpack round-trips, attrs instances, refusals, decode errors."""
 
 from __future__ import annotations
 
