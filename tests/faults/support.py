@@ -1,0 +1,93 @@
+"""Helpers of the fault tests: worker subprocesses (tests/faults/worker.py) that can be killed and
+replaced, and reading the start/finish records they leave."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import attrs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@attrs.define
+class Run:
+    """One handler run: the process that ran it and whether it got to its end."""
+
+    pid: int
+    finished: bool = False
+
+
+@attrs.define
+class Workers:
+    """Server subprocesses on one Redis and prefix, alternating asyncio (redis-py) and trio (the
+    anyio transport). Every process started is remembered, and killed (if still alive) by
+    `close`."""
+
+    url: str
+    prefix: str
+    log_dir: Path
+    env: dict[str, str] = attrs.Factory(dict)
+    procs: list[subprocess.Popen[bytes]] = attrs.Factory(list)
+    killed: set[int] = attrs.Factory(set)
+    started: int = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        loop = ("asyncio", "trio")[self.started % 2]
+        self.started += 1
+        env = dict(
+            os.environ,
+            STREGO_FAULT_URL=self.url,
+            STREGO_FAULT_PREFIX=self.prefix,
+            STREGO_FAULT_LOOP=loop,
+            STREGO_FAULT_LOG=str(self.log_dir),
+            **self.env,
+        )
+        stderr = open(self.log_dir / f"stderr-{self.started}.txt", "wb")  # noqa: SIM115
+        with stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.faults.worker"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.procs if p.poll() is None]
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        self.killed.add(proc.pid)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+    def runs(self) -> dict[str, list[Run]]:
+        """Every handler run per task id, in the order each process recorded them."""
+        runs: dict[str, list[Run]] = defaultdict(list)
+        open_runs: dict[tuple[str, int], Run] = {}
+        for path in sorted(self.log_dir.glob("*.log")):
+            for line in path.read_text().splitlines():
+                event, task_id, pid = line.split()
+                if event == "start":
+                    run = Run(int(pid))
+                    runs[task_id].append(run)
+                    open_runs[task_id, int(pid)] = run
+                else:
+                    open_runs[task_id, int(pid)].finished = True
+        return runs
+
+    def stderr_text(self) -> str:
+        return "\n".join(p.read_text() for p in sorted(self.log_dir.glob("stderr-*.txt")))

@@ -1,0 +1,78 @@
+"""A server process for the fault tests: `python -m tests.faults.worker`, run by the tests as a
+real subprocess that they SIGKILL at will. Configured by environment:
+
+- STREGO_FAULT_URL, STREGO_FAULT_PREFIX: the Redis server and key prefix
+- STREGO_FAULT_LOOP: "asyncio" (RedisBackend over redis-py) or "trio" (over the anyio transport)
+- STREGO_FAULT_LOG: a directory; each process appends `start|finish <task id> <pid>` lines to a
+  file of its own (O_APPEND writes: a line that returned survives a SIGKILL of the writer)
+- STREGO_FAULT_LEASE (claim_stale_after, s), STREGO_FAULT_MAX_DELIVERIES, STREGO_FAULT_CONCURRENCY
+
+Handlers: `job` (payload: seconds to sleep; records start and finish) and `poison` (records its
+start, then SIGKILLs its own process)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import anyio
+
+import strego
+from strego.backends.redis import RedisBackend
+from strego.backends.redis.anyio_transport import AnyioTransport
+
+_fd: int | None = None
+
+
+def record(event: str, task_id: str | None) -> None:
+    global _fd
+    if _fd is None:
+        path = os.path.join(os.environ["STREGO_FAULT_LOG"], f"{os.getpid()}.log")
+        _fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(_fd, f"{event} {task_id} {os.getpid()}\n".encode())
+
+
+def build_server() -> strego.Server:
+    url, prefix = os.environ["STREGO_FAULT_URL"], os.environ["STREGO_FAULT_PREFIX"]
+    if os.environ.get("STREGO_FAULT_LOOP", "asyncio") == "trio":
+        backend = RedisBackend(AnyioTransport.from_url(url), prefix=prefix)
+    else:
+        backend = RedisBackend.from_url(url, prefix=prefix)
+    server = strego.Server(
+        backend,
+        concurrency=int(os.environ.get("STREGO_FAULT_CONCURRENCY", "10")),
+        claim_stale_after=float(os.environ.get("STREGO_FAULT_LEASE", "1.5")),
+        recovery_interval=0.25,
+        max_deliveries=int(os.environ.get("STREGO_FAULT_MAX_DELIVERIES", "1000")),
+        retry_delay=lambda *_: 0.05,
+        shutdown_timeout=2,
+    )
+
+    @server.handler("job")
+    async def job(task: strego.Task) -> None:
+        record("start", task.id)
+        if task.payload:
+            await anyio.sleep(float(task.payload))
+        record("finish", task.id)
+
+    @server.handler("poison")
+    async def poison(task: strego.Task) -> None:
+        record("start", task.id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return server
+
+
+async def main() -> None:
+    server = build_server()
+    try:
+        await server.run()
+    finally:
+        await server.backend.aclose()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    anyio.run(main, backend=os.environ.get("STREGO_FAULT_LOOP", "asyncio"))
