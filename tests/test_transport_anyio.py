@@ -370,3 +370,17 @@ async def test_replies_stay_matched_when_callers_are_cancelled(transport: AnyioT
     # The connection is still in step.
     assert await transport.execute(Command(("ECHO", "last"))) == b"last"
     assert transport.stats.connections_opened == 1
+
+
+def test_closed_transport_can_be_used_under_another_event_loop(clean_redis_url: str) -> None:
+    transport = AnyioTransport.from_url(clean_redis_url)  # made outside any event loop
+
+    async def use() -> Any:
+        try:
+            await transport.blocking(Command(("BLPOP", "empty", 0.01)), 10)
+            return await transport.execute(Command(("INCR", "uses")))
+        finally:
+            await transport.aclose()
+
+    assert anyio.run(use, backend="asyncio") == 1
+    assert anyio.run(use, backend="trio") == 2

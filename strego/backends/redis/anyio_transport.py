@@ -208,6 +208,9 @@ class AnyioTransport:
         connections = [c for c in self._shared if c is not None] + self._idle_blocking
         self._shared = [None] * len(self._shared)
         self._idle_blocking = []
+        # Locks belong to one event loop: a closed transport may next be used under another.
+        self._shared_locks = None
+        self._blocking_slots = None
         for conn in connections:
             await conn.aclose()
 
