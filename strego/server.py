@@ -234,7 +234,9 @@ class Server:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the server to shut down gracefully (returns at once; `run()` returns when done)."""
+        """Ask the server to shut down gracefully (returns at once; `run()` returns when done).
+        Call it from the server's event loop; from a sync handler's thread, through
+        `anyio.from_thread.run_sync(server.stop)`."""
         self._stop_requested = True
         if self._stop_event is not None:
             self._stop_event.set()
