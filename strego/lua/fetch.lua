@@ -11,7 +11,7 @@ local need = tonumber(ARGV[4])
 redis.call('HSET', KEYS[3], consumer, now)
 if redis.call('EXISTS', KEYS[4]) == 1 then return {E_PAUSED, {}, {}} end
 local lease_until = add_ms(now, ARGV[5])
-local out = {}
+local out, records, leases = {}, {}, {}
 for prio = 10, 0, -1 do
   local stream = KEYS[5 + prio]
   while need > 0 and redis.call('EXISTS', stream) == 1 do
@@ -23,10 +23,10 @@ for prio = 10, 0, -1 do
       local h = parse(redis.call('HGET', KEYS[1], id))
       if h and h.state == 'p' and h.sid == sid then
         h.state, h.deliveries, h.started, h.consumer = 'a', h.deliveries + 1, now, consumer
-        redis.call('HSET', KEYS[1], id, build(h))
-        redis.call('ZADD', KEYS[2], lease_until, id)
-        out[#out + 1] = id
-        out[#out + 1] = build(h)
+        local rec = build(h)
+        append(records, id, rec)
+        append(leases, lease_until, id)
+        append(out, id, rec)
         need = need - 1
       else
         -- an entry whose task left pending some other way: drop it
@@ -37,6 +37,9 @@ for prio = 10, 0, -1 do
   end
   if need == 0 then break end
 end
+-- one multi-member write per key; each stream entry is read once, so no id repeats
+call_chunked('HSET', KEYS[1], records)
+call_chunked('ZADD', KEYS[2], leases)
 local last = {}
 if need > 0 then
   for prio = 0, 10 do

@@ -13,7 +13,8 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from strego.backends.redis.transport import Arg, Command, Script, ScriptCall
+from strego.backends.redis.connection import pack_command
+from strego.backends.redis.transport import Arg, Command, ScriptCall
 from strego.errors import (
     BackendConnectionError,
     BackendError,
@@ -25,6 +26,8 @@ from strego.errors import (
 
 #: How much longer than its own block time a blocking command may take before we give up on it.
 BLOCKING_MARGIN_S = 5.0
+#: How many times calls that got NOSCRIPT are loaded and sent again.
+NOSCRIPT_RETRIES = 3
 
 
 def map_error(exc: BaseException) -> BackendError:
@@ -73,7 +76,8 @@ class RedisPyTransport:
             raise map_error(exc) from exc
         sent = False
         try:
-            await conn.send_packed_command(conn.pack_commands(commands))
+            # hiredis packs RESP in C: redis-py's pure-Python packer cost more than the round trip
+            await conn.send_packed_command(b"".join(pack_command(c) for c in commands))
             sent = True
             replies: list[Any] = []
             for _ in commands:
@@ -98,15 +102,6 @@ class RedisPyTransport:
         finally:
             await pool.release(conn)
 
-    async def _load(self, scripts: Sequence[Script]) -> None:
-        unique = {s.sha: s for s in scripts}.values()
-        replies = await self._roundtrip(
-            self.client.connection_pool, [("SCRIPT", "LOAD", s.source) for s in unique], None
-        )
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise map_error(reply)
-
     async def run_script(self, call: ScriptCall) -> Any:
         reply = (await self.pipeline([call]))[0]
         if isinstance(reply, BaseException):
@@ -122,17 +117,25 @@ class RedisPyTransport:
     async def pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
         commands = [_evalsha(c) if isinstance(c, ScriptCall) else c.args for c in calls]
         replies = await self._roundtrip(self.client.connection_pool, commands, None)
-        missing = [
-            i for i, r in enumerate(replies) if isinstance(r, BaseException) and _is_noscript(r)
-        ]
-        if missing:
+        for _ in range(NOSCRIPT_RETRIES):
+            missing = [
+                i for i, r in enumerate(replies) if isinstance(r, BaseException) and _is_noscript(r)
+            ]
+            if not missing:
+                break
             # the server lost its script cache (restart, failover, SCRIPT FLUSH): load and resend
-            retry = [calls[i] for i in missing]
-            await self._load([c.script for c in retry if isinstance(c, ScriptCall)])
+            # in one round trip, and again if another flush came between the load and the call
+            scripts = {
+                c.script.sha: c.script for i in missing if isinstance(c := calls[i], ScriptCall)
+            }
+            loads = [("SCRIPT", "LOAD", s.source) for s in scripts.values()]
             again = await self._roundtrip(
-                self.client.connection_pool, [commands[i] for i in missing], None
+                self.client.connection_pool, [*loads, *(commands[i] for i in missing)], None
             )
-            for i, reply in zip(missing, again, strict=True):
+            for reply in again[: len(loads)]:
+                if isinstance(reply, BaseException):
+                    raise map_error(reply)
+            for i, reply in zip(missing, again[len(loads) :], strict=True):
                 replies[i] = reply
         return [map_error(r) if isinstance(r, BaseException) else r for r in replies]
 

@@ -101,3 +101,23 @@ local function expired(h, now, completed_ttl, dead_ttl)
   else return false end
   return tonumber(h.ended) + tonumber(ttl) <= tonumber(now)
 end
+
+local function append(list, a, b)
+  list[#list + 1] = a
+  list[#list + 1] = b
+end
+
+-- One command `name key [extra] items...`, split so no call passes more than unpack can take.
+-- `items` holds whole members (pairs for HSET/ZADD: its length is even, and so is CHUNK).
+local CHUNK = 1000
+local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) or 5.4 (some emulators)
+local function call_chunked(name, key, items, extra)
+  for first = 1, #items, CHUNK do
+    local last = math.min(first + CHUNK - 1, #items)
+    if extra then
+      redis.call(name, key, extra, unpack(items, first, last))
+    else
+      redis.call(name, key, unpack(items, first, last))
+    end
+  end
+end
