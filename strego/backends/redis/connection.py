@@ -13,6 +13,7 @@ whether its bytes may have reached the server, and the connection is never used 
 
 from __future__ import annotations
 
+import math
 import socket
 from collections import deque
 from collections.abc import Sequence
@@ -202,23 +203,21 @@ class Connection:
         self._stats.requests += len(batch)
         try:
             # Shielded: a send cut short by cancellation would leave half a command on the wire.
-            with anyio.fail_after(self._write_timeout, shield=True):
+            # (A bare CancelScope with a deadline: cheaper than fail_after on this hot path.)
+            with anyio.CancelScope(shield=True, deadline=_deadline(self._write_timeout)) as scope:
                 await self._stream.send(data)
-        except TimeoutError:
-            await self._fail(f"write to {self._address} timed out", timed_out=True)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             await self._fail(f"connection to {self._address} dropped: {_describe(exc)}", False)
+            return
+        if scope.cancelled_caught:
+            await self._fail(f"write to {self._address} timed out", timed_out=True)
 
     async def _read_some(self) -> None:
         head = self._inflight[0]
+        data = b""
         try:
-            with anyio.fail_after(head.read_timeout):
+            with anyio.CancelScope(deadline=_deadline(head.read_timeout)) as scope:
                 data = await self._stream.receive(_RECEIVE_SIZE)
-        except TimeoutError:
-            await self._fail(
-                f"no reply from {self._address} within {head.read_timeout}s", timed_out=True
-            )
-            return
         except (
             OSError,
             anyio.EndOfStream,
@@ -226,6 +225,11 @@ class Connection:
             anyio.ClosedResourceError,
         ) as exc:
             await self._fail(f"connection to {self._address} dropped: {_describe(exc)}", False)
+            return
+        if scope.cancelled_caught:
+            await self._fail(
+                f"no reply from {self._address} within {head.read_timeout}s", timed_out=True
+            )
             return
         self._reader.feed(data)
         inflight = self._inflight
@@ -264,8 +268,10 @@ class Connection:
         fd = self._raw_socket.fileno()
         if fd < 0:
             return True
-        # asyncio hands out a wrapper that refuses recv(): peek through a borrowed socket object.
-        peek = socket.socket(fileno=fd)
+        # asyncio hands out a wrapper that refuses recv(): peek through a borrowed socket object
+        # (family and type given, or Python asks the kernel for them each time).
+        sock = self._raw_socket
+        peek = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
         try:
             peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -350,6 +356,10 @@ def _handshake(settings: ConnectionSettings) -> tuple[bytes, int]:
     # One round trip always: proves the server speaks RESP and, over TLS, reads session tickets.
     commands.append(("PING",))
     return b"".join(pack_command(c) for c in commands), len(commands)
+
+
+def _deadline(timeout: float | None) -> float:
+    return math.inf if timeout is None else anyio.current_time() + timeout
 
 
 def pack_command(args: Sequence[Any]) -> bytes:
