@@ -12,7 +12,18 @@ from pathlib import Path
 
 import attrs
 
+from strego.backends.redis import RedisBackend
+from strego.backends.redis.anyio_transport import AnyioTransport
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_backend(url: str, prefix: str, anyio_backend: object) -> RedisBackend:
+    """redis-py under asyncio, strego's anyio transport under trio."""
+    loop = anyio_backend[0] if isinstance(anyio_backend, tuple) else anyio_backend
+    if loop == "trio":
+        return RedisBackend(AnyioTransport.from_url(url), prefix=prefix)
+    return RedisBackend.from_url(url, prefix=prefix)
 
 
 @attrs.define

@@ -14,7 +14,6 @@ import redis
 
 import strego
 from strego.backends.redis import RedisBackend
-from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.errors import (
     BackendConnectionError,
     BackendError,
@@ -23,18 +22,11 @@ from strego.errors import (
     TaskIdConflictError,
 )
 from strego.task import TaskState
+from tests.faults.support import make_backend
 from tests.redis_server import RedisServer, start_redis_server
 from tests.runtime_support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-
-
-def make_backend(url: str, prefix: str, anyio_backend: object) -> RedisBackend:
-    """redis-py under asyncio, strego's anyio transport under trio."""
-    loop = anyio_backend[0] if isinstance(anyio_backend, tuple) else anyio_backend
-    if loop == "trio":
-        return RedisBackend(AnyioTransport.from_url(url), prefix=prefix)
-    return RedisBackend.from_url(url, prefix=prefix)
 
 
 @contextlib.asynccontextmanager
