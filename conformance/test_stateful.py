@@ -125,7 +125,10 @@ class BackendMachine(RuleBasedStateMachine):
         self.backend: Backend = self._backend_cm.__enter__()
 
     def teardown(self) -> None:
-        self._backend_cm.__exit__(None, None, None)
+        try:
+            self.listings_agree()
+        finally:
+            self._backend_cm.__exit__(None, None, None)
 
     def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.portal.call(functools.partial(func, *args, **kwargs))
@@ -354,13 +357,18 @@ class BackendMachine(RuleBasedStateMachine):
     # -- invariants -------------------------------------------------------------------------------
 
     @invariant()
-    def counts_and_listings_agree(self) -> None:
+    def counts_agree(self) -> None:
         for queue in QUEUES:
             counts = self.call(self.backend.queue_info, queue).counts
             for state in TaskState:
-                expected = sorted(t.id for t in self.model.in_state(queue, state))
-                assert counts[state] == len(expected), (queue, state)
+                assert counts[state] == len(self.model.in_state(queue, state)), (queue, state)
+
+    def listings_agree(self) -> None:
+        # Checked once per example (at teardown): a listing per state per step is slow on Redis.
+        for queue in QUEUES:
+            for state in TaskState:
                 listed = self.call(self.backend.list_tasks, queue, state, limit=10_000)
+                expected = sorted(t.id for t in self.model.in_state(queue, state))
                 assert sorted(t.id for t in listed) == expected, (queue, state)
 
     @invariant()
@@ -395,7 +403,7 @@ def test_backend_agrees_with_model(make_backend: Any, anyio_backend: Any) -> Non
             machine,
             settings=settings(
                 max_examples=50,
-                stateful_step_count=40,
+                stateful_step_count=35,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
