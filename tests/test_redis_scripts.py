@@ -172,7 +172,7 @@ async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:
     await backend.requeue_dead("q", got[1].id)
     await backend.cancel("s", "q")
     clock.advance(100)
-    await backend.fetch(["q"], 5, "c2", lease_ms=10)
+    await backend.fetch(["q", "q2"], 5, "c2", lease_ms=10)  # several queues: peek runs too
     clock.advance(100)
     await backend.claim_stale(["q"], "c3", 10, lease_ms=LEASE_MS, max_deliveries=5)
     await backend.promote(["q"])
