@@ -1,0 +1,156 @@
+"""Measure every performance target of strego (issue 6) and print one table.
+
+    python bench/run.py [--url redis://...] [--setups ...] [--peers] [--n 10000] ...
+
+Columns are setups: the memory backend and the Redis backend (redis-py transport under asyncio;
+the anyio transport under asyncio and trio). Without --url a throwaway redis-server is started on
+a free port. --peers also runs the peers' scripts of ../shared/bench/peers on the same Redis
+(pip-installing them when missing) and prints strego's ratio to each. The figures go to
+bench/results/run-<time>.json as well. The default sizes take a few minutes."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import peers, scenarios
+from bench.scenarios import Setup
+from tests.redis_server import start_redis_server
+
+SETUPS = ("memory-asyncio", "memory-trio", "redis-asyncio", "redis-anyio-asyncio",
+          "redis-anyio-trio")  # fmt: skip
+
+#: figure -> (target text, check); a check of None means "see the note"
+TARGETS: dict[str, tuple[str, Any]] = {
+    "enqueue_many_per_s": (">= 40,000", lambda v: v >= 40_000),
+    "enqueue_seq_per_s": (">= 8,000", lambda v: v >= 8_000),
+    "enqueue_concurrent_per_s": ("far > sequential", None),
+    "process_per_s": (">= 25,000", lambda v: v >= 25_000),
+    "bytes_per_task": ("<= 150", lambda v: v <= 150),
+    "latency_p50_ms": ("<= 1", lambda v: v <= 1),
+    "latency_p99_ms": ("<= 5", lambda v: v <= 5),
+    "scheduled_late_p50_ms": ("-", None),
+    "scheduled_late_p99_ms": ("<= 20", lambda v: v <= 20),
+    "process_with_10k_scheduled_per_s": ("~ process_per_s", None),
+    "process_with_100_idle_queues_per_s": ("~ process_per_s", None),
+}
+
+
+def make_setup(name: str, url: str) -> Setup:
+    backend, _, loop = name.rpartition("-")
+    transport = {"memory": None, "redis": "redispy", "redis-anyio": "anyio"}[backend]
+    return Setup(name, loop, transport, None if transport is None else url)
+
+
+def measure(setup: Setup, a: argparse.Namespace) -> dict[str, float]:
+    out: dict[str, float] = {}
+    steps = [
+        (scenarios.throughput, (a.n, a.concurrency)),
+        (scenarios.enqueue_one_by_one, (a.seq_n, a.producers)),
+        (scenarios.latency, (a.rate, a.latency_seconds)),
+        (scenarios.scheduled_lateness, (a.scheduled_n, a.scheduled_spread)),
+        (scenarios.under_load, (a.n, a.concurrency)),
+    ]
+    for func, args in steps:
+        setup.flush()
+        print(f"  {setup.name}: {func.__name__} ...", file=sys.stderr, flush=True)
+        out.update(scenarios.run_in_loop(setup.loop, func, setup, *args))
+    setup.flush()
+    return out
+
+
+def fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def print_table(results: dict[str, dict[str, float]]) -> None:
+    names = list(results)
+    print("| figure | target | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for figure, (target, check) in TARGETS.items():
+        cells = []
+        for name in names:
+            value = results[name].get(figure)
+            if value is None:
+                cells.append("-")
+                continue
+            mark = "" if check is None else (" ✓" if check(value) else " ✗")
+            cells.append(fmt(value) + mark)
+        print(f"| {figure} | {target} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--url", default=None, help="Redis to use (default: start a throwaway one)")
+    ap.add_argument("--setups", default=",".join(SETUPS))
+    ap.add_argument("--n", type=int, default=10_000, help="tasks per throughput run")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--seq-n", type=int, default=2_000, help="tasks enqueued one at a time")
+    ap.add_argument("--producers", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=1_000.0, help="tasks/s offered for latency")
+    ap.add_argument("--latency-seconds", type=float, default=3.0)
+    ap.add_argument("--scheduled-n", type=int, default=300)
+    ap.add_argument("--scheduled-spread", type=float, default=2.0)
+    ap.add_argument("--processes", default="1,2,4", help="server processes for the scaling row")
+    ap.add_argument("--scale-n", type=int, default=20_000)
+    ap.add_argument("--peers", action="store_true", help="run the peers too (pip-installs them)")
+    ap.add_argument("--peer-repeat", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    a = ap.parse_args()
+
+    server = None if a.url else start_redis_server()
+    url = a.url or server.url  # type: ignore[union-attr]
+    report: dict[str, Any] = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "argv": sys.argv[1:],
+        "setups": {},
+    }
+    try:
+        for name in a.setups.split(","):
+            report["setups"][name] = measure(make_setup(name, url), a)
+        scaling: dict[str, float] = {}
+        for p in (int(x) for x in a.processes.split(",") if x):
+            print(f"  scaling: {p} server processes ...", file=sys.stderr, flush=True)
+            scaling[str(p)] = scenarios.scaling(url, a.scale_n, a.concurrency, p)
+        report["scaling_process_per_s"] = scaling
+        if a.peers:
+            peers.ensure_installed()
+            print("  peers ...", file=sys.stderr, flush=True)
+            report["peers"] = peers.compare(
+                list(peers.PEERS), a.n, a.concurrency, url, a.peer_repeat
+            )
+    finally:
+        if server is not None:
+            server.stop()
+
+    print_table(report["setups"])
+    print()
+    rates = ", ".join(f"{p}: {v:,.0f}" for p, v in report["scaling_process_per_s"].items())
+    print(f"scaling (Redis, redis-py transport, asyncio; tasks/s by server processes): {rates}")
+    if a.peers:
+        print()
+        print(f"peers (bench_<peer>.py, n={a.n}, concurrency={a.concurrency}, "
+              f"medians of {a.peer_repeat}):")  # fmt: skip
+        print(peers.table(report["peers"], a.n))
+    os.makedirs(a.out, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(a.out, f"run-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()

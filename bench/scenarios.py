@@ -1,0 +1,269 @@
+"""The measurements behind bench/run.py, one coroutine per target figure. Each takes a `Setup`
+(how to make a backend, and the Redis URL when there is one) and returns plain numbers."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import attrs
+import redis
+
+from strego import Client, Server, Task
+from strego.backends.base import Backend
+from strego.backends.memory import MemoryBackend
+from strego.backends.redis.backend import RedisBackend
+from strego.task import TaskState
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@attrs.frozen
+class Setup:
+    """One column of the results: a backend kind under one event loop."""
+
+    name: str
+    loop: str  # "asyncio" or "trio"
+    transport: str | None  # None (memory), "redispy" or "anyio"
+    url: str | None = None
+
+    def backend(self) -> Backend:
+        if self.transport is None:
+            return MemoryBackend()
+        assert self.url is not None
+        if self.transport == "anyio":
+            from strego.backends.redis.anyio_transport import AnyioTransport
+
+            return RedisBackend(AnyioTransport.from_url(self.url))
+        return RedisBackend.from_url(self.url)
+
+    def flush(self) -> None:
+        if self.url is not None:
+            r = redis.Redis.from_url(self.url)
+            try:
+                r.flushdb()
+            finally:
+                r.close()
+
+
+def used_memory(url: str) -> int:
+    r = redis.Redis.from_url(url)
+    try:
+        return int(r.info("memory")["used_memory"])
+    finally:
+        r.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+async def _drain(
+    backend: Backend, n: int, concurrency: int, queues: list[str] | None = None
+) -> float:
+    """Seconds one Server with `concurrency` takes to run `n` no-op tasks already enqueued."""
+    server = Server(backend, concurrency=concurrency, queues=queues or ["default"])
+    done = anyio.Event()
+    count = 0
+
+    @server.handler("noop")
+    async def noop(task: Task) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    t0 = time.perf_counter()
+    async with server:  # leaving the block stops it gracefully, flushing every ack
+        await done.wait()
+    return time.perf_counter() - t0
+
+
+async def _enqueue_batches(client: Client, n: int, batch: int = 1000) -> float:
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        await client.enqueue_many([Task("noop") for _ in range(min(batch, n - start))])
+    return time.perf_counter() - t0
+
+
+async def throughput(setup: Setup, n: int, concurrency: int) -> dict[str, float]:
+    """enqueue_many in batches of 1000, Redis bytes per pending task, then one server drains."""
+    backend = setup.backend()
+    client = Client(backend)
+    m0 = used_memory(setup.url) if setup.url else 0
+    enqueue_s = await _enqueue_batches(client, n)
+    m1 = used_memory(setup.url) if setup.url else 0
+    process_s = await _drain(backend, n, concurrency)
+    await backend.aclose()
+    out = {"enqueue_many_per_s": n / enqueue_s, "process_per_s": n / process_s}
+    if setup.url:
+        out["bytes_per_task"] = (m1 - m0) / n
+    return out
+
+
+async def enqueue_one_by_one(setup: Setup, n: int, producers: int) -> dict[str, float]:
+    """`await client.enqueue(...)` n times from one task, then n times from `producers` tasks."""
+    backend = setup.backend()
+    client = Client(backend)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await client.enqueue(Task("noop"))
+    sequential_s = time.perf_counter() - t0
+
+    async def produce(count: int) -> None:
+        for _ in range(count):
+            await client.enqueue(Task("noop"))
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(producers):
+            tg.start_soon(produce, n // producers + (i < n % producers))
+    concurrent_s = time.perf_counter() - t0
+    await backend.aclose()
+    return {"enqueue_seq_per_s": n / sequential_s, "enqueue_concurrent_per_s": n / concurrent_s}
+
+
+async def latency(setup: Setup, rate: float, seconds: float) -> dict[str, float]:
+    """Offer `rate` tasks/s for `seconds` to a running server; enqueue-to-start latency (ms)."""
+    backend = setup.backend()
+    client = Client(backend)
+    server = Server(backend, concurrency=32)
+    sent: dict[str, float] = {}
+    waits: list[float] = []
+    n = int(rate * seconds)
+    done = anyio.Event()
+
+    @server.handler("noop")
+    async def noop(task: Task) -> None:
+        assert task.id is not None
+        waits.append((time.perf_counter() - sent[task.id]) * 1000)
+        if len(waits) >= n:
+            done.set()
+
+    async with server:
+        await anyio.sleep(0.2)  # let the fetcher reach its blocking wait
+        t0 = time.perf_counter()
+        for i in range(n):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await anyio.sleep(delay)
+            task = Task("noop", id=f"lat-{i}")
+            sent[f"lat-{i}"] = time.perf_counter()
+            await client.enqueue(task)
+        with anyio.move_on_after(30):
+            await done.wait()
+    await backend.aclose()
+    return {"latency_p50_ms": percentile(waits, 0.5), "latency_p99_ms": percentile(waits, 0.99)}
+
+
+async def scheduled_lateness(setup: Setup, n: int, spread_s: float) -> dict[str, float]:
+    """n tasks due at random times over the next `spread_s` seconds: p99 of start - due (ms)."""
+    import random
+
+    backend = setup.backend()
+    client = Client(backend)
+    server = Server(backend, concurrency=32)
+    late: list[float] = []
+    due: dict[str, float] = {}
+    done = anyio.Event()
+
+    @server.handler("noop")
+    async def noop(task: Task) -> None:
+        assert task.id is not None
+        late.append((time.time() - due[task.id]) * 1000)
+        if len(late) >= n:
+            done.set()
+
+    async with server:
+        now = time.time()
+        tasks = []
+        for i in range(n):
+            at = now + 0.5 + random.random() * spread_s
+            due[f"s-{i}"] = math.ceil(at * 1000) / 1000  # stored in whole ms
+            tasks.append(Task("noop", id=f"s-{i}", process_at=at))
+        await client.enqueue_many(tasks)
+        with anyio.move_on_after(spread_s + 30):
+            await done.wait()
+    await backend.aclose()
+    return {
+        "scheduled_late_p50_ms": percentile(late, 0.5),
+        "scheduled_late_p99_ms": percentile(late, 0.99),
+    }
+
+
+async def under_load(setup: Setup, n: int, concurrency: int) -> dict[str, float]:
+    """Process throughput with 10,000 scheduled tasks waiting, and with 100 idle queues served."""
+    out: dict[str, float] = {}
+    backend = setup.backend()
+    client = Client(backend)
+    for _ in range(10):
+        await client.enqueue_many(
+            [Task("noop", process_in=3600, queue="default") for _ in range(1000)]
+        )
+    await _enqueue_batches(client, n)
+    out["process_with_10k_scheduled_per_s"] = n / await _drain(backend, n, concurrency)
+    await backend.aclose()
+    setup.flush()
+    backend = setup.backend()
+    client = Client(backend)
+    idle = [f"idle{i}" for i in range(100)]
+    await _enqueue_batches(client, n)
+    out["process_with_100_idle_queues_per_s"] = n / await _drain(
+        backend, n, concurrency, ["default", *idle]
+    )
+    await backend.aclose()
+    return out
+
+
+def scaling(url: str, n: int, concurrency: int, processes: int, loop: str = "asyncio") -> float:
+    """Tasks/s of `processes` server processes running n tasks (Redis only). The servers start on
+    an empty queue and wait; the clock runs from the first enqueue_many batch to the last ack (the
+    enqueueing, at >40k tasks/s, overlaps the processing), so process start-up is not counted."""
+    Setup("redis", loop, "redispy", url).flush()
+    cmd = [sys.executable, os.path.join(HERE, "worker.py"), url, str(concurrency), loop]
+    workers = [subprocess.Popen(cmd) for _ in range(processes)]
+    try:
+        rate: float = anyio.run(_time_drain, url, n, processes)
+        return rate
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+
+
+async def _time_drain(url: str, n: int, processes: int) -> float:
+    backend = RedisBackend.from_url(url)
+    client = Client(backend)
+    with anyio.fail_after(60):  # every server has fetched once and now blocks for tasks
+        while len(await client.consumers("default")) < processes:  # noqa: ASYNC110 (polls Redis)
+            await anyio.sleep(0.05)
+    t0 = time.perf_counter()
+    await _enqueue_batches(client, n)
+    with anyio.fail_after(600):
+        while (await client.queue_info("default")).counts[TaskState.COMPLETED] < n:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    await backend.aclose()
+    return n / elapsed
+
+
+def median_of(runs: int, func: Callable[[], dict[str, float]]) -> dict[str, float]:
+    results = [func() for _ in range(runs)]
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def run_in_loop(loop: str, func: Callable[..., Any], *args: Any) -> Any:
+    return anyio.run(func, *args, backend=loop)

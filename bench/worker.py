@@ -1,0 +1,38 @@
+"""One server process for bench/run.py's scaling figure: runs no-op tasks of queue "default" until
+SIGTERM.  usage: python bench/worker.py REDIS_URL CONCURRENCY [asyncio|trio]"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import anyio
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from strego import Server, Task
+from strego.backends.redis.backend import RedisBackend
+
+
+async def main(url: str, concurrency: int, loop: str) -> None:
+    if loop == "trio":
+        from strego.backends.redis.anyio_transport import AnyioTransport
+
+        backend = RedisBackend(AnyioTransport.from_url(url))
+    else:
+        backend = RedisBackend.from_url(url)
+    server = Server(backend, concurrency=concurrency)
+
+    @server.handler("noop")
+    async def noop(task: Task) -> None:
+        return None
+
+    await server.run()  # until SIGTERM, then a graceful stop
+    await backend.aclose()
+
+
+if __name__ == "__main__":
+    logging.disable(logging.INFO)
+    loop = sys.argv[3] if len(sys.argv) > 3 else "asyncio"
+    anyio.run(main, sys.argv[1], int(sys.argv[2]), loop, backend=loop)
