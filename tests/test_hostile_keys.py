@@ -70,9 +70,11 @@ async def test_prefixes_are_isolated(clean_redis_url: str) -> None:
         names = [k.decode() for k in r.keys("*")]
         r.close()
         ours = set(Keys("app", "default").all()) | {queues_key("app")}
-        assert {
-            n for n in names if n.startswith("app:v1:{default}:") or n == "app:v1:queues"
-        } <= ours
+        # no key of another prefix is one of app's; app's keys are its queue's and registry
+        for other in others:
+            theirs = set(Keys(other.prefix, "default").all()) | {queues_key(other.prefix)}
+            assert not theirs & ours
+        assert {n for n in names if n in ours} >= {queues_key("app"), Keys("app", "default").tasks}
         # every key of a queue carries its hash tag
         assert all("{default}" in k for k in Keys("app", "default").all())
     finally:
