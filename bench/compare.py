@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--url", default=None, help="default: start a throwaway redis-server")
     ap.add_argument("--peers", default=",".join(peers.PEERS))
-    ap.add_argument("--install", action="store_true", help="pip-install missing peers first")
+    ap.add_argument("--install", action="store_true", help="create/fill the peers' venv first")
     a = ap.parse_args()
     if a.install:
         peers.ensure_installed()

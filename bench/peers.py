@@ -1,10 +1,13 @@
 """Running the peers' benchmark scripts (../shared/bench/peers/bench_<peer>.py) and ours
 (bench/bench_strego.py) one after another on one Redis: same argv (N, concurrency, URL), one JSON
-line each, the database flushed before every run."""
+line each, the database flushed before every run.
+
+The peers run in a virtualenv of their own (bench/results/peers-venv, or $STREGO_PEERS_VENV):
+arq and taskiq-redis require redis < 6, and installing them beside strego would downgrade the
+redis-py strego runs on."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
@@ -21,17 +24,35 @@ PEERS_DIR = os.environ.get(
     "STREGO_PEERS_DIR", os.path.normpath(os.path.join(ROOT, "..", "shared", "bench", "peers"))
 )
 PEERS = ("floor", "strego", "streaq", "saq", "taskiq", "arq")
+PEERS_VENV = os.environ.get("STREGO_PEERS_VENV", os.path.join(HERE, "results", "peers-venv"))
 #: the module each peer imports, and the pip package that provides it
 _PACKAGES = {"arq": "arq", "saq": "saq", "streaq": "streaq", "taskiq": "taskiq",
              "taskiq_redis": "taskiq-redis"}  # fmt: skip
 
 
+def peers_python() -> str:
+    return os.path.join(PEERS_VENV, "bin", "python")
+
+
 def ensure_installed() -> None:
-    """pip-install into this interpreter whichever peer packages are missing."""
-    missing = [pkg for mod, pkg in _PACKAGES.items() if importlib.util.find_spec(mod) is None]
+    """Create the peers' virtualenv if needed and pip-install whichever peers it lacks."""
+    python = peers_python()
+    if not os.path.exists(python):
+        print(f"creating {PEERS_VENV} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", PEERS_VENV], check=True)
+    probe = (
+        "import importlib.util as u, sys;"
+        "print(' '.join(m for m in sys.argv[1:] if not u.find_spec(m)))"
+    )
+    found = subprocess.run(
+        [python, "-c", probe, *_PACKAGES], capture_output=True, text=True, check=True
+    )
+    missing = [_PACKAGES[m] for m in found.stdout.split()]
     if missing:
-        print(f"installing {' '.join(missing)} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+        print(f"installing {' '.join(missing)} into {PEERS_VENV} ...", file=sys.stderr)
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", "redis[hiredis]", *missing], check=True
+        )
 
 
 def script(peer: str) -> str:
@@ -47,8 +68,9 @@ def run_once(peer: str, n: int, concurrency: int, url: str) -> dict[str, Any]:
     finally:
         r.close()
     # the peers import their _mem.py helper from their own folder
+    python = sys.executable if peer == "strego" else peers_python()
     out = subprocess.run(
-        [sys.executable, script(peer), str(n), str(concurrency), url],
+        [python, script(peer), str(n), str(concurrency), url],
         capture_output=True, text=True, timeout=900, cwd=PEERS_DIR,
     )  # fmt: skip
     for line in reversed(out.stdout.splitlines()):

@@ -5,8 +5,8 @@
 Columns are setups: the memory backend and the Redis backend (redis-py transport under asyncio;
 the anyio transport under asyncio and trio). Without --url a throwaway redis-server is started on
 a free port. --peers also runs the peers' scripts of ../shared/bench/peers on the same Redis
-(pip-installing them when missing) and prints strego's ratio to each. The figures go to
-bench/results/run-<time>.json as well. The default sizes take a few minutes."""
+(installing them in a venv of their own when missing) and prints strego's ratio to each. The
+figures go to bench/results/run-<time>.json as well. The default sizes take a few minutes."""
 
 from __future__ import annotations
 
@@ -100,7 +100,9 @@ def main() -> None:
     ap.add_argument("--scheduled-spread", type=float, default=2.0)
     ap.add_argument("--processes", default="1,2,4", help="server processes for the scaling row")
     ap.add_argument("--scale-n", type=int, default=20_000)
-    ap.add_argument("--peers", action="store_true", help="run the peers too (pip-installs them)")
+    ap.add_argument(
+        "--peers", action="store_true", help="run the peers too (installed in their own venv)"
+    )
     ap.add_argument("--peer-repeat", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     a = ap.parse_args()
