@@ -111,7 +111,7 @@ def table(medians: dict[str, dict[str, float]], n: int) -> str:
         if base:
             ratios = (f"{m['enqueue_s'] / base['enqueue_s']:.2f}",
                       f"{m['process_s'] / base['process_s']:.2f}",
-                      f"{base['bytes_per_task'] / m['bytes_per_task']:.2f}")  # fmt: skip
+                      f"{m['bytes_per_task'] / base['bytes_per_task']:.2f}")  # fmt: skip
         else:
             ratios = ("-", "-", "-")
         lines.append(
