@@ -16,14 +16,10 @@ from strego.backends.base import Backend
 from strego.server import Server
 
 
-def _redis_backend(url: str, trio: bool, prefix: str) -> Backend:
+def _redis_backend(url: str, prefix: str) -> Backend:
     from strego.backends.redis import RedisBackend
 
-    if trio:  # redis-py runs on asyncio only; strego's own transport runs on both
-        from strego.backends.redis.anyio_transport import AnyioTransport
-
-        return RedisBackend(AnyioTransport.from_url(url), prefix=prefix)
-    return RedisBackend.from_url(url, prefix=prefix)
+    return RedisBackend.from_url(url, prefix=prefix)  # the anyio transport: asyncio and trio
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -35,7 +31,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         if args.redis:
-            backend = _redis_backend(args.redis, args.trio, f"strego-demo-{secrets.token_hex(4)}")
+            backend = _redis_backend(args.redis, f"strego-demo-{secrets.token_hex(4)}")
         else:
             from strego.backends.memory import MemoryBackend
 
