@@ -18,7 +18,7 @@ __all__ = ["backend"]  # the fixture, imported for pytest
 #: the runtime runs on MemoryBackend and RedisBackend (fakeredis is left to the conformance suite)
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.parametrize("make_backend", ["memory", "redis"], indirect=True),
+    pytest.mark.parametrize("make_backend", ["memory", "redis", "anyio-redis"], indirect=True),
 ]
 
 
