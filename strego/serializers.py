@@ -2,11 +2,12 @@
 its `name` is stored with the task so the worker decodes with the same one. Raw `bytes` payloads
 skip serialization and are stored as they are (encoding ``"raw"``).
 
-JSON is the default. attrs instances are unstructured with cattrs first, so typed handlers can
-structure them back."""
+JSON is the default. attrs and dataclass instances are unstructured with cattrs first, so typed
+handlers can structure them back."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,7 +33,11 @@ class Serializer(Protocol):
 
 
 def _plain(payload: Any) -> Any:
-    return converter.unstructure(payload) if attrs.has(type(payload)) else payload
+    kind = type(payload)
+    # the type, not the value: is_dataclass is true for a dataclass class object as well
+    if attrs.has(kind) or dataclasses.is_dataclass(kind):
+        return converter.unstructure(payload)
+    return payload
 
 
 class JsonSerializer:

@@ -1,7 +1,9 @@
-"""Payload serializers: JSON and msgpack round-trips, attrs instances, refusals, decode errors."""
+"""Payload serializers: JSON and msgpack round-trips, attrs and dataclass instances, refusals,
+decode errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -29,6 +31,13 @@ class Order:
     items: list[str]
     address: Address
     note: str | None = None
+
+
+@dataclasses.dataclass
+class Parcel:
+    weight: float
+    to: Address
+    tags: list[str] = dataclasses.field(default_factory=list)
 
 
 SERIALIZERS = [JsonSerializer, MsgpackSerializer]
@@ -83,6 +92,18 @@ def test_attrs_instance_unstructured(serializer: Serializer) -> None:
         "note": None,
     }
     assert converter.structure(plain, Order) == order
+
+
+def test_dataclass_instance_unstructured(serializer: Serializer) -> None:
+    parcel = Parcel(1.5, Address("Oslo", "0150"), ["fragile"])
+    plain = serializer.loads(serializer.dumps(parcel))
+    assert plain == {"weight": 1.5, "to": {"city": "Oslo", "zip": "0150"}, "tags": ["fragile"]}
+    assert converter.structure(plain, Parcel) == parcel
+
+
+def test_dataclass_class_is_not_a_payload(serializer: Serializer) -> None:
+    with pytest.raises(SerializationError):
+        serializer.dumps(Parcel)
 
 
 def test_json_is_compact_utf8() -> None:
