@@ -1,7 +1,7 @@
 """strego: enqueue N no-op tasks (client.enqueue_many, batches of 1000), then one Server with
 concurrency C drains them; prints one JSON line shaped like the peers' in /work/shared/bench/peers.
 
-    python bench/bench_strego.py N C REDIS_URL [--transport redispy|anyio] [--trio]
+    python bench/bench_strego.py N C REDIS_URL [--transport default|redispy|anyio] [--trio]
 
 Redis memory is read with the synchronous redis-py client before and after enqueueing (as the
 peers' _mem.py does), so bytes_per_task counts what the pending tasks occupy."""
@@ -45,6 +45,11 @@ def redis_cpu(url: str) -> float:
 
 
 def make_backend(url: str, transport: str) -> RedisBackend:
+    """`default`: whatever RedisBackend.from_url picks; `redispy` or `anyio`: that transport."""
+    if transport == "redispy":
+        import redis.asyncio
+
+        return RedisBackend(redis.asyncio.Redis.from_url(url, decode_responses=False))
     if transport == "anyio":
         from strego.backends.redis.anyio_transport import AnyioTransport
 
@@ -55,6 +60,9 @@ def make_backend(url: str, transport: str) -> RedisBackend:
 async def run(n: int, concurrency: int, url: str, transport: str) -> dict[str, object]:
     backend = make_backend(url, transport)
     client = Client(backend)
+    # load the scripts first: Redis counts its script cache in used_memory
+    await client.enqueue(Task("noop", queue="warmup"))
+    await backend.purge("warmup")
     m0 = used_memory(url)
     c0, r0 = time.process_time(), redis_cpu(url)
     t0 = time.perf_counter()
@@ -95,8 +103,8 @@ def main() -> None:
     ap.add_argument("n", type=int)
     ap.add_argument("concurrency", type=int)
     ap.add_argument("url")
-    ap.add_argument("--transport", choices=("redispy", "anyio"), default="redispy")
-    ap.add_argument("--trio", action="store_true", help="run under trio (needs --transport anyio)")
+    ap.add_argument("--transport", choices=("default", "redispy", "anyio"), default="default")
+    ap.add_argument("--trio", action="store_true", help="run under trio (not with redispy)")
     a = ap.parse_args()
     logging.disable(logging.INFO)
     backend = "trio" if a.trio else "asyncio"

@@ -2,11 +2,12 @@
 
     python bench/run.py [--url redis://...] [--setups ...] [--peers] [--n 10000] ...
 
-Columns are setups: the memory backend and the Redis backend (redis-py transport under asyncio;
-the anyio transport under asyncio and trio). Without --url a throwaway redis-server is started on
-a free port. --peers also runs the peers' scripts of ../shared/bench/peers on the same Redis
-(installing them in a venv of their own when missing) and prints strego's ratio to each. The
-figures go to bench/results/run-<time>.json as well. The default sizes take a few minutes."""
+Columns are setups: the memory backend; the Redis backend over the anyio transport (what
+RedisBackend.from_url uses) under asyncio and trio; and over redis-py ("redispy", asyncio only).
+Without --url a throwaway redis-server is started on a free port. --peers also runs the peers'
+scripts of ../shared/bench/peers on the same Redis (installing them in a venv of their own when
+missing) and prints strego's ratio to each. The figures go to bench/results/run-<time>.json as
+well. The default sizes take a few minutes."""
 
 from __future__ import annotations
 
@@ -24,8 +25,7 @@ from bench import peers, scenarios
 from bench.scenarios import Setup
 from tests.redis_server import start_redis_server
 
-SETUPS = ("memory-asyncio", "memory-trio", "redis-asyncio", "redis-anyio-asyncio",
-          "redis-anyio-trio")  # fmt: skip
+SETUPS = ("memory-asyncio", "memory-trio", "redis-asyncio", "redis-trio", "redispy-asyncio")
 
 #: figure -> (target text, check); a check of None means "see the note"
 TARGETS: dict[str, tuple[str, Any]] = {
@@ -45,7 +45,7 @@ TARGETS: dict[str, tuple[str, Any]] = {
 
 def make_setup(name: str, url: str) -> Setup:
     backend, _, loop = name.rpartition("-")
-    transport = {"memory": None, "redis": "redispy", "redis-anyio": "anyio"}[backend]
+    transport = {"memory": None, "redis": "anyio", "redispy": "redispy"}[backend]
     return Setup(name, loop, transport, None if transport is None else url)
 
 
@@ -140,7 +140,7 @@ def main() -> None:
     print_table(report["setups"])
     print()
     rates = ", ".join(f"{p}: {v:,.0f}" for p, v in report["scaling_process_per_s"].items())
-    print(f"scaling (Redis, redis-py transport, asyncio; tasks/s by server processes): {rates}")
+    print(f"scaling (Redis, anyio transport, asyncio; tasks/s by server processes): {rates}")
     if a.peers:
         print()
         print(f"peers (bench_<peer>.py, n={a.n}, concurrency={a.concurrency}, "

@@ -16,12 +16,9 @@ from strego.backends.redis.backend import RedisBackend
 
 
 async def main(url: str, concurrency: int, loop: str) -> None:
-    if loop == "trio":
-        from strego.backends.redis.anyio_transport import AnyioTransport
+    from strego.backends.redis.anyio_transport import AnyioTransport
 
-        backend = RedisBackend(AnyioTransport.from_url(url))
-    else:
-        backend = RedisBackend.from_url(url)
+    backend = RedisBackend(AnyioTransport.from_url(url))  # runs under asyncio and trio
     server = Server(backend, concurrency=concurrency)
 
     @server.handler("noop")
