@@ -1,17 +1,20 @@
 """Garbage written straight into Redis under strego's keys, with a server running on the Redis
 backend (asyncio over redis-py, trio over the anyio transport): stream entries that name no task
-or lack fields are dropped and the queue keeps being served."""
+or lack fields are dropped and the queue keeps being served; task records that do not decode go
+to dead with the reason, never stall a fetch nor vanish, and listings show what can be read."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import pytest
 import redis
 
 import strego
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.keys import Keys
+from strego.backends.redis.record import UNREADABLE_TYPE
 from strego.task import TaskState
 from tests.faults.support import make_backend
 from tests.runtime_support import wait_for_state
@@ -63,3 +66,134 @@ async def test_stream_entries_naming_no_task_are_dropped(
     assert sum(raw.xlen(s) for s in k.streams) == 0  # the garbage entries are gone
     counts = (await backend.queue_info("q")).counts
     assert counts[TaskState.PENDING] == counts[TaskState.ACTIVE] == 0
+
+
+def header_end(record: bytes) -> int:
+    return record.index(b";") + 1
+
+
+async def test_unreadable_envelope_goes_dead_and_fetch_returns_the_rest(
+    backend: RedisBackend, raw: redis.Redis
+) -> None:
+    k = Keys("hostile", "q")
+    client = strego.Client(backend)
+    good = [await client.enqueue(strego.Task("job", i, queue="q")) for i in range(2)]
+    bad_labels = await client.enqueue(strego.Task("job", 0, queue="q", labels={"a": "b"}))
+    cut = await client.enqueue(strego.Task("job", 0, queue="q"))
+    rec = raw.hget(k.tasks, bad_labels.id)
+    assert isinstance(rec, bytes)
+    raw.hset(k.tasks, bad_labels.id, rec.replace(b'{"a":"b"}', b'{"a":"b"X'))
+    rec = raw.hget(k.tasks, cut.id)
+    assert isinstance(rec, bytes)
+    raw.hset(k.tasks, cut.id, rec[: header_end(rec) + 3])  # valid header, envelope cut short
+
+    fetched = await backend.fetch(["q"], 10, "c1", lease_ms=60_000)
+
+    assert sorted(t.id for t in fetched) == sorted(t.id for t in good)
+    for task_id in (bad_labels.id, cut.id):
+        info = await backend.get_task(task_id)
+        assert info is not None and info.state is TaskState.DEAD
+        assert info.type == UNREADABLE_TYPE and info.payload == b""
+        assert info.last_error is not None
+        assert info.last_error.startswith("unreadable task record: ")
+    dead = await backend.list_tasks("q", TaskState.DEAD)
+    assert sorted(t.id for t in dead) == sorted([bad_labels.id, cut.id])
+    counts = (await backend.queue_info("q")).counts
+    assert counts[TaskState.DEAD] == 2 and counts[TaskState.ACTIVE] == 2
+    assert counts[TaskState.PENDING] == 0
+
+
+async def test_listing_shows_unreadable_records_without_failing(
+    backend: RedisBackend, raw: redis.Redis
+) -> None:
+    k = Keys("hostile", "q")
+    client = strego.Client(backend)
+    good = await client.enqueue(strego.Task("job", 1, queue="q"))
+    bad = await client.enqueue(strego.Task("job", 2, queue="q"))
+    rec = raw.hget(k.tasks, bad.id)
+    assert isinstance(rec, bytes)
+    raw.hset(k.tasks, bad.id, rec[: header_end(rec) + 3])
+    pending = await backend.list_tasks("q", TaskState.PENDING)
+    assert [t.id for t in pending] == [good.id, bad.id]
+    assert pending[1].type == UNREADABLE_TYPE and pending[1].payload == b""
+    assert pending[1].last_error is not None
+    assert pending[1].last_error.startswith("unreadable task record: ")
+    # a record with no header at all has no state to show: listings leave it out
+    raw.hset(k.tasks, bad.id, b"garbage")
+    assert [t.id for t in await backend.list_tasks("q", TaskState.PENDING)] == [good.id]
+    assert await backend.get_task(bad.id, "q") is None
+
+
+async def test_unreadable_envelope_of_a_stale_task_goes_dead_on_claim(
+    backend: RedisBackend, raw: redis.Redis
+) -> None:
+    k = Keys("hostile", "q")
+    task = await strego.Client(backend).enqueue(strego.Task("job", 1, queue="q"))
+    [active] = await backend.fetch(["q"], 1, "gone", lease_ms=1)
+    rec = raw.hget(k.tasks, active.id)
+    assert isinstance(rec, bytes)
+    raw.hset(k.tasks, task.id, rec[: header_end(rec) + 3])
+    await anyio.sleep(0.01)  # let the 1 ms lease run out
+
+    claimed = await backend.claim_stale(["q"], "c2", 10, lease_ms=60_000, max_deliveries=5)
+
+    assert claimed == []
+    info = await backend.get_task(task.id)
+    assert info is not None and info.state is TaskState.DEAD
+    assert info.last_error is not None
+    assert info.last_error.startswith("unreadable task record: ")
+
+
+async def test_server_buries_unreadable_tasks_and_keeps_serving(
+    backend: RedisBackend, raw: redis.Redis
+) -> None:
+    k = Keys("hostile", "q")
+    client = strego.Client(backend)
+    bad = await client.enqueue(strego.Task("job", 0, queue="q"))
+    rec = raw.hget(k.tasks, bad.id)
+    assert isinstance(rec, bytes)
+    raw.hset(k.tasks, bad.id, rec[: header_end(rec) + 3])
+    first = await client.enqueue(strego.Task("job", 1, queue="q"))
+    ran: list[str] = []
+    async with serving(backend, ran, ["q"]):
+        await wait_for_state(backend, bad.id, TaskState.DEAD)
+        await wait_for_state(backend, first.id, TaskState.COMPLETED)
+        later = await client.enqueue(strego.Task("job", 2, queue="q"))
+        await wait_for_state(backend, later.id, TaskState.COMPLETED)
+    assert sorted(ran) == sorted([first.id, later.id])
+
+
+@pytest.mark.parametrize("where", ["pending", "scheduled", "active"])
+async def test_record_without_a_header_goes_dead_with_a_reason(
+    backend: RedisBackend, raw: redis.Redis, where: str
+) -> None:
+    k = Keys("hostile", "q")
+    client = strego.Client(backend)
+    good = await client.enqueue(strego.Task("job", 1, queue="q"))
+    if where == "scheduled":
+        bad = await client.enqueue(strego.Task("job", 2, queue="q", process_in=0.01))
+    else:
+        bad = await client.enqueue(strego.Task("job", 2, queue="q", priority=5))
+    if where == "active":
+        [active] = await backend.fetch(["q"], 1, "gone", lease_ms=1)
+        assert active.id == bad.id
+    garbage = b"\xffnot a record"
+    raw.hset(k.tasks, bad.id, garbage)
+    await anyio.sleep(0.02)  # the schedule or the 1 ms lease is due
+
+    if where == "scheduled":
+        await backend.promote(["q"])
+    if where == "active":
+        assert await backend.claim_stale(["q"], "c2", 10, lease_ms=60_000, max_deliveries=5) == []
+    fetched = await backend.fetch(["q"], 10, "c1", lease_ms=60_000)
+
+    assert [t.id for t in fetched] == [good.id]
+    [dead] = await backend.list_tasks("q", TaskState.DEAD)
+    assert dead.id == bad.id and dead.type == UNREADABLE_TYPE
+    assert dead.last_error == "unreadable task record: its header does not parse"
+    rec = raw.hget(k.tasks, bad.id)
+    assert isinstance(rec, bytes) and rec.endswith(garbage)  # its bytes are kept
+    counts = (await backend.queue_info("q")).counts
+    assert counts[TaskState.DEAD] == 1 and counts[TaskState.ACTIVE] == 1
+    assert counts[TaskState.PENDING] == counts[TaskState.SCHEDULED] == 0
+    assert sum(raw.xlen(s) for s in k.streams) == 1  # only the fetched good task's entry

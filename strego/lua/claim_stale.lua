@@ -18,10 +18,15 @@ while need > 0 do
   for _, id in ipairs(stale) do
     if seen[id] then break end  -- only with lease_ms 0, where a claimed lease is stale at once
     seen[id], fresh = true, true
-    local h = parse(redis.call('HGET', KEYS[1], id))
+    local rec = redis.call('HGET', KEYS[1], id)
+    local h = parse(rec)
     local stream = h and KEYS[5 + h.priority]
     if not h or h.state ~= 'a' then
       redis.call('ZREM', KEYS[2], id)
+      if rec and not h then
+        bury_unreadable(KEYS[1], KEYS[3], id, rec, now)
+        for prio = 0, 10 do unlink_delivered(KEYS[5 + prio], group, id) end
+      end
     elseif h.deliveries >= max_deliveries then
       unlink(stream, group, h.sid)
       redis.call('ZREM', KEYS[2], id)

@@ -1,10 +1,11 @@
 -- fetch: pending -> active. Delivers up to `count` tasks of one queue to `consumer` with
 -- XREADGROUP (never blocking here), highest priority first, oldest first within a priority.
--- KEYS: 1 tasks, 2 leases, 3 consumers, 4 paused, 5..15 stream for priority 0..10
+-- KEYS: 1 tasks, 2 leases, 3 consumers, 4 paused, 5..15 stream for priority 0..10, 16 dead
 -- ARGV: 1 now, 2 group, 3 consumer, 4 count, 5 lease_ms
 -- Returns {'OK', {id, record, ...}, last_ids} | {'PAUSED', {}, {}}. last_ids (only when fewer
 -- than `count` were started) holds each stream's newest entry id ('0-0' when it has none), for
--- the caller's XREAD BLOCK: anything added after the script is then seen.
+-- the caller's XREAD BLOCK: anything added after the script is then seen. A task whose record
+-- header does not parse goes to dead (bury_unreadable) instead of being started.
 --#include lib/record.lua
 local now, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local need = tonumber(ARGV[4])
@@ -20,7 +21,8 @@ for prio = 10, 0, -1 do
     if #entries == 0 then break end
     for _, entry in ipairs(entries) do
       local sid, id = entry[1], entry[2][2]
-      local h = parse(redis.call('HGET', KEYS[1], id))
+      local rec = redis.call('HGET', KEYS[1], id)
+      local h = parse(rec)
       if h and h.state == 'p' and h.sid == sid then
         h.state, h.deliveries, h.started, h.consumer = 'a', h.deliveries + 1, now, consumer
         local rec = build(h)
@@ -29,7 +31,8 @@ for prio = 10, 0, -1 do
         append(out, id, rec)
         need = need - 1
       else
-        -- an entry whose task left pending some other way: drop it
+        if rec and not h then bury_unreadable(KEYS[1], KEYS[16], id, rec, now) end
+        -- an entry whose task left pending some other way (or is buried now): drop it
         redis.call('XACK', stream, group, sid)
         redis.call('XDEL', stream, sid)
       end

@@ -15,7 +15,9 @@ for _, set in ipairs({KEYS[2], KEYS[3]}) do
   if #due == limit then more = true end
   for _, id in ipairs(due) do
     redis.call('ZREM', set, id)
-    local h = parse(redis.call('HGET', KEYS[1], id))
+    local rec = redis.call('HGET', KEYS[1], id)
+    local h = parse(rec)
+    if rec and not h then bury_unreadable(KEYS[1], KEYS[4], id, rec, now) end
     if h and (h.state == 's' or h.state == 'r') then
       h.state, h.due = 'p', ''
       h.sid = push(KEYS[10 + h.priority], group, id)

@@ -14,10 +14,17 @@ import anyio
 from strego.backends.base import Clock, ConsumerInfo, QueueInfo
 from strego.backends.redis import codes
 from strego.backends.redis.keys import Keys, queues_key
-from strego.backends.redis.record import LETTER, decode, encode_envelope, ended_ms
+from strego.backends.redis.record import (
+    LETTER,
+    decode,
+    decode_for_listing,
+    encode_envelope,
+    ended_ms,
+    unreadable_reason,
+)
 from strego.backends.redis.scripts import script
 from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
-from strego.errors import InvalidTaskError, StregoError
+from strego.errors import InvalidTaskError, SchemaVersionError, StregoError
 from strego.message import TaskMessage
 from strego.task import TaskInfo, TaskState, validate_queue_name
 
@@ -184,7 +191,25 @@ class RedisBackend:
     # -- consuming --------------------------------------------------------------------------------
 
     def _decode_pairs(self, queue: str, flat: Sequence[bytes]) -> list[TaskInfo]:
-        return [decode(queue, _str(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+        """Listing: records that do not decode are shown as far as they can be, or left out."""
+        out = []
+        for i in range(0, len(flat), 2):
+            info = decode_for_listing(queue, _str(flat[i]), flat[i + 1])
+            if info is not None:
+                out.append(info)
+        return out
+
+    async def _started(self, queue: str, flat: Sequence[bytes], consumer: str) -> list[TaskInfo]:
+        """Tasks just made active for `consumer`. One whose record does not decode could never
+        run: it goes to dead with the reason (invariant 4), and the others are returned."""
+        out = []
+        for i in range(0, len(flat), 2):
+            task_id = _str(flat[i])
+            try:
+                out.append(decode(queue, task_id, flat[i + 1]))
+            except SchemaVersionError as exc:
+                await self.fail(queue, task_id, consumer, unreadable_reason(exc), retry_at_ms=None)
+        return out
 
     async def fetch(
         self,
@@ -235,10 +260,10 @@ class RedisBackend:
             k = self.keys(queue)
             status, items, last = await self._run(
                 "fetch",
-                (k.tasks, k.leases, k.consumers, k.paused, *k.streams),
+                (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead),
                 (self.clock(), self.group, consumer, count - len(out), lease_ms),
             )
-            out += self._decode_pairs(queue, items)
+            out += await self._started(queue, items, consumer)
             if status == codes.OK and last:
                 waits += zip(k.streams, last, strict=True)
         return out, waits
@@ -331,7 +356,7 @@ class RedisBackend:
                 (self.clock(), self.group, consumer, count - len(out), lease_ms, max_deliveries,
                  error),
             )  # fmt: skip
-            out += self._decode_pairs(queue, items)
+            out += await self._started(queue, items, consumer)
         return out
 
     async def promote(self, queues: Sequence[str]) -> int | None:
@@ -485,7 +510,8 @@ class RedisBackend:
         recs = await self.transport.execute(
             Command(("HMGET", self.keys(queue).tasks, *ids), idempotent=True)
         )
-        return [decode(queue, _str(i), r) for i, r in zip(ids, recs, strict=True) if r is not None]
+        found = (decode_for_listing(queue, _str(i), r) for i, r in zip(ids, recs, strict=True) if r)
+        return [t for t in found if t is not None]
 
     async def list_tasks(
         self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
@@ -515,7 +541,10 @@ class RedisBackend:
         return [t for t in await self._records(queue, ids) if t.state is state]
 
     def _retained(self, record: bytes, now: int) -> bool:
-        state, ended = ended_ms(record)
+        try:
+            state, ended = ended_ms(record)
+        except SchemaVersionError:  # the listing decides what to show of it
+            return True
         if ended is None or state not in _RETAINED:
             return True
         ttl = self.dead_ttl_ms if state is TaskState.DEAD else self.completed_ttl_ms
@@ -537,13 +566,13 @@ class RedisBackend:
     async def get_task(self, task_id: str, queue: str | None = None) -> TaskInfo | None:
         if queue is None:
             found = await self._find(task_id)
-            return None if found is None else decode(found[0], task_id, found[1])
+            return None if found is None else decode_for_listing(found[0], task_id, found[1])
         rec = await self.transport.execute(
             Command(("HGET", self.keys(queue).tasks, task_id), idempotent=True)
         )
         if rec is None or not self._retained(rec, self.clock()):
             return None
-        return decode(queue, task_id, rec)
+        return decode_for_listing(queue, task_id, rec)
 
     async def consumers(self, queue: str) -> list[ConsumerInfo]:
         k = self.keys(queue)

@@ -52,7 +52,58 @@ def decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     try:
         return _decode(queue, task_id, record)
     except (ValueError, KeyError, IndexError) as exc:
-        raise SchemaVersionError(f"task {task_id} in queue {queue}: unreadable record") from exc
+        raise SchemaVersionError(
+            f"task {task_id} in queue {queue}: {unreadable_reason(exc)}"
+        ) from exc
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """The last_error recorded for a task whose record does not decode."""
+    cause = exc.__cause__ if isinstance(exc, SchemaVersionError) and exc.__cause__ else exc
+    return f"unreadable task record: {type(cause).__name__}: {cause}"
+
+
+#: The type listings show for a task whose envelope does not decode.
+UNREADABLE_TYPE = "<unreadable>"
+
+
+def decode_for_listing(queue: str, task_id: str, record: bytes) -> TaskInfo | None:
+    """Like `decode`, but a record whose envelope or labels do not decode gives what its header
+    holds (type UNREADABLE_TYPE, empty payload, the reason in last_error), and one whose header
+    does not parse gives None: a listing shows what it can instead of failing whole."""
+    try:
+        return _decode(queue, task_id, record)
+    except (ValueError, KeyError, IndexError) as exc:
+        reason = unreadable_reason(exc)
+    try:
+        end = record.index(b";")
+        retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, _ul = record[
+            1:end
+        ].split(b",")
+        state = STATE_OF[record[0]]
+        consumer = record[end + 1 : end + 1 + int(cl)].decode(errors="replace") or None
+        error = record[end + 1 + int(cl) : end + 1 + int(cl) + int(el)].decode(errors="replace")
+        ended_ms = _int(ended)
+        return TaskInfo(
+            id=task_id,
+            type=UNREADABLE_TYPE,
+            queue=queue,
+            state=state,
+            payload=b"",
+            encoding="",
+            max_retry=int(max_retry),
+            priority=int(prio),
+            retried=int(retried),
+            deliveries=int(deliveries),
+            started_ms=_int(started),
+            completed_ms=ended_ms if state is TaskState.COMPLETED else None,
+            next_run_ms=ended_ms if state in _ENDED else _int(due),
+            # a task buried for being unreadable already says so
+            last_error=error if error.startswith("unreadable task record") else reason,
+            consumer=consumer,
+        )
+    except (ValueError, KeyError, IndexError):
+        return None
 
 
 def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:

@@ -39,6 +39,37 @@ local function build(h)
   })
 end
 
+-- A record whose header does not parse can never run or be moved: it goes to dead (priority 0,
+-- no retries) under a fresh header with this reason, its old bytes kept whole as the envelope.
+local UNREADABLE = 'unreadable task record: its header does not parse'
+local function bury_unreadable(tasks, dead, id, rec, now)
+  redis.call('ZADD', dead, now, id)
+  redis.call('HSET', tasks, id, build({
+    state = 'd', retried = 0, deliveries = 0, started = '', ended = now, due = '',
+    max_retry = 0, priority = 0, sid = '', consumer = '', error = UNREADABLE, unique = '',
+    env = rec,
+  }))
+end
+
+-- Drop the delivered (pending-list) entry naming task `id` from `stream`, found by walking the
+-- group's pending list: for an active task whose header no longer tells its stream entry.
+local function unlink_delivered(stream, group, id)
+  if redis.call('EXISTS', stream) == 0 then return end
+  local from = '-'
+  while true do
+    local page = redis.call('XPENDING', stream, group, from, '+', 100)
+    for _, p in ipairs(page) do
+      local entry = redis.call('XRANGE', stream, p[1], p[1])[1]
+      if entry and entry[2][2] == id then
+        redis.call('XACK', stream, group, p[1])
+        redis.call('XDEL', stream, p[1])
+      end
+    end
+    if #page < 100 then return end
+    from = '(' .. page[#page][1]
+  end
+end
+
 local function add_ms(ms, delta)
   return string.format('%d', tonumber(ms) + tonumber(delta))
 end
