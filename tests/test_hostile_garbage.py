@@ -15,6 +15,7 @@ import strego
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.keys import Keys
 from strego.backends.redis.record import UNREADABLE_TYPE
+from strego.errors import ForeignKeyError
 from strego.task import TaskState
 from tests.faults.support import make_backend
 from tests.runtime_support import wait_for_state
@@ -197,3 +198,53 @@ async def test_record_without_a_header_goes_dead_with_a_reason(
     assert counts[TaskState.DEAD] == 1 and counts[TaskState.ACTIVE] == 1
     assert counts[TaskState.PENDING] == counts[TaskState.SCHEDULED] == 0
     assert sum(raw.xlen(s) for s in k.streams) == 1  # only the fetched good task's entry
+
+
+@pytest.mark.parametrize("kind", ["tasks", "stream", "scheduled", "signal"])
+async def test_foreign_key_skips_its_queue_and_serves_the_others(
+    backend: RedisBackend, raw: redis.Redis, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = Keys("hostile", "bad")
+    client = strego.Client(backend)
+    await client.enqueue(strego.Task("job", 0, queue="bad"))
+    key = {"tasks": bad.tasks, "stream": bad.streams[0], "scheduled": bad.scheduled,
+           "signal": bad.signal}[kind]  # fmt: skip
+    raw.delete(key)
+    raw.set(key, "someone else's")
+    now = await client.enqueue(strego.Task("job", 1, queue="good"))
+    later = await client.enqueue(strego.Task("job", 2, queue="good", process_in=0.3))
+    ran: list[str] = []
+    with caplog.at_level("ERROR", logger="strego.backends.redis"):
+        async with serving(backend, ran, ["bad", "good"]):
+            await wait_for_state(backend, now.id, TaskState.COMPLETED, queue="good")
+            await wait_for_state(backend, later.id, TaskState.COMPLETED, queue="good")
+    assert {now.id, later.id} <= set(ran)
+    assert raw.get(key) == b"someone else's"  # never touched
+    named = [r.getMessage() for r in caplog.records if repr(key) in r.getMessage()]
+    assert named and all("queue 'bad'" in m for m in named)
+    # logged once per queue and interval, not once per fetch
+    assert len(named) <= 4  # fetch, claim_stale, promote, wait_schedule_change at most
+
+
+async def test_foreign_key_of_the_only_queue_names_queue_and_key(
+    backend: RedisBackend, raw: redis.Redis
+) -> None:
+    k = Keys("hostile", "q")
+    raw.set(k.tasks, "x")
+    raw.xadd(k.streams[0], {"t": "a"})
+    with pytest.raises(
+        ForeignKeyError, match=r"queue 'q': its tasks key .* is a string, not a hash"
+    ):
+        await backend.fetch(["q"], 1, "c1", lease_ms=60_000)
+
+
+async def test_stream_without_its_group_is_recreated(
+    backend: RedisBackend, raw: redis.Redis
+) -> None:
+    k = Keys("hostile", "q")
+    client = strego.Client(backend)
+    first = await client.enqueue(strego.Task("job", 1, queue="q"))
+    raw.xgroup_destroy(k.streams[0], "strego")
+    second = await client.enqueue(strego.Task("job", 2, queue="q"))
+    fetched = await backend.fetch(["q", "other"], 10, "c1", lease_ms=60_000)
+    assert sorted(t.id for t in fetched) == sorted([first.id, second.id])

@@ -16,8 +16,17 @@ local out, records, leases = {}, {}, {}
 for prio = 10, 0, -1 do
   local stream = KEYS[5 + prio]
   while need > 0 and redis.call('EXISTS', stream) == 1 do
-    local entries = read_entries(redis.call('XREADGROUP', 'GROUP', group, consumer,
-      'COUNT', need, 'STREAMS', stream, '>'))
+    local reply = redis.pcall('XREADGROUP', 'GROUP', group, consumer,
+      'COUNT', need, 'STREAMS', stream, '>')
+    if type(reply) == 'table' and reply.err then
+      -- a stream that lost its group (deleted by hand) would fail every fetch: recreate it
+      -- from 0, so entries never delivered are not lost
+      if not string.find(reply.err, 'NOGROUP', 1, true) then return redis.error_reply(reply.err) end
+      redis.call('XGROUP', 'CREATE', stream, group, '0')
+      reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', need,
+        'STREAMS', stream, '>')
+    end
+    local entries = read_entries(reply)
     if #entries == 0 then break end
     for _, entry in ipairs(entries) do
       local sid, id = entry[1], entry[2][2]
@@ -30,6 +39,8 @@ for prio = 10, 0, -1 do
         append(leases, lease_until, id)
         append(out, id, rec)
         need = need - 1
+      elseif h and h.state == 'a' and h.sid == sid then
+        -- delivered again after its group was recreated: still its task's entry, keep it
       else
         if rec and not h then bury_unreadable(KEYS[1], KEYS[16], id, rec, now) end
         -- an entry whose task left pending some other way (or is buried now): drop it

@@ -4,6 +4,7 @@ is sent through a `Transport`, so the same backend runs over redis-py or the any
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from strego.backends.redis.record import (
 )
 from strego.backends.redis.scripts import script
 from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
-from strego.errors import InvalidTaskError, SchemaVersionError, StregoError
+from strego.errors import ForeignKeyError, InvalidTaskError, SchemaVersionError, StregoError
 from strego.message import TaskMessage
 from strego.task import TaskInfo, TaskState, validate_queue_name
 
@@ -41,6 +42,14 @@ BATCH = 1000
 REDIS_TIMER_SLACK_MS = 110
 #: The step of that last stretch: how late a due task can be promoted, at most.
 SCHEDULE_STEP_MS = 5
+
+#: A queue whose keys hold another type is logged at most once per this many seconds.
+FOREIGN_LOG_INTERVAL_S = 60.0
+#: The Redis type of each kind of queue key (the priority streams p0..p10 are streams too).
+_KEY_TYPES = {"tasks": "hash", "unique": "hash", "consumers": "hash", "paused": "string",
+              "signal": "stream"}  # fmt: skip
+
+log = logging.getLogger("strego.backends.redis")
 
 _RETAINED = {
     TaskState.COMPLETED: "completed",
@@ -100,6 +109,8 @@ class RedisBackend:
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing
         self._signal_ids: dict[str, bytes] = {}
+        #: when each queue with foreign keys was last logged
+        self._foreign_logged: dict[str, float] = {}
 
     @classmethod
     def from_url(
@@ -132,6 +143,39 @@ class RedisBackend:
             if isinstance(reply, BaseException):
                 raise reply
         return replies
+
+    # -- foreign keys ---------------------------------------------------------------------------
+
+    async def _foreign(self, queue: str, exc: ForeignKeyError) -> ForeignKeyError:
+        """`exc` (a WRONGTYPE reply, which names no key) again, naming the queue and which of its
+        keys hold another type (found with TYPE)."""
+        names = self.keys(queue).all()
+        try:
+            types = await self._pipeline([Command(("TYPE", n), idempotent=True) for n in names])
+        except StregoError:
+            types = []
+        wrong = []
+        for name, kind in zip(names, types, strict=False):
+            suffix = name.rsplit(":", 1)[1]
+            expected = _KEY_TYPES.get(suffix, "stream" if suffix[0] == "p" else "zset")
+            if _str(kind) not in ("none", expected):
+                wrong.append(f"its {suffix} key {name!r} is a {_str(kind)}, not a {expected}")
+        what = "; ".join(wrong) or "one of its keys holds another type"
+        return ForeignKeyError(f"queue {queue!r}: {what} (written by something else): {exc}")
+
+    def _isolate(self, asked: int, errors: list[tuple[str, ForeignKeyError]], what: str) -> None:
+        """Queues with foreign keys are skipped so the others are served: raise only when every
+        queue asked failed, else log each (at most once per FOREIGN_LOG_INTERVAL_S a queue)."""
+        if not errors:
+            return
+        if len(errors) >= asked:
+            raise errors[0][1]
+        now = time.monotonic()
+        for queue, error in errors:
+            last = self._foreign_logged.get(queue)
+            if last is None or now - last >= FOREIGN_LOG_INTERVAL_S:
+                self._foreign_logged[queue] = now
+                log.error("%s skipped a queue: %s", what, error)
 
     # -- producing ------------------------------------------------------------------------------
 
@@ -239,6 +283,7 @@ class RedisBackend:
     ) -> tuple[list[TaskInfo], list[tuple[str, bytes]]]:
         out: list[TaskInfo] = []
         waits: list[tuple[str, bytes]] = []
+        asked, errors = len(queues), list[tuple[str, ForeignKeyError]]()
         if len(queues) > 1:
             # one pipelined peek of every queue, then fetch only from those with entries: idle
             # queues then cost no round trip each
@@ -248,8 +293,12 @@ class RedisBackend:
                 for k in map(self.keys, queues)
             ]
             busy = []
-            for queue, flag in zip(queues, await self._pipeline(peeks), strict=True):
-                if flag == 1:
+            for queue, flag in zip(queues, await self.transport.pipeline(peeks), strict=True):
+                if isinstance(flag, ForeignKeyError):
+                    errors.append((queue, await self._foreign(queue, flag)))
+                elif isinstance(flag, BaseException):
+                    raise flag
+                elif flag == 1:
                     busy.append(queue)
                 elif flag == 0:  # empty: anything added later has an id above 0-0
                     waits += ((s, b"0-0") for s in self.keys(queue).streams)
@@ -258,14 +307,19 @@ class RedisBackend:
             if len(out) >= count:
                 break
             k = self.keys(queue)
-            status, items, last = await self._run(
-                "fetch",
-                (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead),
-                (self.clock(), self.group, consumer, count - len(out), lease_ms),
-            )
+            try:
+                status, items, last = await self._run(
+                    "fetch",
+                    (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead),
+                    (self.clock(), self.group, consumer, count - len(out), lease_ms),
+                )
+            except ForeignKeyError as exc:
+                errors.append((queue, await self._foreign(queue, exc)))
+                continue
             out += await self._started(queue, items, consumer)
             if status == codes.OK and last:
                 waits += zip(k.streams, last, strict=True)
+        self._isolate(asked, errors, "fetch")
         return out, waits
 
     async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
@@ -346,17 +400,23 @@ class RedisBackend:
             " times while running it"
         )
         out: list[TaskInfo] = []
+        errors: list[tuple[str, ForeignKeyError]] = []
         for queue in queues:
             if len(out) >= count:
                 break
             k = self.keys(queue)
-            items = await self._run(
-                "claim_stale",
-                (k.tasks, k.leases, k.dead, k.consumers, *k.streams),
-                (self.clock(), self.group, consumer, count - len(out), lease_ms, max_deliveries,
-                 error),
-            )  # fmt: skip
+            try:
+                items = await self._run(
+                    "claim_stale",
+                    (k.tasks, k.leases, k.dead, k.consumers, *k.streams),
+                    (self.clock(), self.group, consumer, count - len(out), lease_ms,
+                     max_deliveries, error),
+                )  # fmt: skip
+            except ForeignKeyError as exc:
+                errors.append((queue, await self._foreign(queue, exc)))
+                continue
             out += await self._started(queue, items, consumer)
+        self._isolate(len(queues), errors, "claim_stale")
         return out
 
     async def promote(self, queues: Sequence[str]) -> int | None:
@@ -375,10 +435,18 @@ class RedisBackend:
                 )
             )  # fmt: skip
         earliest: int | None = None
-        for queue, (due, signal_id) in zip(queues, await self._pipeline(calls), strict=True):
+        errors: list[tuple[str, ForeignKeyError]] = []
+        for queue, reply in zip(queues, await self.transport.pipeline(calls), strict=True):
+            if isinstance(reply, ForeignKeyError):
+                errors.append((queue, await self._foreign(queue, reply)))
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            due, signal_id = reply
             self._signal_ids.setdefault(queue, signal_id)
             if due:
                 earliest = int(due) if earliest is None else min(earliest, int(due))
+        self._isolate(len(queues), errors, "promote")
         return earliest
 
     async def wait_schedule_change(self, queues: Sequence[str], timeout_ms: int) -> None:
@@ -393,9 +461,18 @@ class RedisBackend:
         timeout_ms -= REDIS_TIMER_SLACK_MS
         streams = [self.keys(q).signal for q in queues]
         ids = [self._signal_ids.get(q, b"$") for q in queues]
-        reply = await self.transport.blocking(
-            Command(("XREAD", "BLOCK", timeout_ms, "STREAMS", *streams, *ids)), timeout_ms
-        )
+        try:
+            reply = await self.transport.blocking(
+                Command(("XREAD", "BLOCK", timeout_ms, "STREAMS", *streams, *ids)), timeout_ms
+            )
+        except ForeignKeyError as exc:  # wait on the other queues' signals
+            types = await self._pipeline([Command(("TYPE", k), idempotent=True) for k in streams])
+            ok = [q for q, t in zip(queues, types, strict=True) if _str(t) in ("none", "stream")]
+            bad = [(q, await self._foreign(q, exc)) for q in queues if q not in ok]
+            if not bad:
+                raise
+            self._isolate(len(queues), bad, "wait_schedule_change")
+            return await self.wait_schedule_change(ok, timeout_ms + REDIS_TIMER_SLACK_MS)
         by_key = {k: q for k, q in zip(streams, queues, strict=True)}
         for key, entries in _pairs(reply):
             if entries:
