@@ -19,6 +19,19 @@ pytest_plugins = ["tests.backend_fixtures"]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="run the chaos soak at full size (20,000 tasks) instead of the CI size",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--soak"):  # read by tests/faults/test_chaos_soak.py when it is imported
+        os.environ["STREGO_SOAK"] = "1"
+
+
 @pytest.fixture(
     params=[
         pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),

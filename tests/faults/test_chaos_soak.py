@@ -4,7 +4,7 @@ in the backend, none is lost, and every task that ran more than once is explaine
 but one of its runs were in processes that were SIGKILLed (mid-handler when the run has no
 finish record, between the handler's end and its ack otherwise).
 
-CI size: 2,000 tasks. STREGO_SOAK=1 runs the full 20,000."""
+CI size: 2,000 tasks. `pytest --soak` (or STREGO_SOAK=1) runs the full 20,000."""
 
 from __future__ import annotations
 
