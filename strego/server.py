@@ -522,22 +522,28 @@ class Server:
         except DecodeError as exc:
             return _Failure(str(exc), retry=False, exception=exc)
         timeout = info.timeout if info.timeout is not None else self.default_timeout
+        if timeout is None:  # no deadline: spare the hot path a second cancel scope
+            return await self._call(handler, argument)
         with anyio.move_on_after(timeout) as deadline:
-            try:
-                if handler.is_async:
-                    await handler.func(argument)
-                else:
-                    # a thread cannot be interrupted: on timeout or shutdown it is abandoned
-                    await anyio.to_thread.run_sync(
-                        handler.func, argument, limiter=self._limiter, abandon_on_cancel=True
-                    )
-            except SkipRetry as exc:
-                return _Failure(describe_exception(exc), retry=False, exception=exc)
-            except Exception as exc:
-                return _Failure(describe_exception(exc), retry=True, exception=exc)
+            failure = await self._call(handler, argument)
         if deadline.cancelled_caught:
             message = f"timed out after {timeout:g}s"
             return _Failure(message, retry=True, exception=TimeoutError(message))
+        return failure
+
+    async def _call(self, handler: Handler, argument: Any) -> _Failure | None:
+        try:
+            if handler.is_async:
+                await handler.func(argument)
+            else:
+                # a thread cannot be interrupted: on timeout or shutdown it is abandoned
+                await anyio.to_thread.run_sync(
+                    handler.func, argument, limiter=self._limiter, abandon_on_cancel=True
+                )
+        except SkipRetry as exc:
+            return _Failure(describe_exception(exc), retry=False, exception=exc)
+        except Exception as exc:
+            return _Failure(describe_exception(exc), retry=True, exception=exc)
         return None
 
     def _decode(self, info: TaskInfo) -> Any:
