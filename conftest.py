@@ -11,12 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.redis_server import RedisServer, start_redis_server
+from tests.redis_server import RedisServer, running_redis_server
 
 #: make_backend, parametrized over our backends (runs the conformance suite on each)
 pytest_plugins = ["tests.backend_fixtures"]
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,16 +46,8 @@ def redis_server() -> Iterator[RedisServer | None]:
     if os.environ.get("STREGO_TEST_REDIS_URL"):
         yield None
         return
-    try:
-        server = start_redis_server()
-    except (RuntimeError, OSError) as exc:
-        if IN_CI:
-            pytest.fail(f"CI needs a redis-server and none could be started: {exc}")
-        pytest.skip(f"no redis-server could be started: {exc}")
-    try:
+    with running_redis_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,15 +3,19 @@ unless asked, killed at the end)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import attrs
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def free_port() -> int:
@@ -96,3 +100,25 @@ def start_redis_server(args: Sequence[str] = ()) -> RedisServer:
                          args=tuple(args))  # fmt: skip
     server.start()
     return server
+
+
+def unavailable(reason: str) -> None:
+    """A test cannot run here: under CI (CI=true) it fails, elsewhere it is skipped with the
+    reason."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must run this test)")
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def running_redis_server(args: Sequence[str] = ()) -> Iterator[RedisServer]:
+    """A throwaway redis-server for the duration of the block (see `unavailable`)."""
+    try:
+        server = start_redis_server(args)
+    except (RuntimeError, OSError) as exc:
+        unavailable(f"no redis-server could be started: {exc}")
+        raise  # unreachable: unavailable() always raises
+    try:
+        yield server
+    finally:
+        server.stop()

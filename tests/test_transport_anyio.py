@@ -21,7 +21,7 @@ from strego.errors import (
     ForeignKeyError,
     OutOfMemoryError,
 )
-from tests.redis_server import RedisServer, free_port, start_redis_server
+from tests.redis_server import RedisServer, free_port, running_redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -32,14 +32,8 @@ ECHO = Script("echo", "return {KEYS[1], ARGV[1], tonumber(ARGV[2]), {1, 'nested'
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[RedisServer]:
     """A server of this module's own, for tests that change its config or use its Unix socket."""
-    try:
-        server = start_redis_server()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"no redis-server could be started: {exc}")
-    try:
+    with running_redis_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -275,17 +269,13 @@ async def test_unix_socket(own_server: RedisServer) -> None:
 
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[RedisServer]:
-    try:
-        server = start_redis_server(["--requirepass", "sesame"])
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"no redis-server could be started: {exc}")
-    admin = redis.Redis(port=server.port, password="sesame")
-    try:
-        admin.execute_command("ACL", "SETUSER", "alice", "on", ">alicepw", "~*", "+@all")
-        yield server
-    finally:
-        admin.close()
-        server.stop()
+    with running_redis_server(["--requirepass", "sesame"]) as server:
+        admin = redis.Redis(port=server.port, password="sesame")
+        try:
+            admin.execute_command("ACL", "SETUSER", "alice", "on", ">alicepw", "~*", "+@all")
+            yield server
+        finally:
+            admin.close()
 
 
 async def test_auth_with_password(auth_server: RedisServer) -> None:

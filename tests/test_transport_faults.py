@@ -14,7 +14,7 @@ import pytest
 from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.backends.redis.transport import Command, Script, ScriptCall
 from strego.errors import BackendConnectionError, ReplyLostError
-from tests.redis_server import RedisServer, start_redis_server
+from tests.redis_server import RedisServer, running_redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -24,14 +24,8 @@ INCR = Script("incr", "return redis.call('INCR', KEYS[1])")
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     """A server per test: these tests kill connections and restart it."""
-    try:
-        server = start_redis_server()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"no redis-server could be started: {exc}")
-    try:
+    with running_redis_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.backends.redis.transport import Command, Script, ScriptCall
 from strego.errors import BackendConnectionError
-from tests.redis_server import RedisServer, free_port, start_redis_server
+from tests.redis_server import RedisServer, free_port, start_redis_server, unavailable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -26,7 +26,7 @@ INCR = Script("incr", "return redis.call('INCR', KEYS[1])")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A self-signed certificate for 127.0.0.1 and localhost; its key is next to it as key.pem."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is not installed: cannot make a test certificate")
+        unavailable("the openssl CLI is not installed: cannot make a test certificate")
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
@@ -58,7 +58,7 @@ def tls_server(certificate: Path) -> Iterator[tuple[RedisServer, int]]:
     except (RuntimeError, OSError) as exc:
         if "tls" in str(exc).lower() or "unrecognized" in str(exc).lower():
             pytest.skip(f"the installed redis-server has no TLS support: {exc}")
-        pytest.skip(f"no redis-server could be started: {exc}")
+        unavailable(f"no redis-server could be started: {exc}")
     try:
         yield server, tls_port
     finally:

@@ -10,20 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.faults.support import Workers
-from tests.redis_server import RedisServer, start_redis_server
+from tests.redis_server import RedisServer, running_redis_server
 
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A throwaway redis-server for one test (faults restart it, fill it, kill its clients)."""
-    try:
-        server = start_redis_server()
-    except (RuntimeError, OSError) as exc:
-        pytest.fail(f"the fault tests need a redis-server: {exc}")
-    try:
+    with running_redis_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
 import pytest
@@ -23,7 +23,7 @@ from strego.errors import (
 )
 from strego.task import TaskState
 from tests.faults.support import make_backend
-from tests.redis_server import RedisServer, start_redis_server
+from tests.redis_server import RedisServer, running_redis_server
 from tests.runtime_support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -93,10 +93,9 @@ async def repeat(action: Callable[[], object], every: float, stop: anyio.Event) 
 
 
 @pytest.fixture
-def aof_redis() -> RedisServer:
-    server = start_redis_server(["--appendonly", "yes", "--appendfsync", "always"])
-    yield server  # type: ignore[misc]
-    server.stop()
+def aof_redis() -> Iterator[RedisServer]:
+    with running_redis_server(["--appendonly", "yes", "--appendfsync", "always"]) as server:
+        yield server
 
 
 async def test_redis_restart_mid_run(
