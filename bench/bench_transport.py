@@ -92,13 +92,20 @@ async def run_all(kind: str, url: str, ops: int, concurrency: int, batch: int) -
     return results
 
 
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="an existing Redis (default: start a throwaway server)")
     parser.add_argument("--ops", type=int, default=20_000, help="EVALSHA calls per workload")
     parser.add_argument("--concurrency", type=int, default=100, help="tasks in 'concurrent'")
     parser.add_argument("--batch", type=int, default=100, help="calls per pipeline")
-    parser.add_argument("--json", default="bench_transport.json", help="where to write results")
+    parser.add_argument(
+        "--json",
+        default=os.path.join(RESULTS_DIR, "transport.json"),
+        help="where to write results (default: bench/results/transport.json, git-ignored)",
+    )
     args = parser.parse_args()
 
     server = None
@@ -137,6 +144,7 @@ def main() -> None:
     for run in report["runs"]:
         cells = " ".join(f"{run[n]['ops_per_s']:>17,.0f}" for n in names)
         print(f"{run['transport']:<10} {run['event_loop']:<8} {cells}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
     print(f"results written to {os.path.abspath(args.json)}")
