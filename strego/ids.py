@@ -1,19 +1,70 @@
-"""Task ids: 26-character ULIDs (48-bit millisecond time, 80 random bits, Crockford base32), so ids
-are unique without coordination and sort by creation time."""
+"""Task ids: 20 characters, a 48-bit millisecond time then 72 random bits, 6 bits a character in
+an alphabet that is in ASCII order, so ids are unique without coordination, sort by creation time
+as plain strings, and match TASK_ID_PATTERN. 20 characters (not a 26-character ULID) keep a
+pending task small in Redis: the id is a hash field and a stream value of every task."""
 
 from __future__ import annotations
 
 import os
 import time
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: 64 characters in ASCII order: digits < ':' < upper case < '_' < lower case (no '-': an id
+#: starting with one would read as an option on a command line).
+ALPHABET = "0123456789:ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+ID_LENGTH = 20
+_TIME_CHARS = 8  # 48 bits
+_RANDOM_BYTES = 9  # 72 bits
+_VALUE = {c: i for i, c in enumerate(ALPHABET)}
+# every 12-bit value as two characters: an id is built from ten table look-ups
+_PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
 
 
 def new_task_id(now_ms: int | None = None) -> str:
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    out = []
-    for _ in range(26):
-        out.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    value = ((ms & 0xFFFF_FFFF_FFFF) << 72) | int.from_bytes(os.urandom(_RANDOM_BYTES), "big")
+    p = _PAIRS
+    return "".join(
+        (
+            p[value >> 108],
+            p[(value >> 96) & 4095],
+            p[(value >> 84) & 4095],
+            p[(value >> 72) & 4095],
+            p[(value >> 60) & 4095],
+            p[(value >> 48) & 4095],
+            p[(value >> 36) & 4095],
+            p[(value >> 24) & 4095],
+            p[(value >> 12) & 4095],
+            p[value & 4095],
+        )
+    )
+
+
+_last_prefix = (-1, "")
+
+
+def time_prefix(ms: int) -> str:
+    """The 8 characters a `new_task_id(ms)` id starts with ("" for a time out of 48-bit range,
+    which no id starts with). The last answer is kept: a batch of tasks shares one time."""
+    global _last_prefix
+    if _last_prefix[0] == ms:
+        return _last_prefix[1]
+    if not 0 <= ms < 1 << 48:
+        return ""
+    p = _PAIRS
+    prefix = p[ms >> 36] + p[(ms >> 24) & 4095] + p[(ms >> 12) & 4095] + p[ms & 4095]
+    _last_prefix = (ms, prefix)
+    return prefix
+
+
+def id_time_ms(task_id: str) -> int | None:
+    """The millisecond time a 20-character id starts with (whoever chose it), or None for an id
+    not of that shape."""
+    if len(task_id) != ID_LENGTH:
+        return None
+    ms = 0
+    try:
+        for c in task_id[:_TIME_CHARS]:
+            ms = (ms << 6) | _VALUE[c]
+    except KeyError:
+        return None
+    return ms

@@ -43,7 +43,7 @@ async def test_enqueue_stores_a_serialized_message(backend: Backend) -> None:
             labels={"user_id": "42"},
         )
     )
-    assert len(info.id) == 26  # a ULID
+    assert len(info.id) == 20  # strego.ids: 48-bit ms + 72 random bits
     assert info.state is TaskState.PENDING
     stored = await client.get_task(info.id)
     assert stored is not None

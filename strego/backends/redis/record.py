@@ -9,14 +9,18 @@ with string functions) followed by the envelope that only Python reads::
     envelope = <created>,<timeout>,<type_len>,<encoding_len>,<labels_len>;
                <type><encoding><labels JSON, empty when none><payload>
 
-Numbers are decimal ASCII, empty for "none"; lengths are in bytes. The payload is the tail,
-stored and returned byte for byte: nothing ever parses it."""
+Numbers are decimal ASCII; lengths are in bytes. An empty field is its default, so a fresh task's
+record is short: retried, deliveries, priority and the lengths 0, max_retry 3, started, ended,
+due and timeout none, encoding "json", created the time that starts the task id (strego.ids; an
+id chosen by the caller, or another time, is written out). The payload is the tail, stored and
+returned byte for byte: nothing ever parses it."""
 
 from __future__ import annotations
 
 import json
 
 from strego.errors import SchemaVersionError
+from strego.ids import id_time_ms, time_prefix
 from strego.message import TaskMessage
 from strego.task import TaskInfo, TaskState
 
@@ -33,18 +37,38 @@ LETTER = {state: bytes([code]).decode() for code, state in STATE_OF.items()}
 _ENDED = (TaskState.DEAD, TaskState.COMPLETED, TaskState.CANCELLED)
 
 
+#: Header defaults, written as empty fields (the Lua side, lib/record.lua, uses the same).
+DEFAULT_MAX_RETRY = 3
+DEFAULT_ENCODING = "json"
+
+
 def encode_envelope(message: TaskMessage) -> bytes:
     """The immutable part of a task, as the enqueue script stores it after the header."""
     kind = message.type.encode()
-    encoding = message.encoding.encode()
-    labels = json.dumps(message.labels, separators=(",", ":")).encode() if message.labels else b""
+    id_ = message.id
+    created: int | str = message.created_ms
+    if len(id_) == 20 and id_.startswith(time_prefix(message.created_ms)):
+        created = ""
     timeout = "" if message.timeout_ms is None else message.timeout_ms
-    head = f"{message.created_ms},{timeout},{len(kind)},{len(encoding)},{len(labels)};"
-    return b"".join((head.encode(), kind, encoding, labels, message.payload))
+    if message.encoding == DEFAULT_ENCODING:
+        encoding, encoding_len = b"", ""
+    else:
+        encoding = message.encoding.encode()
+        encoding_len = str(len(encoding))
+    if message.labels:
+        labels = json.dumps(message.labels, separators=(",", ":")).encode()
+        head = f"{created},{timeout},{len(kind)},{encoding_len},{len(labels)};"
+        return b"".join((head.encode(), kind, encoding, labels, message.payload))
+    head = f"{created},{timeout},{len(kind)},{encoding_len},;"
+    return b"".join((head.encode(), kind, encoding, message.payload))
 
 
 def _int(field: bytes) -> int | None:
     return int(field) if field else None
+
+
+def _n(field: bytes, default: int = 0) -> int:
+    return int(field) if field else default
 
 
 def decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
@@ -81,8 +105,9 @@ def decode_for_listing(queue: str, task_id: str, record: bytes) -> TaskInfo | No
             1:end
         ].split(b",")
         state = STATE_OF[record[0]]
-        consumer = record[end + 1 : end + 1 + int(cl)].decode(errors="replace") or None
-        error = record[end + 1 + int(cl) : end + 1 + int(cl) + int(el)].decode(errors="replace")
+        cl_, el_ = _n(cl), _n(el)
+        consumer = record[end + 1 : end + 1 + cl_].decode(errors="replace") or None
+        error = record[end + 1 + cl_ : end + 1 + cl_ + el_].decode(errors="replace")
         ended_ms = _int(ended)
         return TaskInfo(
             id=task_id,
@@ -91,10 +116,10 @@ def decode_for_listing(queue: str, task_id: str, record: bytes) -> TaskInfo | No
             state=state,
             payload=b"",
             encoding="",
-            max_retry=int(max_retry),
-            priority=int(prio),
-            retried=int(retried),
-            deliveries=int(deliveries),
+            max_retry=_n(max_retry, DEFAULT_MAX_RETRY),
+            priority=_n(prio),
+            retried=_n(retried),
+            deliveries=_n(deliveries),
             started_ms=_int(started),
             completed_ms=ended_ms if state is TaskState.COMPLETED else None,
             next_run_ms=ended_ms if state in _ENDED else _int(due),
@@ -114,14 +139,21 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     ].split(b",")
     state = STATE_OF[record[0]]
     pos = end + 1
-    consumer_end = pos + int(cl)
-    error_end = consumer_end + int(el)
-    unique_end = error_end + int(ul)
+    consumer_end = pos + _n(cl)
+    error_end = consumer_end + _n(el)
+    unique_end = error_end + _n(ul)
     env_end = record.index(b";", unique_end)
     created, timeout, tl, encl, ll = record[unique_end:env_end].split(b",")
     type_end = env_end + 1 + int(tl)
-    encoding_end = type_end + int(encl)
-    labels_end = encoding_end + int(ll)
+    if encl:
+        encoding_end = type_end + int(encl)
+        encoding = record[type_end:encoding_end].decode()
+    else:
+        encoding_end, encoding = type_end, DEFAULT_ENCODING
+    labels_end = encoding_end + _n(ll)
+    created_ms = int(created) if created else id_time_ms(task_id)
+    if created_ms is None:
+        raise ValueError("no created time, and the task id does not start with one")
     ended_ms = _int(ended)
     return TaskInfo(
         id=task_id,
@@ -129,15 +161,15 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         queue=queue,
         state=state,
         payload=record[labels_end:],
-        encoding=record[type_end:encoding_end].decode(),
-        max_retry=int(max_retry),
-        priority=int(prio),
+        encoding=encoding,
+        max_retry=_n(max_retry, DEFAULT_MAX_RETRY),
+        priority=_n(prio),
         timeout_ms=_int(timeout),
         labels=json.loads(record[encoding_end:labels_end]) if labels_end > encoding_end else {},
         unique_key=record[error_end:unique_end].decode() if unique_end > error_end else None,
-        retried=int(retried),
-        deliveries=int(deliveries),
-        created_ms=int(created),
+        retried=_n(retried),
+        deliveries=_n(deliveries),
+        created_ms=created_ms,
         started_ms=_int(started),
         completed_ms=ended_ms if state is TaskState.COMPLETED else None,
         next_run_ms=ended_ms if state in _ENDED else _int(due),

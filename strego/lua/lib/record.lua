@@ -4,8 +4,9 @@
 -- Record (the value of a task in the queue's `tasks` hash):
 --   <state><retried>,<deliveries>,<started>,<ended>,<due>,<max_retry>,<priority>,<sid>,
 --   <consumer_len>,<error_len>,<unique_len>;<consumer><error><unique_key><envelope>
--- state is one letter (s p a r d c x); empty numbers mean "none"; sid is the stream entry id of a
--- pending or active task. The envelope (type, payload, options) belongs to Python and is never
+-- state is one letter (s p a r d c x); an empty field is its default (retried, deliveries,
+-- priority and lengths 0, max_retry 3, times none), so a fresh task's header is short; sid is the
+-- stream entry id of a pending or active task. The envelope (type, payload, options) belongs to Python and is never
 -- parsed here: payloads stay opaque bytes.
 
 local HEADER = '^(%a)(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*);()'
@@ -19,10 +20,10 @@ local function parse(rec)
   if not rec then return nil end
   local s, r, d, st, en, due, mr, pr, sid, cl, el, ul, pos = string.match(rec, HEADER)
   if not s then return nil end
-  cl, el, ul = tonumber(cl), tonumber(el), tonumber(ul)
+  cl, el, ul = tonumber(cl) or 0, tonumber(el) or 0, tonumber(ul) or 0
   return {
-    state = s, retried = tonumber(r), deliveries = tonumber(d), started = st, ended = en,
-    due = due, max_retry = tonumber(mr), priority = tonumber(pr), sid = sid,
+    state = s, retried = tonumber(r) or 0, deliveries = tonumber(d) or 0, started = st,
+    ended = en, due = due, max_retry = tonumber(mr) or 3, priority = tonumber(pr) or 0, sid = sid,
     consumer = string.sub(rec, pos, pos + cl - 1),
     error = string.sub(rec, pos + cl, pos + cl + el - 1),
     unique = string.sub(rec, pos + cl + el, pos + cl + el + ul - 1),
@@ -30,12 +31,18 @@ local function parse(rec)
   }
 end
 
+-- a number as written in a header: empty when it is the field's default
+local function num(n, default)
+  if n == default then return '' end
+  return string.format('%d', n)
+end
+
 local function build(h)
   return table.concat({
-    h.state, string.format('%d', h.retried), ',', string.format('%d', h.deliveries), ',',
-    h.started, ',', h.ended, ',', h.due, ',', string.format('%d', h.max_retry), ',',
-    string.format('%d', h.priority), ',', h.sid, ',', #h.consumer, ',', #h.error, ',',
-    #h.unique, ';', h.consumer, h.error, h.unique, h.env,
+    h.state, num(h.retried, 0), ',', num(h.deliveries, 0), ',', h.started, ',', h.ended, ',',
+    h.due, ',', num(h.max_retry, 3), ',', num(h.priority, 0), ',', h.sid, ',',
+    num(#h.consumer, 0), ',', num(#h.error, 0), ',', num(#h.unique, 0), ';',
+    h.consumer, h.error, h.unique, h.env,
   })
 end
 
