@@ -11,7 +11,6 @@ Inside one server (one anyio task group):
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ import signal
 import socket
 import threading
 import traceback
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -28,7 +27,6 @@ from typing import Any, Self, TypeVar
 import anyio
 import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from strego.backends.base import Backend
 from strego.errors import DecodeError, SkipRetry
@@ -100,7 +98,7 @@ class _Slots:
     def __init__(self, size: int) -> None:
         self.size = size
         self.used = 0
-        self._freed = anyio.Event()
+        self._freed: anyio.Event | None = None  # only while the fetcher waits
 
     def free(self) -> int:
         return max(0, self.size - self.used)
@@ -109,14 +107,91 @@ class _Slots:
         self.used += n
 
     def give(self, n: int = 1) -> None:
-        if n:
-            self.used -= n
+        self.used -= n
+        if self._freed is not None and self.used < self.size:
             self._freed.set()
+            self._freed = None
 
     async def wait_free(self) -> None:
         while self.used >= self.size:
-            self._freed = anyio.Event()
+            if self._freed is None:
+                self._freed = anyio.Event()
             await self._freed.wait()
+
+
+class _Buffer:
+    """The fetched tasks waiting for a runner, first in first out. Lighter than a memory object
+    stream on the hot path: taking a task that is already there costs no checkpoint and no
+    Event; only a runner that finds the buffer empty parks on an Event of its own."""
+
+    def __init__(self) -> None:
+        self._items: deque[TaskInfo] = deque()
+        self._waiters: deque[anyio.Event] = deque()
+        self.closed = False
+
+    def put(self, info: TaskInfo) -> None:
+        self._items.append(info)
+        if self._waiters:
+            self._waiters.popleft().set()
+
+    def get_nowait(self) -> TaskInfo | None:
+        return self._items.popleft() if self._items else None
+
+    async def get(self) -> TaskInfo | None:
+        """The next task, waiting for one; None once the buffer is closed and empty."""
+        while not self._items:
+            if self.closed:
+                return None
+            event = anyio.Event()
+            self._waiters.append(event)
+            try:
+                await event.wait()
+            finally:
+                if not event.is_set():
+                    self._waiters.remove(event)
+                elif self._items and self._waiters:  # woken but cancelled: pass it on
+                    self._waiters.popleft().set()
+        return self._items.popleft()
+
+    def drain(self) -> list[TaskInfo]:
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def close(self) -> None:
+        self.closed = True
+        while self._waiters:
+            self._waiters.popleft().set()
+
+
+class _AckQueue:
+    """Tasks whose handler succeeded, collected while the previous ack call is out, so the ack
+    loop sends them in one call."""
+
+    def __init__(self) -> None:
+        self._items: list[TaskInfo] = []
+        self._wake: anyio.Event | None = None
+        self.closed = False
+
+    def put(self, info: TaskInfo) -> None:
+        self._items.append(info)
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    async def take(self) -> list[TaskInfo]:
+        """All collected tasks, waiting for one; [] once closed and empty."""
+        while not self._items and not self.closed:
+            self._wake = anyio.Event()
+            await self._wake.wait()
+        items, self._items = self._items, []
+        return items
+
+    def close(self) -> None:
+        self.closed = True
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
 
 
 async def _wait_any(*events: anyio.Event) -> None:
@@ -314,10 +389,11 @@ class Server:
         scheduler = Scheduler(
             self.backend, self.queues, consumer_idle=max(300.0, 10 * self.claim_stale_after)
         )
-        # buffer: fetched tasks plus room for stale ones claimed while a fetch is out
-        buf_send, buf_recv = anyio.create_memory_object_stream[TaskInfo](2 * self.concurrency)
-        ack_send, ack_recv = anyio.create_memory_object_stream[TaskInfo](math.inf)
-        self._acks = ack_send
+        # buffer: fetched tasks, and stale ones claimed while a fetch is out (at most
+        # 2 * concurrency in all, by the slot accounting)
+        buffer = self._buffer = _Buffer()
+        acks = self._acks = _AckQueue()
+        self._debug = log.isEnabledFor(logging.DEBUG)
         intake_done, runners_done, acker_done, upkeep_done = (anyio.Event() for _ in range(4))
         log.info(
             "server %s starting: queues %s%s, concurrency %d",
@@ -331,23 +407,11 @@ class Server:
                 upkeep = await tg.start(
                     self._group_of, [self._lease.run, scheduler.run], upkeep_done
                 )
-                await tg.start(
-                    self._group_of, [functools.partial(self._ack_loop, ack_recv)], acker_done
-                )
-                runners = [
-                    functools.partial(self._runner, buf_recv.clone())
-                    for _ in range(self.concurrency)
-                ]
-                await tg.start(self._group_of, runners, runners_done)
+                await tg.start(self._group_of, [self._ack_loop], acker_done)
+                await tg.start(self._group_of, [self._runner] * self.concurrency, runners_done)
                 intake = await tg.start(
-                    self._group_of,
-                    [
-                        functools.partial(self._fetch_loop, buf_send.clone()),
-                        functools.partial(self._recovery_loop, buf_send.clone()),
-                    ],
-                    intake_done,
+                    self._group_of, [self._fetch_loop, self._recovery_loop], intake_done
                 )
-                buf_send.close()
                 task_status.started()
 
                 await self._stop_event.wait()
@@ -355,7 +419,8 @@ class Server:
                 self._stopping = True
                 intake.cancel()
                 await intake_done.wait()
-                await self._release(self._drain(buf_recv), "not started")
+                buffer.close()  # idle runners end; busy ones end after their task
+                await self._release(buffer.drain(), "not started")
                 with anyio.move_on_after(self.shutdown_timeout):
                     await _wait_any(runners_done, self._force_event)
                 if not runners_done.is_set():
@@ -367,7 +432,7 @@ class Server:
                     for scope in list(self._handler_scopes.values()):
                         scope.cancel()
                     await runners_done.wait()
-                ack_send.close()
+                acks.close()
                 await acker_done.wait()
                 upkeep.cancel()
                 await upkeep_done.wait()
@@ -376,7 +441,7 @@ class Server:
             self._running = False
             self._stop_event = None
             self._force_event = None
-            buf_recv.close()
+            buffer.close()
             log.info("server %s stopped", self.name)
 
     async def _group_of(
@@ -398,44 +463,45 @@ class Server:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    async def _fetch_loop(self, send: MemoryObjectSendStream[TaskInfo]) -> None:
-        with send:
-            while True:
-                await self._slots.wait_free()
-                count = self._slots.free()
-                self._slots.take(count)
-                got: list[TaskInfo] = []
-                try:
-                    got = await self.backend.fetch(
-                        self.order.next(),
-                        count,
-                        self.name,
-                        lease_ms=self.lease_ms,
-                        block_ms=FETCH_BLOCK_MS,
-                    )
-                except Exception as exc:
-                    log.warning("fetch failed: %s", exc)
-                    self._slots.give(count)
-                    await anyio.sleep(1.0)
-                    continue
-                except BaseException:
-                    self._slots.give(count)
-                    raise
-                self._slots.give(count - len(got))
-                for info in got:
-                    self._lease.hold(info.queue, info.id)
-                    send.send_nowait(info)
+    async def _fetch_loop(self) -> None:
+        slots, hold, put = self._slots, self._lease.hold, self._buffer.put
+        while True:
+            await slots.wait_free()
+            count = slots.free()
+            slots.take(count)
+            got: list[TaskInfo] = []
+            try:
+                got = await self.backend.fetch(
+                    self.order.next(),
+                    count,
+                    self.name,
+                    lease_ms=self.lease_ms,
+                    block_ms=FETCH_BLOCK_MS,
+                )
+            except Exception as exc:
+                log.warning("fetch failed: %s", exc)
+                slots.give(count)
+                await anyio.sleep(1.0)
+                continue
+            except BaseException:
+                slots.give(count)
+                raise
+            slots.give(count - len(got))
+            # once a batch, not once a task: DEBUG switched on while running shows from here
+            self._debug = log.isEnabledFor(logging.DEBUG)
+            for info in got:
+                hold(info.queue, info.id)
+                put(info)
 
-    async def _recovery_loop(self, send: MemoryObjectSendStream[TaskInfo]) -> None:
-        with send:
-            while True:
-                try:
-                    await self._claim_stale(send)
-                except Exception as exc:
-                    log.warning("claiming stale tasks failed: %s", exc)
-                await anyio.sleep(self.recovery_interval)
+    async def _recovery_loop(self) -> None:
+        while True:
+            try:
+                await self._claim_stale()
+            except Exception as exc:
+                log.warning("claiming stale tasks failed: %s", exc)
+            await anyio.sleep(self.recovery_interval)
 
-    async def _claim_stale(self, send: MemoryObjectSendStream[TaskInfo]) -> None:
+    async def _claim_stale(self) -> None:
         while True:
             # may go past `concurrency` by up to as many again: they wait in the buffer
             count = 2 * self.concurrency - self._slots.used
@@ -455,60 +521,65 @@ class Server:
             self._slots.take(len(got))
             for info in got:
                 self._lease.hold(info.queue, info.id)
-                send.send_nowait(info)
+                self._buffer.put(info)
             if got:
                 self.stats.claimed += len(got)
                 log.info("claimed %d stale tasks", len(got))
             if len(got) < count:
                 return
 
-    def _drain(self, recv: MemoryObjectReceiveStream[TaskInfo]) -> list[TaskInfo]:
-        out = []
-        while True:
-            try:
-                out.append(recv.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                return out
-
     # -- running --------------------------------------------------------------------------------
 
-    async def _runner(self, recv: MemoryObjectReceiveStream[TaskInfo]) -> None:
-        with recv:
-            async for info in recv:
+    async def _runner(self) -> None:
+        buffer, slots = self._buffer, self._slots
+        # One cancel scope for the runner's life, not one per task (they cost on the hot path):
+        # a shutdown that cancels running handlers cancels the scopes of the runners in a
+        # handler; those give their task back and end (the buffer is closed by then).
+        with anyio.CancelScope() as scope:
+            while True:
+                # a task already buffered is taken without a checkpoint: a runner whose handler
+                # does not wait runs the buffered tasks back to back, without a switch each
+                info = buffer.get_nowait()
+                if info is None:
+                    info = await buffer.get()
+                    if info is None:
+                        return
                 try:
                     if self._stopping:
                         await self._release([info], "not started")
                     else:
-                        await self._process(info)
+                        await self._process(info, scope)
                 finally:
-                    self._slots.give(1)
+                    slots.give(1)
 
-    async def _process(self, info: TaskInfo) -> None:
+    async def _process(self, info: TaskInfo, scope: anyio.CancelScope) -> None:
         handler = self.registry.get(info.type)
         key = (info.queue, info.id)
-        attempt = info.retried + 1
-        log.debug("start %s %s (queue %s, attempt %d)", info.type, info.id, info.queue, attempt)
-        started = anyio.current_time()
-        failure: _Failure | None = None
+        debug = self._debug
+        if debug:
+            attempt = info.retried + 1
+            log.debug("start %s %s (queue %s, attempt %d)", info.type, info.id, info.queue, attempt)
+            started = anyio.current_time()
         token = set_current_task(info)
+        self._handler_scopes[key] = scope
         try:
-            with anyio.CancelScope() as scope:
-                self._handler_scopes[key] = scope
-                failure = await self._execute(info, handler)
+            failure = await self._execute(info, handler)
         except BaseException:
-            # the whole server is being cancelled: give the task back rather than wait for its lease
-            await self._release([info], "cancelled")
+            # shutdown cancelled the handler, or the whole server is being cancelled: give the
+            # task back rather than wait for its lease
+            del self._handler_scopes[key]
+            await self._release(
+                [info], "cancelled at shutdown" if scope.cancel_called else "cancelled"
+            )
             raise
         finally:
-            self._handler_scopes.pop(key, None)
             reset_current_task(token)
-        if scope.cancelled_caught:
-            await self._release([info], "cancelled at shutdown")
-            return
-        elapsed = anyio.current_time() - started
+        del self._handler_scopes[key]
         if failure is None:
-            log.debug("done %s %s in %.3fs", info.type, info.id, elapsed)
-            self._acks.send_nowait(info)
+            if debug:
+                elapsed = anyio.current_time() - started
+                log.debug("done %s %s in %.3fs", info.type, info.id, elapsed)
+            self._acks.put(info)
             return
         await self._fail(info, failure)
 
@@ -596,12 +667,10 @@ class Server:
 
     # -- acks -----------------------------------------------------------------------------------
 
-    async def _ack_loop(self, recv: MemoryObjectReceiveStream[TaskInfo]) -> None:
+    async def _ack_loop(self) -> None:
         """Acks whatever completed while the previous ack was out, in one call."""
-        with recv:
-            async for info in recv:
-                batch = [info, *self._drain(recv)]
-                await self._ack(batch)
+        while batch := await self._acks.take():
+            await self._ack(batch)
 
     async def _ack(self, batch: list[TaskInfo]) -> None:
         for attempt in range(3):

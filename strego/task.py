@@ -163,6 +163,37 @@ class Task:
     labels: dict[str, str] = attrs.field(factory=dict, kw_only=True, converter=_labels)
     id: str | None = attrs.field(default=None, kw_only=True, validator=_check_id)
 
+    @classmethod
+    def _trusted(
+        cls,
+        type: str,
+        payload: Any,
+        *,
+        queue: str,
+        max_retry: int,
+        timeout: float | None,
+        priority: int,
+        labels: dict[str, str],
+        id: str,
+    ) -> Task:
+        """A Task from fields a backend already validated (a server's hot path): skips the
+        validators and converters, which would only re-check the same values."""
+        task = object.__new__(cls)
+        set_ = object.__setattr__  # the class is frozen
+        set_(task, "type", type)
+        set_(task, "payload", payload)
+        set_(task, "queue", queue)
+        set_(task, "max_retry", max_retry)
+        set_(task, "timeout", timeout)
+        set_(task, "process_at", None)
+        set_(task, "process_in", None)
+        set_(task, "priority", priority)
+        set_(task, "unique_key", None)
+        set_(task, "unique_ttl", None)
+        set_(task, "labels", dict(labels))  # the handler gets its own copy, as __init__ gives
+        set_(task, "id", id)
+        return task
+
     def __attrs_post_init__(self) -> None:
         if self.process_at is not None and self.process_in is not None:
             raise InvalidTaskError("give at most one of process_at and process_in")
