@@ -15,6 +15,7 @@ from conformance.helpers import LEASE_MS, message, start
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.keys import Keys, queues_key
 from strego.errors import ForeignKeyError
+from strego.ids import new_task_id
 from strego.message import TaskMessage
 from strego.task import TaskState
 
@@ -208,3 +209,23 @@ async def test_pending_record_stays_compact(backend: RedisBackend, client: Any) 
     record = await client.hget(Keys(backend.prefix, "q").tasks, m.id)
     # header + envelope overhead beyond type, encoding and payload (the stream entry id is most)
     assert len(record) - len(m.type) - len(m.encoding) - len(m.payload) <= 48
+
+
+async def test_fresh_pending_task_has_the_short_header_until_it_changes(
+    backend: RedisBackend, client: Any, clock: FakeClock
+) -> None:
+    # the short form keeps a no-op task's record within a 32-byte allocation (docs/redis.md)
+    m = message(new_task_id(clock()), payload=b"null", created_ms=clock())
+    await backend.enqueue(m)
+    tasks = Keys(backend.prefix, "q").tasks
+    record = await client.hget(tasks, m.id)
+    assert record.startswith(b"P")
+    assert len(record) - len(m.type) - len(m.payload) <= 20  # "noop", "null": 28 bytes
+    assert await backend.get_task(m.id) == m.info(TaskState.PENDING)
+    [task] = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
+    assert (task.id, task.state, task.deliveries) == (m.id, TaskState.ACTIVE, 1)
+    assert (await client.hget(tasks, m.id)).startswith(b"a")
+    assert await backend.ack("q", task.id, "c1")
+    info = await backend.get_task(m.id)
+    assert info is not None and info.state is TaskState.COMPLETED
+    assert sum([await client.xlen(s) for s in Keys(backend.prefix, "q").streams]) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from strego.backends.redis.record import decode, encode_envelope
+from strego.errors import SchemaVersionError
 from strego.ids import ID_LENGTH, id_time_ms, new_task_id, time_prefix
 from strego.message import TaskMessage
 from strego.task import TASK_ID_PATTERN, TaskState
@@ -73,3 +74,11 @@ def test_every_field_survives_the_compact_form(task_id: str, kw: dict[str, objec
     m = message(task_id, **kw)
     head = header(max_retry=str(m.max_retry), priority=str(m.priority))
     assert decode("q", m.id, head + encode_envelope(m)) == m.info(TaskState.PENDING)
+
+
+def test_the_short_header_of_a_fresh_pending_task_reads_as_all_defaults() -> None:
+    m = message(new_task_id(NOW))
+    info = decode("q", m.id, b"Pmwt87eed-23;" + encode_envelope(m))
+    assert info == m.info(TaskState.PENDING)
+    with pytest.raises(SchemaVersionError):
+        decode("q", m.id, b"P;" + encode_envelope(m))  # lib/record.lua cannot parse it either

@@ -6,6 +6,9 @@ with string functions) followed by the envelope that only Python reads::
     <state><retried>,<deliveries>,<started>,<ended>,<due>,<max_retry>,<priority>,<sid>,
     <consumer_len>,<error_len>,<unique_len>;<consumer><error><unique_key><envelope>
 
+A fresh pending task (every header field at its default but sid) has the short header
+``P<sid in base 36>;``, which Python reads as all defaults (it never needs the sid).
+
     envelope = <created>,<timeout>,<type_len>,<encoding_len>,<labels_len>;
                <type><encoding><labels JSON, empty when none><payload>
 
@@ -18,6 +21,7 @@ returned byte for byte: nothing ever parses it."""
 from __future__ import annotations
 
 import json
+import re
 
 from strego.errors import SchemaVersionError
 from strego.ids import id_time_ms, time_prefix
@@ -34,6 +38,10 @@ STATE_OF = {
     b"x"[0]: TaskState.CANCELLED,
 }
 LETTER = {state: bytes([code]).decode() for code, state in STATE_OF.items()}
+#: The short header of a fresh pending task: `P<sid>;`, every other field at its default.
+_SHORT = b"P"[0]
+_SHORT_HEADER = re.compile(rb"P[0-9A-Za-z]+-[0-9A-Za-z]+;")  # as lib/record.lua's SHORT
+_DEFAULTS = (b"",) * 11
 _ENDED = (TaskState.DEAD, TaskState.COMPLETED, TaskState.CANCELLED)
 
 
@@ -100,11 +108,8 @@ def decode_for_listing(queue: str, task_id: str, record: bytes) -> TaskInfo | No
     except (ValueError, KeyError, IndexError) as exc:
         reason = unreadable_reason(exc)
     try:
-        end = record.index(b";")
-        retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, _ul = record[
-            1:end
-        ].split(b",")
-        state = STATE_OF[record[0]]
+        state, fields, end = _header(record)
+        retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, _ul = fields
         cl_, el_ = _n(cl), _n(el)
         consumer = record[end + 1 : end + 1 + cl_].decode(errors="replace") or None
         error = record[end + 1 + cl_ : end + 1 + cl_ + el_].decode(errors="replace")
@@ -133,11 +138,8 @@ def decode_for_listing(queue: str, task_id: str, record: bytes) -> TaskInfo | No
 
 def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     # on the fetch hot path: one split per header, slices by offset, nothing decoded twice
-    end = record.index(b";")
-    retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, ul = record[
-        1:end
-    ].split(b",")
-    state = STATE_OF[record[0]]
+    state, fields, end = _header(record)
+    retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, ul = fields
     pos = end + 1
     consumer_end = pos + _n(cl)
     error_end = consumer_end + _n(el)
@@ -180,10 +182,20 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     )
 
 
+def _header(record: bytes) -> tuple[TaskState, list[bytes] | tuple[bytes, ...], int]:
+    """The state, the 11 header fields and where the header ends (at its ';')."""
+    end = record.index(b";")
+    if record[0] == _SHORT:
+        if not _SHORT_HEADER.match(record):
+            raise ValueError("malformed short header")
+        return TaskState.PENDING, _DEFAULTS, end
+    return STATE_OF[record[0]], record[1:end].split(b","), end
+
+
 def ended_ms(record: bytes) -> tuple[TaskState, int | None]:
     """The state and end time of a record, without decoding the rest (for retention checks)."""
     try:
-        fields = record[1 : record.index(b";")].split(b",")
-        return STATE_OF[record[0]], _int(fields[3])
+        state, fields, _ = _header(record)
+        return state, _int(fields[3])
     except (ValueError, KeyError, IndexError) as exc:
         raise SchemaVersionError("unreadable task record") from exc

@@ -16,8 +16,31 @@ local E_DUPLICATE = 'DUPLICATE'
 local E_ID_CONFLICT = 'ID_CONFLICT'
 local E_PAUSED = 'PAUSED'
 
+-- the short header of a fresh pending task (see above)
+local SHORT = '^P(%w+)%-(%w+);()'
+
+local function base36(n)
+  local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+  local out = ''
+  repeat
+    local d = n % 36
+    out = string.sub(digits, d + 1, d + 1) .. out
+    n = (n - d) / 36
+  until n == 0
+  return out
+end
+
 local function parse(rec)
   if not rec then return nil end
+  local ms, seq, at = string.match(rec, SHORT)
+  if ms then
+    return {
+      state = 'p', retried = 0, deliveries = 0, started = '', ended = '', due = '',
+      max_retry = 3, priority = 0,
+      sid = string.format('%d-%d', tonumber(ms, 36), tonumber(seq, 36)),
+      consumer = '', error = '', unique = '', env = string.sub(rec, at),
+    }
+  end
   local s, r, d, st, en, due, mr, pr, sid, cl, el, ul, pos = string.match(rec, HEADER)
   if not s then return nil end
   cl, el, ul = tonumber(cl) or 0, tonumber(el) or 0, tonumber(ul) or 0
@@ -38,6 +61,14 @@ local function num(n, default)
 end
 
 local function build(h)
+  if h.state == 'p' and h.retried == 0 and h.deliveries == 0 and h.started == ''
+      and h.ended == '' and h.due == '' and h.max_retry == 3 and h.priority == 0
+      and h.consumer == '' and h.error == '' and h.unique == '' then
+    local ms, seq = string.match(h.sid, '^(%d+)%-(%d+)$')
+    if ms then
+      return table.concat({'P', base36(tonumber(ms)), '-', base36(tonumber(seq)), ';', h.env})
+    end
+  end
   return table.concat({
     h.state, num(h.retried, 0), ',', num(h.deliveries, 0), ',', h.started, ',', h.ended, ',',
     h.due, ',', num(h.max_retry, 3), ',', num(h.priority, 0), ',', h.sid, ',',
