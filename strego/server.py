@@ -26,6 +26,7 @@ from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from strego.backends.base import Backend
@@ -93,46 +94,77 @@ class _Failure:
 
 
 class _Slots:
-    """How many tasks the server holds (buffered or running) against its concurrency."""
+    """How many tasks the server holds (buffered or running) against its concurrency.
 
-    def __init__(self, size: int) -> None:
+    The fetcher waits until every slot is free, or any slot is free and nothing is buffered:
+    fetches stay large (fewer round trips) while buffered tasks keep the runners busy, and a
+    server whose other slots hold long-running handlers still fetches for the free ones."""
+
+    def __init__(self, size: int, buffer: _Buffer) -> None:
         self.size = size
         self.used = 0
+        self._buffer = buffer
         self._freed: anyio.Event | None = None  # only while the fetcher waits
+        #: the fetcher was woken and has not run yet: runners should let it
+        self.due = False
 
     def free(self) -> int:
         return max(0, self.size - self.used)
+
+    def _worth_fetching(self) -> bool:
+        free = self.size - self.used
+        return free >= self.size or (free > 0 and not self._buffer)
 
     def take(self, n: int) -> None:
         self.used += n
 
     def give(self, n: int = 1) -> None:
         self.used -= n
-        if self._freed is not None and self.used < self.size:
+        self.poke()
+
+    def poke(self) -> None:
+        """Wake the fetcher if it waits and a fetch is now worth it."""
+        if self._freed is not None and self._worth_fetching():
             self._freed.set()
             self._freed = None
+            self.due = True
 
     async def wait_free(self) -> None:
-        while self.used >= self.size:
+        while not self._worth_fetching():
             if self._freed is None:
                 self._freed = anyio.Event()
-            await self._freed.wait()
+            try:
+                await self._freed.wait()
+            finally:
+                self.due = False
 
 
 class _Buffer:
     """The fetched tasks waiting for a runner, first in first out. Lighter than a memory object
     stream on the hot path: taking a task that is already there costs no checkpoint and no
-    Event; only a runner that finds the buffer empty parks on an Event of its own."""
+    Event; only a runner that finds the buffer empty parks on an Event of its own.
+
+    One parked runner is woken at a time: it takes a task and, when more are left, wakes the
+    next before running its own. So a batch of quick tasks wakes one or two runners, not one
+    per task, while tasks that wait still spread over as many runners as they need."""
 
     def __init__(self) -> None:
         self._items: deque[TaskInfo] = deque()
         self._waiters: deque[anyio.Event] = deque()
+        self._waking = False  # a parked runner was woken and has not run yet
         self.closed = False
 
     def put(self, info: TaskInfo) -> None:
         self._items.append(info)
-        if self._waiters:
-            self._waiters.popleft().set()
+        if self._waiters and not self._waking:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        self._waking = True
+        self._waiters.popleft().set()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get_nowait(self) -> TaskInfo | None:
         return self._items.popleft() if self._items else None
@@ -146,12 +178,19 @@ class _Buffer:
             self._waiters.append(event)
             try:
                 await event.wait()
-            finally:
+            except BaseException:
                 if not event.is_set():
                     self._waiters.remove(event)
-                elif self._items and self._waiters:  # woken but cancelled: pass it on
-                    self._waiters.popleft().set()
-        return self._items.popleft()
+                else:  # woken, but cancelled: pass the wake-up on
+                    self._waking = False
+                    if self._items and self._waiters:
+                        self._wake_one()
+                raise
+            self._waking = False
+        info = self._items.popleft()
+        if self._items and self._waiters and not self._waking:
+            self._wake_one()
+        return info
 
     def drain(self) -> list[TaskInfo]:
         items = list(self._items)
@@ -160,6 +199,7 @@ class _Buffer:
 
     def close(self) -> None:
         self.closed = True
+        self._waking = True
         while self._waiters:
             self._waiters.popleft().set()
 
@@ -381,7 +421,6 @@ class Server:
         self._stop_requested = False
         if not len(self.registry):
             log.warning("server %s has no handlers: every task will fail", self.name)
-        self._slots = _Slots(self.concurrency)
         self._limiter = anyio.CapacityLimiter(self.concurrency)
         self._lease = LeaseKeeper(
             self.backend, self.name, self.lease_ms, self.claim_stale_after / 3
@@ -392,6 +431,7 @@ class Server:
         # buffer: fetched tasks, and stale ones claimed while a fetch is out (at most
         # 2 * concurrency in all, by the slot accounting)
         buffer = self._buffer = _Buffer()
+        self._slots = _Slots(self.concurrency, buffer)
         acks = self._acks = _AckQueue()
         self._debug = log.isEnabledFor(logging.DEBUG)
         intake_done, runners_done, acker_done, upkeep_done = (anyio.Event() for _ in range(4))
@@ -544,6 +584,8 @@ class Server:
                     info = await buffer.get()
                     if info is None:
                         return
+                if not buffer:
+                    slots.poke()
                 try:
                     if self._stopping:
                         await self._release([info], "not started")
@@ -551,6 +593,10 @@ class Server:
                         await self._process(info, scope)
                 finally:
                     slots.give(1)
+                if slots.due:
+                    # let the fetcher send its request now, so that its round trip overlaps with
+                    # the tasks still running (acks wait: the later, the larger their batch)
+                    await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def _process(self, info: TaskInfo, scope: anyio.CancelScope) -> None:
         handler = self.registry.get(info.type)
