@@ -5,6 +5,7 @@ pending task small in Redis: the id is a hash field and a stream value of every 
 
 from __future__ import annotations
 
+import binascii
 import os
 import time
 
@@ -15,28 +16,18 @@ ID_LENGTH = 20
 _TIME_CHARS = 8  # 48 bits
 _RANDOM_BYTES = 9  # 72 bits
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
-# every 12-bit value as two characters: an id is built from ten table look-ups
+# every 12-bit value as two characters: a time prefix is four look-ups
 _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
+_FROM_BASE64 = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", ALPHABET.encode()
+)
 
 
 def new_task_id(now_ms: int | None = None) -> str:
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    value = ((ms & 0xFFFF_FFFF_FFFF) << 72) | int.from_bytes(os.urandom(_RANDOM_BYTES), "big")
-    p = _PAIRS
-    return "".join(
-        (
-            p[value >> 108],
-            p[(value >> 96) & 4095],
-            p[(value >> 84) & 4095],
-            p[(value >> 72) & 4095],
-            p[(value >> 60) & 4095],
-            p[(value >> 48) & 4095],
-            p[(value >> 36) & 4095],
-            p[(value >> 24) & 4095],
-            p[(value >> 12) & 4095],
-            p[value & 4095],
-        )
-    )
+    # 9 random bytes are 12 base64 characters, mapped onto the alphabet in C
+    tail = binascii.b2a_base64(os.urandom(_RANDOM_BYTES), newline=False).translate(_FROM_BASE64)
+    return time_prefix(ms & 0xFFFF_FFFF_FFFF) + tail.decode()
 
 
 _last_prefix = (-1, "")

@@ -19,15 +19,15 @@ local E_PAUSED = 'PAUSED'
 -- the short header of a fresh pending task (see above)
 local SHORT = '^P(%w+)%-(%w+);()'
 
+-- base 36, two digits a step (on enqueue's hot path: no loop of string builds per digit)
+local B36 = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f',
+  'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z'}
 local function base36(n)
-  local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
-  local out = ''
-  repeat
-    local d = n % 36
-    out = string.sub(digits, d + 1, d + 1) .. out
-    n = (n - d) / 36
-  until n == 0
-  return out
+  if n < 36 then return B36[n] end
+  local lo = n % 1296
+  local d = lo % 36
+  if n < 1296 then return B36[(lo - d) / 36] .. B36[d] end
+  return base36((n - lo) / 1296) .. B36[(lo - d) / 36] .. B36[d]
 end
 
 local function parse(rec)
