@@ -2,16 +2,21 @@
 -- taking each unique key in the same step.
 -- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 unique, 5 unique_exp, 6 signal, 7 completed, 8 dead,
 --       9 cancelled, 10..20 stream for priority 0..10
--- ARGV: 1 now, 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, then 7 per task:
---       id, due ('' = pending now), priority, max_retry, unique_key ('' = none),
---       unique_ttl_ms, envelope
+-- ARGV: 1 now, 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, then 3 per task:
+--       id, options, envelope; options '' = the defaults (pending now, priority 0, max_retry 3,
+--       no unique key), else 'due,priority,max_retry,unique_ttl_ms,unique_key' (due '' = now,
+--       unique_key '' = none). Three arguments, not seven, keep a big batch cheap to send.
 -- Returns one reply per task: {'OK', 'p'|'s'} | {'DUPLICATE', holder_id} | {'ID_CONFLICT', ''}
 --#include lib/record.lua
 local now, group = ARGV[1], ARGV[2]
 local out = {}
-for i = 5, #ARGV, 7 do
-  local id, due, prio, max_retry, ukey, uttl, env =
-    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+for i = 5, #ARGV, 3 do
+  local id, opts, env = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local due, prio, max_retry, uttl, ukey = '', 0, 3, 0, ''
+  if opts ~= '' then
+    due, prio, max_retry, uttl, ukey =
+      string.match(opts, '^(%d*),(%-?%d+),(%-?%d+),(%-?%d+),(.*)$')
+  end
   local reply = nil
   local old = parse(redis.call('HGET', KEYS[1], id))
   if old then

@@ -16,6 +16,7 @@ from strego.backends.base import Clock, ConsumerInfo, QueueInfo
 from strego.backends.redis import codes
 from strego.backends.redis.keys import Keys, queues_key
 from strego.backends.redis.record import (
+    DEFAULT_MAX_RETRY,
     LETTER,
     decode,
     decode_for_listing,
@@ -207,16 +208,17 @@ class RedisBackend:
                 args: list[Arg] = [now, self.group, self.completed_ttl_ms, self.dead_ttl_ms]
                 for i in chunk:
                     m = messages[i]
-                    due = m.process_at_ms if m.process_at_ms is not None else None
-                    args += (
-                        m.id,
-                        "" if due is None or due <= now else due,
-                        m.priority,
-                        m.max_retry,
-                        m.unique_key or "",
-                        m.unique_ttl_ms or 0,
-                        encode_envelope(m),
-                    )
+                    due = m.process_at_ms
+                    due_arg = "" if due is None or due <= now else due
+                    if due_arg or m.priority or m.max_retry != DEFAULT_MAX_RETRY or m.unique_key:
+                        # '' stands for all the defaults (see enqueue.lua)
+                        opts = (
+                            f"{due_arg},{m.priority},{m.max_retry},{m.unique_ttl_ms or 0},"
+                            f"{m.unique_key or ''}"
+                        )
+                    else:
+                        opts = ""
+                    args += (m.id, opts, encode_envelope(m))
                 calls.append(self._call("enqueue", keys, args))
                 chunks.append(chunk)
         replies = await self._pipeline(calls)

@@ -6,8 +6,10 @@
 --   <consumer_len>,<error_len>,<unique_len>;<consumer><error><unique_key><envelope>
 -- state is one letter (s p a r d c x); an empty field is its default (retried, deliveries,
 -- priority and lengths 0, max_retry 3, times none), so a fresh task's header is short; sid is the
--- stream entry id of a pending or active task. The envelope (type, payload, options) belongs to Python and is never
--- parsed here: payloads stay opaque bytes.
+-- stream entry id of a pending or active task. A pending task whose header is all defaults but
+-- its sid (a fresh one) is written short, `P<sid ms>-<sid seq>;<envelope>` with both numbers in
+-- base 36, so that the record of a small task fits a 32-byte allocation in Redis. The envelope
+-- (type, payload, options) belongs to Python and is never parsed here: payloads stay opaque bytes.
 
 local HEADER = '^(%a)(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*);()'
 
@@ -20,8 +22,9 @@ local E_PAUSED = 'PAUSED'
 local SHORT = '^P(%w+)%-(%w+);()'
 
 -- base 36, two digits a step (on enqueue's hot path: no loop of string builds per digit)
-local B36 = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f',
-  'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z'}
+local B36 = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e',
+  'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x',
+  'y', 'z'}
 local function base36(n)
   if n < 36 then return B36[n] end
   local lo = n % 1296
