@@ -1,33 +1,19 @@
 """fetch over many queues, most of them idle (RedisBackend peeks at every queue in one pipelined
 round trip and fetches only from those with entries): queue order, blocking wake-ups from an idle
-queue, paused queues and consumer registration hold as with one queue. Runs on every backend."""
+queue, paused queues and consumer registration hold as with one queue. Part of the conformance
+suite: it runs on every backend."""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 import pytest
 
-from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message
 from strego.backends.base import Backend
 
 pytestmark = pytest.mark.anyio
 
 IDLE = [f"idle{i}" for i in range(30)]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def backend(make_backend: Any, clock: FakeClock) -> AsyncIterator[Backend]:
-    async with make_backend(clock=clock) as b:
-        yield b
 
 
 async def _use_and_empty(backend: Backend, queue: str) -> None:
