@@ -94,14 +94,17 @@ class _Failure:
 
 
 class _Slots:
-    """How many tasks the server holds (buffered or running) against its concurrency.
+    """How many tasks the server holds (buffered or running) against concurrency + prefetch.
 
-    The fetcher waits until every slot is free, or any slot is free and nothing is buffered:
-    fetches stay large (fewer round trips) while buffered tasks keep the runners busy, and a
-    server whose other slots hold long-running handlers still fetches for the free ones."""
+    The fetcher waits until a whole batch (`batch` = concurrency) of slots is free, or any slot
+    is free and nothing is buffered. With prefetch, the next batch is fetched while the last
+    one runs, so the fetch's round trip overlaps with the handlers instead of following them;
+    fetches stay large (fewer round trips); and a server whose other slots hold long-running
+    handlers still fetches for the free ones."""
 
-    def __init__(self, size: int, buffer: _Buffer) -> None:
+    def __init__(self, size: int, batch: int, buffer: _Buffer) -> None:
         self.size = size
+        self.batch = min(batch, size)
         self.used = 0
         self._buffer = buffer
         self._freed: anyio.Event | None = None  # only while the fetcher waits
@@ -113,7 +116,7 @@ class _Slots:
 
     def _worth_fetching(self) -> bool:
         free = self.size - self.used
-        return free >= self.size or (free > 0 and not self._buffer)
+        return free >= self.batch or (free > 0 and not self._buffer)
 
     def take(self, n: int) -> None:
         self.used += n
@@ -256,6 +259,10 @@ class Server:
       is served only when all before it are empty.
     - `concurrency` (10): how many handlers run at once. Sync (`def`) handlers run in worker
       threads, at most `concurrency` at once.
+    - `prefetch` (= concurrency): how many fetched tasks may wait for a runner beyond those
+      running, so that the next batch is fetched while the last one runs. They are leased to this
+      server (their leases renewed) and released to pending at shutdown. 0 fetches only for free
+      runners: best when handlers are long and several servers share a queue.
     - `shutdown_timeout` (10 s): how long running handlers may finish after a stop; then they are
       cancelled and their tasks released to pending.
     - `claim_stale_after` (30 s): the lease of every task this server holds; leases are renewed
@@ -281,6 +288,7 @@ class Server:
         queues: QueuesSpec = ("default",),
         strict: bool = False,
         concurrency: int = 10,
+        prefetch: int | None = None,
         shutdown_timeout: float = 10.0,
         claim_stale_after: float = 30.0,
         max_deliveries: int = 5,
@@ -292,6 +300,10 @@ class Server:
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+        if prefetch is None:
+            prefetch = concurrency
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be an integer >= 0, not {prefetch!r}")
         for what, value in (
             ("shutdown_timeout", shutdown_timeout),
             ("claim_stale_after", claim_stale_after),
@@ -310,6 +322,7 @@ class Server:
         self.order = QueueOrder(queues, strict=strict)
         self.queues = list(self.order.names)
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.shutdown_timeout = float(shutdown_timeout)
         self.claim_stale_after = float(claim_stale_after)
         self.lease_ms = max(1, round(claim_stale_after * 1000))
@@ -428,10 +441,10 @@ class Server:
         scheduler = Scheduler(
             self.backend, self.queues, consumer_idle=max(300.0, 10 * self.claim_stale_after)
         )
-        # buffer: fetched tasks, and stale ones claimed while a fetch is out (at most
-        # 2 * concurrency in all, by the slot accounting)
+        # buffer: fetched tasks (up to `prefetch` beyond the running ones), and stale ones claimed
+        # while a fetch is out (at most concurrency more, by the slot accounting)
         buffer = self._buffer = _Buffer()
-        self._slots = _Slots(self.concurrency, buffer)
+        self._slots = _Slots(self.concurrency + self.prefetch, self.concurrency, buffer)
         acks = self._acks = _AckQueue()
         self._debug = log.isEnabledFor(logging.DEBUG)
         intake_done, runners_done, acker_done, upkeep_done = (anyio.Event() for _ in range(4))
@@ -543,8 +556,8 @@ class Server:
 
     async def _claim_stale(self) -> None:
         while True:
-            # may go past `concurrency` by up to as many again: they wait in the buffer
-            count = 2 * self.concurrency - self._slots.used
+            # may go past the slots by up to `concurrency`: they wait in the buffer
+            count = self._slots.size + self.concurrency - self._slots.used
             if count <= 0:
                 return
             self._slots.take(count)

@@ -45,7 +45,8 @@ async def test_shutdown_releases_unfinished_tasks_to_another_server(backend: Bac
     infos = [await client.enqueue(strego.Task("work", i)) for i in range(4)]
     entered: list[int] = []
     after_await: list[int] = []
-    first = strego.Server(backend, concurrency=2, shutdown_timeout=0.2)
+    # no prefetch: exactly the two running tasks are held (prefetch has a test of its own)
+    first = strego.Server(backend, concurrency=2, prefetch=0, shutdown_timeout=0.2)
 
     @first.handler("work")
     async def stuck(task: strego.Task) -> None:
