@@ -15,10 +15,12 @@ from tests.runtime_support import backend, eventually, wait_for_state
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
-#: the runtime runs on MemoryBackend and RedisBackend (fakeredis is left to the conformance suite)
+#: the runtime runs on MemoryBackend and on RedisBackend over redis-py, anyio and fakeredis
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.parametrize("make_backend", ["memory", "redis", "anyio-redis"], indirect=True),
+    pytest.mark.parametrize(
+        "make_backend", ["memory", "redis", "anyio-redis", "fakeredis"], indirect=True
+    ),
 ]
 
 
