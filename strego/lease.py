@@ -9,6 +9,7 @@ from collections import defaultdict
 import anyio
 
 from strego.backends.base import Backend
+from strego.failure_log import FailureLog
 
 log = logging.getLogger("strego.lease")
 
@@ -53,9 +54,12 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         """Renew forever (until cancelled); a failed renewal is logged and tried next round."""
+        failures = FailureLog(log, "renewing leases")
         while True:
             await anyio.sleep(self.interval)
             try:
                 await self.renew_all()
             except Exception as exc:  # never let a backend hiccup stop the renewals
-                log.warning("renewing leases failed: %s", exc)
+                failures.failed(exc)
+            else:
+                failures.succeeded()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import anyio
 
 from strego.backends.base import Backend
+from strego.failure_log import FailureLog
 
 log = logging.getLogger("strego.scheduler")
 
@@ -51,6 +52,7 @@ class Scheduler:
     async def run(self) -> None:
         """Until cancelled. Backend errors are logged and retried after a short pause."""
         next_prune = anyio.current_time() + self.prune_every
+        failures = FailureLog(log, "scheduler")
         while True:
             try:
                 wait = await self.promote_once()
@@ -60,5 +62,7 @@ class Scheduler:
                 if wait > 0:
                     await self.backend.wait_schedule_change(self.queues, max(1, round(wait * 1000)))
             except Exception as exc:  # never let a backend hiccup stop the scheduler
-                log.warning("scheduler: %s", exc)
+                failures.failed(exc)
                 await anyio.sleep(1.0)
+            else:
+                failures.succeeded()

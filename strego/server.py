@@ -31,6 +31,7 @@ import attrs
 
 from strego.backends.base import Backend
 from strego.errors import DecodeError, SkipRetry
+from strego.failure_log import FailureLog
 from strego.handlers import Handler, Registry, reset_current_task, set_current_task
 from strego.lease import LeaseKeeper
 from strego.queue_order import QueueOrder, QueuesSpec
@@ -518,6 +519,7 @@ class Server:
 
     async def _fetch_loop(self) -> None:
         slots, hold, put = self._slots, self._lease.hold, self._buffer.put
+        failures = FailureLog(log, "fetch")
         while True:
             await slots.wait_free()
             count = slots.free()
@@ -532,7 +534,7 @@ class Server:
                     block_ms=FETCH_BLOCK_MS,
                 )
             except Exception as exc:
-                log.warning("fetch failed: %s", exc)
+                failures.failed(exc)
                 slots.give(count)
                 await anyio.sleep(1.0)
                 continue
@@ -540,6 +542,7 @@ class Server:
                 slots.give(count)
                 raise
             slots.give(count - len(got))
+            failures.succeeded()
             # once a batch, not once a task: DEBUG switched on while running shows from here
             self._debug = log.isEnabledFor(logging.DEBUG)
             for info in got:
@@ -547,11 +550,14 @@ class Server:
                 put(info)
 
     async def _recovery_loop(self) -> None:
+        failures = FailureLog(log, "claiming stale tasks")
         while True:
             try:
                 await self._claim_stale()
             except Exception as exc:
-                log.warning("claiming stale tasks failed: %s", exc)
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             await anyio.sleep(self.recovery_interval)
 
     async def _claim_stale(self) -> None:

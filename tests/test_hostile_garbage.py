@@ -226,6 +226,20 @@ async def test_foreign_key_skips_its_queue_and_serves_the_others(
     assert len(named) <= 4  # fetch, claim_stale, promote, wait_schedule_change at most
 
 
+async def test_a_server_whose_only_queue_is_foreign_does_not_log_every_fetch(
+    backend: RedisBackend, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    k = Keys("hostile", "q")
+    raw.set(k.tasks, "x")
+    raw.xadd(k.streams[0], {"t": "a"})
+    with caplog.at_level("WARNING", logger="strego"):
+        async with serving(backend, [], ["q"]):
+            await anyio.sleep(3.5)  # the fetch loop retries every second: 4 failures at least
+    fetch_lines = [r.getMessage() for r in caplog.records if "fetch failed" in r.getMessage()]
+    assert len(fetch_lines) == 1
+    assert "queue 'q': its tasks key" in fetch_lines[0]
+
+
 async def test_foreign_key_of_the_only_queue_names_queue_and_key(
     backend: RedisBackend, raw: redis.Redis
 ) -> None:
