@@ -120,9 +120,9 @@ def main() -> None:
         "setups": {},
     }
     try:
-        for name in a.setups.split(","):
+        for name in (x for x in a.setups.split(",") if x):
             report["setups"][name] = measure(make_setup(name, url), a)
-        scaling: dict[str, float] = {}
+        scaling: dict[str, dict[str, float]] = {}
         for p in (int(x) for x in a.processes.split(",") if x):
             print(f"  scaling: {p} server processes ...", file=sys.stderr, flush=True)
             scaling[str(p)] = scenarios.scaling(url, a.scale_n, a.concurrency, p)
@@ -137,10 +137,14 @@ def main() -> None:
         if server is not None:
             server.stop()
 
-    print_table(report["setups"])
-    print()
-    rates = ", ".join(f"{p}: {v:,.0f}" for p, v in report["scaling_process_per_s"].items())
-    print(f"scaling (Redis, anyio transport, asyncio; tasks/s by server processes): {rates}")
+    if report["setups"]:
+        print_table(report["setups"])
+        print()
+    print("scaling (Redis, anyio transport, asyncio): tasks/s by server processes, with how busy")
+    print("Redis (% of one core) and the machine (% of all its cores) were meanwhile")
+    for p, v in report["scaling_process_per_s"].items():
+        print(f"  {p}: {v['per_s']:,.0f}/s, Redis {v['redis_cpu_pct']:.0f}%, "
+              f"machine {v['machine_cpu_pct']:.0f}%")  # fmt: skip
     if a.peers:
         print()
         print(f"peers (bench_<peer>.py, n={a.n}, concurrency={a.concurrency}, "

@@ -228,16 +228,20 @@ async def under_load(setup: Setup, n: int, concurrency: int) -> dict[str, float]
     return out
 
 
-def scaling(url: str, n: int, concurrency: int, processes: int, loop: str = "asyncio") -> float:
+def scaling(
+    url: str, n: int, concurrency: int, processes: int, loop: str = "asyncio"
+) -> dict[str, float]:
     """Tasks/s of `processes` server processes running n tasks (Redis only). The servers start on
     an empty queue and wait; the clock runs from the first enqueue_many batch to the last ack (the
-    enqueueing, at >40k tasks/s, overlaps the processing), so process start-up is not counted."""
+    enqueueing, at >40k tasks/s, overlaps the processing), so process start-up is not counted.
+    Also how busy Redis (% of one core) and the whole machine (% of all cores) were meanwhile:
+    whether the limit was Redis, the CPUs, or neither."""
     Setup("redis", loop, "anyio", url).flush()
     cmd = [sys.executable, os.path.join(HERE, "worker.py"), url, str(concurrency), loop]
     workers = [subprocess.Popen(cmd) for _ in range(processes)]
     try:
-        rate: float = anyio.run(_time_drain, url, n, processes)
-        return rate
+        figures: dict[str, float] = anyio.run(_time_drain, url, n, processes)
+        return figures
     finally:
         for w in workers:
             w.terminate()
@@ -249,20 +253,45 @@ def scaling(url: str, n: int, concurrency: int, processes: int, loop: str = "asy
                 w.wait()
 
 
-async def _time_drain(url: str, n: int, processes: int) -> float:
+def _redis_cpu_s(url: str) -> float:
+    r = redis.Redis.from_url(url)
+    try:
+        cpu = r.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    finally:
+        r.close()
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+async def _time_drain(url: str, n: int, processes: int) -> dict[str, float]:
     backend = Setup("redis", "asyncio", "anyio", url).backend()
     client = Client(backend)
     with anyio.fail_after(60):  # every server has fetched once and now blocks for tasks
         while len(await client.consumers("default")) < processes:  # noqa: ASYNC110 (polls Redis)
             await anyio.sleep(0.05)
-    t0 = time.perf_counter()
+    t0, redis0, (busy0, total0) = time.perf_counter(), _redis_cpu_s(url), _machine_cpu()
     await _enqueue_batches(client, n)
     with anyio.fail_after(600):
         while (await client.queue_info("default")).counts[TaskState.COMPLETED] < n:  # noqa: ASYNC110
             await anyio.sleep(0.01)
     elapsed = time.perf_counter() - t0
+    redis_s, (busy1, total1) = _redis_cpu_s(url) - redis0, _machine_cpu()
     await backend.aclose()
-    return n / elapsed
+    return {
+        "per_s": n / elapsed,
+        "redis_cpu_pct": 100 * redis_s / elapsed,
+        "machine_cpu_pct": 100 * (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0,
+    }
 
 
 def median_of(runs: int, func: Callable[[], dict[str, float]]) -> dict[str, float]:
