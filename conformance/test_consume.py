@@ -29,6 +29,38 @@ async def test_ack_completes(backend: Backend, clock: FakeClock) -> None:
     assert (counts[TaskState.ACTIVE], counts[TaskState.COMPLETED]) == (0, 1)
 
 
+async def test_ack_keeps_everything_but_the_run_state(backend: Backend, clock: FakeClock) -> None:
+    """A task with every header field set (priority, retries, last error, unique key) completes
+    with each one kept, its unique key released and its stream entry gone."""
+    await backend.enqueue(
+        message("a", priority=7, max_retry=5, unique_key="u", unique_ttl_ms=3_600_000)
+    )
+    [first] = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
+    retry_at = clock() + 1_000
+    assert await backend.fail("q", "a", "c1", "boom ✗", retry_at_ms=retry_at) == TaskState.RETRY
+    clock.advance(1_000)
+    await backend.promote(["q"])
+    [again] = await backend.fetch(["q"], 1, "worker-with-a-long-name", lease_ms=LEASE_MS)
+    clock.advance(250)
+    assert await backend.ack("q", "a", "worker-with-a-long-name") is True
+    done = await backend.get_task("a", "q")
+    assert done is not None
+    assert done.state == TaskState.COMPLETED
+    assert (done.priority, done.max_retry, done.retried, done.deliveries) == (7, 5, 1, 2)
+    assert done.last_error == "boom ✗"
+    assert done.started_ms == again.started_ms and done.completed_ms == clock()
+    assert done.consumer is None
+    assert (done.payload, done.type, done.created_ms) == (first.payload, first.type, 0)
+    assert done.unique_key == "u"
+    # the unique key was released: a new task may take it at once
+    assert (await backend.enqueue(message("b", unique_key="u", unique_ttl_ms=1_000))).id == "b"
+    # and nothing of the run is left pending or active
+    counts = (await backend.queue_info("q")).counts
+    assert (counts[TaskState.ACTIVE], counts[TaskState.PENDING]) == (0, 1)
+    [only] = await backend.fetch(["q"], 10, "c1", lease_ms=LEASE_MS)
+    assert only.id == "b"
+
+
 async def test_ack_writes_processed_marker(backend: Backend) -> None:
     await start(backend, "a")
     await backend.ack("q", "a", "c1")
