@@ -32,8 +32,18 @@ class Serializer(Protocol):
     def loads(self, data: bytes) -> Any: ...
 
 
+#: Types that need no unstructuring (the common payloads: spares the attrs/dataclass checks).
+_BUILTIN = frozenset({dict, list, tuple, str, int, float, bool, type(None)})
+
+# One encoder for every call: json.dumps with options builds a new JSONEncoder each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _plain(payload: Any) -> Any:
     kind = type(payload)
+    if kind in _BUILTIN:
+        return payload
     # the type, not the value: is_dataclass is true for a dataclass class object as well
     if attrs.has(kind) or dataclasses.is_dataclass(kind):
         return converter.unstructure(payload)
@@ -47,15 +57,13 @@ class JsonSerializer:
 
     def dumps(self, payload: Any) -> bytes:
         try:
-            text = json.dumps(
-                _plain(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            )
+            text = _ENCODER.encode(_plain(payload))
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"payload is not JSON-serializable: {exc}") from exc
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: escape them, so they round-trip exactly
-            return json.dumps(_plain(payload), separators=(",", ":"), allow_nan=False).encode()
+            return _ASCII_ENCODER.encode(_plain(payload)).encode()
 
     def loads(self, data: bytes) -> Any:
         try:
