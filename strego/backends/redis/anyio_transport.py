@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -23,7 +23,6 @@ import anyio
 import hiredis
 
 from strego.backends.redis.connection import (
-    DEFAULT_TIMEOUT,
     Connection,
     ConnectionLost,
     ConnectionStats,
@@ -178,23 +177,13 @@ class AnyioTransport:
         # Block time 0 means "forever" to Redis: then so does the wait for the reply.
         read_timeout = None if timeout_ms <= 0 else timeout_ms / 1000 + self._blocking_margin
         payload = _pack(command)
-
-        async def attempt() -> list[Any]:
-            async with self._blocking_slots_():
-                conn = self._idle_blocking.pop() if self._idle_blocking else await self._connect()
-                reusable = False
-                try:
-                    replies = await conn.request(payload, 1, read_timeout=read_timeout)
-                    reusable = True
-                finally:
-                    # A blocking call cut short leaves its reply coming: never reuse that one.
-                    if reusable and not conn.broken:
-                        self._idle_blocking.append(conn)
-                    else:
-                        await conn.aclose()
-                return replies
-
-        (reply,) = await self._with_retries(attempt, idempotent=command.idempotent)
+        failures = 0
+        while True:
+            try:
+                (reply,) = await self._blocking_request(payload, read_timeout)
+                break
+            except ConnectionLost as lost:
+                failures = await self._after_failure(lost, failures, command.idempotent)
         if isinstance(reply, hiredis.ReplyError):
             raise typed_error(reply)
         return reply
@@ -235,41 +224,51 @@ class AnyioTransport:
             replies[position] = load_errors.get(call.script.sha, reply)
 
     async def _shared_request(self, payload: bytes, count: int, *, idempotent: bool) -> list[Any]:
-        async def attempt() -> list[Any]:
-            conn = await self._shared_connection()
-            return await conn.request(payload, count, read_timeout=DEFAULT_TIMEOUT)
-
-        return await self._with_retries(attempt, idempotent=idempotent)
-
-    async def _with_retries(
-        self, attempt: Callable[[], Awaitable[list[Any]]], *, idempotent: bool
-    ) -> list[Any]:
         failures = 0
         while True:
+            index = self._next_shared
+            self._next_shared = (index + 1) % len(self._shared)
+            conn = self._shared[index]
             try:
-                return await attempt()
+                if conn is None or conn.broken:
+                    conn = await self._reconnect_shared(index)
+                return await conn.request(payload, count)
             except ConnectionLost as lost:
-                if lost.timeout:
-                    raise BackendTimeoutError(str(lost)) from None
-                if lost.written and not idempotent:
-                    raise ReplyLostError(
-                        f"{lost}; the command was sent but its reply was lost, so it may or may "
-                        "not have taken effect (not retried: the call is not idempotent)"
-                    ) from None
-                failures += 1
-                if failures > self._retries:
-                    raise BackendConnectionError(
-                        f"{lost} (gave up after {failures} attempts)"
-                    ) from None
-                if failures > 1:
-                    await anyio.sleep(self._backoff(failures - 1))
+                failures = await self._after_failure(lost, failures, idempotent)
 
-    async def _shared_connection(self) -> Connection:
-        index = self._next_shared
-        self._next_shared = (index + 1) % len(self._shared)
-        conn = self._shared[index]
-        if conn is not None and not conn.broken:
-            return conn
+    async def _blocking_request(self, payload: bytes, read_timeout: float | None) -> list[Any]:
+        async with self._blocking_slots_():
+            conn = self._idle_blocking.pop() if self._idle_blocking else await self._connect()
+            reusable = False
+            try:
+                replies = await conn.request(payload, 1, read_timeout=read_timeout)
+                reusable = True
+            finally:
+                # A blocking call cut short leaves its reply coming: never reuse that one.
+                if reusable and not conn.broken:
+                    self._idle_blocking.append(conn)
+                else:
+                    await conn.aclose()
+            return replies
+
+    async def _after_failure(self, lost: ConnectionLost, failures: int, idempotent: bool) -> int:
+        """Raise the error for `lost` if the call must not be tried again; else back off if this
+        is not the first retry, and return the count of failures so far."""
+        if lost.timeout:
+            raise BackendTimeoutError(str(lost)) from None
+        if lost.written and not idempotent:
+            raise ReplyLostError(
+                f"{lost}; the command was sent but its reply was lost, so it may or may "
+                "not have taken effect (not retried: the call is not idempotent)"
+            ) from None
+        failures += 1
+        if failures > self._retries:
+            raise BackendConnectionError(f"{lost} (gave up after {failures} attempts)") from None
+        if failures > 1:
+            await anyio.sleep(self._backoff(failures - 1))
+        return failures
+
+    async def _reconnect_shared(self, index: int) -> Connection:
         if self._shared_locks is None:
             self._shared_locks = [anyio.Lock() for _ in self._shared]
         # One task reconnects a slot; the others wait for it and share the new connection, or its

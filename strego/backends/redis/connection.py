@@ -7,12 +7,18 @@ hands them out in FIFO order, and keeps writing whatever was queued meanwhile. W
 has arrived it hands the driver role to the oldest task still waiting and returns. So concurrent
 calls share writes and reads, and the connection needs no task group of its own.
 
+Over plain TCP and Unix sockets the driver does its I/O on the non-blocking socket itself: it sends
+and receives directly and waits for the socket (`anyio.wait_readable`) only when the kernel has
+nothing for it. A call that need not wait costs one send, a schedule point and one receive: no
+event, no cancel scope. Over TLS it goes through the anyio stream.
+
 A connection that fails is failed whole: every waiting request gets a `ConnectionLost` that says
 whether its bytes may have reached the server, and the connection is never used again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 from collections import deque
@@ -22,8 +28,10 @@ from typing import Any, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 import hiredis
+from anyio.streams.tls import TLSAttribute
 
 from strego.backends.redis.url import ConnectionSettings
 from strego.errors import BackendConnectionError, BackendError, BackendTimeoutError
@@ -81,12 +89,14 @@ class _Request:
         self.abandoned = False
         # The caller was handed the driver role.
         self.lead = False
-        self.event = anyio.Event()
+        # Made only when the caller has to wait for another driver.
+        self.event: anyio.Event | None = None
 
     def finish(self, error: ConnectionLost | None = None) -> None:
         self.done = True
         self.error = error
-        self.event.set()
+        if self.event is not None:
+            self.event.set()
 
 
 class Connection:
@@ -107,8 +117,16 @@ class Connection:
         self._write_timeout = write_timeout
         self._stats = stats
         self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH_DATA)
-        self._raw_socket: socket.socket | None = stream.extra(
-            anyio.abc.SocketAttribute.raw_socket, None
+        # A socket object of our own for the connection, made once (asyncio hands out a wrapper
+        # that refuses recv): a dup, so that closing it never closes a descriptor the stream owns.
+        # It peeks for a server close and, unless the stream is TLS, carries all the I/O.
+        self._sock: socket.socket | None = None
+        raw: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if raw is not None:
+            self._sock = raw.dup()
+            self._sock.setblocking(False)
+        self._direct = (
+            self._sock is not None and stream.extra(TLSAttribute.ssl_object, None) is None
         )
         self._queued: deque[_Request] = deque()
         self._inflight: deque[_Request] = deque()
@@ -133,6 +151,7 @@ class Connection:
         req = _Request(payload, count, read_timeout)
         self._queued.append(req)
         if self._driving:
+            req.event = anyio.Event()
             try:
                 await req.event.wait()
             except BaseException:
@@ -157,11 +176,10 @@ class Connection:
 
     async def _drive(self, req: _Request) -> None:
         try:
-            while not req.done:
-                if self._queued:
-                    await self._write_queued()
-                else:
-                    await self._read_some()
+            if self._direct:
+                await self._drive_socket(req)
+            else:
+                await self._drive_stream(req)
         except BaseException:
             # Cancelled (or a bug): the replies already requested are still read by the next driver.
             self._forget(req)
@@ -170,9 +188,9 @@ class Connection:
             self._pass_lead()
 
     def _pass_lead(self) -> None:
-        if not self.broken:
+        if not self.broken and (self._inflight or self._queued):
             for other in chain(self._inflight, self._queued):
-                if not other.done and not other.abandoned:
+                if not other.done and not other.abandoned and other.event is not None:
                     other.lead = True
                     other.event.set()
                     return
@@ -187,32 +205,105 @@ class Connection:
         else:
             self._queued.remove(req)
 
-    async def _write_queued(self) -> None:
-        # (Skipped for the first write: over TLS, session tickets may be waiting until then.)
-        if not self._inflight and self._writes and self._closed_while_idle():
-            await self._fail(f"connection to {self._address} was closed by the server", False)
+    async def _drive_socket(self, req: _Request) -> None:
+        """Drive over the raw non-blocking socket: send and receive without waiting when the
+        kernel allows, and wait for the socket (with a deadline) only when it does not."""
+        sock = self._sock
+        assert sock is not None
+        yielded = False
+        while not req.done:
+            if self._queued:
+                data = await self._take_queued()
+                if data is None:
+                    return
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    await self._fail(self._dropped(exc), False)
+                    return
+                if sent < len(data):
+                    await self._send_rest(sock, memoryview(data)[sent:])
+                    yielded = True
+                elif not yielded:
+                    # Every call is a checkpoint; meanwhile, the reply may well arrive.
+                    await anyio.lowlevel.checkpoint()
+                    yielded = True
+                continue
+            try:
+                data = sock.recv(_RECEIVE_SIZE)
+            except BlockingIOError:
+                await self._wait_readable(sock, self._inflight[0].read_timeout)
+                yielded = True
+                continue
+            except OSError as exc:
+                await self._fail(self._dropped(exc), False)
+                return
+            if not data:
+                await self._fail(
+                    f"connection to {self._address} dropped: closed by the server", False
+                )
+                return
+            error = self._dispatch(data)
+            if error is not None:
+                await self._fail(error, False)
+                return
+
+    async def _send_rest(self, sock: socket.socket, rest: memoryview) -> None:
+        """Finish a send the kernel took only part of."""
+        failure: BaseException | None = None
+        # Shielded: a send cut short by cancellation would leave half a command on the wire.
+        with anyio.CancelScope(shield=True, deadline=_deadline(self._write_timeout)) as scope:
+            try:
+                while rest:
+                    await anyio.wait_writable(sock)
+                    with contextlib.suppress(BlockingIOError):
+                        rest = rest[sock.send(rest) :]
+            except (OSError, anyio.ClosedResourceError) as exc:
+                failure = exc
+        if failure is not None:
+            await self._fail(self._dropped(failure), False)
+        elif scope.cancelled_caught:
+            await self._fail(f"write to {self._address} timed out", timed_out=True)
+
+    async def _wait_readable(self, sock: socket.socket, read_timeout: float | None) -> None:
+        try:
+            if read_timeout is None:
+                await anyio.wait_readable(sock)
+                return
+            with anyio.CancelScope(deadline=anyio.current_time() + read_timeout) as scope:
+                await anyio.wait_readable(sock)
+        except (OSError, anyio.ClosedResourceError) as exc:  # closed by `aclose` meanwhile
+            await self._fail(self._dropped(exc), False)
             return
-        batch = list(self._queued)
-        self._queued.clear()
-        for r in batch:
-            r.written = True
-        self._inflight.extend(batch)
-        data = batch[0].payload if len(batch) == 1 else b"".join(r.payload for r in batch)
-        self._stats.writes += 1
-        self._writes += 1
-        self._stats.requests += len(batch)
+        if scope.cancelled_caught:
+            await self._fail(
+                f"no reply from {self._address} within {read_timeout}s", timed_out=True
+            )
+
+    async def _drive_stream(self, req: _Request) -> None:
+        """Drive through the anyio stream (TLS)."""
+        while not req.done:
+            if self._queued:
+                data = await self._take_queued()
+                if data is not None:
+                    await self._send_stream(data)
+            else:
+                await self._read_stream()
+
+    async def _send_stream(self, data: bytes) -> None:
         try:
             # Shielded: a send cut short by cancellation would leave half a command on the wire.
-            # (A bare CancelScope with a deadline: cheaper than fail_after on this hot path.)
             with anyio.CancelScope(shield=True, deadline=_deadline(self._write_timeout)) as scope:
                 await self._stream.send(data)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            await self._fail(f"connection to {self._address} dropped: {_describe(exc)}", False)
+            await self._fail(self._dropped(exc), False)
             return
         if scope.cancelled_caught:
             await self._fail(f"write to {self._address} timed out", timed_out=True)
 
-    async def _read_some(self) -> None:
+    async def _read_stream(self) -> None:
         head = self._inflight[0]
         data = b""
         try:
@@ -224,26 +315,56 @@ class Connection:
             anyio.BrokenResourceError,
             anyio.ClosedResourceError,
         ) as exc:
-            await self._fail(f"connection to {self._address} dropped: {_describe(exc)}", False)
+            await self._fail(self._dropped(exc), False)
             return
         if scope.cancelled_caught:
             await self._fail(
                 f"no reply from {self._address} within {head.read_timeout}s", timed_out=True
             )
             return
+        error = self._dispatch(data)
+        if error is not None:
+            await self._fail(error, False)
+
+    async def _take_queued(self) -> bytes | None:
+        """Move the queued requests in flight and return their bytes to send, or None if the
+        connection turned out to be closed (then they count as never sent)."""
+        # (Skipped for the first write: over TLS, session tickets may be waiting until then.)
+        if not self._inflight and self._writes and self._closed_while_idle():
+            await self._fail(f"connection to {self._address} was closed by the server", False)
+            return None
+        queued = self._queued
+        if len(queued) == 1:
+            r = queued.popleft()
+            r.written = True
+            self._inflight.append(r)
+            data = r.payload
+            count = 1
+        else:
+            for r in queued:
+                r.written = True
+            self._inflight.extend(queued)
+            data = b"".join([r.payload for r in queued])
+            count = len(queued)
+            queued.clear()
+        self._stats.writes += 1
+        self._stats.requests += count
+        self._writes += 1
+        return data
+
+    def _dispatch(self, data: bytes) -> str | None:
+        """Hand out the replies in `data`; a description of what went wrong, if anything did."""
         self._reader.feed(data)
         inflight = self._inflight
         while True:
             try:
                 reply = self._reader.gets()
             except hiredis.ProtocolError as exc:
-                await self._fail(f"protocol error from {self._address}: {exc}", False)
-                return
+                return f"protocol error from {self._address}: {exc}"
             if reply is _NOT_ENOUGH_DATA:
-                return
+                return None
             if not inflight:
-                await self._fail(f"unexpected reply from {self._address}", False)
-                return
+                return f"unexpected reply from {self._address}"
             r = inflight[0]
             r.replies.append(reply)
             if len(r.replies) == r.count:
@@ -251,6 +372,8 @@ class Connection:
                 r.finish()
 
     async def _fail(self, message: str, timed_out: bool) -> None:
+        if self.broken:
+            return
         self.broken = True
         for r in self._inflight:
             r.finish(ConnectionLost(message, written=True, timeout=timed_out))
@@ -258,28 +381,26 @@ class Connection:
             r.finish(ConnectionLost(message, written=False, timeout=timed_out))
         self._inflight.clear()
         self._queued.clear()
+        if self._sock is not None:
+            # Wakes a driver waiting on the socket, and unregisters it from the event loop.
+            anyio.notify_closing(self._sock)
+            self._sock.close()
         await anyio.aclose_forcefully(self._stream)
+
+    def _dropped(self, exc: BaseException) -> str:
+        return f"connection to {self._address} dropped: {_describe(exc)}"
 
     def _closed_while_idle(self) -> bool:
         """Whether the server closed this idle connection (restart, CLIENT KILL, idle timeout).
         Checked before a write so that such a request counts as never sent and can be retried."""
-        if self._raw_socket is None:
+        if self._sock is None:
             return False
-        fd = self._raw_socket.fileno()
-        if fd < 0:
-            return True
-        # asyncio hands out a wrapper that refuses recv(): peek through a borrowed socket object
-        # (family and type given, or Python asks the kernel for them each time).
-        sock = self._raw_socket
-        peek = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
         try:
-            peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            self._sock.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             return True
-        finally:
-            peek.detach()
         # EOF, or bytes nobody asked for: RESP sends nothing unasked, and TLS session tickets were
         # read with the reply to the login PING. Over TLS, this is the server's close_notify.
         return True
@@ -298,13 +419,17 @@ async def open_connection(
     try:
         with anyio.fail_after(settings.connect_timeout):
             stream = await _connect_stream(settings)
-            conn = Connection(
-                stream,
-                address=address,
-                read_timeout=settings.read_timeout,
-                write_timeout=write_timeout,
-                stats=stats,
-            )
+            try:
+                conn = Connection(
+                    stream,
+                    address=address,
+                    read_timeout=settings.read_timeout,
+                    write_timeout=write_timeout,
+                    stats=stats,
+                )
+            except BaseException:  # e.g. out of file descriptors for the dup
+                await anyio.aclose_forcefully(stream)
+                raise
             try:
                 replies = await conn.request(*_handshake(settings))
             except BaseException:
