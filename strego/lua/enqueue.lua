@@ -1,7 +1,8 @@
 -- enqueue: new tasks -> pending (XADD to their priority stream) or scheduled (due later),
 -- taking each unique key in the same step.
 -- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 unique, 5 unique_exp, 6 signal, 7 completed, 8 dead,
---       9 cancelled, 10..20 stream for priority 0..10
+--       9 cancelled, 10..20 stream for priority 0..10, 21 ready (INCRed once when any task
+--       became pending, so fetchers that found the queue idle look again)
 -- ARGV: 1 now, 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, then 3 per task:
 --       id, options, envelope; options '' = the defaults (pending now, priority 0, max_retry 3,
 --       no unique key), else 'due,priority,max_retry,unique_ttl_ms,unique_key' (due '' = now,
@@ -9,7 +10,9 @@
 -- Returns one reply per task: {'OK', 'p'|'s'} | {'DUPLICATE', holder_id} | {'ID_CONFLICT', ''}
 --#include lib/record.lua
 local now, group = ARGV[1], ARGV[2]
-local out = {}
+-- read before any write: a foreign (non-string) ready key fails here, leaving nothing behind
+redis.call('GET', KEYS[21])
+local out, pushed = {}, false
 for i = 5, #ARGV, 3 do
   local id, opts, env = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local due, prio, max_retry, uttl, ukey = '', 0, 3, 0, ''
@@ -46,6 +49,7 @@ for i = 5, #ARGV, 3 do
                consumer = '', error = '', unique = ukey, env = env}
     if due == '' then
       h.sid = push(KEYS[10 + h.priority], group, id)
+      pushed = true
     else
       h.state, h.due = 's', due
       signal_if_earliest(KEYS[2], KEYS[3], KEYS[6], due)
@@ -61,4 +65,5 @@ for i = 5, #ARGV, 3 do
   end
   out[#out + 1] = reply
 end
+if pushed then redis.call('INCR', KEYS[21]) end
 return out

@@ -1,16 +1,20 @@
 -- fetch: pending -> active. Delivers up to `count` tasks of one queue to `consumer` with
 -- XREADGROUP (never blocking here), highest priority first, oldest first within a priority.
--- KEYS: 1 tasks, 2 leases, 3 consumers, 4 paused, 5..15 stream for priority 0..10, 16 dead
+-- KEYS: 1 tasks, 2 leases, 3 consumers, 4 paused, 5..15 stream for priority 0..10, 16 dead,
+--       17 ready
 -- ARGV: 1 now, 2 group, 3 consumer, 4 count, 5 lease_ms
--- Returns {'OK', {id, record, ...}, last_ids} | {'PAUSED', {}, {}}. last_ids (only when fewer
--- than `count` were started) holds each stream's newest entry id ('0-0' when it has none), for
--- the caller's XREAD BLOCK: anything added after the script is then seen. A task whose record
--- header does not parse goes to dead (bury_unreadable) instead of being started.
+-- Returns {'OK', {id, record, ...}, last_ids, ready} | {'PAUSED', {}, {}, ready}. last_ids (only
+-- when fewer than `count` were started: nothing is left to deliver) holds each stream's newest
+-- entry id ('0-0' when it has none), for the caller's XREAD BLOCK: anything added after the
+-- script is then seen. ready is the queue's ready counter ('' = none): while it holds that value,
+-- nothing became pending. A task whose record header does not parse goes to dead
+-- (bury_unreadable) instead of being started.
 --#include lib/record.lua
 local now, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local need = tonumber(ARGV[4])
+local ready = redis.call('GET', KEYS[17]) or ''
 redis.call('HSET', KEYS[3], consumer, now)
-if redis.call('EXISTS', KEYS[4]) == 1 then return {E_PAUSED, {}, {}} end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {E_PAUSED, {}, {}, ready} end
 local lease_until = add_ms(now, ARGV[5])
 local out, records, leases = {}, {}, {}
 for prio = 10, 0, -1 do
@@ -64,4 +68,4 @@ if need > 0 then
     last[prio + 1] = newest[1] and newest[1][1] or '0-0'
   end
 end
-return {'OK', out, last}
+return {'OK', out, last, ready}

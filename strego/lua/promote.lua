@@ -3,13 +3,15 @@
 -- completed_ttl_ms, dead ones older than dead_ttl_ms and expired unique keys are removed
 -- (at most `limit` of each per call).
 -- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 dead, 5 completed, 6 cancelled, 7 unique,
---       8 unique_exp, 9 signal, 10..20 stream for priority 0..10
+--       8 unique_exp, 9 signal, 10..20 stream for priority 0..10, 21 ready (INCRed once when
+--       any task became pending)
 -- ARGV: 1 now, 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, 5 limit
 -- Returns {earliest due ms still waiting ('' = none; now when more are due than `limit`),
 --          newest signal entry id ('0-0' = none)}
 --#include lib/record.lua
 local now, group, limit = ARGV[1], ARGV[2], tonumber(ARGV[5])
-local more = false
+local more, pushed = false, false
+redis.call('GET', KEYS[21])  -- a foreign ready key fails here, before any write
 for _, set in ipairs({KEYS[2], KEYS[3]}) do
   local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
   if #due == limit then more = true end
@@ -21,6 +23,7 @@ for _, set in ipairs({KEYS[2], KEYS[3]}) do
     if h and (h.state == 's' or h.state == 'r') then
       h.state, h.due = 'p', ''
       h.sid = push(KEYS[10 + h.priority], group, id)
+      pushed = true
       redis.call('HSET', KEYS[1], id, build(h))
     end
   end
@@ -39,6 +42,7 @@ for _, ukey in ipairs(stale_keys) do
   redis.call('ZREM', KEYS[8], ukey)
   redis.call('HDEL', KEYS[7], ukey)
 end
+if pushed then redis.call('INCR', KEYS[21]) end
 local next_due = more and now or (earliest(KEYS[2], KEYS[3]) or '')
 local newest = redis.call('XREVRANGE', KEYS[9], '+', '-', 'COUNT', 1)
 return {next_due, newest[1] and newest[1][1] or '0-0'}

@@ -1,10 +1,12 @@
 -- release: active -> pending (a fresh stream entry) for tasks held by `consumer`, without
 -- counting a failure (graceful shutdown).
--- KEYS: 1 tasks, 2 leases, 3 consumers, 4..14 stream for priority 0..10
+-- KEYS: 1 tasks, 2 leases, 3 consumers, 4..14 stream for priority 0..10, 15 ready (INCRed once
+--       when any task was released)
 -- ARGV: 1 now, 2 group, 3 consumer, 4.. task ids
 -- Returns how many were released.
 --#include lib/record.lua
 local group, consumer = ARGV[2], ARGV[3]
+redis.call('GET', KEYS[15])  -- a foreign ready key fails here, before any write
 redis.call('HSET', KEYS[3], consumer, ARGV[1])
 local n = 0
 for i = 4, #ARGV do
@@ -20,4 +22,5 @@ for i = 4, #ARGV do
     n = n + 1
   end
 end
+if n > 0 then redis.call('INCR', KEYS[15]) end
 return n

@@ -1,11 +1,13 @@
 -- requeue_dead: dead -> pending with retried = 0, by id (a task that is not dead, or whose
 -- retention ended, is left alone, so two concurrent requeues move it once). With no ids given,
 -- requeues up to `limit` of the oldest dead tasks (requeue_all_dead calls it until it returns 0).
--- KEYS: 1 tasks, 2 dead, 3..13 stream for priority 0..10
+-- KEYS: 1 tasks, 2 dead, 3..13 stream for priority 0..10, 14 ready (INCRed once when any task
+--       was requeued)
 -- ARGV: 1 now, 2 group, 3 dead_ttl_ms, 4 limit, 5.. task ids
 -- Returns how many were requeued.
 --#include lib/record.lua
 local now, group = ARGV[1], ARGV[2]
+redis.call('GET', KEYS[14])  -- a foreign ready key fails here, before any write
 local ids = {}
 if #ARGV > 4 then
   for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
@@ -23,4 +25,5 @@ for _, id in ipairs(ids) do
     n = n + 1
   end
 end
+if n > 0 then redis.call('INCR', KEYS[14]) end
 return n

@@ -48,7 +48,16 @@ SCHEDULE_STEP_MS = 5
 FOREIGN_LOG_INTERVAL_S = 60.0
 #: The Redis type of each kind of queue key (the priority streams p0..p10 are streams too).
 _KEY_TYPES = {"tasks": "hash", "unique": "hash", "consumers": "hash", "paused": "string",
-              "signal": "stream"}  # fmt: skip
+              "ready": "string", "signal": "stream"}  # fmt: skip
+
+#: A fetch over several queues skips the queues it found idle while their `ready` counters hold
+#: (one MGET), but peeks at every queue at least this often anyway: peek refreshes the consumer's
+#: last-seen time in each queue, and a counter reset by hand to an old value is caught.
+IDLE_RECHECK_S = 1.0
+#: How many consumers' idle-queue findings a backend keeps (the least recently used go first).
+IDLE_CONSUMERS = 64
+#: The wait of a queue whose streams are all empty: anything added later has an id above 0-0.
+_FROM_START = b"0-0"
 
 log = logging.getLogger("strego.backends.redis")
 
@@ -65,6 +74,31 @@ def system_clock() -> int:
 
 def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class _IdleQueues:
+    """What fetches of one consumer over one set of queues found idle: for each such queue, its
+    `ready` counter then (b"" = none) and where a blocking wait on it starts (none when paused).
+    While the counter holds, nothing became pending there, so the queue need not be peeked."""
+
+    __slots__ = ("checked", "idle", "mget", "names")
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+        self.idle: dict[str, tuple[bytes, list[tuple[str, bytes]]]] = {}
+        #: monotonic time of the last peek at every queue (-inf: never)
+        self.checked = float("-inf")
+        #: the MGET of the idle queues' counters, kept while `idle` holds the same queues
+        self.mget: tuple[tuple[str, ...], Command] | None = None
+
+    def mark(self, queue: str, ready: bytes, wait: list[tuple[str, bytes]]) -> None:
+        if queue not in self.idle:
+            self.mget = None
+        self.idle[queue] = (ready, wait)
+
+    def forget(self, queue: str) -> None:
+        if self.idle.pop(queue, None) is not None:
+            self.mget = None
 
 
 def _pairs(reply: Any) -> list[tuple[Any, Any]]:
@@ -112,6 +146,9 @@ class RedisBackend:
         self._signal_ids: dict[str, bytes] = {}
         #: when each queue with foreign keys was last logged
         self._foreign_logged: dict[str, float] = {}
+        #: per consumer, the queues its last fetches over several queues found idle
+        self._idle: dict[str, _IdleQueues] = {}
+        self.idle_recheck_s = IDLE_RECHECK_S
 
     @classmethod
     def from_url(
@@ -201,7 +238,7 @@ class RedisBackend:
             k = self.keys(queue)
             keys = (
                 k.tasks, k.scheduled, k.retry, k.unique, k.unique_exp, k.signal, k.completed,
-                k.dead, k.cancelled, *k.streams,
+                k.dead, k.cancelled, *k.streams, k.ready,
             )  # fmt: skip
             for start in range(0, len(indexes), ENQUEUE_CHUNK):
                 chunk = indexes[start : start + ENQUEUE_CHUNK]
@@ -280,47 +317,122 @@ class RedisBackend:
         out, _ = await self._fetch_once(queues, count, consumer, lease_ms)
         return out
 
+    def _idle_of(self, consumer: str, queues: Sequence[str]) -> _IdleQueues:
+        """The idle-queue findings of `consumer`, kept for its last set of queues only (a server
+        asks for the same set each time, in an order that may change)."""
+        names = frozenset(queues)
+        state = self._idle.pop(consumer, None)
+        if state is None or state.names != names:
+            state = _IdleQueues(names)
+        self._idle[consumer] = state  # now the most recently used
+        if len(self._idle) > IDLE_CONSUMERS:
+            del self._idle[next(iter(self._idle))]
+        return state
+
+    def _mget(self, state: _IdleQueues) -> tuple[tuple[str, ...], Command]:
+        if state.mget is None:
+            names = tuple(state.idle)
+            state.mget = (
+                names,
+                Command(("MGET", *(self.keys(q).ready for q in names)), idempotent=True),
+            )
+        return state.mget
+
+    async def _candidates(
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        state: _IdleQueues,
+        waits: list[tuple[str, bytes]],
+        errors: list[tuple[str, ForeignKeyError]],
+    ) -> list[str]:
+        """The queues (in order) a fetch over several queues should run the fetch script on.
+        Queues not known idle are peeked, all in one pipeline; known idle ones are not: one MGET
+        of their `ready` counters, in the same pipeline, tells which changed since (those are
+        candidates again). Every `state.idle_recheck_s`, every queue is peeked anyway."""
+        now = time.monotonic()
+        if now - state.checked >= self.idle_recheck_s:
+            state.checked = now
+            skip: dict[str, tuple[bytes, list[tuple[str, bytes]]]] = {}
+        else:
+            skip = state.idle
+        calls: list[ScriptCall | Command] = []
+        seen: dict[str, tuple[bytes, list[tuple[str, bytes]]]] = {}
+        if skip:
+            names, mget = self._mget(state)
+            seen = {q: skip[q] for q in names}  # as they were when the MGET was sent
+            calls.append(mget)
+        peeked = [q for q in queues if q not in seen]
+        clock = self.clock()
+        for k in map(self.keys, peeked):
+            calls.append(
+                self._call("peek", (k.consumers, k.paused, *k.streams, k.ready), (clock, consumer))
+            )
+        replies = await self.transport.pipeline(calls)
+        changed: set[str] = set()
+        if seen:
+            counters = replies.pop(0)
+            if isinstance(counters, BaseException):
+                raise counters
+            # a foreign (non-string) counter reads as nil here: the queue's peek, when its
+            # counter moves or at the next recheck, reports it
+            for (queue, (ready, wait)), value in zip(seen.items(), counters, strict=True):
+                if (value or b"") != ready:
+                    changed.add(queue)
+                else:
+                    waits += wait
+        busy: set[str] = set()
+        for queue, reply in zip(peeked, replies, strict=True):
+            if isinstance(reply, BaseException):
+                state.forget(queue)
+                if not isinstance(reply, ForeignKeyError):
+                    raise reply
+                errors.append((queue, await self._foreign(queue, reply)))
+                continue
+            flag, ready = reply
+            if flag == 1:
+                busy.add(queue)
+                state.forget(queue)
+            else:
+                wait = [] if flag == -1 else [(s, _FROM_START) for s in self.keys(queue).streams]
+                state.mark(queue, ready, wait)
+                waits += wait
+        return [q for q in queues if q in busy or q in changed]
+
     async def _fetch_once(
         self, queues: Sequence[str], count: int, consumer: str, lease_ms: int
     ) -> tuple[list[TaskInfo], list[tuple[str, bytes]]]:
         out: list[TaskInfo] = []
         waits: list[tuple[str, bytes]] = []
         asked, errors = len(queues), list[tuple[str, ForeignKeyError]]()
+        state = None
         if len(queues) > 1:
-            # one pipelined peek of every queue, then fetch only from those with entries: idle
-            # queues then cost no round trip each
-            now = self.clock()
-            peeks = [
-                self._call("peek", (k.consumers, k.paused, *k.streams), (now, consumer))
-                for k in map(self.keys, queues)
-            ]
-            busy = []
-            for queue, flag in zip(queues, await self.transport.pipeline(peeks), strict=True):
-                if isinstance(flag, ForeignKeyError):
-                    errors.append((queue, await self._foreign(queue, flag)))
-                elif isinstance(flag, BaseException):
-                    raise flag
-                elif flag == 1:
-                    busy.append(queue)
-                elif flag == 0:  # empty: anything added later has an id above 0-0
-                    waits += ((s, b"0-0") for s in self.keys(queue).streams)
-            queues = busy
+            # idle queues then cost no round trip and no script each
+            state = self._idle_of(consumer, queues)
+            queues = await self._candidates(queues, consumer, state, waits, errors)
         for queue in queues:
             if len(out) >= count:
                 break
             k = self.keys(queue)
             try:
-                status, items, last = await self._run(
+                status, items, last, ready = await self._run(
                     "fetch",
-                    (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead),
+                    (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead, k.ready),
                     (self.clock(), self.group, consumer, count - len(out), lease_ms),
                 )
             except ForeignKeyError as exc:
+                if state is not None:
+                    state.forget(queue)
                 errors.append((queue, await self._foreign(queue, exc)))
                 continue
             out += await self._started(queue, items, consumer)
-            if status == codes.OK and last:
-                waits += zip(k.streams, last, strict=True)
+            wait = list(zip(k.streams, last, strict=True)) if status == codes.OK and last else []
+            waits += wait
+            if state is not None:
+                if wait or status != codes.OK:  # nothing left to deliver, or paused
+                    state.mark(queue, ready, wait)
+                else:
+                    state.forget(queue)
         self._isolate(asked, errors, "fetch")
         return out, waits
 
@@ -370,7 +482,7 @@ class RedisBackend:
             return 0
         n: int = await self._run(
             "release",
-            (k.tasks, k.leases, k.consumers, *k.streams),
+            (k.tasks, k.leases, k.consumers, *k.streams, k.ready),
             (self.clock(), self.group, consumer, *task_ids),
         )
         return n
@@ -432,7 +544,7 @@ class RedisBackend:
                 self._call(
                     "promote",
                     (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
-                     k.unique_exp, k.signal, *k.streams),
+                     k.unique_exp, k.signal, *k.streams, k.ready),
                     (now, self.group, self.completed_ttl_ms, self.dead_ttl_ms, BATCH),
                 )
             )  # fmt: skip
@@ -503,7 +615,7 @@ class RedisBackend:
         k = self.keys(queue)
         n: int = await self._run(
             "requeue_dead",
-            (k.tasks, k.dead, *k.streams),
+            (k.tasks, k.dead, *k.streams, k.ready),
             (self.clock(), self.group, self.dead_ttl_ms, BATCH, *task_ids),
         )
         return n
@@ -543,7 +655,19 @@ class RedisBackend:
         await self.transport.execute(Command(("SET", self.keys(queue).paused, 1), idempotent=True))
 
     async def resume(self, queue: str) -> None:
-        await self.transport.execute(Command(("DEL", self.keys(queue).paused), idempotent=True))
+        k = self.keys(queue)
+        # the counter moves so that fetchers that found the queue paused look again; after the
+        # DEL (one pipeline runs in order), else a peek in between could record it paused under
+        # the new value. Counting twice on a retry only costs one more peek.
+        replies = await self.transport.pipeline(
+            [Command(("DEL", k.paused), idempotent=True),
+             Command(("INCR", k.ready), idempotent=True)]
+        )  # fmt: skip
+        for reply in replies:
+            if isinstance(reply, ForeignKeyError):
+                raise await self._foreign(queue, reply)
+            if isinstance(reply, BaseException):
+                raise reply
 
     # -- reading ----------------------------------------------------------------------------------
 

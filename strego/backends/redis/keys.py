@@ -21,8 +21,8 @@ class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
     __slots__ = (
-        "cancelled", "completed", "consumers", "dead", "leases", "paused", "queue", "retry",
-        "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
+        "cancelled", "completed", "consumers", "dead", "leases", "paused", "queue", "ready",
+        "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
     )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -40,6 +40,9 @@ class Keys:
         self.consumers = base + "consumers"  #: hash: consumer name -> last seen ms
         self.paused = base + "paused"  #: string: exists while the queue is paused
         self.signal = base + "signal"  #: capped stream: an earlier due time was added
+        #: string: a counter INCRed whenever tasks become pending (or the queue is resumed), so a
+        #: fetcher that found the queue idle can tell from one MGET whether to look at it again
+        self.ready = base + "ready"
         #: one stream of task ids per priority (index = priority), with the consumer group
         self.streams: tuple[str, ...] = tuple(f"{base}p{p}" for p in PRIORITIES)
 
@@ -48,5 +51,6 @@ class Keys:
         fixed = (
             self.tasks, self.scheduled, self.retry, self.dead, self.completed, self.cancelled,
             self.leases, self.unique, self.unique_exp, self.consumers, self.paused, self.signal,
+            self.ready,
         )  # fmt: skip
         return fixed + self.streams
