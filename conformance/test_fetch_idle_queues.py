@@ -1,15 +1,21 @@
-"""fetch over many queues, most of them idle (RedisBackend peeks at every queue in one pipelined
-round trip and fetches only from those with entries): queue order, blocking wake-ups from an idle
-queue, paused queues and consumer registration hold as with one queue. Part of the conformance
-suite: it runs on every backend."""
+"""fetch over many queues, most of them idle (RedisBackend remembers which queues a consumer found
+idle and, while nothing became pending there, skips them): queue order, blocking wake-ups from an
+idle queue, paused queues and consumer registration hold as with one queue, and a task that
+becomes pending in a queue found idle, in any way, is fetched. Part of the conformance suite: it
+runs on every backend."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
+import attrs
 import pytest
 
-from conformance.helpers import LEASE_MS, message
+from conformance.clock import FakeClock
+from conformance.helpers import LEASE_MS, message, start
 from strego.backends.base import Backend
+from strego.task import TaskState
 
 pytestmark = pytest.mark.anyio
 
@@ -62,3 +68,130 @@ async def test_fetch_skips_paused_queues_and_registers_the_consumer(backend: Bac
     assert "c1" in [c.name for c in await backend.consumers("idle25")]
     await backend.resume("idle1")
     assert [t.id for t in await backend.fetch(IDLE, 5, "c1", lease_ms=LEASE_MS)] == ["held"]
+
+
+# -- a task becoming pending in a queue already found idle --------------------------------------
+
+Step = Callable[[Backend, FakeClock, str], Awaitable[None]]
+
+
+@attrs.frozen
+class Way:
+    """One way a task `id` becomes pending in a queue: `before` runs before the fetches that find
+    the queue idle (the task must not be pending yet), `then` makes it pending."""
+
+    name: str
+    id: str
+    before: Step
+    then: Step
+
+
+async def _nothing(backend: Backend, clock: FakeClock, queue: str) -> None:
+    pass
+
+
+async def _enqueue(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await backend.enqueue(message("t-enqueue", queue=queue))
+
+
+async def _schedule(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await backend.enqueue(message("t-promote", queue=queue, process_at_ms=clock() + 1000))
+
+
+async def _come_due(backend: Backend, clock: FakeClock, queue: str) -> None:
+    clock.advance(1000)
+    await backend.promote([queue])
+
+
+async def _hold(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await start(backend, "t-release", queue, consumer="c2")
+
+
+async def _release(backend: Backend, clock: FakeClock, queue: str) -> None:
+    assert await backend.release(queue, ["t-release"], "c2") == 1
+
+
+async def _fail_for_retry(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await start(backend, "t-retry", queue, consumer="c2")
+    retry_at = clock() + 1000
+    assert await backend.fail(queue, "t-retry", "c2", "boom", retry_at_ms=retry_at) == (
+        TaskState.RETRY
+    )
+
+
+async def _kill(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await start(backend, "t-requeue", queue, consumer="c2")
+    assert await backend.fail(queue, "t-requeue", "c2", "boom", retry_at_ms=None) == (
+        TaskState.DEAD
+    )
+
+
+async def _requeue(backend: Backend, clock: FakeClock, queue: str) -> None:
+    assert await backend.requeue_dead(queue, "t-requeue")
+
+
+async def _enqueue_paused(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await backend.enqueue(message("t-resume", queue=queue))
+    await backend.pause(queue)
+
+
+async def _resume(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await backend.resume(queue)
+
+
+WAYS = [
+    Way("enqueue", "t-enqueue", _nothing, _enqueue),
+    Way("scheduled-due", "t-promote", _schedule, _come_due),
+    Way("release", "t-release", _hold, _release),
+    Way("retry-due", "t-retry", _fail_for_retry, _come_due),
+    Way("requeue-dead", "t-requeue", _kill, _requeue),
+    Way("resume", "t-resume", _enqueue_paused, _resume),
+]
+
+#: the idle queues come first: each fetch must look at them before it takes from "busy"
+ORDER = [*IDLE[:8], "busy"]
+TARGET = "idle4"
+
+
+async def check_a_queue_found_idle_is_not_starved(
+    backend: Backend, clock: FakeClock, way: Way
+) -> None:
+    """The scenario, shared with the Redis tests (which run it with idle checks never timed)."""
+    await backend.enqueue_many([message(f"busy{i}", queue="busy") for i in range(5)])
+    await way.before(backend, clock, TARGET)
+    for _ in range(3):  # the first finds the other queues idle, the next ones rely on that
+        got = await backend.fetch(ORDER, 1, "c1", lease_ms=LEASE_MS)
+        assert [t.queue for t in got] == ["busy"]
+    await way.then(backend, clock, TARGET)
+    got = await backend.fetch(ORDER, 1, "c1", lease_ms=LEASE_MS)
+    assert [t.id for t in got] == [way.id], f"{way.name}: the task in {TARGET} was passed over"
+
+
+@pytest.mark.parametrize("way", WAYS, ids=[w.name for w in WAYS])
+async def test_a_task_becoming_pending_in_a_queue_found_idle_is_fetched(
+    backend: Backend, clock: FakeClock, way: Way
+) -> None:
+    await check_a_queue_found_idle_is_not_starved(backend, clock, way)
+
+
+async def test_blocking_fetch_wakes_on_a_queue_found_idle(backend: Backend) -> None:
+    # idle in three ways: never used, used and emptied, holding only an active task
+    await _use_and_empty(backend, "idle2")
+    await start(backend, "running", "idle5", consumer="c2")
+    for _ in range(3):
+        assert await backend.fetch(IDLE, 5, "c1", lease_ms=LEASE_MS) == []
+
+    async def fetcher(got: list[str]) -> None:
+        tasks = await backend.fetch(IDLE, 1, "c1", lease_ms=LEASE_MS, block_ms=20_000)
+        got.extend(t.id for t in tasks)
+
+    for queue in ("idle2", "idle5", "idle9"):
+        got: list[str] = []
+        with anyio.fail_after(15):  # far below block_ms: only the enqueue can end the wait
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fetcher, got)
+                await anyio.sleep(0.2)
+                await backend.enqueue(message(f"wake-{queue}", queue=queue))
+        if not got:  # a spurious wake-up may return empty (contract)
+            got = [t.id for t in await backend.fetch(IDLE, 1, "c1", lease_ms=LEASE_MS)]
+        assert got == [f"wake-{queue}"]
