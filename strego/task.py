@@ -20,6 +20,12 @@ QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 MAX_TYPE_LENGTH = 256
 MIN_PRIORITY, MAX_PRIORITY = 0, 10
+#: The longest duration (timeout, process_in, unique_ttl): 100 years. Times stay far inside the
+#: integers a double holds exactly (Lua's numbers), and a typo like 1e300 is an error, not a task
+#: scheduled for never.
+MAX_SECONDS = 100 * 365.25 * 86_400
+#: process_at must be before the year 10000 (what a datetime can say), in epoch seconds.
+MAX_EPOCH_SECONDS = datetime.max.replace(tzinfo=UTC).timestamp()
 
 
 class TaskState(enum.StrEnum):
@@ -51,9 +57,9 @@ def seconds(
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidTaskError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
-    if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+    if not (value >= 0 if allow_zero else value > 0) or value > MAX_SECONDS:
         kind = "non-negative" if allow_zero else "positive"
-        raise InvalidTaskError(f"{what} must be {kind} and finite, not {value!r}")
+        raise InvalidTaskError(f"{what} must be {kind} and at most 100 years, not {value!r}")
     return float(value)
 
 
@@ -65,6 +71,8 @@ def epoch_seconds(value: datetime | float | None, what: str) -> float | None:
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise InvalidTaskError(f"{what} must be a datetime or epoch seconds, not {value!r}")
+    if not -MAX_EPOCH_SECONDS < value < MAX_EPOCH_SECONDS:
+        raise InvalidTaskError(f"{what} must be a time before the year 10000, not {value!r}")
     return float(value)
 
 

@@ -108,23 +108,36 @@ def test_unique_key_and_ttl_go_together() -> None:
 
 
 @pytest.mark.parametrize("field", ["timeout", "unique_ttl"])
-@pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan"), "5", True, timedelta(0)])
+@pytest.mark.parametrize(
+    "value",
+    [0, -1, float("inf"), float("nan"), "5", True, timedelta(0), 1e300, timedelta(days=36_600)],
+)
 def test_bad_positive_durations(field: str, value: Any) -> None:
     extra = {"unique_key": "k"} if field == "unique_ttl" else {}
     with pytest.raises(InvalidTaskError, match=field):
         Task("t", **{field: value}, **extra)
 
 
-@pytest.mark.parametrize("value", [-0.5, float("inf"), "1", timedelta(seconds=-1)])
+@pytest.mark.parametrize("value", [-0.5, float("inf"), "1", timedelta(seconds=-1), 1e300, 4e9])
 def test_bad_process_in(value: Any) -> None:
     with pytest.raises(InvalidTaskError, match="process_in"):
         Task("t", process_in=value)
 
 
-@pytest.mark.parametrize("value", [float("nan"), "2026-01-01", True])
+@pytest.mark.parametrize(
+    "value", [float("nan"), "2026-01-01", True, float("inf"), float("-inf"), 1e20, -1e20]
+)
 def test_bad_process_at(value: Any) -> None:
     with pytest.raises(InvalidTaskError, match="process_at"):
         Task("t", process_at=value)
+
+
+def test_durations_and_times_at_their_limits() -> None:
+    hundred_years = 100 * 365.25 * 86_400
+    assert Task("t", process_in=hundred_years).process_in == hundred_years
+    assert Task("t", timeout=timedelta(days=36_524)).timeout == 36_524 * 86_400
+    last = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    assert Task("t", process_at=last).process_at == last.timestamp()
 
 
 def test_process_at_and_in_exclusive() -> None:
