@@ -216,3 +216,43 @@ async def test_script_flush_mid_run_changes_nothing_visible(
     assert await backend.ack_many([("q", "a"), ("q", "b"), ("other", "c")], "c1") == [True] * 3
     await client.script_flush()
     assert (await backend.queue_info("q")).counts[TaskState.COMPLETED] == 2
+
+
+# -- canonical records ---------------------------------------------------------------------------
+
+
+async def test_every_record_a_script_writes_is_canonical(
+    backend_and_client: tuple[RedisBackend, Any],
+) -> None:
+    """enqueue, fetch and ack write the records of fresh tasks on fast paths of their own; each
+    record must be exactly what lib/record.lua's general build() makes of it (parse, then build
+    gives the same bytes), in every state a task passes through."""
+    backend, client = backend_and_client
+    lib = source("lib/record")
+    canonical = client.register_script(lib + "\nreturn build(parse(ARGV[1]))")
+    tasks_key = backend.keys("q").tasks
+    clock = backend.clock
+    assert isinstance(clock, FakeClock)
+    seen: set[bytes] = set()
+
+    async def check() -> None:
+        for record in (await client.hgetall(tasks_key)).values():
+            assert await canonical(args=[record]) == record
+            seen.add(record[:1])
+
+    await backend.enqueue_many([message("a"), message("b"), message("c", priority=4)])
+    await backend.enqueue(message("u", unique_key="k", unique_ttl_ms=60_000, max_retry=1))
+    await check()  # fresh (short header), prioritized, unique
+    got = await backend.fetch(["q"], 4, "a-consumer-name", lease_ms=LEASE_MS)
+    assert len(got) == 4
+    await check()  # active: fresh ones on fetch's fast path, the others through build()
+    await backend.ack_many([("q", "a"), ("q", "c"), ("q", "u")], "a-consumer-name")
+    assert await backend.fail("q", "b", "x", "boom", retry_at_ms=clock() + 5) == TaskState.RETRY
+    await check()  # completed (ack's fast path), retry
+    clock.advance(5)
+    await backend.promote(["q"])
+    [again] = await backend.fetch(["q"], 1, "c2", lease_ms=LEASE_MS)
+    await check()  # active again after a retry: not a fresh record
+    await backend.ack("q", again.id, "c2")
+    await check()
+    assert seen >= {b"P", b"a", b"c"}

@@ -13,6 +13,7 @@ local now, group = ARGV[1], ARGV[2]
 -- read before any write: a foreign (non-string) ready key fails here, leaving nothing behind
 redis.call('GET', KEYS[21])
 local out, pushed = {}, false
+local OK_PENDING = {'OK', 'p'}
 for i = 5, #ARGV, 3 do
   local id, opts, env = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local due, prio, max_retry, uttl, ukey = '', 0, 3, 0, ''
@@ -43,7 +44,14 @@ for i = 5, #ARGV, 3 do
       end
     end
   end
-  if not reply then
+  if not reply and opts == '' then
+    -- the defaults, pending now (most tasks): the short record straight from the entry id
+    local ms, seq = string.match(push(KEYS[10], group, id), '^(%d+)%-(%d+)$')
+    pushed = true
+    redis.call('HSET', KEYS[1], id,
+      table.concat({'P', base36(tonumber(ms)), '-', base36(tonumber(seq)), ';', env}))
+    reply = OK_PENDING
+  elseif not reply then
     local h = {state = 'p', retried = 0, deliveries = 0, started = '', ended = '', due = '',
                max_retry = tonumber(max_retry), priority = tonumber(prio), sid = '',
                consumer = '', error = '', unique = ukey, env = env}
