@@ -231,9 +231,9 @@ class Connection:
                     return
                 if sent < len(data):
                     await self._send_rest(sock, memoryview(data)[sent:])
-                    yielded = True
-                elif not yielded:
-                    # Every call is a checkpoint; meanwhile, the reply may well arrive.
+                if not yielded:
+                    # Every call is a checkpoint (the shielded send was not); meanwhile, the reply
+                    # may well arrive.
                     await anyio.lowlevel.checkpoint()
                     yielded = True
                 continue
