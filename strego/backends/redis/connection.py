@@ -120,13 +120,13 @@ class Connection:
         self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH_DATA)
         # A socket object of our own for the connection, made once (asyncio hands out a wrapper
         # that refuses recv): a dup, so that closing it never closes a descriptor the stream owns.
-        # It peeks for a server close and, unless the stream is TLS, carries all the I/O.
+        # It is checked for a server close and, unless the stream is TLS, carries all the I/O.
         self._sock: socket.socket | None = None
         raw: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         if raw is not None:
             self._sock = raw.dup()
             self._sock.setblocking(False)
-        # For the idle check: poll(2) is cheaper than a MSG_PEEK receive (no Windows, though).
+        # For the idle check: poll(2), cheaper than a MSG_PEEK receive (Windows has no poll).
         self._idle_poll: select.poll | None = None
         if self._sock is not None and hasattr(select, "poll"):
             self._idle_poll = select.poll()
