@@ -303,9 +303,10 @@ class RedisBackend:
         lease_ms: int,
         block_ms: int = 0,
     ) -> list[TaskInfo]:
-        out, waits = await self._fetch_once(queues, count, consumer, lease_ms)
+        out, wait_groups = await self._fetch_once(queues, count, consumer, lease_ms)
         if out or block_ms <= 0 or count <= 0:
             return out
+        waits = [w for group in wait_groups for w in group]
         if not waits:  # every queue is paused: nothing to wait on but time
             await anyio.sleep(block_ms / 1000)
             return []
@@ -343,7 +344,7 @@ class RedisBackend:
         queues: Sequence[str],
         consumer: str,
         state: _IdleQueues,
-        waits: list[tuple[str, bytes]],
+        waits: list[list[tuple[str, bytes]]],
         errors: list[tuple[str, ForeignKeyError]],
     ) -> list[str]:
         """The queues (in order) a fetch over several queues should run the fetch script on.
@@ -380,7 +381,7 @@ class RedisBackend:
                 if (value or b"") != ready:
                     changed.add(queue)
                 else:
-                    waits += wait
+                    waits.append(wait)
         busy: set[str] = set()
         for queue, reply in zip(peeked, replies, strict=True):
             if isinstance(reply, BaseException):
@@ -396,14 +397,15 @@ class RedisBackend:
             else:
                 wait = [] if flag == -1 else [(s, _FROM_START) for s in self.keys(queue).streams]
                 state.mark(queue, ready, wait)
-                waits += wait
+                waits.append(wait)
         return [q for q in queues if q in busy or q in changed]
 
     async def _fetch_once(
         self, queues: Sequence[str], count: int, consumer: str, lease_ms: int
-    ) -> tuple[list[TaskInfo], list[tuple[str, bytes]]]:
+    ) -> tuple[list[TaskInfo], list[list[tuple[str, bytes]]]]:
         out: list[TaskInfo] = []
-        waits: list[tuple[str, bytes]] = []
+        # where a blocking wait would start, a group per queue: flattened only when it is needed
+        waits: list[list[tuple[str, bytes]]] = []
         asked, errors = len(queues), list[tuple[str, ForeignKeyError]]()
         state = None
         if len(queues) > 1:
@@ -427,7 +429,7 @@ class RedisBackend:
                 continue
             out += await self._started(queue, items, consumer)
             wait = list(zip(k.streams, last, strict=True)) if status == codes.OK and last else []
-            waits += wait
+            waits.append(wait)
             if state is not None:
                 if wait or status != codes.OK:  # nothing left to deliver, or paused
                     state.mark(queue, ready, wait)
