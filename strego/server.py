@@ -228,6 +228,8 @@ class _AckQueue:
         while not self._items and not self.closed:
             self._wake = anyio.Event()
             await self._wake.wait()
+            # woken by the first success: let the runners that are ready add theirs first
+            await anyio.lowlevel.checkpoint()
         items, self._items = self._items, []
         return items
 
