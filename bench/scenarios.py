@@ -20,7 +20,7 @@ from strego import Client, Server, Task
 from strego.backends.base import Backend
 from strego.backends.memory import MemoryBackend
 from strego.backends.redis.backend import RedisBackend
-from strego.task import TaskState
+from strego.backends.redis.keys import Keys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -231,18 +231,34 @@ async def under_load(setup: Setup, n: int, concurrency: int) -> dict[str, float]
 def scaling(
     url: str, n: int, concurrency: int, processes: int, loop: str = "asyncio"
 ) -> dict[str, float]:
-    """Tasks/s of `processes` server processes running n tasks (Redis only). The servers start on
-    an empty queue and wait; the clock runs from the first enqueue_many batch to the last ack (the
-    enqueueing, at >40k tasks/s, overlaps the processing), so process start-up is not counted.
-    Also how busy Redis (% of one core) and the whole machine (% of all cores) were meanwhile:
-    whether the limit was Redis, the CPUs, or neither."""
+    """Tasks/s of `processes` server processes running n tasks (Redis only), and how busy Redis
+    (% of one core) and the whole machine (% of all cores) were meanwhile: whether the limit was
+    Redis, the cores, or neither. The tasks are all enqueued before the servers start, so no
+    producer competes for the cores; the time runs from the first task started to the last one
+    completed, as the task records tell (process start-up is not counted)."""
     Setup("redis", loop, "anyio", url).flush()
+    first_ids = anyio.run(_enqueue_for_scaling, url, n)
+    completed = Keys("strego", "default").completed
+    r = redis.Redis.from_url(url)
     cmd = [sys.executable, os.path.join(HERE, "worker.py"), url, str(concurrency), loop]
     workers = [subprocess.Popen(cmd) for _ in range(processes)]
     try:
-        figures: dict[str, float] = anyio.run(_time_drain, url, n, processes)
-        return figures
+        deadline = time.monotonic() + 600
+        while not r.zcard(completed):
+            if time.monotonic() > deadline:
+                raise TimeoutError("no task completed")
+            time.sleep(0.002)
+        t0, redis0, (busy0, total0) = time.perf_counter(), _redis_cpu_s(url), _machine_cpu()
+        while r.zcard(completed) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the tasks did not all complete")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        redis_s, (busy1, total1) = _redis_cpu_s(url) - redis0, _machine_cpu()
+        last_ms = r.zrange(completed, -1, -1, withscores=True)[0][1]
+        first_ms = anyio.run(_first_started_ms, url, first_ids)
     finally:
+        r.close()
         for w in workers:
             w.terminate()
         for w in workers:
@@ -251,6 +267,36 @@ def scaling(
             except subprocess.TimeoutExpired:
                 w.kill()
                 w.wait()
+    return {
+        "per_s": n / ((last_ms - first_ms) / 1000),
+        "redis_cpu_pct": 100 * redis_s / elapsed,
+        "machine_cpu_pct": 100 * (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0,
+    }
+
+
+async def _enqueue_for_scaling(url: str, n: int) -> list[str]:
+    """Enqueue n no-op tasks; the ids of the first ones (the first to be fetched: FIFO)."""
+    backend = Setup("redis", "asyncio", "anyio", url).backend()
+    first: list[str] = []
+    for start in range(0, n, 1000):
+        infos = await Client(backend).enqueue_many(
+            [Task("noop") for _ in range(min(1000, n - start))]
+        )
+        if not first:
+            first = [i.id for i in infos if not isinstance(i, Exception)]
+    await backend.aclose()
+    return first
+
+
+async def _first_started_ms(url: str, ids: list[str]) -> int:
+    backend = Setup("redis", "asyncio", "anyio", url).backend()
+    started = [
+        info.started_ms
+        for info in [await backend.get_task(i, "default") for i in ids]
+        if info is not None and info.started_ms is not None
+    ]
+    await backend.aclose()
+    return min(started)
 
 
 def _redis_cpu_s(url: str) -> float:
@@ -271,27 +317,6 @@ def _machine_cpu() -> tuple[float, float]:
         return 0.0, 0.0
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
     return sum(fields) - idle, sum(fields)
-
-
-async def _time_drain(url: str, n: int, processes: int) -> dict[str, float]:
-    backend = Setup("redis", "asyncio", "anyio", url).backend()
-    client = Client(backend)
-    with anyio.fail_after(60):  # every server has fetched once and now blocks for tasks
-        while len(await client.consumers("default")) < processes:  # noqa: ASYNC110 (polls Redis)
-            await anyio.sleep(0.05)
-    t0, redis0, (busy0, total0) = time.perf_counter(), _redis_cpu_s(url), _machine_cpu()
-    await _enqueue_batches(client, n)
-    with anyio.fail_after(600):
-        while (await client.queue_info("default")).counts[TaskState.COMPLETED] < n:  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-    elapsed = time.perf_counter() - t0
-    redis_s, (busy1, total1) = _redis_cpu_s(url) - redis0, _machine_cpu()
-    await backend.aclose()
-    return {
-        "per_s": n / elapsed,
-        "redis_cpu_pct": 100 * redis_s / elapsed,
-        "machine_cpu_pct": 100 * (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0,
-    }
 
 
 def median_of(runs: int, func: Callable[[], dict[str, float]]) -> dict[str, float]:
