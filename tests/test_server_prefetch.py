@@ -70,8 +70,9 @@ async def test_prefetched_tasks_keep_their_lease_and_run_here(backend: Backend) 
     second = await client.enqueue(strego.Task("slow", "second"))
     ran: list[tuple[str, str]] = []
     release = anyio.Event()
-    holder = strego.Server(backend, concurrency=1, prefetch=1, claim_stale_after=0.3)
-    rival = strego.Server(backend, concurrency=1, recovery_interval=0.05, claim_stale_after=0.3)
+    # leases of 1 s, renewed every third of it: a stall of 0.6 s would still not lose one
+    holder = strego.Server(backend, concurrency=1, prefetch=1, claim_stale_after=1.0)
+    rival = strego.Server(backend, concurrency=1, recovery_interval=0.05, claim_stale_after=1.0)
 
     @holder.handler("slow")
     async def slow(task: strego.Task) -> None:
@@ -86,9 +87,9 @@ async def test_prefetched_tasks_keep_their_lease_and_run_here(backend: Backend) 
     async with holder:
         await eventually(lambda: ran == [("holder", "first")], "the first task to start")
         # the second waits in the holder's buffer, leased: it is not stale, so the rival (which
-        # looks for stale tasks every 50 ms) must not take it over several lease periods
+        # looks for stale tasks every 50 ms) must not take it over 2.5 lease periods
         async with rival:
-            await anyio.sleep(1.2)
+            await anyio.sleep(2.5)
             assert rival.stats.claimed == 0
             release.set()
             await wait_for_state(backend, second.id, TaskState.COMPLETED)
