@@ -16,32 +16,14 @@ import sys
 import time
 
 import anyio
-import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.scenarios import redis_cpu, used_memory
 from strego import Client, Server, Task
 from strego.backends.redis.backend import RedisBackend
 
 BATCH = 1000
-
-
-def used_memory(url: str) -> int:
-    r = redis.Redis.from_url(url)
-    try:
-        return int(r.info("memory")["used_memory"])
-    finally:
-        r.close()
-
-
-def redis_cpu(url: str) -> float:
-    """CPU seconds the Redis server has used (user + system)."""
-    r = redis.Redis.from_url(url)
-    try:
-        info = r.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    finally:
-        r.close()
 
 
 def make_backend(url: str, transport: str) -> RedisBackend:

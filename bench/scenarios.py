@@ -248,13 +248,13 @@ def scaling(
             if time.monotonic() > deadline:
                 raise TimeoutError("no task completed")
             time.sleep(0.002)
-        t0, redis0, (busy0, total0) = time.perf_counter(), _redis_cpu_s(url), _machine_cpu()
+        t0, redis0, (busy0, total0) = time.perf_counter(), redis_cpu(url), _machine_cpu()
         while r.zcard(completed) < n:
             if time.monotonic() > deadline:
                 raise TimeoutError("the tasks did not all complete")
             time.sleep(0.02)
         elapsed = time.perf_counter() - t0
-        redis_s, (busy1, total1) = _redis_cpu_s(url) - redis0, _machine_cpu()
+        redis_s, (busy1, total1) = redis_cpu(url) - redis0, _machine_cpu()
         last_ms = r.zrange(completed, -1, -1, withscores=True)[0][1]
         first_ms = anyio.run(_first_started_ms, url, first_ids)
     finally:
@@ -299,11 +299,12 @@ async def _first_started_ms(url: str, ids: list[str]) -> int:
     return min(started)
 
 
-def _redis_cpu_s(url: str) -> float:
+def redis_cpu(url: str) -> float:
+    """CPU seconds the Redis server has used (user + system)."""
     r = redis.Redis.from_url(url)
     try:
-        cpu = r.info("cpu")
-        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        info = r.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
     finally:
         r.close()
 
