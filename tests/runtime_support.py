@@ -26,10 +26,14 @@ async def backend(make_backend: Any) -> AsyncIterator[Backend]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], what: str = "condition"
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    what: str = "condition",
+    *,
+    patience: float = PATIENCE,
 ) -> None:
-    """Wait until `check()` is true (polling every 10 ms), failing after PATIENCE seconds."""
-    with anyio.move_on_after(PATIENCE):
+    """Wait until `check()` is true (polling every 10 ms), failing after `patience` seconds.
+    For state on another side (a server, a backend) that no event announces."""
+    with anyio.move_on_after(patience):
         while True:
             result = check()
             if not isinstance(result, bool):

@@ -4,7 +4,7 @@ auto-pipelining, blocking commands, connection options and timeouts."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import anyio
@@ -22,6 +22,7 @@ from strego.errors import (
     OutOfMemoryError,
 )
 from tests.redis_server import RedisServer, free_port, running_redis_server
+from tests.runtime_support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -40,16 +41,6 @@ def own_server() -> Iterator[RedisServer]:
 async def transport(clean_redis_url: str) -> AsyncIterator[AnyioTransport]:
     async with AnyioTransport.from_url(clean_redis_url) as t:
         yield t
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll `check` until it holds (the bound only keeps a broken test from hanging)."""
-    # The condition is on the server's side: there is no event to wait for, only state to poll.
-    with anyio.fail_after(10):
-        while True:
-            if await check():
-                return
-            await anyio.sleep(0.01)
 
 
 async def blocked_clients(t: AnyioTransport) -> int:
@@ -180,9 +171,9 @@ async def test_cancelled_caller_does_not_desync_the_connection(
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(blpop)
-        await wait_until(lambda: _equals(blocked_clients(other), 1))
+        await eventually(lambda: _equals(blocked_clients(other), 1), patience=10)
         tg.start_soon(get)  # queued behind the blocked BLPOP on the same connection
-        await wait_until(lambda: _equals(_load(transport), 2))
+        await eventually(lambda: _equals(_load(transport), 2), patience=10)
         blpop_scope.cancel()  # the BLPOP's caller leaves; its reply must still be read
         await other.execute(Command(("LPUSH", "list", "item")))
     assert results == [b"value of x"]
@@ -212,7 +203,7 @@ async def test_blocking_xread_does_not_delay_other_calls(transport: AnyioTranspo
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
         # These calls go through while the XREAD is blocked on its own connection.
-        await wait_until(lambda: _equals(blocked_clients(transport), 1))
+        await eventually(lambda: _equals(blocked_clients(transport), 1), patience=10)
         for i in range(20):
             assert await transport.execute(Command(("INCR", "n"))) == i + 1
         assert await transport.pipeline([Command(("GET", "n"))] * 3) == [b"20"] * 3
@@ -236,7 +227,7 @@ async def test_blocking_pool_is_bounded(clean_redis_url: str) -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(3):
                 tg.start_soon(pop)
-            await wait_until(lambda: _equals(blocked_clients(t), 2))
+            await eventually(lambda: _equals(blocked_clients(t), 2), patience=10)
             await t.execute(Command(("RPUSH", "q", "a", "b", "c")))
         assert sorted(popped) == [[b"q", b"a"], [b"q", b"b"], [b"q", b"c"]]
         # One shared connection plus at most two blocking ones.

@@ -15,6 +15,7 @@ from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.backends.redis.transport import Command, Script, ScriptCall
 from strego.errors import BackendConnectionError, ReplyLostError
 from tests.redis_server import RedisServer, running_redis_server
+from tests.runtime_support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -33,16 +34,6 @@ async def admin(server: RedisServer) -> AsyncIterator[AnyioTransport]:
     """A second client, for CLIENT KILL and checks from outside."""
     async with AnyioTransport.from_url(server.url) as t:
         yield t
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll `check` until it holds (the bound only keeps a broken test from hanging)."""
-    # The condition is on the server's side: there is no event to wait for, only state to poll.
-    with anyio.fail_after(10):
-        while True:
-            if await check():
-                return
-            await anyio.sleep(0.01)
 
 
 def blocked(admin: AnyioTransport, count: int) -> Callable[[], Awaitable[bool]]:
@@ -74,14 +65,14 @@ async def test_killed_connection_is_replaced_and_idempotent_calls_retried(
         async with anyio.create_task_group() as tg:
             # A blocked BLPOP holds the calls behind it in flight on the same connection.
             tg.start_soon(call, "blpop", Command(("BLPOP", "list", 10), idempotent=True))
-            await wait_until(blocked(admin, 1))
+            await eventually(blocked(admin, 1), patience=10)
             for i in range(10):
                 tg.start_soon(call, f"get{i}", Command(("GET", "k"), idempotent=True))
             tg.start_soon(call, "ping", Command(("PING",), idempotent=True))
-            await wait_until(lambda: _load_is(t, 12))
+            await eventually(lambda: _load_is(t, 12), patience=10)
             await kill(admin, first_id)
             # Retried on a new connection, the BLPOP blocks again; then it gets an item.
-            await wait_until(blocked(admin, 1))
+            await eventually(blocked(admin, 1), patience=10)
             await admin.execute(Command(("LPUSH", "list", "item")))
         assert results == {
             "blpop": [b"list", b"item"],
@@ -107,7 +98,7 @@ async def test_non_idempotent_call_whose_reply_was_lost(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(blpop)
-            await wait_until(blocked(admin, 1))
+            await eventually(blocked(admin, 1), patience=10)
             await kill(admin, client_id)
         [error] = outcome
         assert "may or may not have taken effect" in str(error)

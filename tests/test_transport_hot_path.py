@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import select
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ from strego.backends.redis.connection import Connection
 from strego.backends.redis.transport import Command, Script, ScriptCall
 from strego.errors import BackendTimeoutError, ReplyLostError
 from tests.redis_server import RedisServer, running_redis_server
+from tests.runtime_support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -117,7 +118,7 @@ async def test_close_wakes_the_call_waiting_on_the_socket(
         with anyio.fail_after(10):  # without the wake-up it would wait for the read timeout (30 s)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(blpop)
-                await wait_until(blocked)
+                await eventually(blocked, patience=10)
                 await t.aclose()
         assert len(outcome) == 1
 
@@ -248,13 +249,3 @@ async def test_call_after_the_server_closed_the_idle_connection_is_retried(
             # Not idempotent, yet retried: it was never written to the closed connection.
             assert await t.run_script(ScriptCall(INCR, ["hot:n"], [])) == expected
         assert t.stats.connections_opened == 4
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll `check` until it holds (the bound only keeps a broken test from hanging)."""
-    # The condition is on the server's side: there is no event to wait for, only state to poll.
-    with anyio.fail_after(10):
-        while True:
-            if await check():
-                return
-            await anyio.sleep(0.01)
