@@ -10,8 +10,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
+import anyio
+import anyio.abc
 import attrs
 import pytest
 
@@ -122,3 +124,19 @@ def running_redis_server(args: Sequence[str] = ()) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def fake_redis(
+    handler: Callable[[anyio.abc.SocketStream], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A stand-in server on a free loopback port that hands each connection to `handler` (a
+    Redis that hangs up, never answers, or stops reading); yields its port, stops with the
+    block."""
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, handler)
+        yield listener.extra(anyio.abc.SocketAttribute.local_port)
+        tg.cancel_scope.cancel()

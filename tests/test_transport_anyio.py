@@ -21,7 +21,7 @@ from strego.errors import (
     ForeignKeyError,
     OutOfMemoryError,
 )
-from tests.redis_server import RedisServer, free_port, running_redis_server
+from tests.redis_server import RedisServer, fake_redis, free_port, running_redis_server
 from tests.runtime_support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -302,21 +302,14 @@ async def test_read_timeout(clean_redis_url: str) -> None:
 
 async def test_connect_timeout() -> None:
     # A server that accepts connections but never answers.
-    async with (
-        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
-        anyio.create_task_group() as tg,
-    ):
+    async def silent(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await anyio.sleep_forever()
 
-        async def silent(stream: anyio.abc.SocketStream) -> None:
-            async with stream:
-                await anyio.sleep_forever()
-
-        tg.start_soon(listener.serve, silent)
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with fake_redis(silent) as port:
         t = AnyioTransport.from_url(f"redis://127.0.0.1:{port}?connect_timeout=0.2")
         with pytest.raises(BackendTimeoutError, match="could not connect"):
             await t.ping()
-        tg.cancel_scope.cancel()
 
 
 async def test_connection_refused() -> None:

@@ -14,7 +14,7 @@ import pytest
 from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.backends.redis.transport import Command, Script, ScriptCall
 from strego.errors import BackendConnectionError, ReplyLostError
-from tests.redis_server import RedisServer, running_redis_server
+from tests.redis_server import RedisServer, fake_redis, running_redis_server
 from tests.runtime_support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -250,12 +250,7 @@ async def test_concurrent_callers_share_one_reconnect_failure() -> None:
         accepted += 1
         await stream.aclose()
 
-    async with (
-        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(listener.serve, hang_up)
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with fake_redis(hang_up) as port:
         t = AnyioTransport.from_url(
             f"redis://127.0.0.1:{port}", connect_attempts=3, backoff_base=0.01
         )
@@ -272,4 +267,3 @@ async def test_concurrent_callers_share_one_reconnect_failure() -> None:
                 callers.start_soon(ping)
         assert len(errors) == 50
         assert accepted == 3  # one caller's connect_attempts; the other 49 shared its failure
-        tg.cancel_scope.cancel()

@@ -20,7 +20,7 @@ from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.backends.redis.connection import Connection
 from strego.backends.redis.transport import Command, Script, ScriptCall
 from strego.errors import BackendTimeoutError, ReplyLostError
-from tests.redis_server import RedisServer, running_redis_server
+from tests.redis_server import RedisServer, fake_redis, running_redis_server
 from tests.runtime_support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -221,15 +221,11 @@ async def test_write_timeout_when_the_server_stops_reading() -> None:
             await anyio.sleep_forever()
 
     async with (
-        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
-        anyio.create_task_group() as tg,
+        fake_redis(answer_login_then_stop_reading) as port,
+        AnyioTransport.from_url(f"redis://127.0.0.1:{port}", write_timeout=0.2) as t,
     ):
-        tg.start_soon(listener.serve, answer_login_then_stop_reading)
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with AnyioTransport.from_url(f"redis://127.0.0.1:{port}", write_timeout=0.2) as t:
-            with pytest.raises(BackendTimeoutError, match=r"write to .* timed out"):
-                await t.execute(Command(("SET", "k", b"x" * (32 * 1024 * 1024)), idempotent=True))
-        tg.cancel_scope.cancel()
+        with pytest.raises(BackendTimeoutError, match=r"write to .* timed out"):
+            await t.execute(Command(("SET", "k", b"x" * (32 * 1024 * 1024)), idempotent=True))
 
 
 # -- a connection the server closed while idle -----------------------------------------------------
