@@ -19,8 +19,8 @@ import anyio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.scenarios import redis_cpu, used_memory
-from strego import Client, Server, Task
+from bench.scenarios import drain, enqueue_batches, redis_cpu, used_memory
+from strego import Client, Task
 from strego.backends.redis.backend import RedisBackend
 
 BATCH = 1000
@@ -47,35 +47,16 @@ async def run(n: int, concurrency: int, url: str, transport: str) -> dict[str, o
     await backend.purge("warmup")
     m0 = used_memory(url)
     c0, r0 = time.process_time(), redis_cpu(url)
-    t0 = time.perf_counter()
-    for start in range(0, n, BATCH):
-        await client.enqueue_many([Task("noop", None) for _ in range(min(BATCH, n - start))])
-    t1 = time.perf_counter()
+    enqueue_s = await enqueue_batches(client, n, BATCH)
     c1, r1 = time.process_time(), redis_cpu(url)
     m1 = used_memory(url)
-
-    server = Server(backend, concurrency=concurrency)
-    done = anyio.Event()
-    count = 0
-
-    @server.handler("noop")
-    async def noop(task: Task) -> None:
-        nonlocal count
-        count += 1
-        if count >= n:
-            done.set()
-
     c2, r2 = time.process_time(), redis_cpu(url)
-    t2 = time.perf_counter()
-    async with server:
-        await done.wait()
-    # leaving the block stops the server gracefully: every ack is flushed before it returns
-    t3 = time.perf_counter()
+    process_s = await drain(backend, n, concurrency)  # returns once every ack is flushed
     c3, r3 = time.process_time(), redis_cpu(url)
     await backend.aclose()
     # CPU seconds (this process, and Redis) tell what a phase costs even on a busy machine
     return {"peer": "strego", "n": n, "bytes_per_task": (m1 - m0) / n,
-            "enqueue_s": t1 - t0, "process_s": t3 - t2,
+            "enqueue_s": enqueue_s, "process_s": process_s,
             "enqueue_cpu_s": c1 - c0, "process_cpu_s": c3 - c2,
             "enqueue_redis_cpu_s": r1 - r0, "process_redis_cpu_s": r3 - r2}  # fmt: skip
 

@@ -68,7 +68,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-async def _drain(
+async def drain(
     backend: Backend, n: int, concurrency: int, queues: list[str] | None = None
 ) -> float:
     """Seconds one Server with `concurrency` takes to run `n` no-op tasks already enqueued."""
@@ -89,7 +89,7 @@ async def _drain(
     return time.perf_counter() - t0
 
 
-async def _enqueue_batches(client: Client, n: int, batch: int = 1000) -> float:
+async def enqueue_batches(client: Client, n: int, batch: int = 1000) -> float:
     t0 = time.perf_counter()
     for start in range(0, n, batch):
         await client.enqueue_many([Task("noop") for _ in range(min(batch, n - start))])
@@ -104,9 +104,9 @@ async def throughput(setup: Setup, n: int, concurrency: int) -> dict[str, float]
     await client.enqueue(Task("noop", queue="warmup"))
     await backend.purge("warmup")
     m0 = used_memory(setup.url) if setup.url else 0
-    enqueue_s = await _enqueue_batches(client, n)
+    enqueue_s = await enqueue_batches(client, n)
     m1 = used_memory(setup.url) if setup.url else 0
-    process_s = await _drain(backend, n, concurrency)
+    process_s = await drain(backend, n, concurrency)
     await backend.aclose()
     out = {"enqueue_many_per_s": n / enqueue_s, "process_per_s": n / process_s}
     if setup.url:
@@ -213,15 +213,15 @@ async def under_load(setup: Setup, n: int, concurrency: int) -> dict[str, float]
         await client.enqueue_many(
             [Task("noop", process_in=3600, queue="default") for _ in range(1000)]
         )
-    await _enqueue_batches(client, n)
-    out["process_with_10k_scheduled_per_s"] = n / await _drain(backend, n, concurrency)
+    await enqueue_batches(client, n)
+    out["process_with_10k_scheduled_per_s"] = n / await drain(backend, n, concurrency)
     await backend.aclose()
     setup.flush()
     backend = setup.backend()
     client = Client(backend)
     idle = [f"idle{i}" for i in range(100)]
-    await _enqueue_batches(client, n)
-    out["process_with_100_idle_queues_per_s"] = n / await _drain(
+    await enqueue_batches(client, n)
+    out["process_with_100_idle_queues_per_s"] = n / await drain(
         backend, n, concurrency, ["default", *idle]
     )
     await backend.aclose()
