@@ -47,15 +47,23 @@ def time_prefix(ms: int) -> str:
     return prefix
 
 
+_last_time = ("", 0)
+
+
 def id_time_ms(task_id: str) -> int | None:
     """The millisecond time a 20-character id starts with (whoever chose it), or None for an id
-    not of that shape."""
+    not of that shape. The last answer is kept: the ids of a batch share their time."""
+    global _last_time
     if len(task_id) != ID_LENGTH:
         return None
+    prefix = task_id[:_TIME_CHARS]
+    if prefix == _last_time[0]:
+        return _last_time[1]
     ms = 0
     try:
-        for c in task_id[:_TIME_CHARS]:
+        for c in prefix:
             ms = (ms << 6) | _VALUE[c]
     except KeyError:
         return None
+    _last_time = (prefix, ms)
     return ms

@@ -137,13 +137,14 @@ def decode_for_listing(queue: str, task_id: str, record: bytes) -> TaskInfo | No
 
 
 def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
-    # on the fetch hot path: one split per header, slices by offset, nothing decoded twice
+    # on the fetch hot path (every task a server runs): one split per header, slices by offset,
+    # nothing decoded twice, no helper calls for the fields, TaskInfo built positionally
     state, fields, end = _header(record)
     retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, ul = fields
     pos = end + 1
-    consumer_end = pos + _n(cl)
-    error_end = consumer_end + _n(el)
-    unique_end = error_end + _n(ul)
+    consumer_end = pos + int(cl) if cl else pos
+    error_end = consumer_end + int(el) if el else consumer_end
+    unique_end = error_end + int(ul) if ul else error_end
     env_end = record.index(b";", unique_end)
     created, timeout, tl, encl, ll = record[unique_end:env_end].split(b",")
     type_end = env_end + 1 + int(tl)
@@ -152,33 +153,33 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         encoding = record[type_end:encoding_end].decode()
     else:
         encoding_end, encoding = type_end, DEFAULT_ENCODING
-    labels_end = encoding_end + _n(ll)
+    labels_end = encoding_end + int(ll) if ll else encoding_end
     created_ms = int(created) if created else id_time_ms(task_id)
     if created_ms is None:
         raise ValueError("no created time, and the task id does not start with one")
-    ended_ms = _int(ended)
+    ended_ms = int(ended) if ended else None
     return TaskInfo(
-        id=task_id,
-        type=record[env_end + 1 : type_end].decode(),
-        queue=queue,
-        state=state,
-        payload=record[labels_end:],
-        encoding=encoding,
-        max_retry=_n(max_retry, DEFAULT_MAX_RETRY),
-        priority=_n(prio),
-        timeout_ms=_int(timeout),
-        labels=json.loads(record[encoding_end:labels_end]) if labels_end > encoding_end else {},
-        unique_key=record[error_end:unique_end].decode() if unique_end > error_end else None,
-        retried=_n(retried),
-        deliveries=_n(deliveries),
-        created_ms=created_ms,
-        started_ms=_int(started),
-        completed_ms=ended_ms if state is TaskState.COMPLETED else None,
-        next_run_ms=ended_ms if state in _ENDED else _int(due),
-        last_error=record[consumer_end:error_end].decode(errors="replace")
+        task_id,
+        record[env_end + 1 : type_end].decode(),
+        queue,
+        state,
+        record[labels_end:],
+        encoding,
+        int(max_retry) if max_retry else DEFAULT_MAX_RETRY,
+        int(prio) if prio else 0,
+        int(timeout) if timeout else None,
+        json.loads(record[encoding_end:labels_end]) if labels_end > encoding_end else {},
+        record[error_end:unique_end].decode() if unique_end > error_end else None,
+        int(retried) if retried else 0,
+        int(deliveries) if deliveries else 0,
+        created_ms,
+        int(started) if started else None,
+        ended_ms if state is TaskState.COMPLETED else None,
+        ended_ms if state in _ENDED else (int(due) if due else None),
+        record[consumer_end:error_end].decode(errors="replace")
         if error_end > consumer_end
         else None,
-        consumer=record[pos:consumer_end].decode(errors="replace") if consumer_end > pos else None,
+        record[pos:consumer_end].decode(errors="replace") if consumer_end > pos else None,
     )
 
 
