@@ -31,6 +31,14 @@ def test_ids_of_one_millisecond_differ() -> None:
     assert len(ids) == 1000
 
 
+def test_id_times_stay_exact_when_ids_alternate() -> None:
+    # id_time_ms keeps its last answer: interleaved times and unreadable ids must not leak
+    a, b = new_task_id(NOW), new_task_id(NOW + 4097)
+    for task_id, ms in [(a, NOW), (b, NOW + 4097), (a, NOW), ("!" * 20, None), (a, NOW)]:
+        assert id_time_ms(task_id) == ms
+    assert id_time_ms("!" * 8 + a[8:]) is None
+
+
 @pytest.mark.parametrize("task_id", ["short", "x" * 26, "!" * 20, "a.b" + "0" * 17])
 def test_other_ids_have_no_time(task_id: str) -> None:
     assert id_time_ms(task_id) is None

@@ -163,3 +163,16 @@ def test_json_decode_error(data: bytes) -> None:
 def test_msgpack_decode_error(data: bytes) -> None:
     with pytest.raises(DecodeError):
         MsgpackSerializer().loads(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'\xef\xbb\xbf{"a":[1,"\xc3\xa9"]}',  # UTF-8 with a BOM
+        '{"a":[1,"é"]}'.encode("utf-16"),
+        '{"a":[1,"é"]}'.encode("utf-32-le"),
+    ],
+)
+def test_json_reads_every_encoding_json_allows(data: bytes) -> None:
+    # dumps writes UTF-8 without a BOM, read by the fast path; other writers may use the rest
+    assert JsonSerializer().loads(data) == {"a": [1, "é"]}
