@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from conformance.clock import FakeClock
@@ -21,6 +22,19 @@ async def test_enqueue_now_is_pending(backend: Backend) -> None:
     assert info.next_run_ms is None and info.consumer is None
     stored = await backend.get_task("a", "q")
     assert stored is not None and stored.state == TaskState.PENDING
+
+
+async def test_enqueue_reports_the_task_as_stored(backend: Backend, clock: FakeClock) -> None:
+    # every field, for tasks that set each option: what enqueue returns is what a read gives
+    full = attrs.evolve(
+        message("full", payload=b"[1]", priority=7, max_retry=0, created_ms=clock()),
+        encoding="msgpack", timeout_ms=2_500, labels={"k": "v"}, unique_key="u",
+        unique_ttl_ms=60_000,
+    )  # fmt: skip
+    later = message("later", process_at_ms=clock() + 60_000, created_ms=clock())
+    for m in (full, later, message("plain", created_ms=clock())):
+        info = await backend.enqueue(m)
+        assert info == await backend.get_task(m.id, m.queue)
 
 
 async def test_process_at_now_or_past_is_pending(backend: Backend, clock: FakeClock) -> None:

@@ -29,6 +29,12 @@ class TaskMessage:
 
     def info(self, state: TaskState, **fields: object) -> TaskInfo:
         """A TaskInfo for this message in `state`; `fields` sets the state-dependent fields."""
+        if not fields:  # every task enqueued: TaskInfo's fields in order, no keywords to match
+            return TaskInfo(
+                self.id, self.type, self.queue, state, self.payload, self.encoding,
+                self.max_retry, self.priority, self.timeout_ms, self.labels, self.unique_key,
+                0, 0, self.created_ms,
+            )  # fmt: skip
         return TaskInfo(
             id=self.id,
             type=self.type,
