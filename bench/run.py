@@ -120,6 +120,7 @@ def main() -> None:
         "setups": {},
     }
     try:
+        report["round_trip_floor_per_s"] = scenarios.round_trip_floor(url)
         for name in (x for x in a.setups.split(",") if x):
             report["setups"][name] = measure(make_setup(name, url), a)
         scaling: dict[str, dict[str, float]] = {}
@@ -137,6 +138,10 @@ def main() -> None:
         if server is not None:
             server.stop()
 
+    floor = report["round_trip_floor_per_s"]
+    print(f"round-trip floor of this machine: {floor:,.0f} PING/s, one at a time over a blocking")
+    print("socket (the ceiling of any sequential call, such as enqueue_seq_per_s)")
+    print()
     if report["setups"]:
         print_table(report["setups"])
         print()

@@ -255,7 +255,7 @@ def scaling(
             time.sleep(0.02)
         elapsed = time.perf_counter() - t0
         redis_s, (busy1, total1) = redis_cpu(url) - redis0, _machine_cpu()
-        last_ms = r.zrange(completed, -1, -1, withscores=True)[0][1]
+        last_ms = float(r.zrange(completed, -1, -1, withscores=True)[0][1])
         first_ms = anyio.run(_first_started_ms, url, first_ids)
     finally:
         r.close()
@@ -297,6 +297,31 @@ async def _first_started_ms(url: str, ids: list[str]) -> int:
     ]
     await backend.aclose()
     return min(started)
+
+
+def round_trip_floor(url: str, n: int = 5_000, runs: int = 3) -> float:
+    """PINGs per second, one at a time over a blocking socket, no event loop, no parsing: the most
+    round trips per second any client makes on this machine, so the ceiling of a sequential
+    `await client.enqueue(...)` (which also runs a script). Median of `runs`."""
+    r = redis.Redis.from_url(url)
+    conn: Any = r.connection_pool.make_connection()  # redis-py types its connections loosely
+    try:
+        conn.connect()  # logs in (AUTH, SELECT) as the URL says
+        sock = conn._sock
+        assert sock is not None
+        sock.settimeout(10)
+        rates = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                sock.sendall(b"PING\r\n")
+                if not sock.recv(64):  # "+PONG\r\n" comes in one segment
+                    raise ConnectionError("Redis closed the connection")
+            rates.append(n / (time.perf_counter() - t0))
+        return statistics.median(rates)
+    finally:
+        conn.disconnect()
+        r.close()
 
 
 def redis_cpu(url: str) -> float:
