@@ -262,8 +262,10 @@ class Server:
       is served only when all before it are empty.
     - `concurrency` (10): how many handlers run at once. Sync (`def`) handlers run in worker
       threads, at most `concurrency` at once.
-    - `prefetch` (= concurrency): how many fetched tasks may wait for a runner beyond those
-      running, so that the next batch is fetched while the last one runs. They are leased to this
+    - `prefetch` (twice concurrency): how many fetched tasks may wait for a runner beyond those
+      running. Fetches come in batches of `concurrency`; twice that ahead keeps one batch waiting
+      while the next is fetched, so runners of short handlers do not run dry during the round
+      trip (with only one batch ahead they do, and wait out every fetch). They are leased to this
       server (their leases renewed) and released to pending at shutdown. 0 fetches only for free
       runners: best when handlers are long and several servers share a queue.
     - `shutdown_timeout` (10 s): how long running handlers may finish after a stop; then they are
@@ -304,7 +306,7 @@ class Server:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
         if prefetch is None:
-            prefetch = concurrency
+            prefetch = 2 * concurrency
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch must be an integer >= 0, not {prefetch!r}")
         for what, value in (

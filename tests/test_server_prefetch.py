@@ -32,14 +32,16 @@ async def _states(backend: Backend, ids: list[str]) -> Counter[TaskState]:
     return states
 
 
-@pytest.mark.parametrize(("prefetch", "held"), [(0, 2), (1, 3), (3, 5)])
+@pytest.mark.parametrize(("prefetch", "held"), [(0, 2), (1, 3), (3, 5), (None, 6)])
 async def test_a_server_holds_concurrency_plus_prefetch_tasks(
-    backend: Backend, prefetch: int, held: int
+    backend: Backend, prefetch: int | None, held: int
 ) -> None:
+    # None: the default, two batches (2 x concurrency) ahead of the runners
     client = strego.Client(backend)
     ids = [(await client.enqueue(strego.Task("work", i))).id for i in range(8)]
     entered: list[int] = []
     server = strego.Server(backend, concurrency=2, prefetch=prefetch, shutdown_timeout=0.1)
+    assert server.prefetch == held - 2
 
     @server.handler("work")
     async def stuck(task: strego.Task) -> None:
