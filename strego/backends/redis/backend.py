@@ -661,15 +661,13 @@ class RedisBackend:
         # the counter moves so that fetchers that found the queue paused look again; after the
         # DEL (one pipeline runs in order), else a peek in between could record it paused under
         # the new value. Counting twice on a retry only costs one more peek.
-        replies = await self.transport.pipeline(
-            [Command(("DEL", k.paused), idempotent=True),
-             Command(("INCR", k.ready), idempotent=True)]
-        )  # fmt: skip
-        for reply in replies:
-            if isinstance(reply, ForeignKeyError):
-                raise await self._foreign(queue, reply)
-            if isinstance(reply, BaseException):
-                raise reply
+        try:
+            await self._pipeline(
+                [Command(("DEL", k.paused), idempotent=True),
+                 Command(("INCR", k.ready), idempotent=True)]
+            )  # fmt: skip
+        except ForeignKeyError as exc:
+            raise await self._foreign(queue, exc) from None
 
     # -- reading ----------------------------------------------------------------------------------
 
