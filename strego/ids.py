@@ -30,40 +30,38 @@ def new_task_id(now_ms: int | None = None) -> str:
     return time_prefix(ms & 0xFFFF_FFFF_FFFF) + tail.decode()
 
 
-_last_prefix = (-1, "")
+#: The last (time, prefix) pair either function below worked out: the ids of a batch share it.
+_last = (-1, "")
 
 
 def time_prefix(ms: int) -> str:
     """The 8 characters a `new_task_id(ms)` id starts with ("" for a time out of 48-bit range,
-    which no id starts with). The last answer is kept: a batch of tasks shares one time."""
-    global _last_prefix
-    if _last_prefix[0] == ms:
-        return _last_prefix[1]
+    which no id starts with)."""
+    global _last
+    if _last[0] == ms:
+        return _last[1]
     if not 0 <= ms < 1 << 48:
         return ""
     p = _PAIRS
     prefix = p[ms >> 36] + p[(ms >> 24) & 4095] + p[(ms >> 12) & 4095] + p[ms & 4095]
-    _last_prefix = (ms, prefix)
+    _last = (ms, prefix)
     return prefix
-
-
-_last_time = ("", 0)
 
 
 def id_time_ms(task_id: str) -> int | None:
     """The millisecond time a 20-character id starts with (whoever chose it), or None for an id
-    not of that shape. The last answer is kept: the ids of a batch share their time."""
-    global _last_time
+    not of that shape."""
+    global _last
     if len(task_id) != ID_LENGTH:
         return None
     prefix = task_id[:_TIME_CHARS]
-    if prefix == _last_time[0]:
-        return _last_time[1]
+    if prefix == _last[1]:
+        return _last[0]
     ms = 0
     try:
         for c in prefix:
             ms = (ms << 6) | _VALUE[c]
     except KeyError:
         return None
-    _last_time = (prefix, ms)
+    _last = (ms, prefix)
     return ms

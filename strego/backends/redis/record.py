@@ -24,7 +24,7 @@ import json
 import re
 
 from strego.errors import SchemaVersionError
-from strego.ids import id_time_ms, time_prefix
+from strego.ids import ID_LENGTH, id_time_ms, time_prefix
 from strego.message import TaskMessage
 from strego.task import TaskInfo, TaskState
 
@@ -55,7 +55,7 @@ def encode_envelope(message: TaskMessage) -> bytes:
     kind = message.type.encode()
     id_ = message.id
     created: int | str = message.created_ms
-    if len(id_) == 20 and id_.startswith(time_prefix(message.created_ms)):
+    if len(id_) == ID_LENGTH and id_.startswith(time_prefix(message.created_ms)):
         created = ""
     timeout = "" if message.timeout_ms is None else message.timeout_ms
     if message.encoding == DEFAULT_ENCODING:
