@@ -46,10 +46,8 @@ for i = 5, #ARGV, 3 do
   end
   if not reply and opts == '' then
     -- the defaults, pending now (most tasks): the short record straight from the entry id
-    local ms, seq = string.match(push(KEYS[10], group, id), '^(%d+)%-(%d+)$')
+    redis.call('HSET', KEYS[1], id, short_record(push(KEYS[10], group, id), env))
     pushed = true
-    redis.call('HSET', KEYS[1], id,
-      table.concat({'P', base36(tonumber(ms)), '-', base36(tonumber(seq)), ';', env}))
     reply = OK_PENDING
   elseif not reply then
     local h = {state = 'p', retried = 0, deliveries = 0, started = '', ended = '', due = '',

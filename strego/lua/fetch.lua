@@ -16,7 +16,7 @@
 -- then handle it). The hot path of every fresh task: a third of parse() and build()'s cost.
 local function started_fresh(rec, sid, now, consumer)
   local ms, seq, at = string.match(rec, SHORT)
-  if not ms or string.format('%d-%d', tonumber(ms, 36), tonumber(seq, 36)) ~= sid then
+  if not ms or short_sid(ms, seq) ~= sid then
     return nil
   end
   return table.concat({'a,1,', now, ',,,,,', sid, ',', num(#consumer, 0), ',,;', consumer,

@@ -33,6 +33,18 @@ local function base36(n)
   return base36((n - lo) / 1296) .. B36[(lo - d) / 36] .. B36[d]
 end
 
+-- The short record of a fresh pending task of stream entry `sid`; nil if `sid` is not an id.
+local function short_record(sid, env)
+  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
+  if not ms then return nil end
+  return table.concat({'P', base36(tonumber(ms)), '-', base36(tonumber(seq)), ';', env})
+end
+
+-- The stream entry id a short header names (its two base-36 numbers).
+local function short_sid(ms, seq)
+  return string.format('%d-%d', tonumber(ms, 36), tonumber(seq, 36))
+end
+
 local function parse(rec)
   if not rec then return nil end
   local ms, seq, at = string.match(rec, SHORT)
@@ -40,7 +52,7 @@ local function parse(rec)
     return {
       state = 'p', retried = 0, deliveries = 0, started = '', ended = '', due = '',
       max_retry = 3, priority = 0,
-      sid = string.format('%d-%d', tonumber(ms, 36), tonumber(seq, 36)),
+      sid = short_sid(ms, seq),
       consumer = '', error = '', unique = '', env = string.sub(rec, at),
     }
   end
@@ -67,10 +79,8 @@ local function build(h)
   if h.state == 'p' and h.retried == 0 and h.deliveries == 0 and h.started == ''
       and h.ended == '' and h.due == '' and h.max_retry == 3 and h.priority == 0
       and h.consumer == '' and h.error == '' and h.unique == '' then
-    local ms, seq = string.match(h.sid, '^(%d+)%-(%d+)$')
-    if ms then
-      return table.concat({'P', base36(tonumber(ms)), '-', base36(tonumber(seq)), ';', h.env})
-    end
+    local short = short_record(h.sid, h.env)
+    if short then return short end
   end
   return table.concat({
     h.state, num(h.retried, 0), ',', num(h.deliveries, 0), ',', h.started, ',', h.ended, ',',
