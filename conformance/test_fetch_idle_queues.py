@@ -154,24 +154,51 @@ TARGET = "idle4"
 
 
 async def check_a_queue_found_idle_is_not_starved(
-    backend: Backend, clock: FakeClock, way: Way
-) -> None:
-    """The scenario, shared with the Redis tests (which run it with idle checks never timed)."""
+    backend: Backend, clock: FakeClock, way: Way, *, ordered: bool = True
+) -> int:
+    """The scenario, shared with the Redis tests (which run it with idle checks never timed).
+    Returns how many fetches it took to get the task: 1 in order; at most 2 when the order is a
+    preference (`ordered=False`), the first then taking from "busy"."""
     await backend.enqueue_many([message(f"busy{i}", queue="busy") for i in range(5)])
     await way.before(backend, clock, TARGET)
     for _ in range(3):  # the first finds the other queues idle, the next ones rely on that
-        got = await backend.fetch(ORDER, 1, "c1", lease_ms=LEASE_MS)
+        got = await backend.fetch(ORDER, 1, "c1", lease_ms=LEASE_MS, ordered=ordered)
         assert [t.queue for t in got] == ["busy"]
     await way.then(backend, clock, TARGET)
-    got = await backend.fetch(ORDER, 1, "c1", lease_ms=LEASE_MS)
-    assert [t.id for t in got] == [way.id], f"{way.name}: the task in {TARGET} was passed over"
+    got = await backend.fetch(ORDER, 1, "c1", lease_ms=LEASE_MS, ordered=ordered)
+    if ordered or [t.id for t in got] == [way.id]:
+        assert [t.id for t in got] == [way.id], f"{way.name}: the task in {TARGET} was passed over"
+        return 1
+    assert [t.queue for t in got] == ["busy"]
+    got = await backend.fetch(ORDER, 1, "c1", lease_ms=LEASE_MS, ordered=ordered)
+    assert [t.id for t in got] == [way.id], f"{way.name}: {TARGET} was passed over twice"
+    return 2
 
 
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "preference"])
 @pytest.mark.parametrize("way", WAYS, ids=[w.name for w in WAYS])
 async def test_a_task_becoming_pending_in_a_queue_found_idle_is_fetched(
-    backend: Backend, clock: FakeClock, way: Way
+    backend: Backend, clock: FakeClock, way: Way, ordered: bool
 ) -> None:
-    await check_a_queue_found_idle_is_not_starved(backend, clock, way)
+    await check_a_queue_found_idle_is_not_starved(backend, clock, way, ordered=ordered)
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "preference"])
+async def test_fetches_take_queues_in_order_while_none_changes(
+    backend: Backend, ordered: bool
+) -> None:
+    # with no task arriving during the fetches, a preference is kept as exactly as an order
+    await _use_and_empty(backend, "idle3")
+    await backend.enqueue_many(
+        [*(message(f"b{i}", queue="idle20") for i in range(3)),
+         *(message(f"a{i}", queue="idle10") for i in range(3))]
+    )  # fmt: skip
+    got = []
+    for _ in range(4):
+        got += [
+            t.id for t in await backend.fetch(IDLE, 2, "c1", lease_ms=LEASE_MS, ordered=ordered)
+        ]
+    assert got == ["a0", "a1", "a2", "b0", "b1", "b2"]
 
 
 async def test_blocking_fetch_wakes_on_a_queue_found_idle(backend: Backend) -> None:

@@ -536,6 +536,7 @@ class Server:
                     self.name,
                     lease_ms=self.lease_ms,
                     block_ms=FETCH_BLOCK_MS,
+                    ordered=self.order.strict,
                 )
             except Exception as exc:
                 failures.failed(exc)

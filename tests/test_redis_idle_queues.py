@@ -2,8 +2,9 @@
 again while their `ready` counters hold (one MGET of the counters instead of a script per queue);
 transitions that make nothing pending leave the counters alone; every `idle_recheck_s` all queues
 are peeked anyway; foreign `ready` keys are isolated like any other foreign key; the remembered
-state is bounded. Calls are counted by a transport wrapper, over redis-py, fakeredis and the anyio
-transport."""
+state is bounded; a fetch whose order is only a preference takes from the first queue not known
+idle in the round trip of that MGET. Calls and round trips are counted by a transport wrapper,
+over redis-py, fakeredis and the anyio transport."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class Recording:
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
         self.calls: list[tuple[str, str]] = []
+        self.round_trips = 0
 
     def _note(self, call: ScriptCall | Command) -> None:
         if isinstance(call, ScriptCall):
@@ -57,19 +59,23 @@ class Recording:
 
     async def run_script(self, call: ScriptCall) -> Any:
         self._note(call)
+        self.round_trips += 1
         return await self.inner.run_script(call)
 
     async def execute(self, command: Command) -> Any:
         self._note(command)
+        self.round_trips += 1
         return await self.inner.execute(command)
 
     async def pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
         for call in calls:
             self._note(call)
+        self.round_trips += 1
         return await self.inner.pipeline(calls)
 
     async def blocking(self, command: Command, timeout_ms: int) -> Any:
         self._note(command)
+        self.round_trips += 1
         return await self.inner.blocking(command, timeout_ms)
 
     async def ping(self) -> None:
@@ -79,7 +85,7 @@ class Recording:
         await self.inner.aclose()
 
     def taken(self) -> list[tuple[str, str]]:
-        calls, self.calls = self.calls, []
+        calls, self.calls, self.round_trips = self.calls, [], 0
         return calls
 
 
@@ -132,6 +138,12 @@ def calls(backend: RedisBackend) -> list[tuple[str, str]]:
     return backend.transport.taken()
 
 
+def calls_and_round_trips(backend: RedisBackend) -> tuple[list[tuple[str, str]], int]:
+    assert isinstance(backend.transport, Recording)
+    trips = backend.transport.round_trips
+    return backend.transport.taken(), trips
+
+
 async def _idle_in_every_way(backend: RedisBackend) -> None:
     """IDLE: never used, used and emptied, holding an active task only, paused with a task."""
     await backend.enqueue(message("old", queue="idle1"))
@@ -146,20 +158,60 @@ async def test_fetch_over_idle_queues_sends_one_mget_and_no_peek(backend: RedisB
     await _idle_in_every_way(backend)
     assert await backend.fetch(IDLE, 5, "c1", lease_ms=LEASE_MS) == []
     first = calls(backend)
-    assert [n for n, _ in first].count("peek") == len(IDLE), "the first fetch peeks at every queue"
+    # the first fetch looks at every queue: it fetches from the first, peeks at the others
+    assert [n for n, _ in first].count("peek") == len(IDLE) - 1
+    assert ("fetch", "idle0") in first
     assert ("fetch", "idle2") in first, "its stream has an entry: fetch finds nothing to deliver"
     for _ in range(3):
         assert await backend.fetch(IDLE, 5, "c1", lease_ms=LEASE_MS) == []
         assert calls(backend) == [("MGET", "")]
 
 
-async def test_a_busy_queue_is_peeked_and_fetched_beside_one_mget(backend: RedisBackend) -> None:
+async def test_a_busy_queue_after_idle_ones_is_peeked_beside_one_mget_then_fetched(
+    backend: RedisBackend,
+) -> None:
+    # in order: whether the queues before it are still idle is known before the fetch
     await backend.enqueue_many([message(f"b{i}", queue="busy") for i in range(10)])
     queues = [*IDLE, "busy"]
     assert len(await backend.fetch(queues, 2, "c1", lease_ms=LEASE_MS)) == 2
     calls(backend)
     assert len(await backend.fetch(queues, 2, "c1", lease_ms=LEASE_MS)) == 2
-    assert calls(backend) == [("MGET", ""), ("peek", "busy"), ("fetch", "busy")]
+    assert calls_and_round_trips(backend) == (
+        [("MGET", ""), ("peek", "busy"), ("fetch", "busy")],
+        2,
+    )
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_a_busy_first_queue_is_fetched_beside_one_mget(
+    backend: RedisBackend, ordered: bool
+) -> None:
+    # nothing comes before it, so the order holds in one round trip
+    await backend.enqueue_many([message(f"b{i}", queue="busy") for i in range(10)])
+    queues = ["busy", *IDLE]
+    calls(backend)
+    for _ in range(3):
+        got = await backend.fetch(queues, 2, "c1", lease_ms=LEASE_MS, ordered=ordered)
+        assert [t.queue for t in got] == ["busy", "busy"]
+        assert calls_and_round_trips(backend)[1] == 1
+    assert calls(backend) == []
+    await backend.fetch(queues, 2, "c1", lease_ms=LEASE_MS, ordered=ordered)
+    assert calls(backend) == [("fetch", "busy"), ("MGET", "")]
+
+
+async def test_an_unordered_fetch_takes_from_a_busy_queue_in_the_round_trip_of_the_mget(
+    backend: RedisBackend,
+) -> None:
+    await backend.enqueue_many([message(f"b{i}", queue="busy") for i in range(10)])
+    queues = [*IDLE, "busy"]
+    got = await backend.fetch(queues, 2, "c1", lease_ms=LEASE_MS, ordered=False)
+    assert [t.id for t in got] == ["b0", "b1"]
+    calls(backend)
+    got = await backend.fetch(queues, 2, "c1", lease_ms=LEASE_MS, ordered=False)
+    assert [t.id for t in got] == ["b2", "b3"]
+    # the fetch runs first in the pipeline: a counter that held then proves the queues before
+    # "busy" were idle when it ran
+    assert calls_and_round_trips(backend) == ([("fetch", "busy"), ("MGET", "")], 1)
 
 
 async def test_transitions_that_make_nothing_pending_keep_idle_queues_skipped(
@@ -188,6 +240,14 @@ async def test_each_way_a_task_becomes_pending_moves_the_counter(
     await check_a_queue_found_idle_is_not_starved(backend, clock, way)
 
 
+@pytest.mark.parametrize("way", WAYS, ids=[w.name for w in WAYS])
+async def test_a_preference_passes_a_queue_that_woke_over_once_then_takes_it(
+    backend: RedisBackend, clock: FakeClock, way: Way
+) -> None:
+    # "busy" is fetched before the MGET tells that TARGET moved; the next fetch looks at TARGET
+    assert await check_a_queue_found_idle_is_not_starved(backend, clock, way, ordered=False) == 2
+
+
 async def test_every_queue_is_peeked_again_after_idle_recheck_s(
     backend: RedisBackend, clock: FakeClock
 ) -> None:
@@ -199,7 +259,8 @@ async def test_every_queue_is_peeked_again_after_idle_recheck_s(
     backend.idle_recheck_s = 0
     calls(backend)
     assert await backend.fetch(IDLE, 5, "c1", lease_ms=LEASE_MS) == []
-    assert [n for n, _ in calls(backend)].count("peek") == len(IDLE)
+    # every queue is looked at: the first fetched from, the others peeked
+    assert sorted(calls(backend)) == [("fetch", "idle0"), *(("peek", q) for q in sorted(IDLE[1:]))]
     [seen] = await backend.consumers("idle9")
     assert seen.idle_ms == 0, "the recheck refreshes the consumer's last-seen time"
 

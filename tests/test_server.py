@@ -113,6 +113,27 @@ async def test_strict_queues_run_in_priority_order(backend: Backend) -> None:
     assert order == ["high"] * 5 + ["low"] * 5
 
 
+async def test_strict_order_holds_for_a_queue_that_wakes_while_a_later_one_is_busy(
+    backend: Backend,
+) -> None:
+    # "high" is found idle by the first fetches, then gets a task while "low" is busy: a strict
+    # server asks the backend for its exact order, so no later "low" task goes first
+    client = strego.Client(backend)
+    await client.enqueue_many([strego.Task("job", f"low{i}", queue="low") for i in range(5)])
+    order: list[str] = []
+    server = make_server(backend, queues=["high", "low"], strict=True, concurrency=1, prefetch=0)
+
+    @server.handler("job")
+    async def job(task: strego.Task) -> None:
+        order.append(task.payload)
+        if task.payload == "low1":
+            await client.enqueue(strego.Task("job", "high", queue="high"))
+
+    async with server:
+        await eventually(lambda: len(order) == 6, "6 tasks")
+    assert order == ["low0", "low1", "high", "low2", "low3", "low4"]
+
+
 async def test_weighted_queues_favour_the_heavier(backend: Backend) -> None:
     client = strego.Client(backend)
     for queue in ("light", "heavy"):

@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import anyio
 import pytest
 
 import strego
@@ -131,3 +132,40 @@ def test_server_defaults() -> None:
 def test_client_options_are_checked() -> None:
     with pytest.raises(ValueError, match="positive"):
         strego.Client(MemoryBackend(), max_payload_bytes=0)
+
+
+class FetchSpy(MemoryBackend):
+    """Notes the `ordered` of every fetch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ordered: set[bool] = set()
+
+    async def fetch(self, *args: Any, ordered: bool = True, **kwargs: Any) -> list[TaskInfo]:
+        self.ordered.add(ordered)
+        return await super().fetch(*args, ordered=ordered, **kwargs)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("options", "ordered"),
+    [({"queues": ["a", "b"]}, False), ({"queues": {"a": 1, "b": 2}}, False),
+     ({"queues": ["a", "b"], "strict": True}, True)],
+)  # fmt: skip
+async def test_only_a_strict_server_asks_for_its_queue_order_exactly(
+    options: dict[str, Any], ordered: bool
+) -> None:
+    # round-robin and weighted orders are preferences: the backend may save a round trip
+    backend = FetchSpy()
+    await strego.Client(backend).enqueue(strego.Task("t", queue="b"))
+    server = strego.Server(backend, **options)
+    ran = anyio.Event()
+
+    @server.handler("t")
+    async def t(task: strego.Task) -> None:
+        ran.set()
+
+    async with server:
+        with anyio.fail_after(10):
+            await ran.wait()
+    assert backend.ordered == {ordered}

@@ -97,13 +97,18 @@ class Backend(Protocol):
         *,
         lease_ms: int,
         block_ms: int = 0,
+        ordered: bool = True,
     ) -> list[TaskInfo]:
         """Start up to `count` pending tasks: each becomes active, held by `consumer`, with
         `started_ms` = now, `deliveries` + 1, and a lease until now + lease_ms.
 
         Queues are taken in the order given (a later queue only when the earlier ones have no
         pending task); within a queue, higher priority first, then oldest first. Paused queues are
-        skipped. A task whose processed marker exists is completed (acked) without being returned.
+        skipped. With `ordered=False` the order is a preference (a server's round-robin or
+        weighted order): a queue that had no pending task at this consumer's previous fetch and
+        got one since may be passed over for a later one this time, so a backend can look at
+        several queues and fetch in one round trip. Tasks are never taken out of order within a
+        queue. A task whose processed marker exists is completed (acked) without being returned.
 
         If nothing is pending and `block_ms` > 0, waits up to that long for a task to arrive and
         returns as soon as one does (possibly an empty list on a spurious wake-up)."""

@@ -316,7 +316,9 @@ class MemoryBackend:
         *,
         lease_ms: int,
         block_ms: int = 0,
+        ordered: bool = True,
     ) -> list[TaskInfo]:
+        # every fetch here sees all queues at one instant, so the order always holds exactly
         await anyio.lowlevel.checkpoint()
         started = self._start(queues, count, consumer, lease_ms)
         if started or block_ms <= 0 or count <= 0:

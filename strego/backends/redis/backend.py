@@ -101,6 +101,18 @@ class _IdleQueues:
             self.mget = None
 
 
+class _Taken:
+    """What one fetch over several queues has gathered so far."""
+
+    __slots__ = ("errors", "tasks", "waits")
+
+    def __init__(self) -> None:
+        self.tasks: list[TaskInfo] = []
+        #: where a blocking wait would start, a group per queue: flattened only when needed
+        self.waits: list[list[tuple[str, bytes]]] = []
+        self.errors: list[tuple[str, ForeignKeyError]] = []
+
+
 def _pairs(reply: Any) -> list[tuple[Any, Any]]:
     """Key/value pairs from a map reply: a dict under RESP3, a flat list or list of pairs under
     RESP2 (transports may speak either)."""
@@ -302,8 +314,9 @@ class RedisBackend:
         *,
         lease_ms: int,
         block_ms: int = 0,
+        ordered: bool = True,
     ) -> list[TaskInfo]:
-        out, wait_groups = await self._fetch_once(queues, count, consumer, lease_ms)
+        out, wait_groups = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
         if out or block_ms <= 0 or count <= 0:
             return out
         waits = [w for group in wait_groups for w in group]
@@ -315,7 +328,7 @@ class RedisBackend:
         await self.transport.blocking(
             Command(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *ids)), block_ms
         )
-        out, _ = await self._fetch_once(queues, count, consumer, lease_ms)
+        out, _ = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
         return out
 
     def _idle_of(self, consumer: str, queues: Sequence[str]) -> _IdleQueues:
@@ -339,18 +352,35 @@ class RedisBackend:
             )
         return state.mget
 
+    def _fetch_call(self, queue: str, consumer: str, count: int, lease_ms: int) -> ScriptCall:
+        k = self.keys(queue)
+        return self._call(
+            "fetch",
+            (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead, k.ready),
+            (self.clock(), self.group, consumer, count, lease_ms),
+        )
+
     async def _candidates(
         self,
         queues: Sequence[str],
         consumer: str,
         state: _IdleQueues,
-        waits: list[list[tuple[str, bytes]]],
-        errors: list[tuple[str, ForeignKeyError]],
+        taken: _Taken,
+        *,
+        count: int,
+        lease_ms: int,
+        ordered: bool,
     ) -> list[str]:
-        """The queues (in order) a fetch over several queues should run the fetch script on.
-        Queues not known idle are peeked, all in one pipeline; known idle ones are not: one MGET
-        of their `ready` counters, in the same pipeline, tells which changed since (those are
-        candidates again). Every `state.idle_recheck_s`, every queue is peeked anyway."""
+        """The queues (in order) a fetch over several queues should still run the fetch script
+        on. Queues not known idle are peeked, all in one pipeline; known idle ones are not: one
+        MGET of their `ready` counters, in the same pipeline, tells which changed since (those
+        are candidates again). Every `state.idle_recheck_s`, every queue is peeked anyway.
+
+        The first queue not known idle is fetched from in that same pipeline, not peeked, when
+        that keeps the order: it is the first queue asked for, or the order is only a preference
+        (not `ordered`). The fetch runs before the MGET, so a counter that held proves the queues
+        before it were still idle when it ran. That saves a round trip per fetch while the others
+        sleep."""
         now = time.monotonic()
         if now - state.checked >= self.idle_recheck_s:
             state.checked = now
@@ -362,14 +392,21 @@ class RedisBackend:
         if skip:
             names, mget = self._mget(state)
             seen = {q: skip[q] for q in names}  # as they were when the MGET was sent
-            calls.append(mget)
         peeked = [q for q in queues if q not in seen]
+        first = peeked[0] if peeked and (not ordered or peeked[0] == queues[0]) else None
+        if first is not None:
+            peeked = peeked[1:]
+            calls.append(self._fetch_call(first, consumer, count, lease_ms))
+        if seen:
+            calls.append(mget)
         clock = self.clock()
         for k in map(self.keys, peeked):
             calls.append(
                 self._call("peek", (k.consumers, k.paused, *k.streams, k.ready), (clock, consumer))
             )
         replies = await self.transport.pipeline(calls)
+        if first is not None:
+            await self._take(first, replies.pop(0), consumer, state, taken)
         changed: set[str] = set()
         if seen:
             counters = replies.pop(0)
@@ -381,14 +418,18 @@ class RedisBackend:
                 if (value or b"") != ready:
                     changed.add(queue)
                 else:
-                    waits.append(wait)
+                    taken.waits.append(wait)
+            # no longer taken for idle: looked at by every fetch until found idle again, so one
+            # passed over for `first` is taken next time (it may come before `first` then)
+            for queue in changed:
+                state.forget(queue)
         busy: set[str] = set()
         for queue, reply in zip(peeked, replies, strict=True):
             if isinstance(reply, BaseException):
                 state.forget(queue)
                 if not isinstance(reply, ForeignKeyError):
                     raise reply
-                errors.append((queue, await self._foreign(queue, reply)))
+                taken.errors.append((queue, await self._foreign(queue, reply)))
                 continue
             flag, ready = reply
             if flag == 1:
@@ -397,46 +438,55 @@ class RedisBackend:
             else:
                 wait = [] if flag == -1 else [(s, _FROM_START) for s in self.keys(queue).streams]
                 state.mark(queue, ready, wait)
-                waits.append(wait)
+                taken.waits.append(wait)
         return [q for q in queues if q in busy or q in changed]
 
     async def _fetch_once(
-        self, queues: Sequence[str], count: int, consumer: str, lease_ms: int
+        self, queues: Sequence[str], count: int, consumer: str, lease_ms: int, ordered: bool
     ) -> tuple[list[TaskInfo], list[list[tuple[str, bytes]]]]:
-        out: list[TaskInfo] = []
-        # where a blocking wait would start, a group per queue: flattened only when it is needed
-        waits: list[list[tuple[str, bytes]]] = []
-        asked, errors = len(queues), list[tuple[str, ForeignKeyError]]()
+        taken = _Taken()
+        asked = len(queues)
         state = None
         if len(queues) > 1:
             # idle queues then cost no round trip and no script each
             state = self._idle_of(consumer, queues)
-            queues = await self._candidates(queues, consumer, state, waits, errors)
+            queues = await self._candidates(
+                queues, consumer, state, taken, count=count, lease_ms=lease_ms, ordered=ordered
+            )
         for queue in queues:
-            if len(out) >= count:
+            if len(taken.tasks) >= count:
                 break
-            k = self.keys(queue)
+            call = self._fetch_call(queue, consumer, count - len(taken.tasks), lease_ms)
             try:
-                status, items, last, ready = await self._run(
-                    "fetch",
-                    (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead, k.ready),
-                    (self.clock(), self.group, consumer, count - len(out), lease_ms),
-                )
+                reply = await self.transport.run_script(call)
             except ForeignKeyError as exc:
-                if state is not None:
-                    state.forget(queue)
-                errors.append((queue, await self._foreign(queue, exc)))
-                continue
-            out += await self._started(queue, items, consumer)
-            wait = list(zip(k.streams, last, strict=True)) if status == codes.OK and last else []
-            waits.append(wait)
+                reply = exc
+            await self._take(queue, reply, consumer, state, taken)
+        self._isolate(asked, taken.errors, "fetch")
+        return taken.tasks, taken.waits
+
+    async def _take(
+        self, queue: str, reply: Any, consumer: str, state: _IdleQueues | None, taken: _Taken
+    ) -> None:
+        """Add what the fetch script on `queue` replied to `taken`, and note in `state` whether
+        the queue is idle now."""
+        if isinstance(reply, BaseException):
+            if not isinstance(reply, ForeignKeyError):
+                raise reply
             if state is not None:
-                if wait or status != codes.OK:  # nothing left to deliver, or paused
-                    state.mark(queue, ready, wait)
-                else:
-                    state.forget(queue)
-        self._isolate(asked, errors, "fetch")
-        return out, waits
+                state.forget(queue)
+            taken.errors.append((queue, await self._foreign(queue, reply)))
+            return
+        status, items, last, ready = reply
+        taken.tasks += await self._started(queue, items, consumer)
+        k = self.keys(queue)
+        wait = list(zip(k.streams, last, strict=True)) if status == codes.OK and last else []
+        taken.waits.append(wait)
+        if state is not None:
+            if wait or status != codes.OK:  # nothing left to deliver, or paused
+                state.mark(queue, ready, wait)
+            else:
+                state.forget(queue)
 
     async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
         return (await self.ack_many([(queue, task_id)], consumer))[0]
