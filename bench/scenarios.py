@@ -16,6 +16,7 @@ import anyio
 import attrs
 import redis
 
+from bench import worker
 from strego import Client, Server, Task
 from strego.backends.base import Backend
 from strego.backends.memory import MemoryBackend
@@ -234,8 +235,9 @@ def scaling(
     """Tasks/s of `processes` server processes running n tasks (Redis only), and how busy Redis
     (% of one core) and the whole machine (% of all cores) were meanwhile: whether the limit was
     Redis, the cores, or neither. The tasks are all enqueued before the servers start, so no
-    producer competes for the cores; the time runs from the first task started to the last one
-    completed, as the task records tell (process start-up is not counted)."""
+    producer competes for the cores. The processes wait, loaded, until all are, then start
+    together; the time runs from the first task started to the last one completed, as the task
+    records tell (process start-up is not counted)."""
     Setup("redis", loop, "anyio", url).flush()
     first_ids = anyio.run(_enqueue_for_scaling, url, n)
     completed = Keys("strego", "default").completed
@@ -244,6 +246,12 @@ def scaling(
     workers = [subprocess.Popen(cmd) for _ in range(processes)]
     try:
         deadline = time.monotonic() + 600
+        # all start together: else the first drains much of a short run before the last is up
+        while int(r.get(worker.READY_KEY) or 0) < processes:
+            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+                raise RuntimeError("the server processes did not all start")
+            time.sleep(0.01)
+        r.rpush(worker.GO_KEY, *range(processes))
         while not r.zcard(completed):
             if time.monotonic() > deadline:
                 raise TimeoutError("no task completed")
