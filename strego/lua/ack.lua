@@ -20,8 +20,9 @@ local function completed(rec, now)
     local from = after_consumer + (tonumber(el) or 0)
     unique = string.sub(rec, from, from + ulen - 1)
   end
-  local new = table.concat({'c', r, ',', d, ',', st, ',', now, ',', due, ',', mr, ',', pr, ',,,',
-    el, ',', ul, ';', string.sub(rec, after_consumer)})
+  -- one `..` chain is one concatenation, with no table to build
+  local new = 'c' .. r .. ',' .. d .. ',' .. st .. ',' .. now .. ',' .. due .. ',' .. mr .. ','
+    .. pr .. ',,,' .. el .. ',' .. ul .. ';' .. string.sub(rec, after_consumer)
   return new, sid, tonumber(pr) or 0, unique
 end
 
@@ -29,7 +30,8 @@ local now, group = ARGV[1], ARGV[2]
 redis.call('HSET', KEYS[6], ARGV[3], now)
 -- writes are gathered and sent as one multi-member command per key (far fewer redis.call)
 local out, done, sids = {}, {}, {}
-local records, ids, markers = {}, {}, {}
+-- n tasks completed: records {id, record, ...}, ids, markers {now, id, ...}
+local records, ids, markers, n = {}, {}, {}, 0
 for i = 4, #ARGV do
   local id = ARGV[i]
   local rec, sid, priority, unique
@@ -43,13 +45,14 @@ for i = 4, #ARGV do
       list[#list + 1] = sid
       sids[priority] = list
     end
-    release_unique(KEYS[4], KEYS[5], unique, id)
-    append(records, id, rec)
-    ids[#ids + 1] = id
-    append(markers, now, id)
-    out[#out + 1] = 1
+    if unique ~= '' then release_unique(KEYS[4], KEYS[5], unique, id) end
+    records[2 * n + 1], records[2 * n + 2] = id, rec
+    markers[2 * n + 1], markers[2 * n + 2] = now, id
+    n = n + 1
+    ids[n] = id
+    out[i - 3] = 1
   else
-    out[#out + 1] = 0
+    out[i - 3] = 0
   end
 end
 for prio, list in pairs(sids) do
