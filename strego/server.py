@@ -786,14 +786,20 @@ class Server:
 
     async def _release_strays(self) -> None:
         """Release anything still held under this server's name (a fetch interrupted by the
-        shutdown after the backend had started its tasks)."""
-        for queue in self.queues:
+        shutdown after the backend had started its tasks). The queues are looked at all at once:
+        one round trip or so for a server of many queues, not one per queue."""
+
+        async def release_strays_of(queue: str) -> None:
             with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
                 try:
                     consumers = await self.backend.consumers(queue)
                 except Exception as exc:
                     log.warning("listing consumers of %s failed: %s", queue, exc)
-                    continue
+                    return
                 for consumer in consumers:
                     if consumer.name == self.name and consumer.held:
                         await self._release_ids(queue, list(consumer.held), "stray")
+
+        async with anyio.create_task_group() as tg:
+            for queue in self.queues:
+                tg.start_soon(release_strays_of, queue)

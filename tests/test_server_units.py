@@ -169,3 +169,33 @@ async def test_only_a_strict_server_asks_for_its_queue_order_exactly(
         with anyio.fail_after(10):
             await ran.wait()
     assert backend.ordered == {ordered}
+
+
+class ConsumersBarrier(MemoryBackend):
+    """`consumers` waits (up to a second) until it is being asked for every queue at once."""
+
+    def __init__(self, queues: int) -> None:
+        super().__init__()
+        self.waiting = 0
+        self.queues = queues
+        self.all_asked = anyio.Event()
+
+    async def consumers(self, queue: str) -> list[Any]:
+        self.waiting += 1  # calls in progress
+        if self.waiting == self.queues:
+            self.all_asked.set()
+        with anyio.move_on_after(1):  # shutdown calls are shielded: no hanging on a regression
+            await self.all_asked.wait()
+        self.waiting -= 1
+        return await super().consumers(queue)
+
+
+@pytest.mark.anyio
+async def test_shutdown_looks_for_stray_tasks_in_every_queue_at_once() -> None:
+    # one queue after another, a server of many queues would take a round trip each to stop
+    queues = [f"q{i}" for i in range(3)]
+    backend = ConsumersBarrier(len(queues))
+    server = strego.Server(backend, queues=queues)
+    async with server:
+        pass
+    assert backend.all_asked.is_set()
