@@ -48,6 +48,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 FETCH_BLOCK_MS = 2000
 #: The longest a backend call made during shutdown (releasing tasks) may take.
 SHUTDOWN_CALL_TIMEOUT = 5.0
+#: How many queues a stopping server asks for stray tasks at once.
+STRAY_LOOKUPS = 8
 #: Longest error text stored with a failed task.
 MAX_ERROR_CHARS = 2000
 
@@ -786,19 +788,25 @@ class Server:
 
     async def _release_strays(self) -> None:
         """Release anything still held under this server's name (a fetch interrupted by the
-        shutdown after the backend had started its tasks). The queues are looked at all at once:
-        one round trip or so for a server of many queues, not one per queue."""
+        shutdown after the backend had started its tasks). The queues are looked at
+        STRAY_LOOKUPS at a time, not one after another: a server of many queues stops in a few
+        round trips, not one per queue."""
+
+        # a few at a time: a redis-py pool refuses calls beyond its size (100 by default)
+        limiter = anyio.CapacityLimiter(STRAY_LOOKUPS)
 
         async def release_strays_of(queue: str) -> None:
-            with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
-                try:
-                    consumers = await self.backend.consumers(queue)
-                except Exception as exc:
-                    log.warning("listing consumers of %s failed: %s", queue, exc)
-                    return
-                for consumer in consumers:
-                    if consumer.name == self.name and consumer.held:
-                        await self._release_ids(queue, list(consumer.held), "stray")
+            with anyio.CancelScope(shield=True):
+                async with limiter:
+                    with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT):
+                        try:
+                            consumers = await self.backend.consumers(queue)
+                        except Exception as exc:
+                            log.warning("listing consumers of %s failed: %s", queue, exc)
+                            return
+                        for consumer in consumers:
+                            if consumer.name == self.name and consumer.held:
+                                await self._release_ids(queue, list(consumer.held), "stray")
 
         async with anyio.create_task_group() as tg:
             for queue in self.queues:

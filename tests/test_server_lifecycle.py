@@ -46,24 +46,26 @@ async def test_shutdown_releases_tasks_held_under_its_name_in_every_queue(
     backend: Backend,
 ) -> None:
     # tasks started for the server's name that never reached it (a fetch cut short by the
-    # shutdown after the backend had started them) go back to pending, in each of its queues
+    # shutdown after the backend had started them) go back to pending, in each of its queues:
+    # more queues than a redis-py pool has connections, a few of them holding one
     client = strego.Client(backend)
-    queues = [f"q{i}" for i in range(5)]
-    infos = [await client.enqueue(strego.Task("work", queue=q)) for q in queues]
+    queues = [f"q{i}" for i in range(120)]
+    holding = queues[::25] + queues[-3:]
+    infos = [await client.enqueue(strego.Task("work", queue=q)) for q in holding]
     server = strego.Server(backend, queues=queues, name="holder", concurrency=1)
 
     @server.handler("work")
     async def work(task: strego.Task) -> None:
         raise AssertionError("a held task is not fetched again")
 
-    for queue in queues:
+    for queue in holding:
         assert len(await backend.fetch([queue], 1, "holder", lease_ms=600_000)) == 1
     async with server:
         pass
     for info in infos:
         now = await backend.get_task(info.id)
         assert now is not None and now.state is TaskState.PENDING
-    assert server.stats.released == len(queues)
+    assert server.stats.released == len(holding)
 
 
 async def test_shutdown_releases_unfinished_tasks_to_another_server(backend: Backend) -> None:
