@@ -184,11 +184,6 @@ local function expired(h, now, completed_ttl, dead_ttl)
   return tonumber(h.ended) + tonumber(ttl) <= tonumber(now)
 end
 
-local function append(list, a, b)
-  list[#list + 1] = a
-  list[#list + 1] = b
-end
-
 -- One command `name key [extra] items...`, split so no call passes more than unpack can take.
 -- `items` holds whole members (pairs for HSET/ZADD: its length is even, and so is CHUNK).
 local CHUNK = 1000
