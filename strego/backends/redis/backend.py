@@ -153,6 +153,9 @@ class RedisBackend:
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
         self._keys: dict[str, Keys] = {}
+        #: per queue, the enqueue script's keys and the SADD registering it (built once)
+        self._enqueue_keys: dict[str, tuple[str, ...]] = {}
+        self._registrations: dict[str, Command] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing
         self._signal_ids: dict[str, bytes] = {}
@@ -230,7 +233,13 @@ class RedisBackend:
     # -- producing ------------------------------------------------------------------------------
 
     async def enqueue(self, message: TaskMessage) -> TaskInfo:
-        result = (await self.enqueue_many([message]))[0]
+        # enqueue_many's two calls for one message, without its grouping (the common call)
+        now = self.clock()
+        queue = message.queue
+        _, ((code, detail),) = await self._pipeline(
+            [self._register(queue), self._enqueue_call(queue, now, [message])]
+        )
+        result = self._enqueued(message, code, detail)
         if isinstance(result, StregoError):
             raise result
         return result
@@ -247,41 +256,57 @@ class RedisBackend:
         ]
         chunks: list[list[int]] = []
         for queue, indexes in by_queue.items():
-            k = self.keys(queue)
-            keys = (
-                k.tasks, k.scheduled, k.retry, k.unique, k.unique_exp, k.signal, k.completed,
-                k.dead, k.cancelled, *k.streams, k.ready,
-            )  # fmt: skip
             for start in range(0, len(indexes), ENQUEUE_CHUNK):
                 chunk = indexes[start : start + ENQUEUE_CHUNK]
-                args: list[Arg] = [now, self.group, self.completed_ttl_ms, self.dead_ttl_ms]
-                for i in chunk:
-                    m = messages[i]
-                    due = m.process_at_ms
-                    due_arg = "" if due is None or due <= now else due
-                    if due_arg or m.priority or m.max_retry != DEFAULT_MAX_RETRY or m.unique_key:
-                        # '' stands for all the defaults (see enqueue.lua)
-                        opts = (
-                            f"{due_arg},{m.priority},{m.max_retry},{m.unique_ttl_ms or 0},"
-                            f"{m.unique_key or ''}"
-                        )
-                    else:
-                        opts = ""
-                    args += (m.id, opts, encode_envelope(m))
-                calls.append(self._call("enqueue", keys, args))
+                calls.append(self._enqueue_call(queue, now, [messages[i] for i in chunk]))
                 chunks.append(chunk)
         replies = await self._pipeline(calls)
         results: list[TaskInfo | StregoError | None] = [None] * len(messages)
         for chunk, reply in zip(chunks, replies[1:], strict=True):
             for i, (code, detail) in zip(chunk, reply, strict=True):
-                m = messages[i]
-                if code != codes.OK:
-                    results[i] = codes.error_for(code, m, detail)
-                elif detail == b"s":
-                    results[i] = m.info(TaskState.SCHEDULED, next_run_ms=m.process_at_ms)
-                else:
-                    results[i] = m.info(TaskState.PENDING)
+                results[i] = self._enqueued(messages[i], code, detail)
         return [r for r in results if r is not None]
+
+    def _register(self, queue: str) -> Command:
+        command = self._registrations.get(queue)
+        if command is None:
+            command = Command(("SADD", self._registry, queue), idempotent=True)
+            self._registrations[queue] = command
+        return command
+
+    def _enqueue_call(self, queue: str, now: int, messages: Sequence[TaskMessage]) -> ScriptCall:
+        """The enqueue script's call for `messages`, all of `queue`."""
+        keys = self._enqueue_keys.get(queue)
+        if keys is None:
+            k = self.keys(queue)
+            keys = (
+                k.tasks, k.scheduled, k.retry, k.unique, k.unique_exp, k.signal, k.completed,
+                k.dead, k.cancelled, *k.streams, k.ready,
+            )  # fmt: skip
+            self._enqueue_keys[queue] = keys
+        args: list[Arg] = [now, self.group, self.completed_ttl_ms, self.dead_ttl_ms]
+        for m in messages:
+            due = m.process_at_ms
+            due_arg = "" if due is None or due <= now else due
+            if due_arg or m.priority or m.max_retry != DEFAULT_MAX_RETRY or m.unique_key:
+                # '' stands for all the defaults (see enqueue.lua)
+                opts = (
+                    f"{due_arg},{m.priority},{m.max_retry},{m.unique_ttl_ms or 0},"
+                    f"{m.unique_key or ''}"
+                )
+            else:
+                opts = ""
+            args += (m.id, opts, encode_envelope(m))
+        return self._call("enqueue", keys, args)
+
+    @staticmethod
+    def _enqueued(m: TaskMessage, code: Any, detail: Any) -> TaskInfo | StregoError:
+        """What the enqueue script's reply (code, detail) for `m` says."""
+        if code != codes.OK:
+            return codes.error_for(code, m, detail)
+        if detail == b"s":
+            return m.info(TaskState.SCHEDULED, next_run_ms=m.process_at_ms)
+        return m.info(TaskState.PENDING)
 
     # -- consuming --------------------------------------------------------------------------------
 
