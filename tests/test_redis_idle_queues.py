@@ -214,6 +214,22 @@ async def test_an_unordered_fetch_takes_from_a_busy_queue_in_the_round_trip_of_t
     assert calls_and_round_trips(backend) == ([("fetch", "busy"), ("MGET", "")], 1)
 
 
+async def test_claim_stale_over_many_queues_runs_the_script_only_where_a_lease_expired(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    queues = [*IDLE, "busy"]
+    await start(backend, "fresh", "idle3", consumer="c0")
+    await backend.enqueue(message("stale", queue="busy"))
+    await backend.fetch(["busy"], 1, "died", lease_ms=1_000)
+    calls(backend)
+    assert await backend.claim_stale(queues, "c1", 10, lease_ms=LEASE_MS, max_deliveries=5) == []
+    assert calls_and_round_trips(backend) == ([("ZRANGEBYSCORE", "")] * len(queues), 1)
+    clock.advance(2_000)
+    claimed = await backend.claim_stale(queues, "c1", 10, lease_ms=LEASE_MS, max_deliveries=5)
+    assert [t.id for t in claimed] == ["stale"]
+    assert calls(backend)[len(queues) :] == [("claim_stale", "busy")]
+
+
 async def test_transitions_that_make_nothing_pending_keep_idle_queues_skipped(
     backend: RedisBackend, clock: FakeClock
 ) -> None:
