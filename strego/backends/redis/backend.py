@@ -153,9 +153,8 @@ class RedisBackend:
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
         self._keys: dict[str, Keys] = {}
-        #: per queue, the enqueue script's keys and the SADD registering it (built once)
+        #: per queue, the enqueue script's keys (built once)
         self._enqueue_keys: dict[str, tuple[str, ...]] = {}
-        self._registrations: dict[str, Command] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing
         self._signal_ids: dict[str, bytes] = {}
@@ -237,7 +236,10 @@ class RedisBackend:
         now = self.clock()
         queue = message.queue
         _, ((code, detail),) = await self._pipeline(
-            [self._register(queue), self._enqueue_call(queue, now, [message])]
+            [
+                Command(("SADD", self._registry, queue), idempotent=True),
+                self._enqueue_call(queue, now, [message]),
+            ]
         )
         result = self._enqueued(message, code, detail)
         if isinstance(result, StregoError):
@@ -266,13 +268,6 @@ class RedisBackend:
             for i, (code, detail) in zip(chunk, reply, strict=True):
                 results[i] = self._enqueued(messages[i], code, detail)
         return [r for r in results if r is not None]
-
-    def _register(self, queue: str) -> Command:
-        command = self._registrations.get(queue)
-        if command is None:
-            command = Command(("SADD", self._registry, queue), idempotent=True)
-            self._registrations[queue] = command
-        return command
 
     def _enqueue_call(self, queue: str, now: int, messages: Sequence[TaskMessage]) -> ScriptCall:
         """The enqueue script's call for `messages`, all of `queue`."""
@@ -451,10 +446,7 @@ class RedisBackend:
         busy: set[str] = set()
         for queue, reply in zip(peeked, replies, strict=True):
             if isinstance(reply, BaseException):
-                state.forget(queue)
-                if not isinstance(reply, ForeignKeyError):
-                    raise reply
-                taken.errors.append((queue, await self._foreign(queue, reply)))
+                await self._failed(queue, reply, state, taken)
                 continue
             flag, ready = reply
             if flag == 1:
@@ -496,11 +488,7 @@ class RedisBackend:
         """Add what the fetch script on `queue` replied to `taken`, and note in `state` whether
         the queue is idle now."""
         if isinstance(reply, BaseException):
-            if not isinstance(reply, ForeignKeyError):
-                raise reply
-            if state is not None:
-                state.forget(queue)
-            taken.errors.append((queue, await self._foreign(queue, reply)))
+            await self._failed(queue, reply, state, taken)
             return
         status, items, last, ready = reply
         taken.tasks += await self._started(queue, items, consumer)
@@ -512,6 +500,17 @@ class RedisBackend:
                 state.mark(queue, ready, wait)
             else:
                 state.forget(queue)
+
+    async def _failed(
+        self, queue: str, error: BaseException, state: _IdleQueues | None, taken: _Taken
+    ) -> None:
+        """A call on `queue` in a fetch over several queues failed: the queue is no longer taken
+        for idle; a foreign key only skips it (`_isolate` reports it), anything else is raised."""
+        if state is not None:
+            state.forget(queue)
+        if not isinstance(error, ForeignKeyError):
+            raise error
+        taken.errors.append((queue, await self._foreign(queue, error)))
 
     async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
         return (await self.ack_many([(queue, task_id)], consumer))[0]
