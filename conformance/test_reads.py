@@ -1,4 +1,4 @@
-"""queues, queue_info, list_tasks, get_task, consumers, remove_idle_consumers."""
+"""queues, queue_info, list_tasks, get_task, consumers, held_by, remove_idle_consumers."""
 
 from __future__ import annotations
 
@@ -141,6 +141,33 @@ async def test_consumers(backend: Backend, clock: FakeClock) -> None:
     await backend.renew("q", ["a", "b"], "holder", lease_ms=LEASE_MS)
     consumers = {c.name: c for c in await backend.consumers("q")}
     assert consumers["holder"].idle_ms == 0
+
+
+async def test_held_by_names_the_active_tasks_of_one_consumer_by_queue(
+    backend: Backend, clock: FakeClock
+) -> None:
+    await backend.enqueue_many(
+        [message(i, queue=q) for q in ("one", "two") for i in (f"{q}-a", f"{q}-b", f"{q}-c")]
+    )
+    await backend.fetch(["one"], 2, "me", lease_ms=LEASE_MS)
+    await backend.fetch(["two"], 1, "other", lease_ms=LEASE_MS)
+    await backend.fetch(["two"], 1, "me", lease_ms=LEASE_MS)
+    queues = ["one", "two", "never-used"]
+    assert await backend.held_by(queues, "me") == {"one": ["one-a", "one-b"], "two": ["two-b"]}
+    assert await backend.held_by(queues, "other") == {"two": ["two-a"]}
+    assert await backend.held_by(["one"], "other") == {}
+    assert await backend.held_by([], "me") == {}
+    # only active tasks count: acked, failed and released ones are no longer held
+    await backend.ack("one", "one-a", "me")
+    await backend.fail("two", "two-b", "me", "x", retry_at_ms=clock() + 10)
+    assert await backend.held_by(queues, "me") == {"one": ["one-b"]}
+    await backend.release("one", ["one-b"], "me")
+    assert await backend.held_by(queues, "me") == {}
+    # a task claimed by another consumer is held by that one
+    clock.advance(LEASE_MS + 1)
+    await backend.claim_stale(["two"], "me", 5, lease_ms=LEASE_MS, max_deliveries=5)
+    assert await backend.held_by(queues, "me") == {"two": ["two-a"]}
+    assert await backend.held_by(queues, "other") == {}
 
 
 async def test_remove_idle_consumers_keeps_holders(backend: Backend, clock: FakeClock) -> None:

@@ -48,8 +48,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 FETCH_BLOCK_MS = 2000
 #: The longest a backend call made during shutdown (releasing tasks) may take.
 SHUTDOWN_CALL_TIMEOUT = 5.0
-#: How many queues a stopping server asks for stray tasks at once.
-STRAY_LOOKUPS = 8
 #: Longest error text stored with a failed task.
 MAX_ERROR_CHARS = 2000
 
@@ -788,26 +786,14 @@ class Server:
 
     async def _release_strays(self) -> None:
         """Release anything still held under this server's name (a fetch interrupted by the
-        shutdown after the backend had started its tasks). The queues are looked at
-        STRAY_LOOKUPS at a time, not one after another: a server of many queues stops in a few
-        round trips, not one per queue."""
-
-        # a few at a time: a redis-py pool refuses calls beyond its size (100 by default)
-        limiter = anyio.CapacityLimiter(STRAY_LOOKUPS)
-
-        async def release_strays_of(queue: str) -> None:
-            with anyio.CancelScope(shield=True):
-                async with limiter:
-                    with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT):
-                        try:
-                            consumers = await self.backend.consumers(queue)
-                        except Exception as exc:
-                            log.warning("listing consumers of %s failed: %s", queue, exc)
-                            return
-                        for consumer in consumers:
-                            if consumer.name == self.name and consumer.held:
-                                await self._release_ids(queue, list(consumer.held), "stray")
-
-        async with anyio.create_task_group() as tg:
-            for queue in self.queues:
-                tg.start_soon(release_strays_of, queue)
+        shutdown after the backend had started its tasks). One `held_by` call looks at every
+        queue: a server of many queues stops in a few round trips, not one per queue."""
+        held: dict[str, list[str]] = {}
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT):
+                try:
+                    held = await self.backend.held_by(self.queues, self.name)
+                except Exception as exc:
+                    log.warning("looking for tasks still held by %s failed: %s", self.name, exc)
+        for queue, ids in held.items():
+            await self._release_ids(queue, ids, "stray")

@@ -230,6 +230,34 @@ async def test_claim_stale_over_many_queues_runs_the_script_only_where_a_lease_e
     assert calls(backend)[len(queues) :] == [("claim_stale", "busy")]
 
 
+async def test_held_by_over_many_queues_takes_two_round_trips(backend: RedisBackend) -> None:
+    queues = [*IDLE, "busy"]
+    await start(backend, "mine", "idle3", consumer="me")
+    await start(backend, "theirs", "busy", consumer="other")
+    calls(backend)
+    assert await backend.held_by(queues, "me") == {"idle3": ["mine"]}
+    # the leases of every queue, then the records of the two queues holding any
+    assert calls_and_round_trips(backend) == (
+        [("ZRANGE", "")] * len(queues) + [("HMGET", "")] * 2,
+        2,
+    )
+    # no leases at all: no second round trip
+    assert await backend.held_by(IDLE[4:9], "me") == {}
+    assert calls_and_round_trips(backend) == ([("ZRANGE", "")] * 5, 1)
+
+
+async def test_held_by_isolates_a_queue_with_a_foreign_key(
+    backend: RedisBackend, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start(backend, "mine", "good", consumer="me")
+    await client.set(Keys(backend.prefix, "bad").leases, "someone else's")
+    with caplog.at_level("ERROR", logger="strego.backends.redis"):
+        assert await backend.held_by(["bad", "good"], "me") == {"good": ["mine"]}
+    assert any("queue 'bad'" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ForeignKeyError, match=r"its leases key .* is a string, not a zset"):
+        await backend.held_by(["bad"], "me")
+
+
 async def test_transitions_that_make_nothing_pending_keep_idle_queues_skipped(
     backend: RedisBackend, clock: FakeClock
 ) -> None:

@@ -233,6 +233,13 @@ class Backend(Protocol):
         """The consumers of a queue with the tasks they hold and their idle times."""
         ...
 
+    async def held_by(self, queues: Sequence[str], consumer: str) -> dict[str, list[str]]:
+        """The ids of the active tasks `consumer` holds, sorted, by queue; a queue where it holds
+        none is left out. One call looks at every queue (a server asks it when it stops, for
+        tasks a cut-short fetch started under its name), so it should cost a few round trips,
+        not one per queue. A snapshot: a task may be acked, released or claimed right after."""
+        ...
+
     async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
         """Forget consumers idle for longer than idle_ms that hold no task, and return their names.
         A consumer that still holds tasks is kept (claim its tasks first)."""

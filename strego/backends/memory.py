@@ -553,6 +553,17 @@ class MemoryBackend:
             for name in sorted(held)
         ]
 
+    async def held_by(self, queues: Sequence[str], consumer: str) -> dict[str, list[str]]:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        out: dict[str, list[str]] = {}
+        for queue in queues:
+            active = self._queue(queue, now).by_state[TaskState.ACTIVE].values()
+            held = sorted(rec.id for rec in active if rec.consumer == consumer)
+            if held:
+                out[queue] = held
+        return out
+
     async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
         await anyio.lowlevel.checkpoint()
         now = self._now()

@@ -796,9 +796,14 @@ class RedisBackend:
     async def _records(self, queue: str, ids: Sequence[bytes]) -> list[TaskInfo]:
         if not ids:
             return []
-        recs = await self.transport.execute(
-            Command(("HMGET", self.keys(queue).tasks, *ids), idempotent=True)
-        )
+        recs = await self.transport.execute(self._hmget(queue, ids))
+        return self._decode_records(queue, ids, recs)
+
+    def _hmget(self, queue: str, ids: Sequence[bytes]) -> Command:
+        return Command(("HMGET", self.keys(queue).tasks, *ids), idempotent=True)
+
+    @staticmethod
+    def _decode_records(queue: str, ids: Sequence[bytes], recs: Sequence[Any]) -> list[TaskInfo]:
         found = (decode_for_listing(queue, _str(i), r) for i, r in zip(ids, recs, strict=True) if r)
         return [t for t in found if t is not None]
 
@@ -882,6 +887,41 @@ class RedisBackend:
             )
             for name, last_seen in _pairs(seen)
         ]
+
+    async def held_by(self, queues: Sequence[str], consumer: str) -> dict[str, list[str]]:
+        # two round trips whatever the number of queues: the leased ids of every queue, then the
+        # records of those ids (a lease does not say whose it is)
+        leased = await self.transport.pipeline(
+            [Command(("ZRANGE", self.keys(q).leases, 0, -1), idempotent=True) for q in queues]
+        )
+        errors: list[tuple[str, ForeignKeyError]] = []
+        asked: list[tuple[str, Any]] = []
+        for queue, ids in zip(queues, leased, strict=True):
+            if isinstance(ids, ForeignKeyError):
+                errors.append((queue, await self._foreign(queue, ids)))
+            elif isinstance(ids, BaseException):
+                raise ids
+            elif ids:
+                asked.append((queue, ids))
+        records = (
+            await self.transport.pipeline([self._hmget(q, i) for q, i in asked]) if asked else []
+        )
+        out: dict[str, list[str]] = {}
+        for (queue, ids), recs in zip(asked, records, strict=True):
+            if isinstance(recs, ForeignKeyError):
+                errors.append((queue, await self._foreign(queue, recs)))
+                continue
+            if isinstance(recs, BaseException):
+                raise recs
+            held = sorted(
+                t.id
+                for t in self._decode_records(queue, ids, recs)
+                if t.state is TaskState.ACTIVE and t.consumer == consumer
+            )
+            if held:
+                out[queue] = held
+        self._isolate(len(queues), errors, "held_by")
+        return out
 
     async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
         k = self.keys(queue)
