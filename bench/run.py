@@ -40,7 +40,11 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "scheduled_late_p99_ms": ("<= 20", lambda v: v <= 20),
     "process_with_10k_scheduled_per_s": ("~ process_per_s", None),
     "process_with_100_idle_queues_per_s": ("~ process_per_s", None),
+    "with_10k_scheduled_vs_process": ("~ 1", None),
+    "with_100_idle_queues_vs_process": ("~ 1", None),
 }
+#: the steps measured `--repeat` times (medians kept): their short runs vary most
+REPEATED = ("throughput", "enqueue_one_by_one", "under_load")
 
 
 def make_setup(name: str, url: str) -> Setup:
@@ -59,10 +63,18 @@ def measure(setup: Setup, a: argparse.Namespace) -> dict[str, float]:
         (scenarios.under_load, (a.n, a.concurrency)),
     ]
     for func, args in steps:
-        setup.flush()
-        print(f"  {setup.name}: {func.__name__} ...", file=sys.stderr, flush=True)
-        out.update(scenarios.run_in_loop(setup.loop, func, setup, *args))
+        runs = a.repeat if func.__name__ in REPEATED else 1
+        print(f"  {setup.name}: {func.__name__} (x{runs}) ...", file=sys.stderr, flush=True)
+
+        def once(func: Any = func, args: Any = args) -> dict[str, float]:
+            setup.flush()
+            result: dict[str, float] = scenarios.run_in_loop(setup.loop, func, setup, *args)
+            return result
+
+        out.update(scenarios.median_of(runs, once))
     setup.flush()
+    for figure in ("with_10k_scheduled", "with_100_idle_queues"):
+        out[f"{figure}_vs_process"] = out[f"process_{figure}_per_s"] / out["process_per_s"]
     return out
 
 
@@ -101,6 +113,14 @@ def main() -> None:
     ap.add_argument("--processes", default="1,2,4", help="server processes for the scaling row")
     ap.add_argument("--scale-n", type=int, default=20_000)
     ap.add_argument(
+        "--scale-work-ms",
+        type=float,
+        default=0.5,
+        help="CPU time each task of the second scaling row burns (0: no such row)",
+    )
+    ap.add_argument("--scale-work-n", type=int, default=4_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the short steps (medians)")
+    ap.add_argument(
         "--peers", action="store_true", help="run the peers too (installed in their own venv)"
     )
     ap.add_argument("--peer-repeat", type=int, default=3)
@@ -121,13 +141,21 @@ def main() -> None:
     }
     try:
         report["round_trip_floor_per_s"] = scenarios.round_trip_floor(url)
+        if server is not None and server.process is not None and hasattr(os, "sched_setaffinity"):
+            report["round_trip_floor_same_core_per_s"] = scenarios.round_trip_floor(
+                url, same_core_as=server.process.pid
+            )
         for name in (x for x in a.setups.split(",") if x):
             report["setups"][name] = measure(make_setup(name, url), a)
-        scaling: dict[str, dict[str, float]] = {}
-        for p in (int(x) for x in a.processes.split(",") if x):
-            print(f"  scaling: {p} server processes ...", file=sys.stderr, flush=True)
-            scaling[str(p)] = scenarios.scaling(url, a.scale_n, a.concurrency, p)
-        report["scaling_process_per_s"] = scaling
+        processes = [int(x) for x in a.processes.split(",") if x]
+        rows = [("scaling_process_per_s", a.scale_n, 0.0)]
+        if a.scale_work_ms > 0:
+            rows.append(("scaling_cpu_bound_per_s", a.scale_work_n, a.scale_work_ms))
+        for key, n, work_ms in rows:
+            report[key] = {}
+            for p in processes:
+                print(f"  {key}: {p} server processes ...", file=sys.stderr, flush=True)
+                report[key][str(p)] = scenarios.scaling(url, n, a.concurrency, p, work_ms=work_ms)
         if a.peers:
             peers.ensure_installed()
             print("  peers ...", file=sys.stderr, flush=True)
@@ -141,15 +169,29 @@ def main() -> None:
     floor = report["round_trip_floor_per_s"]
     print(f"round-trip floor of this machine: {floor:,.0f} PING/s, one at a time over a blocking")
     print("socket (the ceiling of any sequential call, such as enqueue_seq_per_s)")
+    same_core = report.get("round_trip_floor_same_core_per_s")
+    if same_core:
+        print(f"with the client and Redis held on one core: {same_core:,.0f} PING/s (no round trip")
+        print("then wakes an idle core: the gap is what those wake-ups cost here)")
     print()
     if report["setups"]:
         print_table(report["setups"])
         print()
     print("scaling (Redis, anyio transport, asyncio): tasks/s by server processes, with how busy")
     print("Redis (% of one core) and the machine (% of all its cores) were meanwhile")
-    for p, v in report["scaling_process_per_s"].items():
-        print(f"  {p}: {v['per_s']:,.0f}/s, Redis {v['redis_cpu_pct']:.0f}%, "
-              f"machine {v['machine_cpu_pct']:.0f}%")  # fmt: skip
+    titles = {
+        "scaling_process_per_s": f"no-op tasks ({a.scale_n:,})",
+        "scaling_cpu_bound_per_s": (
+            f"tasks burning {a.scale_work_ms} ms of CPU each ({a.scale_work_n:,})"
+        ),
+    }
+    for key, title in titles.items():
+        if key not in report:
+            continue
+        print(f"  {title}:")
+        for p, v in report[key].items():
+            print(f"    {p}: {v['per_s']:,.0f}/s, Redis {v['redis_cpu_pct']:.0f}%, "
+                  f"machine {v['machine_cpu_pct']:.0f}%")  # fmt: skip
     if a.peers:
         print()
         print(f"peers (bench_<peer>.py, n={a.n}, concurrency={a.concurrency}, "

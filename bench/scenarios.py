@@ -230,19 +230,22 @@ async def under_load(setup: Setup, n: int, concurrency: int) -> dict[str, float]
 
 
 def scaling(
-    url: str, n: int, concurrency: int, processes: int, loop: str = "asyncio"
+    url: str, n: int, concurrency: int, processes: int, loop: str = "asyncio", work_ms: float = 0.0
 ) -> dict[str, float]:
     """Tasks/s of `processes` server processes running n tasks (Redis only), and how busy Redis
     (% of one core) and the whole machine (% of all cores) were meanwhile: whether the limit was
-    Redis, the cores, or neither. The tasks are all enqueued before the servers start, so no
-    producer competes for the cores. The processes wait, loaded, until all are, then start
-    together; the time runs from the first task started to the last one completed, as the task
-    records tell (process start-up is not counted)."""
+    Redis, the cores, or neither. Each task burns `work_ms` of CPU time (0: a no-op), so that
+    tasks whose handlers compute show how servers scale when they, not Redis, are the limit. The
+    tasks are all enqueued before the servers start, so no producer competes for the cores. The
+    processes wait, loaded, until all are, then start together; the time runs from the first task
+    started to the last one completed, as the task records tell (process start-up is not
+    counted)."""
     Setup("redis", loop, "anyio", url).flush()
     first_ids = anyio.run(_enqueue_for_scaling, url, n)
     completed = Keys("strego", "default").completed
     r = redis.Redis.from_url(url)
     cmd = [sys.executable, os.path.join(HERE, "worker.py"), url, str(concurrency), loop]
+    cmd.append(str(work_ms))
     workers = [subprocess.Popen(cmd) for _ in range(processes)]
     try:
         deadline = time.monotonic() + 600
@@ -307,10 +310,26 @@ async def _first_started_ms(url: str, ids: list[str]) -> int:
     return min(started)
 
 
-def round_trip_floor(url: str, n: int = 5_000, runs: int = 3) -> float:
+def round_trip_floor(
+    url: str, n: int = 5_000, runs: int = 3, same_core_as: int | None = None
+) -> float:
     """PINGs per second, one at a time over a blocking socket, no event loop, no parsing: the most
     round trips per second any client makes on this machine, so the ceiling of a sequential
-    `await client.enqueue(...)` (which also runs a script). Median of `runs`."""
+    `await client.enqueue(...)` (which also runs a script). Median of `runs`.
+
+    With `same_core_as` (the pid of the Redis server, Linux only), Redis and this process are
+    held on one core meanwhile: then no round trip wakes an idle core, and the gap to the figure
+    without it is what those wake-ups cost on this machine."""
+    if same_core_as is not None:
+        before = os.sched_getaffinity(same_core_as), os.sched_getaffinity(0)
+        core = {min(before[0])}
+        os.sched_setaffinity(same_core_as, core)
+        os.sched_setaffinity(0, core)
+        try:
+            return round_trip_floor(url, n, runs)
+        finally:
+            os.sched_setaffinity(same_core_as, before[0])
+            os.sched_setaffinity(0, before[1])
     r = redis.Redis.from_url(url)
     conn: Any = r.connection_pool.make_connection()  # redis-py types its connections loosely
     try:

@@ -1,5 +1,6 @@
-"""One server process for bench/run.py's scaling figure: runs no-op tasks of queue "default" until
-SIGTERM.  usage: python bench/worker.py REDIS_URL CONCURRENCY [asyncio|trio]
+"""One server process for bench/run.py's scaling figures: runs the tasks of queue "default" until
+SIGTERM, each burning WORK_MS of CPU time (0, the default: no-op tasks).
+usage: python bench/worker.py REDIS_URL CONCURRENCY [asyncio|trio [WORK_MS]]
 
 Once loaded, it counts itself in READY_KEY and waits for a token on GO_KEY, so that all the
 processes of a run start together (process start-up takes longer than a short run)."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import anyio
 import redis
@@ -22,7 +24,15 @@ READY_KEY = "strego-bench:ready"
 GO_KEY = "strego-bench:go"
 
 
-async def main(url: str, concurrency: int, loop: str) -> None:
+def burn(seconds: float) -> None:
+    """Use `seconds` of this thread's CPU time (not wall time: being descheduled does not count),
+    as a handler that computes would."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+async def main(url: str, concurrency: int, loop: str, work_ms: float) -> None:
     from strego.backends.redis.anyio_transport import AnyioTransport
 
     backend = RedisBackend(AnyioTransport.from_url(url))  # runs under asyncio and trio
@@ -30,7 +40,8 @@ async def main(url: str, concurrency: int, loop: str) -> None:
 
     @server.handler("noop")
     async def noop(task: Task) -> None:
-        return None
+        if work_ms:
+            burn(work_ms / 1000)
 
     await server.run()  # until SIGTERM, then a graceful stop
     await backend.aclose()
@@ -39,7 +50,8 @@ async def main(url: str, concurrency: int, loop: str) -> None:
 if __name__ == "__main__":
     logging.disable(logging.INFO)
     loop = sys.argv[3] if len(sys.argv) > 3 else "asyncio"
+    work_ms = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     with redis.Redis.from_url(sys.argv[1]) as r:
         r.incr(READY_KEY)
         r.blpop([GO_KEY])
-    anyio.run(main, sys.argv[1], int(sys.argv[2]), loop, backend=loop)
+    anyio.run(main, sys.argv[1], int(sys.argv[2]), loop, work_ms, backend=loop)
