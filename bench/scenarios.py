@@ -244,8 +244,8 @@ def scaling(
     first_ids = anyio.run(_enqueue_for_scaling, url, n)
     completed = Keys("strego", "default").completed
     r = redis.Redis.from_url(url)
-    cmd = [sys.executable, os.path.join(HERE, "worker.py"), url, str(concurrency), loop]
-    cmd.append(str(work_ms))
+    worker_py = os.path.join(HERE, "worker.py")
+    cmd = [sys.executable, worker_py, url, str(concurrency), loop, str(work_ms)]
     workers = [subprocess.Popen(cmd) for _ in range(processes)]
     try:
         deadline = time.monotonic() + 600
