@@ -789,11 +789,10 @@ class Server:
         shutdown after the backend had started its tasks). One `held_by` call looks at every
         queue: a server of many queues stops in a few round trips, not one per queue."""
         held: dict[str, list[str]] = {}
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT):
-                try:
-                    held = await self.backend.held_by(self.queues, self.name)
-                except Exception as exc:
-                    log.warning("looking for tasks still held by %s failed: %s", self.name, exc)
+        with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+            try:
+                held = await self.backend.held_by(self.queues, self.name)
+            except Exception as exc:
+                log.warning("looking for tasks still held by %s failed: %s", self.name, exc)
         for queue, ids in held.items():
             await self._release_ids(queue, ids, "stray")

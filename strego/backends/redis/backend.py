@@ -215,6 +215,15 @@ class RedisBackend:
         what = "; ".join(wrong) or "one of its keys holds another type"
         return ForeignKeyError(f"queue {queue!r}: {what} (written by something else): {exc}")
 
+    async def _skip_foreign(
+        self, queue: str, error: BaseException, errors: list[tuple[str, ForeignKeyError]]
+    ) -> None:
+        """A call on `queue`, one of several, failed: a foreign key only skips the queue (noted
+        in `errors`, for `_isolate` to report); anything else is raised."""
+        if not isinstance(error, ForeignKeyError):
+            raise error
+        errors.append((queue, await self._foreign(queue, error)))
+
     def _isolate(self, asked: int, errors: list[tuple[str, ForeignKeyError]], what: str) -> None:
         """Queues with foreign keys are skipped so the others are served: raise only when every
         queue asked failed, else log each (at most once per FOREIGN_LOG_INTERVAL_S a queue)."""
@@ -508,9 +517,7 @@ class RedisBackend:
         for idle; a foreign key only skips it (`_isolate` reports it), anything else is raised."""
         if state is not None:
             state.forget(queue)
-        if not isinstance(error, ForeignKeyError):
-            raise error
-        taken.errors.append((queue, await self._foreign(queue, error)))
+        await self._skip_foreign(queue, error, taken.errors)
 
     async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
         return (await self.ack_many([(queue, task_id)], consumer))[0]
@@ -639,11 +646,9 @@ class RedisBackend:
         earliest: int | None = None
         errors: list[tuple[str, ForeignKeyError]] = []
         for queue, reply in zip(queues, await self.transport.pipeline(calls), strict=True):
-            if isinstance(reply, ForeignKeyError):
-                errors.append((queue, await self._foreign(queue, reply)))
-                continue
             if isinstance(reply, BaseException):
-                raise reply
+                await self._skip_foreign(queue, reply, errors)
+                continue
             due, signal_id = reply
             self._signal_ids.setdefault(queue, signal_id)
             if due:
@@ -897,10 +902,8 @@ class RedisBackend:
         errors: list[tuple[str, ForeignKeyError]] = []
         asked: list[tuple[str, Any]] = []
         for queue, ids in zip(queues, leased, strict=True):
-            if isinstance(ids, ForeignKeyError):
-                errors.append((queue, await self._foreign(queue, ids)))
-            elif isinstance(ids, BaseException):
-                raise ids
+            if isinstance(ids, BaseException):
+                await self._skip_foreign(queue, ids, errors)
             elif ids:
                 asked.append((queue, ids))
         records = (
@@ -908,11 +911,9 @@ class RedisBackend:
         )
         out: dict[str, list[str]] = {}
         for (queue, ids), recs in zip(asked, records, strict=True):
-            if isinstance(recs, ForeignKeyError):
-                errors.append((queue, await self._foreign(queue, recs)))
-                continue
             if isinstance(recs, BaseException):
-                raise recs
+                await self._skip_foreign(queue, recs, errors)
+                continue
             held = sorted(
                 t.id
                 for t in self._decode_records(queue, ids, recs)
