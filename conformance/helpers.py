@@ -18,6 +18,7 @@ def message(
     priority: int = 0,
     max_retry: int = 3,
     process_at_ms: int | None = None,
+    process_in_ms: int | None = None,
     unique_key: str | None = None,
     unique_ttl_ms: int | None = None,
     created_ms: int = 0,
@@ -31,6 +32,7 @@ def message(
         priority=priority,
         max_retry=max_retry,
         process_at_ms=process_at_ms,
+        process_in_ms=process_in_ms,
         unique_key=unique_key,
         unique_ttl_ms=unique_ttl_ms,
         created_ms=created_ms,
@@ -56,4 +58,4 @@ async def start(backend: Backend, task_id: str, queue: str = "q", consumer: str 
 
 async def make_dead(backend: Backend, task_id: str, queue: str = "q") -> None:
     await start(backend, task_id, queue)
-    assert await backend.fail(queue, task_id, "c1", "boom", retry_at_ms=None) == TaskState.DEAD
+    assert await backend.fail(queue, task_id, "c1", "boom", retry_in_ms=None) == TaskState.DEAD

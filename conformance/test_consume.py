@@ -36,8 +36,7 @@ async def test_ack_keeps_everything_but_the_run_state(backend: Backend, clock: F
         message("a", priority=7, max_retry=5, unique_key="u", unique_ttl_ms=3_600_000)
     )
     [first] = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
-    retry_at = clock() + 1_000
-    assert await backend.fail("q", "a", "c1", "boom ✗", retry_at_ms=retry_at) == TaskState.RETRY
+    assert await backend.fail("q", "a", "c1", "boom ✗", retry_in_ms=1_000) == TaskState.RETRY
     clock.advance(1_000)
     await backend.promote(["q"])
     [again] = await backend.fetch(["q"], 1, "worker-with-a-long-name", lease_ms=LEASE_MS)
@@ -115,14 +114,16 @@ async def test_ack_many(backend: Backend) -> None:
 async def test_fail_to_retry_then_promote(backend: Backend, clock: FakeClock) -> None:
     await start(backend, "a")
     retry_at = clock() + 5_000
-    assert await backend.fail("q", "a", "c1", "boom", retry_at_ms=retry_at) == TaskState.RETRY
+    assert await backend.fail("q", "a", "c1", "boom", retry_in_ms=5_000) == TaskState.RETRY
     info = await backend.get_task("a", "q")
     assert info is not None
     assert (info.state, info.retried, info.next_run_ms) == (TaskState.RETRY, 1, retry_at)
     assert info.last_error == "boom" and info.consumer is None
-    assert await backend.promote(["q"]) == retry_at
+    assert await backend.promote(["q"]) == 5_000  # how long until it is due
+    clock.advance(1_000)
+    assert await backend.promote(["q"]) == 4_000
     assert await state_of(backend, "a") == TaskState.RETRY
-    clock.advance(5_000)
+    clock.advance(4_000)
     assert await backend.promote(["q"]) is None
     [again] = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
     assert (again.id, again.retried, again.deliveries) == ("a", 1, 2)
@@ -131,11 +132,11 @@ async def test_fail_to_retry_then_promote(backend: Backend, clock: FakeClock) ->
 async def test_fail_without_retries_left_goes_dead(backend: Backend, clock: FakeClock) -> None:
     await backend.enqueue(message("a", max_retry=1))
     await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
-    assert await backend.fail("q", "a", "c1", "one", retry_at_ms=clock()) == TaskState.RETRY
+    assert await backend.fail("q", "a", "c1", "one", retry_in_ms=0) == TaskState.RETRY
     await backend.promote(["q"])
     await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
     clock.advance(100)
-    assert await backend.fail("q", "a", "c1", "two", retry_at_ms=clock()) == TaskState.DEAD
+    assert await backend.fail("q", "a", "c1", "two", retry_in_ms=0) == TaskState.DEAD
     info = await backend.get_task("a", "q")
     assert info is not None
     assert (info.state, info.retried, info.last_error) == (TaskState.DEAD, 1, "two")
@@ -145,12 +146,12 @@ async def test_fail_without_retries_left_goes_dead(backend: Backend, clock: Fake
 async def test_fail_max_retry_zero_goes_dead(backend: Backend, clock: FakeClock) -> None:
     await backend.enqueue(message("a", max_retry=0))
     await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
-    assert await backend.fail("q", "a", "c1", "x", retry_at_ms=clock() + 1) == TaskState.DEAD
+    assert await backend.fail("q", "a", "c1", "x", retry_in_ms=1) == TaskState.DEAD
 
 
 async def test_fail_skip_retry_goes_dead_at_once(backend: Backend, clock: FakeClock) -> None:
     await start(backend, "a")
-    assert await backend.fail("q", "a", "c1", "skip", retry_at_ms=None) == TaskState.DEAD
+    assert await backend.fail("q", "a", "c1", "skip", retry_in_ms=None) == TaskState.DEAD
     info = await backend.get_task("a", "q")
     assert info is not None
     assert (info.state, info.retried, info.last_error) == (TaskState.DEAD, 0, "skip")
@@ -161,8 +162,8 @@ async def test_fail_skip_retry_goes_dead_at_once(backend: Backend, clock: FakeCl
 
 async def test_fail_of_non_active_returns_none(backend: Backend) -> None:
     await backend.enqueue(message("a"))
-    assert await backend.fail("q", "a", "c1", "x", retry_at_ms=None) is None
-    assert await backend.fail("q", "nope", "c1", "x", retry_at_ms=None) is None
+    assert await backend.fail("q", "a", "c1", "x", retry_in_ms=None) is None
+    assert await backend.fail("q", "nope", "c1", "x", retry_in_ms=None) is None
     assert await state_of(backend, "a") == TaskState.PENDING
 
 

@@ -80,8 +80,8 @@ async def test_unique_key_held_while_scheduled_active_retry_and_dead(
     await backend.enqueue(message("d", unique_key="kd", unique_ttl_ms=600_000))
     got = await backend.fetch(["q"], 2, "c1", lease_ms=LEASE_MS)
     assert {t.id for t in got} == {"r", "d"}
-    await backend.fail("q", "r", "c1", "x", retry_at_ms=clock() + 60_000)
-    await backend.fail("q", "d", "c1", "x", retry_at_ms=None)
+    await backend.fail("q", "r", "c1", "x", retry_in_ms=60_000)
+    await backend.fail("q", "d", "c1", "x", retry_in_ms=None)
     for key, holder in [("ks", "s"), ("ka", "a"), ("kr", "r"), ("kd", "d")]:
         with pytest.raises(DuplicateTaskError) as exc_info:
             await backend.enqueue(message(f"{key}-2", unique_key=key, unique_ttl_ms=600_000))
@@ -128,7 +128,7 @@ async def test_unique_key_expires_with_ttl(backend: Backend, clock: FakeClock) -
 async def test_dead_task_keeps_unique_key_until_ttl(backend: Backend, clock: FakeClock) -> None:
     await backend.enqueue(message("d", unique_key="k", unique_ttl_ms=30_000))
     await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
-    await backend.fail("q", "d", "c1", "x", retry_at_ms=None)
+    await backend.fail("q", "d", "c1", "x", retry_in_ms=None)
     with pytest.raises(DuplicateTaskError):
         await backend.enqueue(message("again", unique_key="k", unique_ttl_ms=30_000))
     clock.advance(30_001)

@@ -113,15 +113,12 @@ async def _release(backend: Backend, clock: FakeClock, queue: str) -> None:
 
 async def _fail_for_retry(backend: Backend, clock: FakeClock, queue: str) -> None:
     await start(backend, "t-retry", queue, consumer="c2")
-    retry_at = clock() + 1000
-    assert await backend.fail(queue, "t-retry", "c2", "boom", retry_at_ms=retry_at) == (
-        TaskState.RETRY
-    )
+    assert await backend.fail(queue, "t-retry", "c2", "boom", retry_in_ms=1000) == (TaskState.RETRY)
 
 
 async def _kill(backend: Backend, clock: FakeClock, queue: str) -> None:
     await start(backend, "t-requeue", queue, consumer="c2")
-    assert await backend.fail(queue, "t-requeue", "c2", "boom", retry_at_ms=None) == (
+    assert await backend.fail(queue, "t-requeue", "c2", "boom", retry_in_ms=None) == (
         TaskState.DEAD
     )
 

@@ -25,7 +25,7 @@ async def put_in(backend: Backend, clock: FakeClock, task_id: str, state: TaskSt
     else:
         await start(backend, task_id)
         if state == TaskState.RETRY:
-            await backend.fail("q", task_id, "c1", "x", retry_at_ms=clock() + 60_000)
+            await backend.fail("q", task_id, "c1", "x", retry_in_ms=60_000)
         elif state == TaskState.COMPLETED:
             await backend.ack("q", task_id, "c1")
         elif state == TaskState.CANCELLED:
@@ -77,10 +77,10 @@ async def test_cancel_unknown_and_queue_lookup(backend: Backend) -> None:
 async def test_requeue_dead(backend: Backend, clock: FakeClock) -> None:
     await backend.enqueue(message("a", max_retry=1))
     await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
-    await backend.fail("q", "a", "c1", "x", retry_at_ms=clock())
+    await backend.fail("q", "a", "c1", "x", retry_in_ms=0)
     await backend.promote(["q"])
     await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
-    assert await backend.fail("q", "a", "c1", "x", retry_at_ms=clock()) == TaskState.DEAD
+    assert await backend.fail("q", "a", "c1", "x", retry_in_ms=0) == TaskState.DEAD
     assert await backend.requeue_dead("q", "a") is True
     info = await backend.get_task("a", "q")
     assert info is not None

@@ -30,8 +30,8 @@ async def test_counts_agree_with_listings(backend: Backend, clock: FakeClock) ->
     await backend.enqueue_many([message(f"s{i}", process_at_ms=clock() + i + 1) for i in range(3)])
     active = await backend.fetch(["q"], 5, "c1", lease_ms=LEASE_MS)
     await backend.ack("q", active[0].id, "c1")
-    await backend.fail("q", active[1].id, "c1", "x", retry_at_ms=clock() + 10)
-    await backend.fail("q", active[2].id, "c1", "x", retry_at_ms=None)
+    await backend.fail("q", active[1].id, "c1", "x", retry_in_ms=10)
+    await backend.fail("q", active[2].id, "c1", "x", retry_in_ms=None)
     await backend.cancel("s0", "q")
     info = await backend.queue_info("q")
     expected = {
@@ -69,7 +69,7 @@ async def test_waiting_listed_by_due_time(backend: Backend, clock: FakeClock) ->
     await backend.enqueue_many([message("r1"), message("r2"), message("r3")])
     await backend.fetch(["q"], 3, "c1", lease_ms=LEASE_MS)
     for task_id, delay in [("r1", 3_000), ("r2", 1_000), ("r3", 2_000)]:
-        await backend.fail("q", task_id, "c1", "x", retry_at_ms=t0 + delay)
+        await backend.fail("q", task_id, "c1", "x", retry_in_ms=delay)
     assert await ids_in(backend, TaskState.RETRY) == ["r2", "r3", "r1"]
 
 
@@ -159,7 +159,7 @@ async def test_held_by_names_the_active_tasks_of_one_consumer_by_queue(
     assert await backend.held_by([], "me") == {}
     # only active tasks count: acked, failed and released ones are no longer held
     await backend.ack("one", "one-a", "me")
-    await backend.fail("two", "two-b", "me", "x", retry_at_ms=clock() + 10)
+    await backend.fail("two", "two-b", "me", "x", retry_in_ms=10)
     assert await backend.held_by(queues, "me") == {"one": ["one-b"]}
     await backend.release("one", ["one-b"], "me")
     assert await backend.held_by(queues, "me") == {}

@@ -244,7 +244,12 @@ class BackendMachine(RuleBasedStateMachine):
         retry_at = self.clock() + 2_500 if retry else None
         consumer = task.consumer or "c1"
         result = self.call(
-            self.backend.fail, task.queue, task.id, consumer, "boom", retry_at_ms=retry_at
+            self.backend.fail,
+            task.queue,
+            task.id,
+            consumer,
+            "boom",
+            retry_in_ms=None if retry_at is None else 2_500,
         )
         if task.state != TaskState.ACTIVE:
             assert result is None
@@ -316,7 +321,7 @@ class BackendMachine(RuleBasedStateMachine):
     def advance_and_promote(self, ms: int) -> None:
         self.clock.advance(ms)
         now = self.clock()
-        earliest = self.call(self.backend.promote, list(QUEUES))
+        due_in = self.call(self.backend.promote, list(QUEUES))
         for task in list(self.model.tasks.values()):
             if task.state in (TaskState.SCHEDULED, TaskState.RETRY):
                 assert task.due is not None
@@ -327,7 +332,7 @@ class BackendMachine(RuleBasedStateMachine):
                 if task.expires <= now:
                     del self.model.tasks[task.id]
         dues = [t.due for t in self.model.tasks.values() if t.due is not None]
-        assert earliest == (min(dues) if dues else None)
+        assert due_in == (min(dues) - now if dues else None)
 
     @precondition(lambda self: self.has(TaskState.ACTIVE))
     @rule(consumer=st.sampled_from(CONSUMERS), max_deliveries=st.integers(1, 3))

@@ -78,12 +78,10 @@ class Client:
         if len(payload) > self.max_payload_bytes:
             raise PayloadTooLargeError(len(payload), self.max_payload_bytes)
         now_ms = self.backend.clock()
-        if task.process_at is not None:
-            process_at_ms: int | None = math.ceil(task.process_at * 1000)
-        elif task.process_in is not None:
-            process_at_ms = now_ms + math.ceil(task.process_in * 1000)
-        else:
-            process_at_ms = None
+        # process_in is resolved by the backend's clock (the producer's may be off), process_at
+        # is an instant
+        process_at_ms = None if task.process_at is None else math.ceil(task.process_at * 1000)
+        process_in_ms = None if task.process_in is None else math.ceil(task.process_in * 1000)
         return TaskMessage(
             id=task.id if task.id is not None else new_task_id(now_ms),
             type=task.type,
@@ -98,6 +96,7 @@ class Client:
             unique_ttl_ms=None if task.unique_ttl is None else math.ceil(task.unique_ttl * 1000),
             created_ms=now_ms,
             process_at_ms=process_at_ms,
+            process_in_ms=process_in_ms,
         )
 
     async def enqueue(self, task: Task) -> TaskInfo:

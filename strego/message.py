@@ -26,6 +26,15 @@ class TaskMessage:
     created_ms: int = 0
     #: None or a time at or before now: pending at once; later: scheduled until then
     process_at_ms: int | None = None
+    #: instead of process_at_ms: scheduled this long after the backend stores it, by the
+    #: backend's clock (not the producer's, which may be off)
+    process_in_ms: int | None = None
+
+    def due_ms(self, now: int) -> int | None:
+        """When the task is due by a backend whose clock reads `now`: None for at once."""
+        if self.process_in_ms is not None:
+            return now + self.process_in_ms
+        return self.process_at_ms
 
     def info(self, state: TaskState, **fields: object) -> TaskInfo:
         """A TaskInfo for this message in `state`; `fields` sets the state-dependent fields."""

@@ -37,10 +37,10 @@ class Scheduler:
 
     async def promote_once(self) -> float:
         """Promote what is due; returns how long to wait (seconds) before the next due time."""
-        earliest = await self.backend.promote(self.queues)
-        if earliest is None:
+        due_in_ms = await self.backend.promote(self.queues)
+        if due_in_ms is None:
             return self.max_sleep
-        return min(self.max_sleep, max(0.0, (earliest - self.backend.clock()) / 1000))
+        return min(self.max_sleep, max(0.0, due_in_ms / 1000))
 
     async def prune(self) -> None:
         idle_ms = int(self.consumer_idle * 1000)

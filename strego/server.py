@@ -701,18 +701,18 @@ class Server:
             raise DecodeError(f"payload cannot be decoded as {info.encoding}: {exc}") from exc
 
     async def _fail(self, info: TaskInfo, failure: _Failure) -> None:
-        retry_at_ms = None
+        retry_in_ms = None
         if failure.retry:
             try:
                 delay = self.retry_delay(info.retried, failure.exception, info)
             except Exception:
                 log.exception("retry_delay raised; using the default backoff")
                 delay = ExponentialBackoff()(info.retried, failure.exception, info)
-            retry_at_ms = self.backend.clock() + max(0, round(delay * 1000))
+            retry_in_ms = max(0, round(delay * 1000))
         self.stats.failed += 1
         try:
             state = await self.backend.fail(
-                info.queue, info.id, self.name, failure.error, retry_at_ms=retry_at_ms
+                info.queue, info.id, self.name, failure.error, retry_in_ms=retry_in_ms
             )
         except Exception as exc:
             # it stays active under our name: once its lease expires it is claimed and run again

@@ -138,7 +138,7 @@ async def test_inspection_and_management(backend: Backend) -> None:
     taken = await backend.fetch(["q1"], 1, "c", lease_ms=1000)
     assert [t.id for t in taken] == [a.id]
     assert [c.held for c in await client.consumers("q1")] == [(a.id,)]
-    assert await backend.fail("q1", a.id, "c", "boom", retry_at_ms=None) is TaskState.DEAD
+    assert await backend.fail("q1", a.id, "c", "boom", retry_in_ms=None) is TaskState.DEAD
     assert await client.requeue_dead("q1", a.id)
     assert not await client.requeue_dead("q1", a.id)
     again = await client.get_task(a.id)

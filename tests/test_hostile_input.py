@@ -130,11 +130,11 @@ async def test_any_task_round_trips_or_is_refused_writing_nothing(
 
     first = await take()
     assert (first.type, first.payload, first.labels) == (task.type, expected, task.labels)
-    state = await backend.fail(queue, info.id, consumer, "boom", retry_at_ms=CLOCK() + 1)
+    state = await backend.fail(queue, info.id, consumer, "boom", retry_in_ms=1)
     if state is TaskState.RETRY:
         second = await take()
         assert second.payload == expected
-        await backend.fail(queue, info.id, consumer, "boom", retry_at_ms=None)
+        await backend.fail(queue, info.id, consumer, "boom", retry_in_ms=None)
     assert await backend.requeue_dead(queue, info.id)
     third = await take()
     assert third.payload == expected and third.retried == 0

@@ -74,7 +74,7 @@ async def test_payload_round_trips_byte_exact(backend: RedisBackend, payload: by
     assert (await backend.list_tasks("q", TaskState.PENDING))[0].payload == payload
     (got,) = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
     assert got.payload == payload
-    assert await backend.fail("q", "t", "c1", "err", retry_at_ms=None) == TaskState.DEAD
+    assert await backend.fail("q", "t", "c1", "err", retry_in_ms=None) == TaskState.DEAD
     info = await backend.get_task("t")
     assert info is not None and info.payload == payload
 
@@ -99,7 +99,7 @@ async def test_every_field_round_trips(backend: RedisBackend, clock: FakeClock) 
     clock.advance(1_000)
     await backend.promote(["q"])
     (got,) = await backend.fetch(["q"], 1, "wörker;1,2", lease_ms=LEASE_MS)
-    assert await backend.fail("q", m.id, "x", "bad; news, é", retry_at_ms=clock() + 5)
+    assert await backend.fail("q", m.id, "x", "bad; news, é", retry_in_ms=5)
     info = await backend.get_task(m.id, "q")
     assert info is not None
     assert (info.type, info.payload, info.encoding, info.labels) == (
@@ -144,7 +144,7 @@ async def test_every_key_of_a_queue_shares_one_slot_and_the_schema_version(
 ) -> None:
     # make the backend create every kind of key
     await start(backend, "late")
-    await backend.fail("q", "late", "c1", "x", retry_at_ms=clock() + 10**5)
+    await backend.fail("q", "late", "c1", "x", retry_in_ms=10**5)
     await backend.enqueue_many(
         [message(f"p{p}", priority=p) for p in range(11)]
         + [message("s", process_at_ms=clock() + 10**6), message("u", unique_key="k",
@@ -152,7 +152,7 @@ async def test_every_key_of_a_queue_shares_one_slot_and_the_schema_version(
     )  # fmt: skip
     got = await backend.fetch(["q"], 3, "c1", lease_ms=LEASE_MS)
     await backend.ack("q", got[0].id, "c1")
-    await backend.fail("q", got[1].id, "c1", "x", retry_at_ms=None)
+    await backend.fail("q", got[1].id, "c1", "x", retry_in_ms=None)
     await backend.cancel("s", "q")
     await backend.pause("q")
     stored = {k.decode() async for k in client.scan_iter(match=f"{backend.prefix}:*")}

@@ -167,7 +167,7 @@ async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:
     assert len(got) == 3
     await backend.renew("q", [got[0].id], "c1", lease_ms=LEASE_MS)
     await backend.ack("q", got[0].id, "c1")
-    await backend.fail("q", got[1].id, "c1", "boom", retry_at_ms=None)
+    await backend.fail("q", got[1].id, "c1", "boom", retry_in_ms=None)
     await backend.release("q", [got[2].id], "c1")
     await backend.requeue_dead("q", got[1].id)
     await backend.cancel("s", "q")
@@ -247,7 +247,7 @@ async def test_every_record_a_script_writes_is_canonical(
     assert len(got) == 4
     await check()  # active: fresh ones on fetch's fast path, the others through build()
     await backend.ack_many([("q", "a"), ("q", "c"), ("q", "u")], "a-consumer-name")
-    assert await backend.fail("q", "b", "x", "boom", retry_at_ms=clock() + 5) == TaskState.RETRY
+    assert await backend.fail("q", "b", "x", "boom", retry_in_ms=5) == TaskState.RETRY
     await check()  # completed (ack's fast path), retry
     clock.advance(5)
     await backend.promote(["q"])

@@ -9,9 +9,14 @@ States and places. A task accepted by `enqueue` is at every instant in exactly o
         |                     |  '-----release---------'   \\--fail--> dead --requeue--> pending
         '--cancel--> cancelled <--cancel-- pending, retry
 
-Time. Every backend reads "now" from its clock (epoch milliseconds, injectable for tests). Every
-expiry (unique keys, processed markers, retention, leases) is judged against that clock, never
-against a clock the caller cannot control.
+Time. One clock decides (docs/architecture.md, invariant 7): every lease, expiry (unique keys,
+processed markers, retention), due time and stale claim is judged by the backend's own clock at
+the moment of the transition (Redis: TIME inside the script), never by the host clock of
+whichever client or server calls, which may be minutes off. So callers pass durations, not
+instants, wherever "from now" is meant (`lease_ms`, `retry_in_ms`, `TaskMessage.process_in_ms`),
+and `promote` answers with a duration. `process_at_ms` is an absolute instant by design. The
+`clock` attribute is the backend's clock for a memory backend, and for other backends the host
+clock that stamps ids and creation times; injecting one is a test facility.
 
 Retention. Completed and cancelled tasks are kept for `completed_ttl_ms`; the completed entry is
 the processed marker. Dead tasks are kept for `dead_ttl_ms`. When retention ends the task is gone.
@@ -74,10 +79,12 @@ class Backend(Protocol):
     # -- producing ------------------------------------------------------------------------------
 
     async def enqueue(self, message: TaskMessage) -> TaskInfo:
-        """Store a new task: pending if `process_at_ms` is None or not after now, else scheduled.
-        With a unique key, the key is taken in the same step; a key held by a live task (not
-        completed, not cancelled, TTL not expired) raises `DuplicateTaskError` naming the holder.
-        An id that exists in any state raises `TaskIdConflictError`. Registers the queue."""
+        """Store a new task: pending if it is due now (`process_at_ms` None or not after now, or
+        `process_in_ms` None or 0), else scheduled (until process_at_ms, or process_in_ms after
+        now by the backend's clock). With a unique key, the key is taken in the same step; a
+        key held by a live task (not completed, not cancelled, TTL not expired) raises
+        `DuplicateTaskError` naming the holder. An id that exists in any state raises
+        `TaskIdConflictError`. Registers the queue."""
         ...
 
     async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
@@ -128,10 +135,11 @@ class Backend(Protocol):
         ...
 
     async def fail(
-        self, queue: str, task_id: str, consumer: str, error: str, *, retry_at_ms: int | None
+        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
     ) -> TaskState | None:
-        """Record a failed run of an active task. If `retry_at_ms` is given and retried < max_retry:
-        the task goes to retry, due at retry_at_ms, with retried + 1. Otherwise (SkipRetry, no
+        """Record a failed run of an active task. If `retry_in_ms` is given and retried < max_retry:
+        the task goes to retry, due retry_in_ms after now (by the backend's clock), with
+        retried + 1. Otherwise (SkipRetry, no
         retries left, undecodable) it goes to dead. `error` becomes last_error either way.
         Returns the new state, or None (changing nothing) if the task is not active."""
         ...
@@ -168,8 +176,10 @@ class Backend(Protocol):
 
     async def promote(self, queues: Sequence[str]) -> int | None:
         """Move scheduled and retry tasks that are due (due time <= now) to pending, and remove
-        entries whose retention ended. Returns the earliest due time (ms) of the scheduled and
-        retry tasks still waiting in these queues, or None when there are none."""
+        entries whose retention ended. Returns how long (ms, from now by the backend's clock;
+        0 when more are due already) until the earliest due time of the scheduled and retry
+        tasks still waiting in these queues, or None when there are none. Relative, so the
+        caller needs no clock of its own."""
         ...
 
     async def wait_schedule_change(self, queues: Sequence[str], timeout_ms: int) -> None:

@@ -243,10 +243,11 @@ class MemoryBackend:
         rec = _Record(message=message, state=TaskState.CANCELLED)
         q.tasks[rec.id] = rec
         q.by_state[rec.state][rec.id] = rec
-        if message.process_at_ms is None or message.process_at_ms <= now:
+        due = message.due_ms(now)
+        if due is None or due <= now:
             self._place(q, rec, TaskState.PENDING, now)
         else:
-            rec.next_run_ms = message.process_at_ms
+            rec.next_run_ms = due
             self._place(q, rec, TaskState.SCHEDULED, now)
         return rec.info()
 
@@ -344,7 +345,7 @@ class MemoryBackend:
         return [self._ack(queue, task_id, consumer, now) for queue, task_id in items]
 
     async def fail(
-        self, queue: str, task_id: str, consumer: str, error: str, *, retry_at_ms: int | None
+        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
     ) -> TaskState | None:
         await anyio.lowlevel.checkpoint()
         now = self._now()
@@ -353,10 +354,10 @@ class MemoryBackend:
         rec = q.tasks.get(task_id)
         if rec is None or rec.state != TaskState.ACTIVE:
             return None
-        if retry_at_ms is not None and rec.retried < rec.message.max_retry:
+        if retry_in_ms is not None and rec.retried < rec.message.max_retry:
             rec.last_error = error
             rec.retried += 1
-            rec.next_run_ms = retry_at_ms
+            rec.next_run_ms = now + max(0, retry_in_ms)
             self._place(q, rec, TaskState.RETRY, now)
         else:
             self._to_dead(q, rec, error, now)
@@ -435,7 +436,7 @@ class MemoryBackend:
                 self._place(q, q.tasks[task_id], TaskState.PENDING, now)
             if due_ms is not None and (earliest is None or due_ms < earliest):
                 earliest = due_ms
-        return earliest
+        return None if earliest is None else max(0, earliest - now)
 
     async def wait_schedule_change(self, queues: Sequence[str], timeout_ms: int) -> None:
         self._now()

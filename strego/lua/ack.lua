@@ -2,7 +2,7 @@
 -- the unique key in the same step. Completes the task whoever holds it.
 -- KEYS: 1 tasks, 2 leases, 3 completed, 4 unique, 5 unique_exp, 6 consumers,
 --       7..17 stream for priority 0..10
--- ARGV: 1 now, 2 group, 3 consumer, 4.. task ids
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4.. task ids
 -- Returns one 1 (completed by this call) or 0 (not active: nothing changed) per id.
 --#include lib/record.lua
 
@@ -26,7 +26,7 @@ local function completed(rec, now)
   return new, sid, tonumber(pr) or 0, unique
 end
 
-local now, group = ARGV[1], ARGV[2]
+local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('HSET', KEYS[6], ARGV[3], now)
 -- writes are gathered and sent as one multi-member command per key (far fewer redis.call)
 local out, done, sids = {}, {}, {}

@@ -2,10 +2,10 @@
 -- the unique key.
 -- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 cancelled, 5 unique, 6 unique_exp,
 --       7..17 stream for priority 0..10
--- ARGV: 1 now, 2 group, 3 task id
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 task id
 -- Returns 1 if cancelled, 0 (no change) for a task in another state or unknown.
 --#include lib/record.lua
-local now, group, id = ARGV[1], ARGV[2], ARGV[3]
+local now, group, id = clock(ARGV[1]), ARGV[2], ARGV[3]
 local h = parse(redis.call('HGET', KEYS[1], id))
 if not h then return 0 end
 if h.state == 's' then

@@ -3,11 +3,11 @@
 -- reached max_deliveries. The `leases` zset is scored by expiry, so every stale task is found
 -- however many fresh ones there are.
 -- KEYS: 1 tasks, 2 leases, 3 dead, 4 consumers, 5..15 stream for priority 0..10
--- ARGV: 1 now, 2 group, 3 consumer, 4 count, 5 lease_ms, 6 max_deliveries,
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 count, 5 lease_ms, 6 max_deliveries,
 --       7 the error recorded for a task that exceeded max_deliveries
 -- Returns {id, record, ...} of the claimed tasks.
 --#include lib/record.lua
-local now, group, consumer = ARGV[1], ARGV[2], ARGV[3]
+local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 local need, max_deliveries = tonumber(ARGV[4]), tonumber(ARGV[6])
 redis.call('HSET', KEYS[4], consumer, now)
 local lease_until = add_ms(now, ARGV[5])

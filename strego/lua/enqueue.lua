@@ -3,13 +3,16 @@
 -- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 unique, 5 unique_exp, 6 signal, 7 completed, 8 dead,
 --       9 cancelled, 10..20 stream for priority 0..10, 21 ready (INCRed once when any task
 --       became pending, so fetchers that found the queue idle look again)
--- ARGV: 1 now, 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, then 3 per task:
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, then 3 per task:
 --       id, options, envelope; options '' = the defaults (pending now, priority 0, max_retry 3,
 --       no unique key), else 'due,priority,max_retry,unique_ttl_ms,unique_key' (due '' = now,
---       unique_key '' = none). Three arguments, not seven, keep a big batch cheap to send.
--- Returns one reply per task: {'OK', 'p'|'s'} | {'DUPLICATE', holder_id} | {'ID_CONFLICT', ''}
+--       '+ms' = that long from now by this script's clock, 'ms' = that instant, pending when
+--       not after now; unique_key '' = none). Three arguments, not seven, keep a big batch
+--       cheap to send.
+-- Returns one reply per task: {'OK', 'p'} (pending) | {'OK', due ms} (scheduled) |
+--         {'DUPLICATE', holder_id} | {'ID_CONFLICT', ''}
 --#include lib/record.lua
-local now, group = ARGV[1], ARGV[2]
+local now, group = clock(ARGV[1]), ARGV[2]
 -- read before any write: a foreign (non-string) ready key fails here, leaving nothing behind
 redis.call('GET', KEYS[21])
 local out, pushed = {}, false
@@ -19,7 +22,9 @@ for i = 5, #ARGV, 3 do
   local due, prio, max_retry, uttl, ukey = '', 0, 3, 0, ''
   if opts ~= '' then
     due, prio, max_retry, uttl, ukey =
-      string.match(opts, '^(%d*),(%-?%d+),(%-?%d+),(%-?%d+),(.*)$')
+      string.match(opts, '^(%+?%d*),(%-?%d+),(%-?%d+),(%-?%d+),(.*)$')
+    if string.sub(due, 1, 1) == '+' then due = add_ms(now, string.sub(due, 2)) end
+    if due ~= '' and tonumber(due) <= tonumber(now) then due = '' end
   end
   local reply = nil
   local old = parse(redis.call('HGET', KEYS[1], id))
@@ -67,7 +72,7 @@ for i = 5, #ARGV, 3 do
       redis.call('ZADD', KEYS[5], add_ms(now, uttl), ukey)
     end
     redis.call('HSET', KEYS[1], id, build(h))
-    reply = {'OK', h.state}
+    reply = {'OK', h.state == 's' and due or 'p'}
   end
   out[#out + 1] = reply
 end

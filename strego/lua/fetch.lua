@@ -2,7 +2,7 @@
 -- XREADGROUP (never blocking here), highest priority first, oldest first within a priority.
 -- KEYS: 1 tasks, 2 leases, 3 consumers, 4 paused, 5..15 stream for priority 0..10, 16 dead,
 --       17 ready
--- ARGV: 1 now, 2 group, 3 consumer, 4 count, 5 lease_ms
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 count, 5 lease_ms
 -- Returns {'OK', {id, record, ...}, last_ids, ready} | {'PAUSED', {}, {}, ready}. last_ids (only
 -- when fewer than `count` were started: nothing is left to deliver) holds each stream's newest
 -- entry id ('0-0' when it has none), for the caller's XREAD BLOCK: anything added after the
@@ -11,7 +11,7 @@
 -- (bury_unreadable) instead of being started.
 --#include lib/record.lua
 
-local now, group, consumer = ARGV[1], ARGV[2], ARGV[3]
+local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 
 -- A fresh pending record (the short header) of stream entry `sid`, started by `consumer`: its
 -- active record, written straight from the entry; nil for any other record (parse() and build()

@@ -5,11 +5,12 @@
 -- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 dead, 5 completed, 6 cancelled, 7 unique,
 --       8 unique_exp, 9 signal, 10..20 stream for priority 0..10, 21 ready (INCRed once when
 --       any task became pending)
--- ARGV: 1 now, 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, 5 limit
--- Returns {earliest due ms still waiting ('' = none; now when more are due than `limit`),
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, 5 limit
+-- Returns {ms from now until the earliest due time still waiting ('' = none; 0 when more are
+--          due than `limit`; relative, so the caller needs no clock of its own),
 --          newest signal entry id ('0-0' = none)}
 --#include lib/record.lua
-local now, group, limit = ARGV[1], ARGV[2], tonumber(ARGV[5])
+local now, group, limit = clock(ARGV[1]), ARGV[2], tonumber(ARGV[5])
 local more, pushed = false, false
 redis.call('GET', KEYS[21])  -- a foreign ready key fails here, before any write
 for _, set in ipairs({KEYS[2], KEYS[3]}) do
@@ -43,6 +44,12 @@ for _, ukey in ipairs(stale_keys) do
   redis.call('HDEL', KEYS[7], ukey)
 end
 if pushed then redis.call('INCR', KEYS[21]) end
-local next_due = more and now or (earliest(KEYS[2], KEYS[3]) or '')
+local next_due = ''
+if more then
+  next_due = 0
+else
+  local due = earliest(KEYS[2], KEYS[3])
+  if due then next_due = math.max(0, tonumber(due) - tonumber(now)) end
+end
 local newest = redis.call('XREVRANGE', KEYS[9], '+', '-', 'COUNT', 1)
 return {next_due, newest[1] and newest[1][1] or '0-0'}

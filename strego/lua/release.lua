@@ -2,12 +2,12 @@
 -- counting a failure (graceful shutdown).
 -- KEYS: 1 tasks, 2 leases, 3 consumers, 4..14 stream for priority 0..10, 15 ready (INCRed once
 --       when any task was released)
--- ARGV: 1 now, 2 group, 3 consumer, 4.. task ids
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4.. task ids
 -- Returns how many were released.
 --#include lib/record.lua
 local group, consumer = ARGV[2], ARGV[3]
 redis.call('GET', KEYS[15])  -- a foreign ready key fails here, before any write
-redis.call('HSET', KEYS[3], consumer, ARGV[1])
+redis.call('HSET', KEYS[3], consumer, clock(ARGV[1]))
 local n = 0
 for i = 4, #ARGV do
   local id = ARGV[i]

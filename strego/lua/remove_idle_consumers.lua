@@ -1,10 +1,10 @@
 -- remove_idle_consumers: forget consumers idle longer than idle_ms (by the backend's clock) that
 -- hold no active task, in the consumers hash and in every stream's group.
 -- KEYS: 1 tasks, 2 leases, 3 consumers, 4..14 stream for priority 0..10
--- ARGV: 1 now, 2 group, 3 idle_ms
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 idle_ms
 -- Returns the names removed.
 --#include lib/record.lua
-local now, group, idle = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local now, group, idle = tonumber(clock(ARGV[1])), ARGV[2], tonumber(ARGV[3])
 local holding = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local h = parse(redis.call('HGET', KEYS[1], id))

@@ -1,11 +1,12 @@
 -- renew: extend the leases of active tasks held by `consumer` to now + lease_ms.
 -- KEYS: 1 tasks, 2 leases, 3 consumers
--- ARGV: 1 now, 2 consumer, 3 lease_ms, 4.. task ids
+-- ARGV: 1 now ('' = Redis TIME), 2 consumer, 3 lease_ms, 4.. task ids
 -- Returns the ids the consumer no longer holds.
 --#include lib/record.lua
 local consumer = ARGV[2]
-redis.call('HSET', KEYS[3], consumer, ARGV[1])
-local lease_until = add_ms(ARGV[1], ARGV[3])
+local now = clock(ARGV[1])
+redis.call('HSET', KEYS[3], consumer, now)
+local lease_until = add_ms(now, ARGV[3])
 local lost = {}
 for i = 4, #ARGV do
   local id = ARGV[i]

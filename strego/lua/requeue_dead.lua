@@ -3,10 +3,10 @@
 -- requeues up to `limit` of the oldest dead tasks (requeue_all_dead calls it until it returns 0).
 -- KEYS: 1 tasks, 2 dead, 3..13 stream for priority 0..10, 14 ready (INCRed once when any task
 --       was requeued)
--- ARGV: 1 now, 2 group, 3 dead_ttl_ms, 4 limit, 5.. task ids
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 dead_ttl_ms, 4 limit, 5.. task ids
 -- Returns how many were requeued.
 --#include lib/record.lua
-local now, group = ARGV[1], ARGV[2]
+local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('GET', KEYS[14])  -- a foreign ready key fails here, before any write
 local ids = {}
 if #ARGV > 4 then

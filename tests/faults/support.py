@@ -4,6 +4,7 @@ replaced, and reading the start/finish records they leave."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,11 +12,27 @@ from collections import defaultdict
 from pathlib import Path
 
 import attrs
+import pytest
 
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.anyio_transport import AnyioTransport
+from tests.redis_server import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def faketime(shift: str | None) -> list[str]:
+    """The command prefix that runs a process with its host clock shifted by `shift` (Debian's
+    faketime; the monotonic clock stays real, so sleeps and timeouts are unaffected)."""
+    if shift is None:
+        return []
+    binary = shutil.which("faketime")
+    if binary is None:
+        reason = "faketime is not on PATH (apt-get install faketime)"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return [binary, "-f", shift]
 
 
 def make_backend(url: str, prefix: str, anyio_backend: object) -> RedisBackend:
@@ -31,6 +48,8 @@ class Run:
     """One handler run: the process that ran it and whether it got to its end."""
 
     pid: int
+    #: when it started, by the machine's monotonic clock (the same in every process)
+    started: float
     finished: bool = False
 
 
@@ -48,8 +67,12 @@ class Workers:
     killed: set[int] = attrs.Factory(set)
     started: int = 0
 
-    def start(self) -> subprocess.Popen[bytes]:
-        loop = ("asyncio", "trio")[self.started % 2]
+    def start(
+        self, *args: str, clock_shift: str | None = None, loop: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker process (or, with args, `tests.faults.worker` run with them). `clock_shift`
+        (faketime's offset, e.g. "+120s") shifts its host clock, not its monotonic clock."""
+        loop = loop or ("asyncio", "trio")[self.started % 2]
         self.started += 1
         env = dict(
             os.environ,
@@ -57,12 +80,13 @@ class Workers:
             STREGO_FAULT_PREFIX=self.prefix,
             STREGO_FAULT_LOOP=loop,
             STREGO_FAULT_LOG=str(self.log_dir),
+            FAKETIME_DONT_FAKE_MONOTONIC="1",  # read by faketime only
             **self.env,
         )
         stderr = open(self.log_dir / f"stderr-{self.started}.txt", "wb")  # noqa: SIM115
         with stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.faults.worker"],
+                [*faketime(clock_shift), sys.executable, "-m", "tests.faults.worker", *args],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -91,9 +115,9 @@ class Workers:
         open_runs: dict[tuple[str, int], Run] = {}
         for path in sorted(self.log_dir.glob("*.log")):
             for line in path.read_text().splitlines():
-                event, task_id, pid = line.split()
+                event, task_id, pid, at = line.split()
                 if event == "start":
-                    run = Run(int(pid))
+                    run = Run(int(pid), float(at))
                     runs[task_id].append(run)
                     open_runs[task_id, int(pid)] = run
                 else:

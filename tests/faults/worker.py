@@ -3,12 +3,16 @@ real subprocess that they SIGKILL at will. Configured by environment:
 
 - STREGO_FAULT_URL, STREGO_FAULT_PREFIX: the Redis server and key prefix
 - STREGO_FAULT_LOOP: "asyncio" (RedisBackend over redis-py) or "trio" (over the anyio transport)
-- STREGO_FAULT_LOG: a directory; each process appends `start|finish <task id> <pid>` lines to a
-  file of its own (O_APPEND writes: a line that returned survives a SIGKILL of the writer)
+- STREGO_FAULT_LOG: a directory; each process appends `start|finish <task id> <pid> <monotonic s>`
+  lines to a file of its own (O_APPEND writes: a line that returned survives a SIGKILL of the
+  writer; the monotonic clock is the machine's, shared by every process and never faked)
 - STREGO_FAULT_LEASE (claim_stale_after, s), STREGO_FAULT_MAX_DELIVERIES, STREGO_FAULT_CONCURRENCY
 
 Handlers: `job` (payload: seconds to sleep; records start and finish) and `poison` (records its
-start, then SIGKILLs its own process)."""
+start, then SIGKILLs its own process).
+
+`python -m tests.faults.worker enqueue ID SECONDS` enqueues one `job` of id ID (payload 0) due
+SECONDS from now, then exits: a producer whose host clock a test may shift."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import anyio
 
@@ -31,15 +36,18 @@ def record(event: str, task_id: str | None) -> None:
     if _fd is None:
         path = os.path.join(os.environ["STREGO_FAULT_LOG"], f"{os.getpid()}.log")
         _fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.write(_fd, f"{event} {task_id} {os.getpid()}\n".encode())
+    os.write(_fd, f"{event} {task_id} {os.getpid()} {time.monotonic():.3f}\n".encode())
+
+
+def build_backend() -> RedisBackend:
+    url, prefix = os.environ["STREGO_FAULT_URL"], os.environ["STREGO_FAULT_PREFIX"]
+    if os.environ.get("STREGO_FAULT_LOOP", "asyncio") == "trio":
+        return RedisBackend(AnyioTransport.from_url(url), prefix=prefix)
+    return RedisBackend.from_url(url, prefix=prefix)
 
 
 def build_server() -> strego.Server:
-    url, prefix = os.environ["STREGO_FAULT_URL"], os.environ["STREGO_FAULT_PREFIX"]
-    if os.environ.get("STREGO_FAULT_LOOP", "asyncio") == "trio":
-        backend = RedisBackend(AnyioTransport.from_url(url), prefix=prefix)
-    else:
-        backend = RedisBackend.from_url(url, prefix=prefix)
+    backend = build_backend()
     server = strego.Server(
         backend,
         concurrency=int(os.environ.get("STREGO_FAULT_CONCURRENCY", "10")),
@@ -65,7 +73,17 @@ def build_server() -> strego.Server:
     return server
 
 
+async def enqueue(task_id: str, seconds: float) -> None:
+    backend = build_backend()
+    try:
+        await strego.Client(backend).enqueue(strego.Task("job", 0, id=task_id, process_in=seconds))
+    finally:
+        await backend.aclose()
+
+
 async def main() -> None:
+    if sys.argv[1:2] == ["enqueue"]:
+        return await enqueue(sys.argv[2], float(sys.argv[3]))
     server = build_server()
     try:
         await server.run()

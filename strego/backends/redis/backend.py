@@ -44,6 +44,8 @@ REDIS_TIMER_SLACK_MS = 110
 #: The step of that last stretch: how late a due task can be promoted, at most.
 SCHEDULE_STEP_MS = 5
 
+#: How often reads that filter by time measure the offset of Redis's clock again (seconds).
+TIME_REFRESH_S = 10.0
 #: A queue whose keys hold another type is logged at most once per this many seconds.
 FOREIGN_LOG_INTERVAL_S = 60.0
 #: The Redis type of each kind of queue key (the priority streams p0..p10 are streams too).
@@ -149,7 +151,15 @@ class RedisBackend:
             self.transport = RedisPyTransport(client_or_transport)
         self.prefix = prefix
         self.group = group
+        #: the host clock, for what the caller stamps itself (task ids, created times); every
+        #: decision on time is made by Redis TIME inside the scripts (docs/architecture.md,
+        #: invariant 7), unless `clock` was injected: a test facility only
         self.clock: Clock = clock or system_clock
+        self._injected_clock = clock is not None
+        #: Redis time minus the monotonic clock (ms), for reads that filter by time, and when
+        #: it was measured (monotonic s); see _read_now
+        self._time_offset_ms = 0.0
+        self._time_measured = float("-inf")
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
         self._keys: dict[str, Keys] = {}
@@ -182,6 +192,26 @@ class RedisBackend:
         if keys is None:
             keys = self._keys[queue] = Keys(self.prefix, validate_queue_name(queue))
         return keys
+
+    def _now(self) -> Arg:
+        """ARGV `now` of every script: '' (the script reads Redis TIME), or the injected clock."""
+        return self.clock() if self._injected_clock else ""
+
+    async def _read_now(self) -> int:
+        """Now by Redis's clock, for reads that filter by time (retention, idle times): the
+        monotonic clock plus an offset to Redis TIME measured at most TIME_REFRESH_S ago, so a
+        read costs no extra round trip. Decisions are never made with it: scripts read TIME."""
+        if self._injected_clock:
+            return self.clock()
+        mono = time.monotonic()
+        if mono - self._time_measured >= TIME_REFRESH_S:
+            sec, usec = await self.transport.execute(Command(("TIME",), idempotent=True))
+            after = time.monotonic()
+            # the reply was made somewhere in the round trip: take its middle
+            self._time_offset_ms = int(sec) * 1000 + int(usec) / 1000 - (mono + after) * 500
+            self._time_measured = after
+            mono = after
+        return int(mono * 1000 + self._time_offset_ms)
 
     def _call(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> ScriptCall:
         return ScriptCall(script(name), keys, args)
@@ -242,7 +272,7 @@ class RedisBackend:
 
     async def enqueue(self, message: TaskMessage) -> TaskInfo:
         # enqueue_many's two calls for one message, without its grouping (the common call)
-        now = self.clock()
+        now = self._now()
         queue = message.queue
         _, ((code, detail),) = await self._pipeline(
             [
@@ -258,7 +288,7 @@ class RedisBackend:
     async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
         if not messages:
             return []
-        now = self.clock()
+        now = self._now()
         by_queue: dict[str, list[int]] = defaultdict(list)
         for i, message in enumerate(messages):
             by_queue[message.queue].append(i)
@@ -278,7 +308,7 @@ class RedisBackend:
                 results[i] = self._enqueued(messages[i], code, detail)
         return [r for r in results if r is not None]
 
-    def _enqueue_call(self, queue: str, now: int, messages: Sequence[TaskMessage]) -> ScriptCall:
+    def _enqueue_call(self, queue: str, now: Arg, messages: Sequence[TaskMessage]) -> ScriptCall:
         """The enqueue script's call for `messages`, all of `queue`."""
         keys = self._enqueue_keys.get(queue)
         if keys is None:
@@ -290,8 +320,11 @@ class RedisBackend:
             self._enqueue_keys[queue] = keys
         args: list[Arg] = [now, self.group, self.completed_ttl_ms, self.dead_ttl_ms]
         for m in messages:
-            due = m.process_at_ms
-            due_arg = "" if due is None or due <= now else due
+            # the script decides against its clock whether the task is due yet
+            if m.process_in_ms is not None:
+                due_arg = f"+{m.process_in_ms}" if m.process_in_ms > 0 else ""
+            else:
+                due_arg = "" if m.process_at_ms is None else str(m.process_at_ms)
             if due_arg or m.priority or m.max_retry != DEFAULT_MAX_RETRY or m.unique_key:
                 # '' stands for all the defaults (see enqueue.lua)
                 opts = (
@@ -308,9 +341,9 @@ class RedisBackend:
         """What the enqueue script's reply (code, detail) for `m` says."""
         if code != codes.OK:
             return codes.error_for(code, m, detail)
-        if detail == b"s":
-            return m.info(TaskState.SCHEDULED, next_run_ms=m.process_at_ms)
-        return m.info(TaskState.PENDING)
+        if detail == b"p":
+            return m.info(TaskState.PENDING)
+        return m.info(TaskState.SCHEDULED, next_run_ms=int(detail))
 
     # -- consuming --------------------------------------------------------------------------------
 
@@ -332,7 +365,7 @@ class RedisBackend:
             try:
                 out.append(decode(queue, task_id, flat[i + 1]))
             except SchemaVersionError as exc:
-                await self.fail(queue, task_id, consumer, unreadable_reason(exc), retry_at_ms=None)
+                await self.fail(queue, task_id, consumer, unreadable_reason(exc), retry_in_ms=None)
         return out
 
     async def fetch(
@@ -386,7 +419,7 @@ class RedisBackend:
         return self._call(
             "fetch",
             (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead, k.ready),
-            (self.clock(), self.group, consumer, count, lease_ms),
+            (self._now(), self.group, consumer, count, lease_ms),
         )
 
     async def _candidates(
@@ -428,7 +461,7 @@ class RedisBackend:
             calls.append(self._fetch_call(first, consumer, count, lease_ms))
         if seen:
             calls.append(mget)
-        clock = self.clock()
+        clock = self._now()
         for k in map(self.keys, peeked):
             calls.append(
                 self._call("peek", (k.consumers, k.paused, *k.streams, k.ready), (clock, consumer))
@@ -525,7 +558,7 @@ class RedisBackend:
     async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
         if not items:
             return []
-        now = self.clock()
+        now = self._now()
         by_queue: dict[str, list[int]] = defaultdict(list)
         for i, (queue, _) in enumerate(items):
             by_queue[queue].append(i)
@@ -548,14 +581,14 @@ class RedisBackend:
         return done
 
     async def fail(
-        self, queue: str, task_id: str, consumer: str, error: str, *, retry_at_ms: int | None
+        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
     ) -> TaskState | None:
         k = self.keys(queue)
         letter = await self._run(
             "fail",
             (k.tasks, k.leases, k.scheduled, k.retry, k.dead, k.signal, k.consumers, *k.streams),
-            (self.clock(), self.group, consumer, task_id, error,
-             "" if retry_at_ms is None else retry_at_ms),
+            (self._now(), self.group, consumer, task_id, error,
+             "" if retry_in_ms is None else max(0, retry_in_ms)),
         )  # fmt: skip
         return {b"r": TaskState.RETRY, b"d": TaskState.DEAD}.get(letter)
 
@@ -566,7 +599,7 @@ class RedisBackend:
         n: int = await self._run(
             "release",
             (k.tasks, k.leases, k.consumers, *k.streams, k.ready),
-            (self.clock(), self.group, consumer, *task_ids),
+            (self._now(), self.group, consumer, *task_ids),
         )
         return n
 
@@ -579,7 +612,7 @@ class RedisBackend:
         lost = await self._run(
             "renew",
             (k.tasks, k.leases, k.consumers),
-            (self.clock(), consumer, lease_ms, *task_ids),
+            (self._now(), consumer, lease_ms, *task_ids),
         )
         return [_str(i) for i in lost]
 
@@ -602,8 +635,9 @@ class RedisBackend:
         if asked > 1:
             # the script runs queue after queue (each claims what the earlier left of `count`),
             # but most queues hold no expired lease: one round trip finds those that do (a
-            # foreign key is left to the script to report)
-            now = self.clock()
+            # foreign key is left to the script to report). By the read clock: a lease it
+            # misses by a few ms is claimed at the next pass; the script decides by TIME.
+            now = await self._read_now()
             expired = await self.transport.pipeline(
                 [Command(("ZRANGEBYSCORE", self.keys(q).leases, "-inf", now, "LIMIT", 0, 1),
                          idempotent=True)
@@ -618,7 +652,7 @@ class RedisBackend:
                 items = await self._run(
                     "claim_stale",
                     (k.tasks, k.leases, k.dead, k.consumers, *k.streams),
-                    (self.clock(), self.group, consumer, count - len(out), lease_ms,
+                    (self._now(), self.group, consumer, count - len(out), lease_ms,
                      max_deliveries, error),
                 )  # fmt: skip
             except ForeignKeyError as exc:
@@ -631,7 +665,7 @@ class RedisBackend:
     async def promote(self, queues: Sequence[str]) -> int | None:
         if not queues:
             return None
-        now = self.clock()
+        now = self._now()
         calls: list[ScriptCall | Command] = []
         for queue in queues:
             k = self.keys(queue)
@@ -649,10 +683,10 @@ class RedisBackend:
             if isinstance(reply, BaseException):
                 await self._skip_foreign(queue, reply, errors)
                 continue
-            due, signal_id = reply
+            due_in, signal_id = reply
             self._signal_ids.setdefault(queue, signal_id)
-            if due:
-                earliest = int(due) if earliest is None else min(earliest, int(due))
+            if due_in != b"":
+                earliest = int(due_in) if earliest is None else min(earliest, int(due_in))
         self._isolate(len(queues), errors, "promote")
         return earliest
 
@@ -700,7 +734,7 @@ class RedisBackend:
         done = await self._run(
             "cancel",
             (k.tasks, k.scheduled, k.retry, k.cancelled, k.unique, k.unique_exp, *k.streams),
-            (self.clock(), self.group, task_id),
+            (self._now(), self.group, task_id),
         )
         return bool(done == 1)
 
@@ -709,7 +743,7 @@ class RedisBackend:
         n: int = await self._run(
             "requeue_dead",
             (k.tasks, k.dead, *k.streams, k.ready),
-            (self.clock(), self.group, self.dead_ttl_ms, BATCH, *task_ids),
+            (self._now(), self.group, self.dead_ttl_ms, BATCH, *task_ids),
         )
         return n
 
@@ -773,7 +807,7 @@ class RedisBackend:
 
     async def queue_info(self, queue: str) -> QueueInfo:
         k = self.keys(queue)
-        now = self.clock()
+        now = await self._read_now()
         calls: list[ScriptCall | Command] = [
             Command(("EXISTS", k.paused)),
             Command(("ZCARD", k.scheduled)),
@@ -833,10 +867,10 @@ class RedisBackend:
             ids = await self.transport.execute(Command(("ZRANGE", key, offset, offset + limit - 1)))
         else:
             key = getattr(k, _RETAINED[state])
+            live_from = self._live_from(state, await self._read_now())
             ids = await self.transport.execute(
-                Command(("ZREVRANGEBYSCORE", key, "+inf", self._live_from(state, self.clock()),
-                         "LIMIT", offset, limit))
-            )  # fmt: skip
+                Command(("ZREVRANGEBYSCORE", key, "+inf", live_from, "LIMIT", offset, limit))
+            )
         return [t for t in await self._records(queue, ids) if t.state is state]
 
     def _retained(self, record: bytes, now: int) -> bool:
@@ -856,7 +890,7 @@ class RedisBackend:
         calls: list[ScriptCall | Command] = [
             Command(("HGET", self.keys(q).tasks, task_id), idempotent=True) for q in names
         ]
-        now = self.clock()
+        now = await self._read_now()
         for queue, rec in zip(names, await self._pipeline(calls), strict=True):
             if rec is not None and self._retained(rec, now):
                 return queue, rec
@@ -869,7 +903,7 @@ class RedisBackend:
         rec = await self.transport.execute(
             Command(("HGET", self.keys(queue).tasks, task_id), idempotent=True)
         )
-        if rec is None or not self._retained(rec, self.clock()):
+        if rec is None or not self._retained(rec, await self._read_now()):
             return None
         return decode_for_listing(queue, task_id, rec)
 
@@ -882,7 +916,7 @@ class RedisBackend:
         for task in await self._records(queue, ids):
             if task.state is TaskState.ACTIVE and task.consumer is not None:
                 held[task.consumer].append(task.id)
-        now = self.clock()
+        now = await self._read_now()
         return [
             ConsumerInfo(
                 name=_str(name),
@@ -929,7 +963,7 @@ class RedisBackend:
         names = await self._run(
             "remove_idle_consumers",
             (k.tasks, k.leases, k.consumers, *k.streams),
-            (self.clock(), self.group, idle_ms),
+            (self._now(), self.group, idle_ms),
         )
         return [_str(n) for n in names]
 

@@ -1,5 +1,6 @@
 """Loads the Lua scripts of strego/lua once: each ``--#include lib/x.lua`` line is replaced by that
-shared fragment, and each script becomes one `Script` (called by SHA1, loaded again on NOSCRIPT)."""
+shared fragment (fragments may include others; each is included once per script), and each script
+becomes one `Script` (called by SHA1, loaded again on NOSCRIPT)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,17 @@ def source(name: str) -> str:
     return _read(f"{name}.lua")
 
 
+def _expand(text: str, included: set[str]) -> str:
+    def include(match: re.Match[str]) -> str:
+        path = match.group(1)
+        if path in included:
+            return ""
+        included.add(path)
+        return _expand(_read(path), included)
+
+    return _INCLUDE.sub(include, text)
+
+
 @cache
 def script(name: str) -> Script:
-    text = _INCLUDE.sub(lambda m: _read(m.group(1)), source(name))
-    return Script(name=name, source=text)
+    return Script(name=name, source=_expand(source(name), set()))

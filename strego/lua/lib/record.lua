@@ -11,6 +11,8 @@
 -- base 36, so that the record of a small task fits a 32-byte allocation in Redis. The envelope
 -- (type, payload, options) belongs to Python and is never parsed here: payloads stay opaque bytes.
 
+--#include lib/clock.lua
+
 local HEADER = '^(%a)(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*);()'
 
 -- Return codes (mapped to typed errors by strego/backends/redis/codes.py).
