@@ -1,5 +1,5 @@
 """strego: enqueue N no-op tasks (client.enqueue_many, batches of 1000), then one Server with
-concurrency C drains them; prints one JSON line shaped like the peers' in /work/shared/bench/peers.
+concurrency C drains them; prints one JSON line shaped like the peers' (bench/peers.py runs them).
 
     python bench/bench_strego.py N C REDIS_URL [--transport default|redispy|anyio] [--trio]
 

@@ -1,5 +1,5 @@
-"""strego beside the peers of ../shared/bench/peers on one Redis, in one run (that folder is
-read-only: its scripts are run in place, ours from bench/).
+"""strego beside the peers on one Redis, in one run (their scripts, in `peers.PEERS_DIR`, are
+read-only and run in place; ours from bench/).
 
     python bench/compare.py [--n 10000] [--concurrency 32] [--repeat 3] [--url redis://...]
                             [--peers floor,strego,streaq,saq,taskiq,arq] [--install]

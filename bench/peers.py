@@ -1,4 +1,4 @@
-"""Running the peers' benchmark scripts (../shared/bench/peers/bench_<peer>.py) and ours
+"""Running the peers' benchmark scripts (bench_<peer>.py in PEERS_DIR, $STREGO_PEERS_DIR) and ours
 (bench/bench_strego.py) one after another on one Redis: same argv (N, concurrency, URL), one JSON
 line each, the database flushed before every run.
 

@@ -5,7 +5,7 @@
 Columns are setups: the memory backend; the Redis backend over the anyio transport (what
 RedisBackend.from_url uses) under asyncio and trio; and over redis-py ("redispy", asyncio only).
 Without --url a throwaway redis-server is started on a free port. --peers also runs the peers'
-scripts of ../shared/bench/peers on the same Redis (installing them in a venv of their own when
+scripts (in `peers.PEERS_DIR`) on the same Redis (installing them in a venv of their own when
 missing) and prints strego's ratio to each. The figures go to bench/results/run-<time>.json as
 well. The default sizes take a few minutes."""
 

@@ -358,7 +358,8 @@ class RedisBackend:
 
     async def _started(self, queue: str, flat: Sequence[bytes], consumer: str) -> list[TaskInfo]:
         """Tasks just made active for `consumer`. One whose record does not decode could never
-        run: it goes to dead with the reason (invariant 4), and the others are returned."""
+        run: it goes to dead with the reason (docs/architecture.md, invariant 4), and the others
+        are returned."""
         out = []
         for i in range(0, len(flat), 2):
             task_id = _str(flat[i])

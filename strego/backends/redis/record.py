@@ -6,9 +6,6 @@ with string functions) followed by the envelope that only Python reads::
     <state><retried>,<deliveries>,<started>,<ended>,<due>,<max_retry>,<priority>,<sid>,
     <consumer_len>,<error_len>,<unique_len>;<consumer><error><unique_key><envelope>
 
-A fresh pending task (every header field at its default but sid) has the short header
-``P<sid in base 36>;``, which Python reads as all defaults (it never needs the sid).
-
     envelope = <created>,<timeout>,<type_len>,<encoding_len>,<labels_len>;
                <type><encoding><labels JSON, empty when none><payload>
 
@@ -16,7 +13,13 @@ Numbers are decimal ASCII; lengths are in bytes. An empty field is its default, 
 record is short: retried, deliveries, priority and the lengths 0, max_retry 3, started, ended,
 due and timeout none, encoding "json", created the time that starts the task id (strego.ids; an
 id chosen by the caller, or another time, is written out). The payload is the tail, stored and
-returned byte for byte: nothing ever parses it."""
+returned byte for byte: nothing ever parses it.
+
+Short header. The Lua side writes a pending task whose header fields are all at their defaults
+but sid (a fresh task) as ``P<sid ms>-<sid seq>;<envelope>``: a capital P, then the two numbers
+of its stream entry id (``<ms>-<seq>``) each in base 36, e.g. ``Pmwt87eed-23;``, so a small
+task's record fits a 32-byte Redis allocation. Python reads it as a pending task with every
+header field at its default (it never needs the sid) and never writes it."""
 
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ STATE_OF = {
     b"x"[0]: TaskState.CANCELLED,
 }
 LETTER = {state: bytes([code]).decode() for code, state in STATE_OF.items()}
-#: The short header of a fresh pending task: `P<sid>;`, every other field at its default.
+#: The short header of a fresh pending task: `P<sid ms>-<sid seq>;` (base 36), every other
+#: field at its default.
 _SHORT = b"P"[0]
 _SHORT_HEADER = re.compile(rb"P[0-9A-Za-z]+-[0-9A-Za-z]+;")  # as lib/record.lua's SHORT
 _DEFAULTS = (b"",) * 11
