@@ -68,6 +68,13 @@ def _backend_error(exc: BaseException) -> BackendError | None:
     return None
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C (alone or in an exception group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[1] is None
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from strego.demo import run_demo
 
@@ -103,7 +110,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     try:
         anyio.run(main, backend="trio" if args.trio else "asyncio")
-    except (BackendError, BaseExceptionGroup) as exc:
+    except (BackendError, KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if _interrupted(exc):
+            print("strego demo: interrupted", file=sys.stderr)
+            return 130
         cause = _backend_error(exc)
         if cause is None:
             raise

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,34 @@ async def test_remove_keys_deletes_only_its_prefix_in_batches(
         await other.aclose()
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_demo_interrupted_on_redis_removes_its_keys(clean_redis_url: str, loop: str) -> None:
+    admin = redis.Redis.from_url(clean_redis_url)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "strego.cli", "demo", "--redis", clean_redis_url, "--seconds", "60"]
+        + (["--trio"] if loop == "trio" else []),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30  # a hang guard: the demo writes keys within a second
+        while not admin.dbsize() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert admin.dbsize() > 0
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = demo.communicate(timeout=60)
+        assert demo.returncode == 130
+        assert err == "strego demo: interrupted\n"
+        assert admin.dbsize() == 0
+    finally:
+        demo.kill()
+        demo.wait()
+        admin.close()
+
+
 def test_demo_against_a_redis_that_is_down_says_why_in_a_line() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -117,6 +148,19 @@ def test_version() -> None:
     assert strego_package.__version__ == importlib.metadata.version("strego")
     done = strego("--version")
     assert (done.returncode, done.stdout) == (0, f"strego {strego_package.__version__}\n")
+
+
+def test_version_of_a_source_tree_that_was_never_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    try:
+        assert importlib.reload(strego_package).__version__ == "0+unknown"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(strego_package)
+    assert strego_package.__version__ == importlib.metadata.version("strego")
 
 
 def test_bare_strego_prints_the_help() -> None:
