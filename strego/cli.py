@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -39,19 +40,19 @@ async def remove_keys(backend: RedisBackend) -> int:
     batches of SCAN + one DEL per key, so no call blocks Redis for long. Returns how many."""
     from strego.backends.redis.transport import Command
 
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", backend.prefix) + ":*"  # the prefix, literally
     removed, cursor = 0, b"0"
     while True:
         cursor, keys = await backend.transport.execute(
-            Command(
-                ("SCAN", cursor, "MATCH", f"{backend.prefix}:*", "COUNT", CLEANUP_BATCH),
-                idempotent=True,
-            )
+            Command(("SCAN", cursor, "MATCH", pattern, "COUNT", CLEANUP_BATCH), idempotent=True)
         )
         if keys:
-            deleted = await backend.transport.pipeline(
+            for deleted in await backend.transport.pipeline(
                 [Command(("DEL", key), idempotent=True) for key in keys]
-            )
-            removed += sum(n for n in deleted if isinstance(n, int))
+            ):
+                if isinstance(deleted, BaseException):
+                    raise deleted
+                removed += deleted
         if cursor in (b"0", 0):
             return removed
 

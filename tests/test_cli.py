@@ -79,7 +79,8 @@ async def test_remove_keys_deletes_only_its_prefix_in_batches(
     clean_redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cli, "CLEANUP_BATCH", 4)
-    mine = RedisBackend.from_url(clean_redis_url, prefix="strego-demo-mine")
+    # a glob character in the prefix matches itself only
+    mine = RedisBackend.from_url(clean_redis_url, prefix="strego-demo-*")
     other = RedisBackend.from_url(clean_redis_url, prefix="strego-demo-other")
     deletes: list[int] = []  # the DELs sent per round trip
     pipeline = mine.transport.pipeline
