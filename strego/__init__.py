@@ -1,10 +1,14 @@
 """strego: a distributed task queue for asyncio and trio, with atomic state transitions."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from strego.client import Client
 from strego.errors import (
+    BackendClosedError,
     DuplicateTaskError,
     InvalidQueueNameError,
     InvalidTaskError,
+    NaiveDatetimeError,
     PayloadTooLargeError,
     SerializationError,
     SkipRetry,
@@ -16,12 +20,19 @@ from strego.retry import ExponentialBackoff
 from strego.server import Server, ServerStats
 from strego.task import Task, TaskInfo, TaskState
 
+try:  # pyproject.toml is the one source of the version
+    __version__ = version("strego")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
+    "BackendClosedError",
     "Client",
     "DuplicateTaskError",
     "ExponentialBackoff",
     "InvalidQueueNameError",
     "InvalidTaskError",
+    "NaiveDatetimeError",
     "PayloadTooLargeError",
     "SerializationError",
     "Server",

@@ -6,20 +6,74 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
+from strego import __version__
 from strego.backends.base import Backend
+from strego.errors import BackendError
 from strego.server import Server
 
+if TYPE_CHECKING:
+    from strego.backends.redis import RedisBackend
 
-def _redis_backend(url: str, prefix: str) -> Backend:
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def _redis_backend(url: str, prefix: str) -> RedisBackend:
     from strego.backends.redis import RedisBackend
 
     return RedisBackend.from_url(url, prefix=prefix)  # the anyio transport: asyncio and trio
+
+
+#: Keys deleted per round trip when the Redis demo cleans up.
+CLEANUP_BATCH = 500
+
+
+async def remove_keys(backend: RedisBackend) -> int:
+    """Delete every key under the backend's prefix (the Redis demo's own, unique prefix), in
+    batches of SCAN + one DEL per key, so no call blocks Redis for long. Returns how many."""
+    from strego.backends.redis.transport import Command
+
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", backend.prefix) + ":*"  # the prefix, literally
+    removed, cursor = 0, b"0"
+    while True:
+        cursor, keys = await backend.transport.execute(
+            Command(("SCAN", cursor, "MATCH", pattern, "COUNT", CLEANUP_BATCH), idempotent=True)
+        )
+        if keys:
+            for deleted in await backend.transport.pipeline(
+                [Command(("DEL", key), idempotent=True) for key in keys]
+            ):
+                if isinstance(deleted, BaseException):
+                    raise deleted
+                removed += deleted
+        if cursor in (b"0", 0):
+            return removed
+
+
+def _backend_error(exc: BaseException) -> BackendError | None:
+    """The first backend error in `exc` or, for an exception group, in its members."""
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for member in exc.exceptions:
+            found = _backend_error(member)
+            if found is not None:
+                return found
+    return None
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C (alone or in an exception group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[1] is None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -29,28 +83,43 @@ def _demo(args: argparse.Namespace) -> int:
     # the demo's failures are on purpose: show them only when asked
     logging.getLogger("strego").setLevel(logging.INFO if args.verbose else logging.ERROR)
 
-    async def main() -> None:
-        if args.redis:
-            backend = _redis_backend(args.redis, f"strego-demo-{secrets.token_hex(4)}")
-        else:
-            from strego.backends.memory import MemoryBackend
+    async def demo(backend: Backend) -> None:
+        await run_demo(
+            backend, tasks=args.tasks, seconds=args.seconds, concurrency=args.concurrency
+        )
 
-            backend = MemoryBackend()
+    async def main() -> None:
         where = f"Redis at {args.redis}" if args.redis else "the in-memory backend"
         print(
             f"strego demo: {args.tasks} tasks on {where} under {'trio' if args.trio else 'asyncio'}"
         )
+        if not args.redis:
+            from strego.backends.memory import MemoryBackend
+
+            await demo(MemoryBackend())
+            return
+        backend = _redis_backend(args.redis, f"strego-demo-{secrets.token_hex(4)}")
         try:
-            await run_demo(
-                backend, tasks=args.tasks, seconds=args.seconds, concurrency=args.concurrency
-            )
-            if args.redis:
-                for queue in await backend.queues():
-                    await backend.purge(queue)
+            await backend.queues()  # an unreachable Redis fails here, before anything starts
+            try:
+                await demo(backend)
+            finally:
+                with anyio.CancelScope(shield=True):  # even after Ctrl-C
+                    await remove_keys(backend)
         finally:
             await backend.aclose()
 
-    anyio.run(main, backend="trio" if args.trio else "asyncio")
+    try:
+        anyio.run(main, backend="trio" if args.trio else "asyncio")
+    except (BackendError, KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if _interrupted(exc):
+            print("strego demo: interrupted", file=sys.stderr)
+            return 130
+        cause = _backend_error(exc)
+        if cause is None:
+            raise
+        print(f"strego demo: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -60,8 +129,13 @@ def load_server(spec: str) -> Server:
     if not module_name or not attribute:
         raise SystemExit(f"expected module:attribute, not {spec!r}")
     sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    server = getattr(module, attribute, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"cannot import module {module_name!r}: {exc}") from exc
+    if not hasattr(module, attribute):
+        raise SystemExit(f"module {module_name!r} has no attribute {attribute!r}")
+    server = getattr(module, attribute)
     if not isinstance(server, Server):
         raise SystemExit(f"{spec} is not a strego.Server (found {type(server).__name__})")
     return server
@@ -69,7 +143,7 @@ def load_server(spec: str) -> Server:
 
 def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
+        level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     server = load_server(args.server)
@@ -87,7 +161,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="strego", description="strego task queue")
-    commands = root.add_subparsers(dest="command", required=True)
+    root.add_argument("--version", action="version", version=f"strego {__version__}")
+    commands = root.add_subparsers(dest="command", title="commands")
 
     demo = commands.add_parser("demo", help="run producers and a server, show progress")
     demo.add_argument("--redis", metavar="URL", help="use Redis at URL (default: in memory)")
@@ -103,13 +178,23 @@ def parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run the Server named module:attribute")
     worker.add_argument("server", metavar="module:attribute")
     worker.add_argument("--trio", action="store_true", help="run under trio instead of asyncio")
-    worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    worker.add_argument(
+        "--log-level",
+        type=str.upper,  # before the choices are checked: "debug" is DEBUG
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="logging level (default INFO)",
+    )
     worker.set_defaults(run=_worker)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    root = parser()
+    args = root.parse_args(argv)
+    if args.command is None:  # a bare `strego`: show what it can do
+        root.print_help(sys.stderr)
+        return 2
     code: int = args.run(args)
     return code
 

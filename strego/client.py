@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from strego.backends.base import Backend, ConsumerInfo, QueueInfo
 from strego.errors import InvalidTaskError, PayloadTooLargeError, StregoError
@@ -32,8 +32,11 @@ class Client:
     - `max_payload_bytes` (default 1 MiB): a larger serialized payload raises
       PayloadTooLargeError.
 
-    The client does not own the backend: leaving ``async with Client(...)`` does not close it
-    (several clients and servers may share one backend; close it with ``backend.aclose()``).
+    Who closes the backend: a client closes only a backend it created. ``Client(backend)`` does
+    not own `backend` (several clients and servers may share it): leaving ``async with
+    Client(backend)`` or `aclose()` leaves it open, and you close it with ``backend.aclose()``.
+    ``Client.from_url(url)`` creates its own RedisBackend and closes it on leaving ``async with``
+    or on `aclose()`. A closed backend raises BackendClosedError on every call.
     """
 
     def __init__(
@@ -52,6 +55,34 @@ class Client:
         if self.serializer.name == RAW_ENCODING:
             raise ValueError(f"the serializer name {RAW_ENCODING!r} is reserved for bytes payloads")
         self.max_payload_bytes = max_payload_bytes
+        #: whether `aclose` closes the backend (only one this client created)
+        self.owns_backend = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        serializer: Serializer | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        **backend_options: Any,
+    ) -> Client:
+        """A client on a RedisBackend of its own for `url` (`backend_options` go to
+        `RedisBackend.from_url`), closed with the client."""
+        from strego.backends.redis import RedisBackend
+
+        client = cls(
+            RedisBackend.from_url(url, **backend_options),
+            serializer=serializer,
+            max_payload_bytes=max_payload_bytes,
+        )
+        client.owns_backend = True
+        return client
+
+    async def aclose(self) -> None:
+        """Close the backend if this client created it (`from_url`); otherwise do nothing."""
+        if self.owns_backend:
+            await self.backend.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -62,7 +93,7 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        await self.aclose()
 
     # -- producing ----------------------------------------------------------------------------
 

@@ -101,3 +101,12 @@ class ForeignKeyError(BackendError):
 
 class SchemaVersionError(BackendError):
     """The stored data was written by an incompatible schema version."""
+
+
+class NaiveDatetimeError(InvalidTaskError):
+    """A datetime without a time zone was given where a point in time is needed: it would be read
+    in the machine's local time zone, which is rarely what was meant. Nothing was written."""
+
+
+class BackendClosedError(BackendError):
+    """The backend was closed (`aclose()`); it refuses every call afterwards."""

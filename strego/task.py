@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from strego.errors import InvalidQueueNameError, InvalidTaskError
+from strego.errors import InvalidQueueNameError, InvalidTaskError, NaiveDatetimeError
 
 #: Queue names: 1 to 100 characters from this set. No braces (they would break the Redis hash tag),
 #: no colon (the key separator), no whitespace.
@@ -64,10 +64,17 @@ def seconds(
 
 
 def epoch_seconds(value: datetime | float | None, what: str) -> float | None:
-    """A point in time as epoch seconds, from a datetime (naive means local time) or a number."""
+    """A point in time as epoch seconds, from an aware datetime or a number. A naive datetime is
+    refused: it would be read in the local time zone (a naive `utcnow()` five hours off in New
+    York)."""
     if value is None:
         return None
     if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise NaiveDatetimeError(
+                f"{what} must be an aware datetime (with a time zone), not the naive {value!r}:"
+                " pass e.g. datetime.now(timezone.utc) + timedelta(seconds=5)"
+            )
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise InvalidTaskError(f"{what} must be a datetime or epoch seconds, not {value!r}")

@@ -3,12 +3,15 @@ convert."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
 
-from strego.errors import InvalidQueueNameError, InvalidTaskError
+from strego.errors import InvalidQueueNameError, InvalidTaskError, NaiveDatetimeError
 from strego.task import Task, TaskInfo, TaskState, validate_queue_name
 
 
@@ -173,9 +176,57 @@ def test_timedelta_conversion() -> None:
 def test_datetime_conversion() -> None:
     aware = datetime(2026, 1, 1, tzinfo=UTC)
     assert Task("t", process_at=aware).process_at == 1_767_225_600.0
-    naive = datetime(2026, 1, 1, 12, 30)  # local time
-    assert Task("t", process_at=naive).process_at == naive.timestamp()
+    new_york = datetime(2025, 12, 31, 19, tzinfo=timezone(timedelta(hours=-5)))
+    assert Task("t", process_at=new_york).process_at == 1_767_225_600.0
     assert Task("t", process_at=1_767_225_600).process_at == 1_767_225_600.0
+
+
+class _NoOffset(tzinfo):
+    """A tzinfo that knows no offset: a datetime carrying it is naive all the same."""
+
+    def utcoffset(self, dt: datetime | None) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "naive", [datetime(2026, 1, 1, 12, 30), datetime(2026, 1, 1, tzinfo=_NoOffset())]
+)
+def test_naive_process_at_is_refused(naive: datetime) -> None:
+    with pytest.raises(NaiveDatetimeError, match=r"process_at must be an aware datetime") as err:
+        Task("t", process_at=naive)
+    assert isinstance(err.value, InvalidTaskError)
+    assert "datetime.now(timezone.utc)" in str(err.value)
+
+
+# The issue's case: in New York, a naive `utcnow() + 5 s` was read as local time, five hours out.
+# Under the same TZ it is refused, and the aware form it is told to use is due in 5 s.
+NEW_YORK_SCRIPT = """
+import time
+from datetime import datetime, timedelta, timezone
+import strego
+
+assert time.localtime().tm_gmtoff != 0, "TZ did not take effect"
+try:
+    strego.Task("t", process_at=datetime.utcnow() + timedelta(seconds=5))
+except strego.NaiveDatetimeError as exc:
+    print("refused:", exc)
+due = strego.Task("t", process_at=datetime.now(timezone.utc) + timedelta(seconds=5)).process_at
+print("due in", round(due - time.time()))
+"""
+
+
+def test_naive_process_at_is_refused_in_another_time_zone() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", NEW_YORK_SCRIPT],
+        env={**os.environ, "TZ": "America/New_York"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    refused, due = done.stdout.splitlines()
+    assert refused.startswith("refused: process_at must be an aware datetime")
+    assert due == "due in 5"
 
 
 def test_task_info_views() -> None:

@@ -256,5 +256,6 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None:
-        """Release connections. The backend is unusable afterwards."""
+        """Release connections. Every call afterwards raises `BackendClosedError`; closing again
+        does nothing."""
         ...

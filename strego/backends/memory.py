@@ -28,7 +28,7 @@ import attrs
 from strego.backends.base import Clock, ConsumerInfo, QueueInfo
 from strego.clock import wall_clock_ms
 from strego.errors import (
-    BackendError,
+    BackendClosedError,
     DuplicateTaskError,
     InvalidTaskError,
     StregoError,
@@ -131,7 +131,7 @@ class MemoryBackend:
 
     def _now(self) -> int:
         if self._closed:
-            raise BackendError("the backend is closed")
+            raise BackendClosedError("the backend is closed")
         return int(self.clock())
 
     def _queue(self, name: str, now: int) -> _Queue:

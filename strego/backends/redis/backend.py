@@ -25,7 +25,7 @@ from strego.backends.redis.record import (
     unreadable_reason,
 )
 from strego.backends.redis.scripts import script
-from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
+from strego.backends.redis.transport import Arg, ClosedTransport, Command, ScriptCall, Transport
 from strego.errors import ForeignKeyError, InvalidTaskError, SchemaVersionError, StregoError
 from strego.message import TaskMessage
 from strego.task import TaskInfo, TaskState, validate_queue_name
@@ -969,4 +969,6 @@ class RedisBackend:
         return [_str(n) for n in names]
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        """Close the transport; every call afterwards raises BackendClosedError."""
+        transport, self.transport = self.transport, ClosedTransport()
+        await transport.aclose()

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from strego.errors import BackendClosedError
+
 #: One argument of a Redis command.
 Arg = bytes | str | int | float
 
@@ -83,3 +85,26 @@ class Transport(Protocol):
     async def ping(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class ClosedTransport:
+    """What a closed RedisBackend sends through: every call raises BackendClosedError (the
+    transport it had may reconnect when used again, but the backend is closed for good)."""
+
+    async def run_script(self, call: ScriptCall) -> Any:
+        raise BackendClosedError("the backend is closed")
+
+    async def execute(self, command: Command) -> Any:
+        raise BackendClosedError("the backend is closed")
+
+    async def pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
+        raise BackendClosedError("the backend is closed")
+
+    async def blocking(self, command: Command, timeout_ms: int) -> Any:
+        raise BackendClosedError("the backend is closed")
+
+    async def ping(self) -> None:
+        raise BackendClosedError("the backend is closed")
+
+    async def aclose(self) -> None:
+        return None
