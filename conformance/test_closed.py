@@ -24,7 +24,7 @@ CALLS: dict[str, Callable[[Backend], Awaitable[Any]]] = {
     "blocking fetch": lambda b: b.fetch(["q"], 1, "c1", lease_ms=LEASE_MS, block_ms=60_000),
     "ack": lambda b: b.ack("q", "t1", "c1"),
     "ack_many": lambda b: b.ack_many([("q", "t1")], "c1"),
-    "fail": lambda b: b.fail("q", "t1", "c1", "boom", retry_at_ms=None),
+    "fail": lambda b: b.fail("q", "t1", "c1", "boom", retry_in_ms=None),
     "release": lambda b: b.release("q", ["t1"], "c1"),
     "renew": lambda b: b.renew("q", ["t1"], "c1", lease_ms=LEASE_MS),
     "claim_stale": lambda b: b.claim_stale(["q"], "c2", 10, lease_ms=LEASE_MS, max_deliveries=5),
