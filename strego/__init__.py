@@ -1,8 +1,10 @@
 """strego: a distributed task queue for asyncio and trio, with atomic state transitions."""
 
+from strego.backends.base import TaskPage
 from strego.client import Client
 from strego.errors import (
     DuplicateTaskError,
+    InvalidCursorError,
     InvalidQueueNameError,
     InvalidTaskError,
     PayloadTooLargeError,
@@ -20,6 +22,7 @@ __all__ = [
     "Client",
     "DuplicateTaskError",
     "ExponentialBackoff",
+    "InvalidCursorError",
     "InvalidQueueNameError",
     "InvalidTaskError",
     "PayloadTooLargeError",
@@ -31,6 +34,7 @@ __all__ = [
     "Task",
     "TaskIdConflictError",
     "TaskInfo",
+    "TaskPage",
     "TaskState",
     "current_task",
 ]

@@ -71,7 +71,7 @@ PAYLOADS = [
 @pytest.mark.parametrize("payload", PAYLOADS)
 async def test_payload_round_trips_byte_exact(backend: RedisBackend, payload: bytes) -> None:
     await backend.enqueue(message("t", payload=payload))
-    assert (await backend.list_tasks("q", TaskState.PENDING))[0].payload == payload
+    assert (await backend.list_tasks("q", TaskState.PENDING)).tasks[0].payload == payload
     (got,) = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
     assert got.payload == payload
     assert await backend.fail("q", "t", "c1", "err", retry_at_ms=None) == TaskState.DEAD

@@ -5,6 +5,7 @@ is sent through a `Transport`, so the same backend runs over redis-py or the any
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
-from strego.backends.base import Clock, ConsumerInfo, QueueInfo
+from strego.backends.base import MAX_SCAN, Clock, ConsumerInfo, QueueInfo, TaskPage, check_limit
+from strego.backends.cursor import decode_cursor, encode_cursor
 from strego.backends.redis import codes
 from strego.backends.redis.keys import Keys, queues_key
 from strego.backends.redis.record import (
@@ -26,9 +28,15 @@ from strego.backends.redis.record import (
 )
 from strego.backends.redis.scripts import script
 from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
-from strego.errors import ForeignKeyError, InvalidTaskError, SchemaVersionError, StregoError
+from strego.errors import (
+    ForeignKeyError,
+    InvalidCursorError,
+    InvalidTaskError,
+    SchemaVersionError,
+    StregoError,
+)
 from strego.message import TaskMessage
-from strego.task import TaskInfo, TaskState, validate_queue_name
+from strego.task import MAX_PRIORITY, TaskInfo, TaskState, validate_queue_name
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -111,6 +119,37 @@ class _Taken:
         #: where a blocking wait would start, a group per queue: flattened only when needed
         self.waits: list[list[tuple[str, bytes]]] = []
         self.errors: list[tuple[str, ForeignKeyError]] = []
+
+
+#: A stream entry id, as a cursor may name one.
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+def _stream_position(cursor: str, state: TaskState) -> tuple[int, str]:
+    """The (priority, stream entry id) a pending or active listing's cursor names."""
+    prio, sid = decode_cursor(cursor, state, (int, str))
+    if not (isinstance(prio, int) and 0 <= prio <= MAX_PRIORITY) or not _ENTRY_ID.fullmatch(
+        str(sid)
+    ):
+        raise InvalidCursorError(f"malformed cursor {cursor!r}")
+    return prio, str(sid)
+
+
+def _sorted_position(cursor: str, state: TaskState) -> tuple[int, str]:
+    """The (score, task id) a listing of a sorted set's cursor names."""
+    score, task_id = decode_cursor(cursor, state, (int, str))
+    if not (isinstance(score, int) and abs(score) < 2**53):  # a score is a double in Redis
+        raise InvalidCursorError(f"malformed cursor {cursor!r}")
+    return score, str(task_id)
+
+
+def _score(value: bytes | str) -> int:
+    """A sorted set score as written by the scripts (whole ms; a float if set by hand)."""
+    text = _str(value)
+    try:
+        return int(text)
+    except ValueError:
+        return int(float(text))
 
 
 def _pairs(reply: Any) -> list[tuple[Any, Any]]:
@@ -813,31 +852,42 @@ class RedisBackend:
         return [t for t in found if t is not None]
 
     async def list_tasks(
-        self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
-    ) -> list[TaskInfo]:
+        self, queue: str, state: TaskState, *, cursor: str | None = None, limit: int = 100
+    ) -> TaskPage:
+        check_limit(limit)
         k = self.keys(queue)
-        if offset < 0 or limit < 0:
-            raise InvalidTaskError("offset and limit must be >= 0")
-        if limit == 0:
-            return []
-        if state is TaskState.PENDING:
-            items = await self._run("list_pending", (k.tasks, *k.streams), (offset, limit))
-            return self._decode_pairs(queue, items)
-        if state is TaskState.ACTIVE:
-            ids = await self.transport.execute(Command(("ZRANGE", k.leases, 0, -1)))
-            active = [t for t in await self._records(queue, ids) if t.state is TaskState.ACTIVE]
-            active.sort(key=lambda t: (t.started_ms or 0, t.id))
-            return active[offset : offset + limit]
+        if state in (TaskState.PENDING, TaskState.ACTIVE):
+            at: tuple[Arg, Arg] = ("", "") if cursor is None else _stream_position(cursor, state)
+            name = "list_pending" if state is TaskState.PENDING else "list_active"
+            args: tuple[Arg, ...] = (limit, MAX_SCAN, *at)
+            if state is TaskState.ACTIVE:
+                args = (self.group, *args)
+            more, last_prio, last_sid, items = await self._run(name, (k.tasks, *k.streams), args)
+            return TaskPage(
+                tasks=self._decode_pairs(queue, items),
+                next_cursor=encode_cursor(state, (int(last_prio), _str(last_sid)))
+                if more
+                else None,
+            )
+        after: tuple[Arg, Arg] = ("", "") if cursor is None else _sorted_position(cursor, state)
         if state in (TaskState.SCHEDULED, TaskState.RETRY):
             key = k.scheduled if state is TaskState.SCHEDULED else k.retry
-            ids = await self.transport.execute(Command(("ZRANGE", key, offset, offset + limit - 1)))
+            order, floor = "asc", ""
         else:
             key = getattr(k, _RETAINED[state])
-            ids = await self.transport.execute(
-                Command(("ZREVRANGEBYSCORE", key, "+inf", self._live_from(state, self.clock()),
-                         "LIMIT", offset, limit))
-            )  # fmt: skip
-        return [t for t in await self._records(queue, ids) if t.state is state]
+            ttl = self.dead_ttl_ms if state is TaskState.DEAD else self.completed_ttl_ms
+            order, floor = "desc", str(self.clock() - ttl)
+        more, items = await self._run("list_sorted", (k.tasks, key), (order, limit, *after, floor))
+        tasks = []
+        for i in range(0, len(items), 3):
+            found = items[i + 1] and decode_for_listing(queue, _str(items[i]), items[i + 1])
+            if found and found.state is state:
+                tasks.append(found)
+        next_cursor = None
+        if more:
+            last = (_score(items[-1]), _str(items[-3]))
+            next_cursor = encode_cursor(state, last)
+        return TaskPage(tasks=tasks, next_cursor=next_cursor)
 
     def _retained(self, record: bytes, now: int) -> bool:
         try:
