@@ -337,3 +337,24 @@ async def test_remove_idle_consumers_keeps_holders(backend: Backend, clock: Fake
     clock.advance(20_000)
     assert sorted(await backend.remove_idle_consumers("q", 11_000)) == ["holder", "recent"]
     assert await backend.consumers("q") == []
+
+
+async def test_remove_idle_consumers_goes_round_every_consumer(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A backend may look at a batch of consumers per call: calls repeated forget every idle
+    consumer that holds nothing, and never one that holds a task."""
+    await backend.enqueue_many([message("a"), message("b")])
+    await backend.fetch(["q"], 1, "holder-1", lease_ms=LEASE_MS)
+    await backend.fetch(["q"], 1, "holder-2", lease_ms=LEASE_MS)
+    idle = {f"idle-{i:03}" for i in range(250)}
+    for name in sorted(idle):
+        assert await backend.fetch(["q"], 1, name, lease_ms=LEASE_MS) == []
+    clock.advance(20_000)
+    await backend.fetch(["q"], 1, "recent", lease_ms=LEASE_MS)
+    removed: list[str] = []
+    for _ in range(50):
+        removed += await backend.remove_idle_consumers("q", 10_000)
+    assert sorted(removed) == sorted(idle)
+    names = sorted(c.name for c in await backend.consumers("q"))
+    assert names == ["holder-1", "holder-2", "recent"]

@@ -274,7 +274,10 @@ class Backend(Protocol):
 
     async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
         """Forget consumers idle for longer than idle_ms that hold no task, and return their names.
-        A consumer that still holds tasks is kept (claim its tasks first)."""
+        A consumer that still holds tasks is kept (claim its tasks first). A backend may look at
+        a bounded batch of the queue's consumers per call (Redis: about 100), each call going on
+        where the last one stopped, so an idle consumer may be forgotten only by a later call;
+        calls repeated as often as the batches go round forget every one."""
         ...
 
     async def aclose(self) -> None:

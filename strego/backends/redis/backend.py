@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 ENQUEUE_CHUNK = 100
 #: How many entries promote moves or expires per call, and requeue_all_dead per call.
 BATCH = 1000
+#: About how many consumers one remove_idle_consumers call looks at (one HSCAN batch); the next
+#: call goes on from there.
+CONSUMER_BATCH = 100
 #: Redis times out a BLOCK in its cron, every 1000/hz ms (100 ms at the default hz 10), so a
 #: blocking read returns up to that much late. Schedule waits end this much early, and the last
 #: stretch before a due time is slept here in short steps.
@@ -112,10 +115,12 @@ class _IdleQueues:
 class _Taken:
     """What one fetch over several queues has gathered so far."""
 
-    __slots__ = ("errors", "tasks", "waits")
+    __slots__ = ("errors", "more", "tasks", "waits")
 
     def __init__(self) -> None:
         self.tasks: list[TaskInfo] = []
+        #: a fetch script stopped at its bound of stray entries: more may be left to deliver
+        self.more = False
         #: where a blocking wait would start, a group per queue: flattened only when needed
         self.waits: list[list[tuple[str, bytes]]] = []
         self.errors: list[tuple[str, ForeignKeyError]] = []
@@ -201,6 +206,8 @@ class RedisBackend:
         self._foreign_logged: dict[str, float] = {}
         #: per consumer, the queues its last fetches over several queues found idle
         self._idle: dict[str, _IdleQueues] = {}
+        # per queue, where remove_idle_consumers' scan of the consumers hash goes on from
+        self._consumer_scan: dict[str, bytes | str] = {}
         self.idle_recheck_s = IDLE_RECHECK_S
 
     @classmethod
@@ -384,10 +391,11 @@ class RedisBackend:
         block_ms: int = 0,
         ordered: bool = True,
     ) -> list[TaskInfo]:
-        out, wait_groups = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
-        if out or block_ms <= 0 or count <= 0:
+        taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
+        out = taken.tasks
+        if out or block_ms <= 0 or count <= 0 or taken.more:
             return out
-        waits = [w for group in wait_groups for w in group]
+        waits = [w for group in taken.waits for w in group]
         if not waits:  # every queue is paused: nothing to wait on but time
             await anyio.sleep(block_ms / 1000)
             return []
@@ -396,8 +404,7 @@ class RedisBackend:
         await self.transport.blocking(
             Command(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *ids)), block_ms
         )
-        out, _ = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
-        return out
+        return (await self._fetch_once(queues, count, consumer, lease_ms, ordered)).tasks
 
     def _idle_of(self, consumer: str, queues: Sequence[str]) -> _IdleQueues:
         """The idle-queue findings of `consumer`, kept for its last set of queues only (a server
@@ -508,7 +515,7 @@ class RedisBackend:
 
     async def _fetch_once(
         self, queues: Sequence[str], count: int, consumer: str, lease_ms: int, ordered: bool
-    ) -> tuple[list[TaskInfo], list[list[tuple[str, bytes]]]]:
+    ) -> _Taken:
         taken = _Taken()
         asked = len(queues)
         state = None
@@ -528,7 +535,7 @@ class RedisBackend:
                 reply = exc
             await self._take(queue, reply, consumer, state, taken)
         self._isolate(asked, taken.errors, "fetch")
-        return taken.tasks, taken.waits
+        return taken
 
     async def _take(
         self, queue: str, reply: Any, consumer: str, state: _IdleQueues | None, taken: _Taken
@@ -539,9 +546,12 @@ class RedisBackend:
             await self._failed(queue, reply, state, taken)
             return
         status, items, last, ready = reply
-        taken.tasks += await self._started(queue, items, consumer)
+        started = await self._started(queue, items, consumer)
+        taken.tasks += started
         k = self.keys(queue)
         wait = list(zip(k.streams, last, strict=True)) if status == codes.OK and last else []
+        if status == codes.OK and not last and not started:
+            taken.more = True  # stopped at its bound of strays: fetch again, do not wait
         taken.waits.append(wait)
         if state is not None:
             if wait or status != codes.OK:  # nothing left to deliver, or paused
@@ -976,11 +986,18 @@ class RedisBackend:
 
     async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
         k = self.keys(queue)
-        names = await self._run(
+        scan, names = await self._run(
             "remove_idle_consumers",
             (k.tasks, k.leases, k.consumers, *k.streams),
-            (self.clock(), self.group, idle_ms),
+            (
+                self.clock(),
+                self.group,
+                idle_ms,
+                self._consumer_scan.get(queue, "0"),
+                CONSUMER_BATCH,
+            ),
         )
+        self._consumer_scan[queue] = scan
         return [_str(n) for n in names]
 
     async def aclose(self) -> None:
