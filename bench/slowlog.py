@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.json:
             print(line, flush=True)
 
+    # the handler that fills the dead tasks fails each on purpose: no warning per task
+    logging.getLogger("strego.server").setLevel(logging.ERROR)
     server = start_redis_server()
     try:
         result = anyio.run(

@@ -1,0 +1,34 @@
+"""bench/slowlog.py at a tiny size, so that the script cannot rot (its figures are not checked
+here: they depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench import slowlog
+from tests.redis_server import unavailable
+
+pytestmark = pytest.mark.redis
+
+
+def test_slowlog_bench_runs_every_phase(capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not on PATH")
+    args = ["--pending", "300", "--dead", "20", "--serve", "50", "--slower-than-us", "0"]
+    result = slowlog.main([*args, "--json"])
+    assert json.loads(capsys.readouterr().out) == result
+    phases = result["phases"]
+    assert list(phases) == ["list", "serve", "requeue", "purge"]
+    listed = phases["list"]["detail"]
+    assert (listed["pending"], listed["dead"], listed["active"]) == (300, 20, 0)
+    assert phases["requeue"]["detail"] == "20 requeued"
+    # 300 + 20 requeued - the served ones (50 and those in flight when the server stopped)
+    purged = int(phases["purge"]["detail"].removesuffix(" purged"))
+    assert 0 < purged <= 270
+    scripts = {row["call"] for row in phases["list"]["calls"]}
+    assert {"list_pending", "list_sorted", "list_active"} <= scripts
+    assert {"fetch", "ack"} <= {row["call"] for row in phases["serve"]["calls"]}
+    assert result["slowest"]["ms"] > 0
