@@ -128,6 +128,17 @@ async def test_paging(backend: Backend) -> None:
     assert first.next_cursor is None and len(first.tasks) == 25
 
 
+async def test_big_pages_past_active_entries(backend: Backend) -> None:
+    """Pages bigger than a backend's batch per call, past active tasks' entries: full pages."""
+    await backend.enqueue_many([message(f"t{i:04}") for i in range(700)])
+    assert len(await backend.fetch(["q"], 300, "c1", lease_ms=LEASE_MS)) == 300
+    assert [len(p) for p in await pages(backend, TaskState.PENDING, MAX_PAGE)] == [400]
+    walked = await pages(backend, TaskState.PENDING, 350)
+    assert [len(p) for p in walked] == [350, 50]
+    assert [i for p in walked for i in p] == [f"t{i:04}" for i in range(300, 700)]
+    assert [len(p) for p in await pages(backend, TaskState.ACTIVE, 260)] == [260, 40]
+
+
 async def fill(backend: Backend, clock: FakeClock, state: TaskState, n: int, tag: str) -> None:
     """n tasks named <tag><i> in `state`, several of them sharing a priority, due time or end
     time (ties are ordered by id), the others spread out."""

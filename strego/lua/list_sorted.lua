@@ -8,6 +8,7 @@
 --       5 floor: entries scored at or below it are not listed ('' = none)
 -- Returns {more, {id, record (false when gone), score, ...}}: more is 1 when entries follow the
 -- last one returned.
+local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) or 5.4 (some emulators)
 local key, desc, limit = KEYS[2], ARGV[1] == 'desc', tonumber(ARGV[2])
 local score, id, floor = ARGV[3], ARGV[4], tonumber(ARGV[5])
 
@@ -43,15 +44,19 @@ else
   if score ~= '' then first = rank_of(true) end
   entries = redis.call('ZRANGE', key, first, first + limit, 'WITHSCORES')
 end
-local out, more = {}, 0
+local ids, more = {}, 0
 for i = 1, #entries, 2 do
   if floor and tonumber(entries[i + 1]) <= floor then break end
   if i > 2 * limit then
     more = 1
     break
   end
-  out[#out + 1] = entries[i]
-  out[#out + 1] = redis.call('HGET', KEYS[1], entries[i]) or false
-  out[#out + 1] = entries[i + 1]
+  ids[#ids + 1] = entries[i]
+end
+-- one HMGET for the batch: far cheaper than a call per entry
+local recs = #ids > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
+local out = {}
+for i, id in ipairs(ids) do
+  out[3 * i - 2], out[3 * i - 1], out[3 * i] = id, recs[i], entries[2 * i]
 end
 return {more, out}

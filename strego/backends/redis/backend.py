@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 ENQUEUE_CHUNK = 100
 #: How many entries promote moves or expires per call, and requeue_all_dead per call.
 BATCH = 1000
+#: How many entries one list_pending, list_active or list_sorted call looks at at most: a page
+#: of list_tasks takes several calls (MAX_SCAN entries in all), each of them short.
+LIST_BATCH = 250
 #: About how many consumers one remove_idle_consumers call looks at (one HSCAN batch); the next
 #: call goes on from there.
 CONSUMER_BATCH = 100
@@ -866,20 +869,40 @@ class RedisBackend:
     ) -> TaskPage:
         check_limit(limit)
         k = self.keys(queue)
-        if state in (TaskState.PENDING, TaskState.ACTIVE):
-            at: tuple[Arg, Arg] = ("", "") if cursor is None else _stream_position(cursor, state)
-            name = "list_pending" if state is TaskState.PENDING else "list_active"
-            args: tuple[Arg, ...] = (limit, MAX_SCAN, *at)
-            if state is TaskState.ACTIVE:
-                args = (self.group, *args)
-            more, last_prio, last_sid, items = await self._run(name, (k.tasks, *k.streams), args)
-            return TaskPage(
-                tasks=self._decode_pairs(queue, items),
-                next_cursor=encode_cursor(state, (int(last_prio), _str(last_sid)))
-                if more
-                else None,
-            )
-        after: tuple[Arg, Arg] = ("", "") if cursor is None else _sorted_position(cursor, state)
+        sorted_set = state not in (TaskState.PENDING, TaskState.ACTIVE)
+        at: tuple[int | str, int | str] = ("", "")
+        if cursor is not None:
+            at = (_sorted_position if sorted_set else _stream_position)(cursor, state)
+        tasks: list[TaskInfo] = []
+        # a page in script calls of LIST_BATCH entries each (each one short: Redis serves nobody
+        # else meanwhile), MAX_SCAN entries looked at in all
+        for _ in range(MAX_SCAN // LIST_BATCH):
+            want = min(limit - len(tasks), LIST_BATCH)
+            if sorted_set:
+                more, at = await self._list_sorted(queue, state, at, want, tasks)
+            else:
+                name = "list_pending" if state is TaskState.PENDING else "list_active"
+                args: tuple[Arg, ...] = (want, LIST_BATCH, *at)
+                if state is TaskState.ACTIVE:
+                    args = (self.group, *args)
+                more, prio, sid, items = await self._run(name, (k.tasks, *k.streams), args)
+                tasks += self._decode_pairs(queue, items)
+                at = (int(prio), _str(sid))
+            if not more or len(tasks) == limit:
+                break
+        return TaskPage(tasks=tasks, next_cursor=encode_cursor(state, at) if more else None)
+
+    async def _list_sorted(
+        self,
+        queue: str,
+        state: TaskState,
+        after: tuple[int | str, int | str],
+        want: int,
+        out: list[TaskInfo],
+    ) -> tuple[bool, tuple[int | str, int | str]]:
+        """One list_sorted call: adds the tasks of `state` after the position `after` to `out`;
+        returns whether entries follow, and the position of the last entry looked at."""
+        k = self.keys(queue)
         if state in (TaskState.SCHEDULED, TaskState.RETRY):
             key = k.scheduled if state is TaskState.SCHEDULED else k.retry
             order, floor = "asc", ""
@@ -887,17 +910,14 @@ class RedisBackend:
             key = getattr(k, _RETAINED[state])
             ttl = self.dead_ttl_ms if state is TaskState.DEAD else self.completed_ttl_ms
             order, floor = "desc", str(self.clock() - ttl)
-        more, items = await self._run("list_sorted", (k.tasks, key), (order, limit, *after, floor))
-        tasks = []
+        more, items = await self._run("list_sorted", (k.tasks, key), (order, want, *after, floor))
         for i in range(0, len(items), 3):
             found = items[i + 1] and decode_for_listing(queue, _str(items[i]), items[i + 1])
             if found and found.state is state:
-                tasks.append(found)
-        next_cursor = None
-        if more:
-            last = (_score(items[-1]), _str(items[-3]))
-            next_cursor = encode_cursor(state, last)
-        return TaskPage(tasks=tasks, next_cursor=next_cursor)
+                out.append(found)
+        if items:
+            after = (_score(items[-1]), _str(items[-3]))
+        return bool(more), after
 
     def _retained(self, record: bytes, now: int) -> bool:
         try:
