@@ -3,7 +3,7 @@ queue holds many tasks. Redis serves nobody else while a script runs; the goal i
 takes 10 ms or more, however big the queue.
 
     python bench/slowlog.py [--pending 1000000] [--dead 100000] [--serve 5000]
-                            [--slower-than-us 100] [--json]
+                            [--scheduled 10000] [--slower-than-us 100] [--json]
 
 On a throwaway redis-server it starts itself (never the one on 6379), it fills one queue with
 `--dead` dead tasks (a Server whose handler fails them, no retries) and then `--pending` pending
@@ -15,13 +15,15 @@ after each phase:
 - list: every page (1,000 tasks each) of the pending and dead tasks, and the active, scheduled
   and completed ones, walked by cursor;
 - serve: a Server (concurrency 32) runs `--serve` of the pending tasks;
+- promote: `--scheduled` tasks enqueued due in a second, then promoted (`promote` until none is
+  due);
 - requeue: `requeue_all_dead` moves the dead tasks back to pending;
 - purge: the queue's public `purge` of its pending tasks (the whole queue).
 
 It prints, per phase, each script (by name) or command a client sent (the commands a script runs
 are left out: the script's own entry counts them) with its number of logged calls and its slowest
 and 99th percentile durations in ms. The filling takes minutes at the default sizes; small sizes
-(`--pending 200 --dead 20 --serve 50`) make a smoke run."""
+(`--pending 200 --dead 20 --serve 50 --scheduled 50`) make a smoke run."""
 
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from strego import Client, Server, Task, TaskState
 from strego.backends.base import MAX_PAGE
 from strego.backends.redis.backend import RedisBackend
 from strego.backends.redis.scripts import NAMES, script
+from strego.errors import BackendTimeoutError
 from tests.redis_server import start_redis_server
 
 QUEUE = "default"
@@ -125,12 +128,12 @@ def summary(by_name: dict[str, list[float]]) -> list[dict[str, Any]]:
 
 
 async def measure(
-    url: str, pending: int, dead: int, serve: int, slower_than_us: int, log: Any
+    url: str, pending: int, dead: int, serve: int, scheduled: int, slower_than_us: int, log: Any
 ) -> dict[str, Any]:
     r = redis.Redis.from_url(url)
     backend = RedisBackend.from_url(url)
     client = Client(backend)
-    out: dict[str, Any] = {"pending": pending, "dead": dead, "serve": serve,
+    out: dict[str, Any] = {"pending": pending, "dead": dead, "serve": serve, "scheduled": scheduled,
                            "slower_than_us": slower_than_us, "phases": {}}  # fmt: skip
     try:
         t0 = time.perf_counter()
@@ -161,14 +164,29 @@ async def measure(
             seconds = await drain(backend, serve, 32, [QUEUE])
             return f"{serve:,} tasks in {seconds:.1f} s"
 
+        async def promote() -> str:
+            for start in range(0, scheduled, FILL_BATCH):
+                size = min(FILL_BATCH, scheduled - start)
+                await client.enqueue_many([Task("noop", process_in=1) for _ in range(size)])
+            await anyio.sleep(1.5)
+            calls = 1
+            while (due := await backend.promote([QUEUE])) is not None:
+                calls += 1
+                await anyio.sleep(max(0, due - time.time() * 1000) / 1000)
+            return f"{scheduled:,} scheduled tasks promoted in {calls} calls"
+
         async def requeue() -> str:
             return f"{await client.requeue_all_dead(QUEUE):,} requeued"
 
         async def purge() -> str:
-            return f"{await backend.purge(QUEUE, [TaskState.PENDING]):,} purged"
+            try:
+                return f"{await backend.purge(QUEUE, [TaskState.PENDING]):,} purged"
+            except BackendTimeoutError as exc:  # the slow log shows how long it took
+                return f"no reply: {exc}"
 
         await phase("list", listing)
         await phase("serve", serving)
+        await phase("promote", promote)
         await phase("requeue", requeue)
         await phase("purge", purge)
         slowest = max(
@@ -191,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--dead", type=int, default=100_000)
     parser.add_argument("--serve", type=int, default=5_000)
+    parser.add_argument("--scheduled", type=int, default=10_000)
     parser.add_argument("--slower-than-us", type=int, default=100)
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args(argv)
@@ -206,7 +225,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server = start_redis_server()
     try:
         result = anyio.run(
-            measure, server.url, args.pending, args.dead, args.serve, args.slower_than_us, log
+            measure,
+            server.url,
+            args.pending,
+            args.dead,
+            args.serve,
+            args.scheduled,
+            args.slower_than_us,
+            log,
         )
     finally:
         server.stop()

@@ -17,17 +17,19 @@ pytestmark = pytest.mark.redis
 def test_slowlog_bench_runs_every_phase(capsys: pytest.CaptureFixture[str]) -> None:
     if shutil.which("redis-server") is None:
         unavailable("redis-server is not on PATH")
-    args = ["--pending", "300", "--dead", "20", "--serve", "50", "--slower-than-us", "0"]
+    args = ["--pending", "300", "--dead", "20", "--serve", "50", "--scheduled", "150"]
+    args += ["--slower-than-us", "0"]
     result = slowlog.main([*args, "--json"])
     assert json.loads(capsys.readouterr().out) == result
     phases = result["phases"]
-    assert list(phases) == ["list", "serve", "requeue", "purge"]
+    assert list(phases) == ["list", "serve", "promote", "requeue", "purge"]
     listed = phases["list"]["detail"]
     assert (listed["pending"], listed["dead"], listed["active"]) == (300, 20, 0)
     assert phases["requeue"]["detail"] == "20 requeued"
-    # 300 + 20 requeued - the served ones (50 and those in flight when the server stopped)
+    assert phases["promote"]["detail"] == "150 scheduled tasks promoted in 2 calls"
+    # 300 + 150 promoted + 20 requeued - the served ones (50 and those in flight at the stop)
     purged = int(phases["purge"]["detail"].removesuffix(" purged"))
-    assert 0 < purged <= 270
+    assert 0 < purged <= 420
     scripts = {row["call"] for row in phases["list"]["calls"]}
     assert {"list_pending", "list_sorted", "list_active"} <= scripts
     assert {"fetch", "ack"} <= {row["call"] for row in phases["serve"]["calls"]}

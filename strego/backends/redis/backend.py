@@ -43,8 +43,12 @@ if TYPE_CHECKING:
 
 #: Messages of one queue sent in one enqueue script call.
 ENQUEUE_CHUNK = 100
-#: How many entries promote moves or expires per call, and requeue_all_dead per call.
+#: How many dead tasks requeue_all_dead moves per call.
 BATCH = 1000
+#: How many due tasks of each of scheduled and retry one promote call moves, and how many ended
+#: tasks of each retained set and expired unique keys it removes (1,000 moves took 10-27 ms, 250
+#: took 4-12 ms, on a loaded 2-core machine).
+PROMOTE_BATCH = 100
 #: How many entries one list_pending, list_active or list_sorted call looks at at most: a page
 #: of list_tasks takes several calls (MAX_SCAN entries in all), each of them short.
 LIST_BATCH = 250
@@ -692,7 +696,7 @@ class RedisBackend:
                     "promote",
                     (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
                      k.unique_exp, k.signal, *k.streams, k.ready),
-                    (now, self.group, self.completed_ttl_ms, self.dead_ttl_ms, BATCH),
+                    (now, self.group, self.completed_ttl_ms, self.dead_ttl_ms, PROMOTE_BATCH),
                 )
             )  # fmt: skip
         earliest: int | None = None
