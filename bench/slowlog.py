@@ -80,8 +80,15 @@ async def fill_dead(backend: RedisBackend, client: Client, n: int) -> None:
             done.set()
         raise RuntimeError("dead on purpose")
 
-    async with server:  # leaving the block stops it gracefully, flushing every failure
-        await done.wait()
+    # the handler fails each task on purpose: no warning per task
+    server_log = logging.getLogger("strego.server")
+    level = server_log.level
+    server_log.setLevel(logging.ERROR)
+    try:
+        async with server:  # leaving the block stops it gracefully, flushing every failure
+            await done.wait()
+    finally:
+        server_log.setLevel(level)
     assert (await backend.queue_info(QUEUE)).counts[TaskState.DEAD] == n
 
 
@@ -220,8 +227,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.json:
             print(line, flush=True)
 
-    # the handler that fills the dead tasks fails each on purpose: no warning per task
-    logging.getLogger("strego.server").setLevel(logging.ERROR)
     server = start_redis_server()
     try:
         result = anyio.run(

@@ -4,6 +4,7 @@ here: they depend on the machine)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -19,6 +20,7 @@ def test_slowlog_bench_runs_every_phase(capsys: pytest.CaptureFixture[str]) -> N
         unavailable("redis-server is not on PATH")
     args = ["--pending", "300", "--dead", "20", "--serve", "50", "--scheduled", "150"]
     args += ["--slower-than-us", "0"]
+    level = logging.getLogger("strego.server").level
     result = slowlog.main([*args, "--json"])
     assert json.loads(capsys.readouterr().out) == result
     phases = result["phases"]
@@ -34,3 +36,4 @@ def test_slowlog_bench_runs_every_phase(capsys: pytest.CaptureFixture[str]) -> N
     assert {"list_pending", "list_sorted", "list_active"} <= scripts
     assert {"fetch", "ack"} <= {row["call"] for row in phases["serve"]["calls"]}
     assert result["slowest"]["ms"] > 0
+    assert logging.getLogger("strego.server").level == level  # left as it was
