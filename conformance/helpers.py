@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from strego.backends.base import Backend
+from strego.backends.base import MAX_PAGE, Backend
 from strego.message import TaskMessage
-from strego.task import TaskState
+from strego.task import TaskInfo, TaskState
 
 #: A lease long enough that no test expires it by accident.
 LEASE_MS = 60_000
@@ -44,8 +44,20 @@ async def state_of(backend: Backend, task_id: str, queue: str = "q") -> TaskStat
     return None if info is None else info.state
 
 
+async def list_all(backend: Backend, queue: str, state: TaskState) -> list[TaskInfo]:
+    """Every task of one state, page after page."""
+    tasks: list[TaskInfo] = []
+    cursor = None
+    while True:
+        page = await backend.list_tasks(queue, state, cursor=cursor, limit=MAX_PAGE)
+        tasks += page.tasks
+        if page.next_cursor is None:
+            return tasks
+        cursor = page.next_cursor
+
+
 async def ids_in(backend: Backend, state: TaskState, queue: str = "q") -> list[str]:
-    return [t.id for t in await backend.list_tasks(queue, state, limit=100_000)]
+    return [t.id for t in await list_all(backend, queue, state)]
 
 
 async def start(backend: Backend, task_id: str, queue: str = "q", consumer: str = "c1") -> None:

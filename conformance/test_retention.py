@@ -44,7 +44,7 @@ async def test_entry_expires_after_ttl(
     await short_backend.promote(["q"])
     assert await short_backend.get_task("a", "q") is None
     assert await short_backend.get_task("a") is None
-    assert await short_backend.list_tasks("q", state) == []
+    assert (await short_backend.list_tasks("q", state)).tasks == []
     assert (await short_backend.queue_info("q")).counts[state] == 0
     # the id is free again
     info = await short_backend.enqueue(message("a"))

@@ -28,7 +28,7 @@ from hypothesis.stateful import (
 )
 
 from conformance.clock import FakeClock
-from conformance.helpers import message
+from conformance.helpers import list_all, message
 from strego.backends.base import Backend
 from strego.errors import DuplicateTaskError, TaskIdConflictError
 from strego.task import TaskState
@@ -372,7 +372,7 @@ class BackendMachine(RuleBasedStateMachine):
         # Checked once per example (at teardown): a listing per state per step is slow on Redis.
         for queue in QUEUES:
             for state in TaskState:
-                listed = self.call(self.backend.list_tasks, queue, state, limit=10_000)
+                listed = self.call(list_all, self.backend, queue, state)
                 expected = sorted(t.id for t in self.model.in_state(queue, state))
                 assert sorted(t.id for t in listed) == expected, (queue, state)
 

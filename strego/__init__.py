@@ -2,10 +2,12 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from strego.backends.base import TaskPage
 from strego.client import Client
 from strego.errors import (
     BackendClosedError,
     DuplicateTaskError,
+    InvalidCursorError,
     InvalidQueueNameError,
     InvalidTaskError,
     NaiveDatetimeError,
@@ -30,6 +32,7 @@ __all__ = [
     "Client",
     "DuplicateTaskError",
     "ExponentialBackoff",
+    "InvalidCursorError",
     "InvalidQueueNameError",
     "InvalidTaskError",
     "NaiveDatetimeError",
@@ -42,6 +45,7 @@ __all__ = [
     "Task",
     "TaskIdConflictError",
     "TaskInfo",
+    "TaskPage",
     "TaskState",
     "current_task",
 ]

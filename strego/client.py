@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from strego.backends.base import Backend, ConsumerInfo, QueueInfo
+from strego.backends.base import Backend, ConsumerInfo, QueueInfo, TaskPage
 from strego.errors import InvalidTaskError, PayloadTooLargeError, StregoError
 from strego.ids import new_task_id
 from strego.message import TaskMessage
@@ -169,12 +169,14 @@ class Client:
         return await self.backend.queue_info(validate_queue_name(queue))
 
     async def list_tasks(
-        self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
-    ) -> list[TaskInfo]:
-        """Tasks of one state of a queue, paged."""
+        self, queue: str, state: TaskState, *, cursor: str | None = None, limit: int = 100
+    ) -> TaskPage:
+        """A page of the tasks of one state of a queue (at most `limit`, 1 to 1,000). Pass the
+        page's `next_cursor` to get the next one; it is None after the last page. A task that
+        stays in its state is listed once, however others move meanwhile."""
         state = TaskState(state)
         return await self.backend.list_tasks(
-            validate_queue_name(queue), state, offset=offset, limit=limit
+            validate_queue_name(queue), state, cursor=cursor, limit=limit
         )
 
     async def consumers(self, queue: str) -> list[ConsumerInfo]:

@@ -14,6 +14,10 @@ class InvalidTaskError(StregoError, ValueError):
     """A task, option or name is invalid. Nothing was written."""
 
 
+class InvalidCursorError(InvalidTaskError):
+    """A `list_tasks` cursor is malformed or belongs to a listing of another state."""
+
+
 class InvalidQueueNameError(InvalidTaskError):
     """A queue name is empty, too long, or uses characters outside the documented charset."""
 

@@ -130,7 +130,7 @@ async def test_inspection_and_management(backend: Backend) -> None:
     await client.enqueue(strego.Task("t", "b", queue="q2", process_in=60))
     assert await client.queues() == ["q1", "q2"]
     pending = await client.list_tasks("q1", TaskState.PENDING)
-    assert [t.id for t in pending] == [a.id]
+    assert ([t.id for t in pending.tasks], pending.next_cursor) == ([a.id], None)
     await client.pause("q1")
     assert (await client.queue_info("q1")).paused
     assert await backend.fetch(["q1"], 1, "c", lease_ms=1000) == []

@@ -97,7 +97,7 @@ async def test_unreadable_envelope_goes_dead_and_fetch_returns_the_rest(
         assert info.type == UNREADABLE_TYPE and info.payload == b""
         assert info.last_error is not None
         assert info.last_error.startswith("unreadable task record: ")
-    dead = await backend.list_tasks("q", TaskState.DEAD)
+    dead = (await backend.list_tasks("q", TaskState.DEAD)).tasks
     assert sorted(t.id for t in dead) == sorted([bad_labels.id, cut.id])
     counts = (await backend.queue_info("q")).counts
     assert counts[TaskState.DEAD] == 2 and counts[TaskState.ACTIVE] == 2
@@ -114,14 +114,14 @@ async def test_listing_shows_unreadable_records_without_failing(
     rec = raw.hget(k.tasks, bad.id)
     assert isinstance(rec, bytes)
     raw.hset(k.tasks, bad.id, rec[: header_end(rec) + 3])
-    pending = await backend.list_tasks("q", TaskState.PENDING)
+    pending = (await backend.list_tasks("q", TaskState.PENDING)).tasks
     assert [t.id for t in pending] == [good.id, bad.id]
     assert pending[1].type == UNREADABLE_TYPE and pending[1].payload == b""
     assert pending[1].last_error is not None
     assert pending[1].last_error.startswith("unreadable task record: ")
     # a record with no header at all has no state to show: listings leave it out
     raw.hset(k.tasks, bad.id, b"garbage")
-    assert [t.id for t in await backend.list_tasks("q", TaskState.PENDING)] == [good.id]
+    assert [t.id for t in (await backend.list_tasks("q", TaskState.PENDING)).tasks] == [good.id]
     assert await backend.get_task(bad.id, "q") is None
 
 
@@ -189,7 +189,7 @@ async def test_record_without_a_header_goes_dead_with_a_reason(
     fetched = await backend.fetch(["q"], 10, "c1", lease_ms=60_000)
 
     assert [t.id for t in fetched] == [good.id]
-    [dead] = await backend.list_tasks("q", TaskState.DEAD)
+    [dead] = (await backend.list_tasks("q", TaskState.DEAD)).tasks
     assert dead.id == bad.id and dead.type == UNREADABLE_TYPE
     assert dead.last_error == "unreadable task record: its header does not parse"
     rec = raw.hget(k.tasks, bad.id)

@@ -3,6 +3,7 @@ layout (one hash tag per queue, schema version), consumer groups surviving purge
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ import redis.asyncio
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message, start
 from strego.backends.redis import RedisBackend
+from strego.backends.redis.backend import CONSUMER_BATCH
 from strego.backends.redis.keys import Keys, queues_key
 from strego.errors import ForeignKeyError
 from strego.ids import new_task_id
@@ -71,7 +73,7 @@ PAYLOADS = [
 @pytest.mark.parametrize("payload", PAYLOADS)
 async def test_payload_round_trips_byte_exact(backend: RedisBackend, payload: bytes) -> None:
     await backend.enqueue(message("t", payload=payload))
-    assert (await backend.list_tasks("q", TaskState.PENDING))[0].payload == payload
+    assert (await backend.list_tasks("q", TaskState.PENDING)).tasks[0].payload == payload
     (got,) = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
     assert got.payload == payload
     assert await backend.fail("q", "t", "c1", "err", retry_in_ms=None) == TaskState.DEAD
@@ -229,3 +231,56 @@ async def test_fresh_pending_task_has_the_short_header_until_it_changes(
     info = await backend.get_task(m.id)
     assert info is not None and info.state is TaskState.COMPLETED
     assert sum([await client.xlen(s) for s in Keys(backend.prefix, "q").streams]) == 0
+
+
+async def test_remove_idle_consumers_looks_at_one_batch_per_call(
+    backend: RedisBackend, client: Any, clock: FakeClock
+) -> None:
+    """Bounded work per call: one HSCAN batch of the consumers hash, not every consumer (nor
+    every lease); the next call goes on from there, and the batches go round to every one."""
+    await start(backend, "held", consumer="holder")
+    k = backend.keys("q")
+    await client.hset(k.consumers, mapping={f"idle-{i:04}": clock() for i in range(1_000)})
+    clock.advance(20_000)
+    first = await backend.remove_idle_consumers("q", 10_000)
+    assert 0 < len(first) <= 2 * CONSUMER_BATCH  # HSCAN's COUNT is a hint
+    removed = set(first)
+    for _ in range(100):
+        removed.update(await backend.remove_idle_consumers("q", 10_000))
+    assert removed == {f"idle-{i:04}" for i in range(1_000)}
+    assert [c.name for c in await backend.consumers("q")] == ["holder"]
+
+
+async def test_fetch_drops_a_bounded_number_of_stray_entries_per_call(
+    backend: RedisBackend, client: Any
+) -> None:
+    """Entries whose task is gone are dropped 1,000 a call at most (bounded work), and a fetch
+    that stopped there returns at once instead of waiting: the next one goes on."""
+    await backend.enqueue(message("gone"))
+    assert await backend.cancel("gone", "q")  # the stream and its group stay
+    stream = backend.keys("q").streams[0]
+    for i in range(2_500):
+        await client.xadd(stream, {"t": f"missing-{i}"})
+    await backend.enqueue(message("real"))
+    started = time.monotonic()
+    assert await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS, block_ms=60_000) == []
+    assert time.monotonic() - started < 30  # it did not wait out block_ms
+    assert await client.xlen(stream) == 1_501
+    assert await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS) == []
+    [got] = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
+    assert got.id == "real"
+
+
+async def test_claim_stale_settles_a_bounded_number_per_call(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    """Stale tasks past max_deliveries go to dead 1,000 a call at most (bounded work); the next
+    calls go on until every one is settled."""
+    await backend.enqueue_many([message(f"t{i:04}") for i in range(2_500)])
+    assert len(await backend.fetch(["q"], 2_500, "gone", lease_ms=LEASE_MS)) == 2_500
+    clock.advance(LEASE_MS + 1)
+    dead = []
+    for _ in range(3):
+        assert await backend.claim_stale(["q"], "c1", 10, lease_ms=LEASE_MS, max_deliveries=1) == []
+        dead.append((await backend.queue_info("q")).counts[TaskState.DEAD])
+    assert dead == [1_000, 2_000, 2_500]

@@ -15,6 +15,7 @@ import redis.asyncio
 
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message
+from strego.backends.cursor import encode_cursor
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.scripts import NAMES, script, source
 from strego.task import TaskState
@@ -163,8 +164,11 @@ async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:
          message("u", unique_key="k", unique_ttl_ms=5)]
     )  # fmt: skip
     await backend.list_tasks("q", TaskState.PENDING)
+    after_a = encode_cursor(TaskState.SCHEDULED, (t0, "a"))
+    await backend.list_tasks("q", TaskState.SCHEDULED, cursor=after_a)
     got = await backend.fetch(["q"], 3, "c1", lease_ms=LEASE_MS)
     assert len(got) == 3
+    await backend.list_tasks("q", TaskState.ACTIVE)
     await backend.renew("q", [got[0].id], "c1", lease_ms=LEASE_MS)
     await backend.ack("q", got[0].id, "c1")
     await backend.fail("q", got[1].id, "c1", "boom", retry_in_ms=None)

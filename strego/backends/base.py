@@ -36,7 +36,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from strego.errors import StregoError
+from strego.errors import InvalidTaskError, StregoError
 from strego.message import TaskMessage
 from strego.task import TaskInfo, TaskState
 
@@ -60,6 +60,27 @@ class QueueInfo:
     name: str
     paused: bool
     counts: dict[TaskState, int]
+
+
+#: The most tasks one `list_tasks` page holds.
+MAX_PAGE = 1000
+#: The most entries one `list_tasks` call looks at, listed or passed over (an entry of another
+#: state, or one whose task is gone): bounded work per call, whatever is in the way.
+MAX_SCAN = 1000
+
+
+@attrs.frozen
+class TaskPage:
+    """A page of `list_tasks`: its tasks, and the cursor of the next page (None at the end)."""
+
+    tasks: list[TaskInfo]
+    next_cursor: str | None
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a page size outside 1..MAX_PAGE (InvalidTaskError, before anything is read)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidTaskError(f"limit must be an int from 1 to {MAX_PAGE}, not {limit!r}")
 
 
 @runtime_checkable
@@ -228,11 +249,22 @@ class Backend(Protocol):
         ...
 
     async def list_tasks(
-        self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
-    ) -> list[TaskInfo]:
-        """Tasks of one state, in a stable order: scheduled and retry by due time; pending in the
-        order fetch would take them; active by start time; dead, completed and cancelled most
-        recent first. Paging with offset/limit."""
+        self, queue: str, state: TaskState, *, cursor: str | None = None, limit: int = 100
+    ) -> TaskPage:
+        """A page of the tasks of one state, in a stable order: pending in the order fetch would
+        take them (priority 10 to 0, then oldest first); active in that same order, the order
+        they were fetched in (a claim keeps a task's place); scheduled and retry by due time;
+        dead, completed and cancelled most recent first; ties by task id.
+
+        `cursor` is None for the first page, then the page's `next_cursor` for the next one; it
+        names the position of the last entry the previous page looked at, so a page is found by
+        a seek (bounded work, however deep), and a task that stays in its state is listed once
+        while others move in and out between pages. A task that arrives after the cursor's
+        position is listed; one that left the state is not. `next_cursor` is None at the end; a
+        page may hold fewer than `limit` tasks (even none) before the end, when the entries the
+        call looked at (at most `MAX_SCAN`) were not of this state. A malformed cursor, or one
+        of another state's listing, raises InvalidCursorError, and a limit outside 1..MAX_PAGE
+        InvalidTaskError, before anything is read."""
         ...
 
     async def get_task(self, task_id: str, queue: str | None = None) -> TaskInfo | None:
@@ -252,7 +284,10 @@ class Backend(Protocol):
 
     async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
         """Forget consumers idle for longer than idle_ms that hold no task, and return their names.
-        A consumer that still holds tasks is kept (claim its tasks first)."""
+        A consumer that still holds tasks is kept (claim its tasks first). A backend may look at
+        a bounded batch of the queue's consumers per call (Redis: about 100), each call going on
+        where the last one stopped, so an idle consumer may be forgotten only by a later call;
+        calls repeated as often as the batches go round forget every one."""
         ...
 
     async def aclose(self) -> None:

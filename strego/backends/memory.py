@@ -7,7 +7,9 @@ waiting. Data lives per queue:
 - `tasks`: every task record by id, and `by_state`: the same records grouped by state;
 - `pending`: one insertion-ordered dict per priority level, so fetch is O(1) per task;
 - `due`: a heap of scheduled and retry tasks by due time;
-- `expiry`: a heap of completed, cancelled and dead tasks by the end of their retention.
+- `expiry`: a heap of completed, cancelled and dead tasks by the end of their retention;
+- `index`: per state, the tasks' listing positions in a sorted list, so a `list_tasks` page is a
+  bisect from its cursor, not a walk from the first task.
 
 The heaps are cleaned lazily: an entry whose record has since moved (its `seq` changed) or gone is
 skipped when it reaches the top.
@@ -24,18 +26,21 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 import attrs
+from sortedcontainers import SortedList
 
-from strego.backends.base import Clock, ConsumerInfo, QueueInfo
+from strego.backends.base import Clock, ConsumerInfo, QueueInfo, TaskPage, check_limit
+from strego.backends.cursor import Part, decode_cursor, encode_cursor
 from strego.clock import wall_clock_ms
 from strego.errors import (
     BackendClosedError,
     DuplicateTaskError,
+    InvalidCursorError,
     InvalidTaskError,
     StregoError,
     TaskIdConflictError,
 )
 from strego.message import TaskMessage
-from strego.task import TaskInfo, TaskState
+from strego.task import MAX_PRIORITY, MIN_PRIORITY, TaskInfo, TaskState
 
 if TYPE_CHECKING:
     from strego.backends.base import Backend
@@ -43,6 +48,11 @@ if TYPE_CHECKING:
 _WAITING = (TaskState.SCHEDULED, TaskState.RETRY)
 _ENDED = (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.DEAD)
 _CANCELLABLE = (TaskState.SCHEDULED, TaskState.PENDING, TaskState.RETRY)
+#: Listed in fetch order: (-priority, entry, id); the other states by (time, id).
+_FETCH_ORDER = (TaskState.PENDING, TaskState.ACTIVE)
+
+#: A task's position in its state's listing (see `_Record.listing_key`).
+_Key = tuple[int, int, str] | tuple[int, str]
 
 
 @attrs.define(eq=False)
@@ -59,6 +69,17 @@ class _Record:
     last_error: str | None = None
     consumer: str | None = None
     lease_until_ms: int = 0
+    #: set each time the task becomes pending (like a stream entry id): it orders pending tasks
+    #: and, kept while the task is active (a claim too), active ones
+    entry: int = 0
+    #: its position in its state's listing index, None while in no index
+    listing_key: _Key | None = None
+
+    def position(self) -> _Key:
+        if self.state in _FETCH_ORDER:
+            return (-self.message.priority, self.entry, self.id)
+        assert self.next_run_ms is not None  # due time when waiting, end time when ended
+        return (self.next_run_ms, self.id)
 
     @property
     def id(self) -> str:
@@ -94,6 +115,9 @@ class _Queue:
         lambda: {state: {} for state in TaskState}
     )
     pending: dict[int, OrderedDict[str, _Record]] = attrs.Factory(dict)
+    index: dict[TaskState, SortedList[_Key]] = attrs.Factory(
+        lambda: {state: SortedList() for state in TaskState}
+    )
     due: list[tuple[int, int, str]] = attrs.Factory(list)
     expiry: list[tuple[int, int, str]] = attrs.Factory(list)
     unique: dict[str, _UniqueLock] = attrs.Factory(dict)
@@ -160,6 +184,7 @@ class MemoryBackend:
         if rec.state == TaskState.PENDING:
             q.pending[rec.message.priority].pop(rec.id, None)
         del q.by_state[rec.state][rec.id]
+        self._unindex(q, rec)
         rec.state = state
         rec.seq = next(self._seq)
         q.by_state[state][rec.id] = rec
@@ -167,6 +192,7 @@ class MemoryBackend:
             rec.consumer = None
         if state == TaskState.PENDING:
             rec.next_run_ms = None
+            rec.entry = rec.seq
             q.pending.setdefault(rec.message.priority, OrderedDict())[rec.id] = rec
             self._notify_arrival()
         elif state in _WAITING:
@@ -181,11 +207,20 @@ class MemoryBackend:
             heapq.heappush(q.expiry, (now + ttl, rec.seq, rec.id))
             if state != TaskState.DEAD:  # a dead task keeps its unique key until the TTL
                 self._release_unique(q, rec)
+        rec.listing_key = rec.position()
+        q.index[state].add(rec.listing_key)
+
+    @staticmethod
+    def _unindex(q: _Queue, rec: _Record) -> None:
+        if rec.listing_key is not None:
+            q.index[rec.state].remove(rec.listing_key)
+            rec.listing_key = None
 
     def _delete(self, q: _Queue, rec: _Record) -> None:
         if rec.state == TaskState.PENDING:
             q.pending[rec.message.priority].pop(rec.id, None)
         del q.by_state[rec.state][rec.id]
+        self._unindex(q, rec)
         del q.tasks[rec.id]
         self._release_unique(q, rec)
 
@@ -513,23 +548,29 @@ class MemoryBackend:
         return QueueInfo(name=queue, paused=q.paused, counts=counts)
 
     async def list_tasks(
-        self, queue: str, state: TaskState, *, offset: int = 0, limit: int = 100
-    ) -> list[TaskInfo]:
+        self, queue: str, state: TaskState, *, cursor: str | None = None, limit: int = 100
+    ) -> TaskPage:
         await anyio.lowlevel.checkpoint()
+        check_limit(limit)
+        fetch_order = state in _FETCH_ORDER
+        after: _Key | None = None
+        if cursor is not None:
+            parts = decode_cursor(cursor, state, (int, int, str) if fetch_order else (int, str))
+            after = _key_of(parts, fetch_order)
         q = self._queue(queue, self._now())
-        records: Iterable[_Record]
-        if state == TaskState.PENDING:
-            records = q.pending_in_order()
-        elif state == TaskState.ACTIVE:
-            records = sorted(q.by_state[state].values(), key=lambda r: (r.started_ms, r.seq))
-        elif state in _WAITING:
-            records = sorted(q.by_state[state].values(), key=lambda r: (r.next_run_ms, r.seq))
-        else:  # most recent first
-            records = sorted(
-                q.by_state[state].values(), key=lambda r: (r.next_run_ms, r.seq), reverse=True
-            )
-        page = itertools.islice(records, max(offset, 0), max(offset, 0) + max(limit, 0))
-        return [rec.info() for rec in page]
+        index = q.index[state]
+        # one more than a page, to know whether another page follows
+        if state in _ENDED:  # most recent first: walk the index backwards from the cursor
+            stop = len(index) if after is None else index.bisect_left(after)
+            keys = list(index.islice(max(0, stop - limit - 1), stop, reverse=True))
+        else:
+            start = 0 if after is None else index.bisect_right(after)
+            keys = list(index.islice(start, start + limit + 1))
+        page, more = keys[:limit], len(keys) > limit
+        return TaskPage(
+            tasks=[q.tasks[key[-1]].info() for key in page],
+            next_cursor=encode_cursor(state, _parts_of(page[-1])) if more else None,
+        )
 
     async def get_task(self, task_id: str, queue: str | None = None) -> TaskInfo | None:
         await anyio.lowlevel.checkpoint()
@@ -584,6 +625,25 @@ class MemoryBackend:
         self._closed = True
         self._notify_arrival()
         self._notify_schedule_change()
+
+
+def _key_of(parts: tuple[Part, ...], fetch_order: bool) -> _Key:
+    """The listing position a cursor's parts name: (priority, entry, id) or (time, id)."""
+    if fetch_order:
+        priority, entry, task_id = (int(parts[0]), int(parts[1]), str(parts[2]))
+        if not (MIN_PRIORITY <= priority <= MAX_PRIORITY and entry >= 0):
+            raise InvalidCursorError(f"malformed cursor position {parts!r}")
+        return (-priority, entry, task_id)
+    time_ms, task_id = int(parts[0]), str(parts[1])
+    if abs(time_ms) >= 2**53:  # the same range as the Redis backend's scores
+        raise InvalidCursorError(f"malformed cursor position {parts!r}")
+    return (time_ms, task_id)
+
+
+def _parts_of(key: _Key) -> tuple[Part, ...]:
+    if len(key) == 3:
+        return (-key[0], key[1], key[2])
+    return key
 
 
 if TYPE_CHECKING:

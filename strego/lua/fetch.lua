@@ -8,7 +8,9 @@
 -- entry id ('0-0' when it has none), for the caller's XREAD BLOCK: anything added after the
 -- script is then seen. ready is the queue's ready counter ('' = none): while it holds that value,
 -- nothing became pending. A task whose record header does not parse goes to dead
--- (bury_unreadable) instead of being started.
+-- (bury_unreadable) instead of being started. Bounded work: besides the `count` tasks it starts,
+-- a call drops at most STRAYS entries whose task is no longer pending; when it stops there,
+-- last_ids is empty (more may be left: the caller fetches again, it does not wait).
 --#include lib/record.lua
 
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
@@ -29,6 +31,7 @@ local function started_fresh(rec, sid)
 end
 
 local need = tonumber(ARGV[4])
+local STRAYS, dropped = 1000, 0
 local ready = redis.call('GET', KEYS[17]) or ''
 redis.call('HSET', KEYS[3], consumer, now)
 if redis.call('EXISTS', KEYS[4]) == 1 then return {E_PAUSED, {}, {}, ready} end
@@ -38,7 +41,7 @@ local lease_until = add_ms(now, ARGV[5])
 local started_list, leases, n = {}, {}, 0
 for prio = 10, 0, -1 do
   local stream = KEYS[5 + prio]
-  while need > 0 and redis.call('EXISTS', stream) == 1 do
+  while need > 0 and dropped < STRAYS and redis.call('EXISTS', stream) == 1 do
     local reply = redis.pcall('XREADGROUP', 'GROUP', group, consumer,
       'COUNT', need, 'STREAMS', stream, '>')
     if type(reply) == 'table' and reply.err then
@@ -72,16 +75,17 @@ for prio = 10, 0, -1 do
         -- an entry whose task left pending some other way (or is buried now): drop it
         redis.call('XACK', stream, group, sid)
         redis.call('XDEL', stream, sid)
+        dropped = dropped + 1
       end
     end
   end
-  if need == 0 then break end
+  if need == 0 or dropped >= STRAYS then break end
 end
 -- one multi-member write per key; each stream entry is read once, so no id repeats
 call_chunked('HSET', KEYS[1], started_list)
 call_chunked('ZADD', KEYS[2], leases)
 local last = {}
-if need > 0 then
+if need > 0 and dropped < STRAYS then
   for prio = 0, 10 do
     local newest = {}
     if redis.call('EXISTS', KEYS[5 + prio]) == 1 then

@@ -1,20 +1,31 @@
 -- remove_idle_consumers: forget consumers idle longer than idle_ms (by the backend's clock) that
--- hold no active task, in the consumers hash and in every stream's group.
+-- hold no active task, in the consumers hash and in every stream's group. Bounded: looks at one
+-- HSCAN batch of the consumers hash (about `count` names) from `cursor`, and tells a holder by
+-- its own entries in the groups' pending lists (XPENDING ... 1 consumer: one seek per stream),
+-- never by reading every lease.
 -- KEYS: 1 tasks, 2 leases, 3 consumers, 4..14 stream for priority 0..10
--- ARGV: 1 now ('' = Redis TIME), 2 group, 3 idle_ms
--- Returns the names removed.
---#include lib/record.lua
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 idle_ms, 4 HSCAN cursor ('0' = from the start), 5 count
+-- Returns {next HSCAN cursor ('0' = the scan went round), {names removed}}.
+--#include lib/clock.lua
 local now, group, idle = tonumber(clock(ARGV[1])), ARGV[2], tonumber(ARGV[3])
-local holding = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local h = parse(redis.call('HGET', KEYS[1], id))
-  if h and h.state == 'a' then holding[h.consumer] = true end
+
+-- Does `name` hold a delivered entry (an active task) in any stream's group?
+local function holds(name)
+  for prio = 0, 10 do
+    local stream = KEYS[4 + prio]
+    if redis.call('EXISTS', stream) == 1 then
+      local mine = redis.pcall('XPENDING', stream, group, '-', '+', 1, name)
+      if not mine.err and #mine > 0 then return true end
+    end
+  end
+  return false
 end
-local removed = {}
-local all = redis.call('HGETALL', KEYS[3])
-for i = 1, #all, 2 do
-  local name, seen = all[i], tonumber(all[i + 1])
-  if now - seen > idle and not holding[name] then
+
+local scan = redis.call('HSCAN', KEYS[3], ARGV[4], 'COUNT', ARGV[5])
+local batch, removed = scan[2], {}
+for i = 1, #batch, 2 do
+  local name, seen = batch[i], tonumber(batch[i + 1])
+  if seen and now - seen > idle and not holds(name) then
     redis.call('HDEL', KEYS[3], name)
     for prio = 0, 10 do
       if redis.call('EXISTS', KEYS[4 + prio]) == 1 then
@@ -24,4 +35,4 @@ for i = 1, #all, 2 do
     removed[#removed + 1] = name
   end
 end
-return removed
+return {scan[1], removed}

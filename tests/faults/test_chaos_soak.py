@@ -18,6 +18,7 @@ import pytest
 import redis
 
 import strego
+from conformance.helpers import list_all
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.keys import Keys
 from strego.task import TaskState
@@ -51,12 +52,7 @@ async def final_state(url: str, prefix: str) -> tuple[dict[TaskState, int], list
     backend = RedisBackend.from_url(url, prefix=prefix)
     try:
         counts = (await backend.queue_info("default")).counts
-        done: list[strego.TaskInfo] = []
-        while page := await backend.list_tasks(
-            "default", TaskState.COMPLETED, offset=len(done), limit=1000
-        ):
-            done += page
-        return counts, done
+        return counts, await list_all(backend, "default", TaskState.COMPLETED)
     finally:
         await backend.aclose()
 

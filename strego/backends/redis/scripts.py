@@ -14,7 +14,8 @@ _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
 
 NAMES = (
     "enqueue", "fetch", "ack", "fail", "release", "renew", "claim_stale", "promote", "cancel",
-    "requeue_dead", "purge", "remove_idle_consumers", "list_pending", "peek",
+    "requeue_dead", "purge", "remove_idle_consumers", "list_pending", "list_active",
+    "list_sorted", "peek",
 )  # fmt: skip
 
 

@@ -106,21 +106,26 @@ end
 
 -- Drop the delivered (pending-list) entry naming task `id` from `stream`, found by walking the
 -- group's pending list: for an active task whose header no longer tells its stream entry.
-local function unlink_delivered(stream, group, id)
-  if redis.call('EXISTS', stream) == 0 then return end
+-- Bounded: looks at `budget` entries at most and returns the budget left (an entry not reached
+-- stays an orphan in the pending list: never delivered again, counted as pending by queue_info).
+local function unlink_delivered(stream, group, id, budget)
+  if redis.call('EXISTS', stream) == 0 then return budget end
   local from = '-'
-  while true do
-    local page = redis.call('XPENDING', stream, group, from, '+', 100)
+  while budget > 0 do
+    local page = redis.call('XPENDING', stream, group, from, '+', math.min(100, budget))
+    budget = budget - #page
     for _, p in ipairs(page) do
       local entry = redis.call('XRANGE', stream, p[1], p[1])[1]
       if entry and entry[2][2] == id then
         redis.call('XACK', stream, group, p[1])
         redis.call('XDEL', stream, p[1])
+        return budget
       end
     end
-    if #page < 100 then return end
+    if #page < 100 then return budget end
     from = '(' .. page[#page][1]
   end
+  return budget
 end
 
 local function add_ms(ms, delta)
