@@ -10,6 +10,7 @@ from strego.errors import (
     SkipRetry,
     StregoError,
     TaskIdConflictError,
+    TaskNotFoundError,
 )
 from strego.handlers import current_task
 from strego.retry import ExponentialBackoff
@@ -31,6 +32,7 @@ __all__ = [
     "Task",
     "TaskIdConflictError",
     "TaskInfo",
+    "TaskNotFoundError",
     "TaskState",
     "current_task",
 ]

@@ -13,7 +13,7 @@ _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
 
 NAMES = (
     "enqueue", "fetch", "ack", "fail", "release", "renew", "claim_stale", "promote", "cancel",
-    "requeue_dead", "purge", "remove_idle_consumers", "list_pending", "peek",
+    "requeue_dead", "purge", "remove_idle_consumers", "list_pending", "peek", "delete",
 )  # fmt: skip
 
 
