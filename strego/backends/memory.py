@@ -232,6 +232,7 @@ class MemoryBackend:
 
     def _enqueue(self, message: TaskMessage, now: int) -> TaskInfo:
         q = self._queue(message.queue, now)
+        q.listed = True  # even when refused, as Redis's registry SADD is not conditional
         if message.id in q.tasks:
             raise TaskIdConflictError(message.id)
         key = message.unique_key
@@ -241,7 +242,6 @@ class MemoryBackend:
                 raise DuplicateTaskError(key, holder)
             ttl = message.unique_ttl_ms
             q.unique[key] = _UniqueLock(message.id, None if ttl is None else now + ttl)
-        q.listed = True
         # Start in a placeholder state so _place has a uniform "leave the old state" step.
         rec = _Record(message=message, state=TaskState.CANCELLED)
         q.tasks[rec.id] = rec
