@@ -113,7 +113,9 @@ class Client:
         none is enqueued. The backend then accepts each task on its own; the result has, in
         order, a TaskInfo for each accepted task and, in place of each refused one, the error
         (DuplicateTaskError or TaskIdConflictError) — refusals are returned, not raised, and the
-        other tasks are enqueued regardless."""
+        other tasks are enqueued regardless. A group the backend failed as a whole (Redis: a
+        chunk of one queue meeting a key of another type) has that error (ForeignKeyError) in
+        place of each of its tasks, none of which was written."""
         messages = [self.message(task) for task in tasks]
         if not messages:
             return []

@@ -91,8 +91,10 @@ class Backend(Protocol):
         Returns, in order, a TaskInfo for each accepted message and, in place of a refused one,
         the error `enqueue` would have raised (DuplicateTaskError or TaskIdConflictError); the
         other messages are accepted regardless. Invalid input (InvalidTaskError) is raised before
-        any message is written. If the call raises anything else (the backend failed), the tasks
-        of the call that were written are exactly those `get_task` finds: none is half written."""
+        any message is written. A backend that writes in groups (Redis: a script call per chunk
+        of one queue) writes each group whole or not at all: a group it failed (a
+        `BackendError` such as `ForeignKeyError`) has that error in place of each of its messages,
+        none of which was written. Nothing is ever half written."""
         ...
 
     # -- consuming --------------------------------------------------------------------------------
@@ -237,8 +239,9 @@ class Backend(Protocol):
 
     async def queues(self) -> list[str]:
         """Names of the queues tasks were enqueued to, sorted. A queue is listed from its first
-        enqueue until a purge leaves it with no task at all (see `purge`): nothing else removes
-        it, not the end of its tasks' retention, not `delete`, not pause."""
+        enqueue (a refused one too: a duplicate, an id conflict) until a purge leaves it with no
+        task at all (see `purge`): nothing else removes it, not the end of its tasks' retention,
+        not `delete`, not pause."""
         ...
 
     async def queue_info(self, queue: str) -> QueueInfo:
