@@ -15,10 +15,21 @@
 --#include lib/record.lua
 local now, limit, cursor, states = ARGV[1], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local n, budget = 0, limit
+-- deletes are gathered and sent as one multi-member command per key (far fewer redis.call)
+local gone = {}
 local function drop(id, h)
   if h then release_unique(KEYS[7], KEYS[8], h.unique, id) end
-  redis.call('HDEL', KEYS[1], id)
+  gone[#gone + 1] = id
   if not (h and expired(h, now, ARGV[2], ARGV[3])) then n = n + 1 end
+end
+local function done(next_cursor)
+  call_chunked('HDEL', KEYS[1], gone)
+  if next_cursor then return {n, next_cursor, -1} end
+  local left = redis.call('HLEN', KEYS[1])
+  for _, spec in ipairs({{KEYS[4], ARGV[3]}, {KEYS[5], ARGV[2]}, {KEYS[6], ARGV[2]}}) do
+    left = left - redis.call('ZCOUNT', spec[1], '-inf', add_ms(now, -tonumber(spec[2])))
+  end
+  return {n, '', left}
 end
 if cursor == '' then
   for _, spec in ipairs({{'s', KEYS[2]}, {'r', KEYS[3]}, {'d', KEYS[4]}, {'c', KEYS[5]},
@@ -28,12 +39,12 @@ if cursor == '' then
       local ids = redis.call('ZRANGE', set, 0, budget - 1)
       for _, id in ipairs(ids) do
         local h = parse(redis.call('HGET', KEYS[1], id))
-        redis.call('ZREM', set, id)
         -- a record in another state is not this entry's task (a stray entry): it stays
         if not h or h.state == letter then drop(id, h) end
       end
+      call_chunked('ZREM', set, ids)
       budget = budget - #ids
-      if budget == 0 then return {n, '', -1} end  -- '' again: the zsets are not done yet
+      if budget == 0 then return done('') end  -- '' again: the zsets are not done yet
     end
   end
   cursor = '0 -'
@@ -43,22 +54,20 @@ if string.find(states, 'p', 1, true) then
   for p = tonumber(prio), 10 do
     local stream = KEYS[9 + p]
     local entries = redis.call('XRANGE', stream, from, '+', 'COUNT', budget)
+    local sids = {}
     for _, entry in ipairs(entries) do
       local sid, id = entry[1], entry[2][2]
       local h = parse(redis.call('HGET', KEYS[1], id))
       if not h or h.sid ~= sid or h.state ~= 'a' then
         -- a pending task's entry (or a stray one): active entries stay in the group
-        redis.call('XDEL', stream, sid)
+        sids[#sids + 1] = sid
         if h and h.state == 'p' and h.sid == sid then drop(id, h) end
       end
     end
+    call_chunked('XDEL', stream, sids)
     budget = budget - #entries
-    if budget == 0 then return {n, p .. ' (' .. entries[#entries][1], -1} end
+    if budget == 0 then return done(p .. ' (' .. entries[#entries][1]) end
     from = '-'
   end
 end
-local left = redis.call('HLEN', KEYS[1])
-for _, spec in ipairs({{KEYS[4], ARGV[3]}, {KEYS[5], ARGV[2]}, {KEYS[6], ARGV[2]}}) do
-  left = left - redis.call('ZCOUNT', spec[1], '-inf', add_ms(now, -tonumber(spec[2])))
-end
-return {n, '', left}
+return done(nil)

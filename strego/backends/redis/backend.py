@@ -45,7 +45,7 @@ ENQUEUE_CHUNK = 100
 #: How many entries promote moves or expires per call, and requeue_all_dead per call.
 BATCH = 1000
 #: How many entries (zset members, stream entries) one purge script call looks at, at most.
-PURGE_BATCH = 1000
+PURGE_BATCH = 500
 #: Redis times out a BLOCK in its cron, every 1000/hz ms (100 ms at the default hz 10), so a
 #: blocking read returns up to that much late. Schedule waits end this much early, and the last
 #: stretch before a due time is slept here in short steps.
