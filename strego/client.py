@@ -113,9 +113,10 @@ class Client:
         none is enqueued. The backend then accepts each task on its own; the result has, in
         order, a TaskInfo for each accepted task and, in place of each refused one, the error
         (DuplicateTaskError or TaskIdConflictError) — refusals are returned, not raised, and the
-        other tasks are enqueued regardless. A group the backend failed as a whole (Redis: a
-        chunk of one queue meeting a key of another type) has that error (ForeignKeyError) in
-        place of each of its tasks, none of which was written."""
+        other tasks are enqueued regardless. A backend error (e.g. OutOfMemoryError) that
+        refused every task is raised; one that refused a group of them only (Redis: a chunk of
+        one queue meeting a key of another type) is in place of each of those tasks, none of
+        which was written."""
         messages = [self.message(task) for task in tasks]
         if not messages:
             return []

@@ -77,21 +77,21 @@ PURGE_POSITIONS = range(5)
 
 
 @pytest.mark.parametrize(
-    ("first", "second"),
-    [(i, j) for i, j in itertools.product(PURGE_POSITIONS, repeat=2) if i <= j],
+    "at",
+    [p for p in itertools.product(PURGE_POSITIONS, repeat=3) if p[0] <= p[1] <= p[2]],
+    ids=lambda p: "-".join(map(str, p)),
 )
 async def test_no_interleaving_of_enqueue_and_purge_hides_a_task(
-    redis_url: str, first: int, second: int
+    redis_url: str, at: tuple[int, int, int]
 ) -> None:
-    """Enqueue sends two calls (its script, then SADD to the registry); purge sends its script,
-    then SREM, a count and maybe SADD. Enqueue's calls run after `first` and `second` of
-    purge's calls: whatever the order, the new task stays visible, listed and cancellable."""
+    """Enqueue sends three calls (SADD to the registry, its script, SADD again); purge sends its
+    script, then SREM, a count and maybe SADD. Enqueue's k-th call runs after purge has sent
+    at[k] calls: whatever the order, the new task stays visible, listed and cancellable."""
     clock = FakeClock()
     prefix = f"t{uuid.uuid4().hex[:8]}"
     inner = RedisPyTransport(redis.asyncio.Redis.from_url(redis_url))
     plain = RedisBackend(inner, prefix=prefix, clock=clock)
     purged = enqueued = 0  # calls sent so far by each side
-    at = (first, second)  # enqueue's k-th call waits until purge has sent at[k] calls
     purge_done = enqueue_done = False
 
     moved = anyio.Event()  # set (and replaced) each time either side sent a call or ended
@@ -157,7 +157,7 @@ async def test_no_interleaving_of_enqueue_and_purge_hides_a_task(
         assert await plain.queues() == ["q"], order
         assert await plain.get_task("new") is not None, order
         assert await plain.cancel("new") is True, order
-        assert producer.sent == ["enqueue", "SADD"]
+        assert producer.sent == ["SADD", "enqueue", "SADD"]
     finally:
         await inner.aclose()
 

@@ -9,6 +9,10 @@ States and places. A task accepted by `enqueue` is at every instant in exactly o
         |                     |  '-----release---------'   \\--fail--> dead --requeue--> pending
         '--cancel--> cancelled <--cancel-- pending, retry
 
+`delete` removes a task in any state but active; `purge` removes many (never active ones). A call
+by id on an id that no task has (or whose retention ended) raises `TaskNotFoundError`; one on a
+task whose state does not allow it returns False and changes nothing.
+
 Time. Every backend reads "now" from its clock (epoch milliseconds, injectable for tests). Every
 expiry (unique keys, processed markers, retention, leases) is judged against that clock, never
 against a clock the caller cannot control.
@@ -92,9 +96,10 @@ class Backend(Protocol):
         the error `enqueue` would have raised (DuplicateTaskError or TaskIdConflictError); the
         other messages are accepted regardless. Invalid input (InvalidTaskError) is raised before
         any message is written. A backend that writes in groups (Redis: a script call per chunk
-        of one queue) writes each group whole or not at all: a group it failed (a
-        `BackendError` such as `ForeignKeyError`) has that error in place of each of its messages,
-        none of which was written. Nothing is ever half written."""
+        of one queue) writes each group whole or not at all. When it failed every group (a
+        `BackendError` such as `OutOfMemoryError`), it raises, nothing written, as `enqueue`
+        does; when it failed only some, each message of a failed group has that error in its
+        place, none of them written. Nothing is ever half written."""
         ...
 
     # -- consuming --------------------------------------------------------------------------------

@@ -254,13 +254,14 @@ class RedisBackend:
         check_unique_ttl([message])
         now = self.clock()
         queue = message.queue
-        ((code, detail),), _ = await self._pipeline(
-            [
-                self._enqueue_call(queue, now, [message]),
-                # after the script, never before: see `purge`
-                Command(("SADD", self._registry, queue), idempotent=True),
-            ]
+        register = Command(("SADD", self._registry, queue), idempotent=True)
+        first, reply, last = await self.transport.pipeline(
+            [register, self._enqueue_call(queue, now, [message]), register]
         )
+        if isinstance(reply, BaseException):
+            raise reply
+        self._check_registered([queue], first, last)
+        ((code, detail),) = reply
         result = self._enqueued(message, code, detail)
         if isinstance(result, StregoError):
             raise result
@@ -274,24 +275,26 @@ class RedisBackend:
         by_queue: dict[str, list[int]] = defaultdict(list)
         for i, message in enumerate(messages):
             by_queue[message.queue].append(i)
-        calls: list[ScriptCall | Command] = []
+        register = Command(("SADD", self._registry, *by_queue), idempotent=True)
+        calls: list[ScriptCall | Command] = [register]
         chunks: list[tuple[str, list[int]]] = []
         for queue, indexes in by_queue.items():
             for start in range(0, len(indexes), ENQUEUE_CHUNK):
                 chunk = indexes[start : start + ENQUEUE_CHUNK]
                 calls.append(self._enqueue_call(queue, now, [messages[i] for i in chunk]))
                 chunks.append((queue, chunk))
-        # after the scripts, never before: see `purge`
-        calls.append(Command(("SADD", self._registry, *by_queue), idempotent=True))
-        replies = await self.transport.pipeline(calls)
-        if isinstance(replies[-1], BaseException):
-            raise replies[-1]
+        calls.append(register)
+        first, *replies, last = await self.transport.pipeline(calls)
+        self._check_registered(list(by_queue), first, last)
         results: list[TaskInfo | StregoError | None] = [None] * len(messages)
-        for (queue, chunk), reply in zip(chunks, replies, strict=False):
+        failed = [r for r in replies if isinstance(r, BaseException)]
+        for (queue, chunk), reply in zip(chunks, replies, strict=True):
             if isinstance(reply, BackendError):
                 # the script checks every key before its first write: the chunk wrote nothing
                 if isinstance(reply, ForeignKeyError):
                     reply = await self._foreign(queue, reply)
+                if len(failed) == len(replies):  # nothing was written: raise, as enqueue does
+                    raise reply
                 for i in chunk:
                     results[i] = reply
                 continue
@@ -300,6 +303,16 @@ class RedisBackend:
             for i, (code, detail) in zip(chunk, reply, strict=True):
                 results[i] = self._enqueued(messages[i], code, detail)
         return [r for r in results if r is not None]
+
+    @staticmethod
+    def _check_registered(queues: Sequence[str], first: Any, last: Any) -> None:
+        """Enqueue registers its queues with one SADD before its scripts and one after: the one
+        after is the one `purge` relies on (see there); the one before fails first under OOM,
+        ahead of the scripts. Either is enough to list the queues: the tasks a script wrote are
+        never reported as refused because of the registry, but when both failed the registry
+        misses them, and that is logged."""
+        if isinstance(first, BaseException) and isinstance(last, BaseException):
+            log.error("tasks were stored but the queue registry did not list %s: %s", queues, last)
 
     def _enqueue_call(self, queue: str, now: int, messages: Sequence[TaskMessage]) -> ScriptCall:
         """The enqueue script's call for `messages`, all of `queue`."""
