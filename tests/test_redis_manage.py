@@ -18,6 +18,7 @@ from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, make_dead, message, start
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.anyio_transport import AnyioTransport
+from strego.backends.redis.keys import queues_key
 from strego.backends.redis.redispy_transport import RedisPyTransport
 from strego.backends.redis.transport import Command, Script, ScriptCall, Transport
 from strego.errors import ForeignKeyError
@@ -232,10 +233,29 @@ async def test_a_foreign_key_fails_a_whole_chunk(backend: RedisBackend, foreign:
         + [Command(("HLEN", k.tasks)), Command(("EXISTS", k.ready))]
     )
     assert lengths == [0] * 6
+    with pytest.raises(ForeignKeyError):  # every chunk failed: raised, as enqueue does
+        await backend.enqueue_many(chunk)
+    assert await backend.get_task("a", "q") is None
     single = chunk[3] if foreign == "p5" else chunk[2]
     with pytest.raises(ForeignKeyError):
         await backend.enqueue(single)
     assert await backend.get_task(single.id, "q") is None
+
+
+async def test_a_foreign_registry_never_refuses_a_stored_task(
+    backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registry SADDs around the script both fail: the task the script stored is reported
+    stored (it is, and servers fetch it by queue name), and the registry's failure is logged."""
+    await backend.transport.execute(Command(("SET", queues_key(backend.prefix), "foreign")))
+    info = await backend.enqueue(message("a"))
+    [other] = await backend.enqueue_many([message("b")])
+    assert isinstance(other, TaskInfo)
+    assert (info.id, other.id) == ("a", "b")
+    assert await backend.get_task("a", "q") is not None
+    assert [t.id for t in await backend.fetch(["q"], 5, "c1", lease_ms=LEASE_MS)] == ["a", "b"]
+    errors = [r for r in caplog.records if "registry did not list" in r.getMessage()]
+    assert len(errors) == 2
 
 
 # -- purge batches --------------------------------------------------------------------------------
