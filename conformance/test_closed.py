@@ -31,6 +31,7 @@ CALLS: dict[str, Callable[[Backend], Awaitable[Any]]] = {
     "promote": lambda b: b.promote(["q"]),
     "wait_schedule_change": lambda b: b.wait_schedule_change(["q"], 60_000),
     "cancel": lambda b: b.cancel("t1", "q"),
+    "delete": lambda b: b.delete("t1", "q"),
     "cancel in any queue": lambda b: b.cancel("t1"),
     "requeue_dead": lambda b: b.requeue_dead("q", "t1"),
     "requeue_all_dead": lambda b: b.requeue_all_dead("q"),

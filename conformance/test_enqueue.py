@@ -8,7 +8,7 @@ import pytest
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, make_dead, message, start, state_of
 from strego.backends.base import Backend
-from strego.errors import DuplicateTaskError, TaskIdConflictError
+from strego.errors import DuplicateTaskError, InvalidTaskError, TaskIdConflictError
 from strego.task import TaskInfo, TaskState
 
 pytestmark = pytest.mark.anyio
@@ -205,3 +205,22 @@ async def test_enqueue_many_scheduled_and_queues(backend: Backend, clock: FakeCl
         TaskState.SCHEDULED,
     ]
     assert await backend.queues() == ["one", "two"]
+
+
+# -- a unique key needs a TTL ---------------------------------------------------------------------
+
+
+async def test_unique_key_without_ttl_is_refused(backend: Backend) -> None:
+    """A unique key with no TTL could only be freed by hand: refused before anything is written,
+    by enqueue and by enqueue_many (the whole call), as strego.Task refuses it."""
+    bad = message("b", unique_key="k")
+    with pytest.raises(InvalidTaskError):
+        await backend.enqueue(bad)
+    with pytest.raises(InvalidTaskError):
+        await backend.enqueue_many([message("a"), bad, message("c", queue="other")])
+    assert await backend.queues() == []
+    for task_id in ("a", "b", "c"):
+        assert await backend.get_task(task_id) is None
+    # the key was never taken
+    await backend.enqueue(message("d", unique_key="k", unique_ttl_ms=60_000))
+    assert (await backend.get_task("d", "q")) is not None

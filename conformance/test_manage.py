@@ -6,9 +6,10 @@ import anyio
 import pytest
 
 from conformance.clock import FakeClock
+from conformance.conftest import SHORT_DEAD_TTL_MS
 from conformance.helpers import LEASE_MS, ids_in, make_dead, message, start, state_of
 from strego.backends.base import Backend
-from strego.errors import InvalidTaskError
+from strego.errors import InvalidTaskError, TaskNotFoundError
 from strego.task import TaskState
 
 pytestmark = pytest.mark.anyio
@@ -62,10 +63,13 @@ async def test_cancel_refused(backend: Backend, clock: FakeClock, state: TaskSta
 
 
 async def test_cancel_unknown_and_queue_lookup(backend: Backend) -> None:
-    assert await backend.cancel("nope") is False
+    with pytest.raises(TaskNotFoundError) as exc_info:
+        await backend.cancel("nope")
+    assert exc_info.value.task_id == "nope"
     await backend.enqueue(message("a", queue="one"))
     await backend.enqueue(message("b", queue="two"))
-    assert await backend.cancel("a", "two") is False
+    with pytest.raises(TaskNotFoundError):
+        await backend.cancel("a", "two")
     assert await backend.cancel("a") is True
     assert await backend.cancel("b", "two") is True
     assert await state_of(backend, "a", "one") == TaskState.CANCELLED
@@ -93,7 +97,10 @@ async def test_requeue_dead(backend: Backend, clock: FakeClock) -> None:
 async def test_requeue_dead_refuses_other_states(backend: Backend) -> None:
     await backend.enqueue(message("p"))
     assert await backend.requeue_dead("q", "p") is False
-    assert await backend.requeue_dead("q", "unknown") is False
+    with pytest.raises(TaskNotFoundError):
+        await backend.requeue_dead("q", "unknown")
+    with pytest.raises(TaskNotFoundError):
+        await backend.requeue_dead("other", "p")
     assert await state_of(backend, "p") == TaskState.PENDING
 
 
@@ -196,3 +203,45 @@ async def test_pause_resume(backend: Backend) -> None:
     assert (await backend.queue_info("q")).paused is False
     [task] = await backend.fetch(["q"], 5, "c1", lease_ms=LEASE_MS)
     assert task.id == "waiting"
+
+
+# -- bounded work: more than one batch ------------------------------------------------------------
+
+
+async def test_requeue_all_dead_past_a_batch_of_expired(
+    short_backend: Backend, clock: FakeClock
+) -> None:
+    """More than a batch (1,000) of dead tasks whose retention ended, older than live dead ones:
+    the live ones are requeued all the same, the expired ones are not."""
+    backend = short_backend
+    n = 1_050
+    await backend.enqueue_many([message(f"old{i:04}") for i in range(n)])
+    got = await backend.fetch(["q"], n, "c1", lease_ms=LEASE_MS)
+    assert len(got) == n
+    for task in got:
+        await backend.fail("q", task.id, "c1", "x", retry_in_ms=None)
+    clock.advance(SHORT_DEAD_TTL_MS + 1_000)  # no promote: the expired entries stay in place
+    for i in range(3):
+        await make_dead(backend, f"new{i}")
+    assert await backend.requeue_all_dead("q") == 3
+    assert sorted(await ids_in(backend, TaskState.PENDING)) == ["new0", "new1", "new2"]
+    assert await backend.requeue_all_dead("q") == 0
+    assert await backend.get_task("old0000", "q") is None
+
+
+async def test_purge_more_than_a_batch(backend: Backend, clock: FakeClock) -> None:
+    """Thousands of pending tasks (with active ones among them, which stay) and of scheduled
+    ones: everything is purged and counted once, the active tasks survive."""
+    await backend.enqueue_many([message(f"a{i}", priority=i % 2) for i in range(30)])
+    active = await backend.fetch(["q"], 30, "c1", lease_ms=LEASE_MS)
+    await backend.enqueue_many([message(f"p{i:04}", priority=i % 3) for i in range(2_500)])
+    await backend.enqueue_many(
+        [message(f"s{i:04}", process_at_ms=clock() + 60_000 + i) for i in range(1_200)]
+    )
+    assert await backend.purge("q") == 3_700
+    counts = (await backend.queue_info("q")).counts
+    assert counts == {s: 30 if s == TaskState.ACTIVE else 0 for s in TaskState}
+    assert (await backend.list_tasks("q", TaskState.PENDING)).tasks == []
+    assert await backend.queues() == ["q"]  # active tasks keep it listed
+    for task in active:
+        assert await backend.ack("q", task.id, "c1") is True

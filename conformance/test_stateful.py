@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 from conformance.clock import FakeClock
 from conformance.helpers import list_all, message
 from strego.backends.base import Backend
-from strego.errors import DuplicateTaskError, TaskIdConflictError
+from strego.errors import DuplicateTaskError, TaskIdConflictError, TaskNotFoundError
 from strego.task import TaskState
 
 QUEUES = ("qa", "qb")
@@ -75,6 +75,9 @@ class Model:
         self.tasks: dict[str, ModelTask] = {}
         #: (queue, unique key) -> (holder id, expiry ms)
         self.unique: dict[tuple[str, str], tuple[str, int]] = {}
+        #: the queues `queues()` lists: enqueued to since the last purge that emptied them
+        self.listed: set[str] = set()
+        self.paused: set[str] = set()
 
     def holder(self, queue: str, key: str) -> str | None:
         lock = self.unique.get((queue, key))
@@ -159,6 +162,7 @@ class BackendMachine(RuleBasedStateMachine):
             unique_ttl_ms=ttl,
         )
         holder = None if key is None else self.model.holder(queue, key)
+        self.model.listed.add(queue)
         if holder is not None:
             with pytest.raises(DuplicateTaskError) as exc_info:
                 self.call(self.backend.enqueue, msg)
@@ -208,6 +212,7 @@ class BackendMachine(RuleBasedStateMachine):
         available = [
             (queues.index(t.queue), -t.priority)
             for q in queues
+            if q not in self.model.paused
             for t in self.model.in_state(q, TaskState.PENDING)
         ]
         expected = sorted(available)[:count]
@@ -288,13 +293,52 @@ class BackendMachine(RuleBasedStateMachine):
     def cancel(self, index: int, by_id_only: bool) -> None:
         task = self.pick(index)
         if task is None:
-            assert self.call(self.backend.cancel, "ghost") is False
+            with pytest.raises(TaskNotFoundError):
+                self.call(self.backend.cancel, "ghost")
             return
         done = self.call(self.backend.cancel, task.id, None if by_id_only else task.queue)
         expected = task.state in (TaskState.SCHEDULED, TaskState.PENDING, TaskState.RETRY)
         assert done == expected
         if expected:
             self.model.end(task, TaskState.CANCELLED)
+
+    @rule(index=st.integers(0, 1_000), by_id_only=st.booleans())
+    def delete(self, index: int, by_id_only: bool) -> None:
+        task = self.pick(index)
+        if task is None:
+            with pytest.raises(TaskNotFoundError):
+                self.call(self.backend.delete, "ghost", None if by_id_only else "qa")
+            return
+        done = self.call(self.backend.delete, task.id, None if by_id_only else task.queue)
+        assert done == (task.state != TaskState.ACTIVE)
+        if done:
+            del self.model.tasks[task.id]  # its unique key has no holder any more
+        with pytest.raises(TaskNotFoundError):
+            other = next(q for q in QUEUES if q != task.queue)
+            self.call(self.backend.delete, task.id, other)
+
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        states=st.none() | st.sets(st.sampled_from(sorted(set(TaskState) - {TaskState.ACTIVE}))),
+    )
+    def purge(self, queue: str, states: set[TaskState] | None) -> None:
+        chosen = set(TaskState) - {TaskState.ACTIVE} if states is None else states
+        doomed = [t for t in self.model.tasks.values() if t.queue == queue and t.state in chosen]
+        purged = self.call(self.backend.purge, queue, None if states is None else sorted(states))
+        assert purged == len(doomed)
+        for task in doomed:
+            del self.model.tasks[task.id]
+        if not any(t.queue == queue for t in self.model.tasks.values()):
+            self.model.listed.discard(queue)
+
+    @rule(queue=st.sampled_from(QUEUES), paused=st.booleans())
+    def pause_or_resume(self, queue: str, paused: bool) -> None:
+        if paused:
+            self.call(self.backend.pause, queue)
+            self.model.paused.add(queue)
+        else:
+            self.call(self.backend.resume, queue)
+            self.model.paused.discard(queue)
 
     @precondition(lambda self: self.has(TaskState.DEAD))
     @rule(index=st.integers(0, 1_000))
@@ -308,7 +352,6 @@ class BackendMachine(RuleBasedStateMachine):
             self.model.to_pending(task)
             task.retried = 0
 
-    @precondition(lambda self: self.has(TaskState.DEAD))
     @rule(queue=st.sampled_from(QUEUES))
     def requeue_all_dead(self, queue: str) -> None:
         dead = self.model.in_state(queue, TaskState.DEAD)
@@ -364,9 +407,14 @@ class BackendMachine(RuleBasedStateMachine):
     @invariant()
     def counts_agree(self) -> None:
         for queue in QUEUES:
-            counts = self.call(self.backend.queue_info, queue).counts
+            info = self.call(self.backend.queue_info, queue)
+            assert info.paused == (queue in self.model.paused), queue
             for state in TaskState:
-                assert counts[state] == len(self.model.in_state(queue, state)), (queue, state)
+                assert info.counts[state] == len(self.model.in_state(queue, state)), (queue, state)
+
+    @invariant()
+    def queues_agree(self) -> None:
+        assert self.call(self.backend.queues) == sorted(self.model.listed)
 
     def listings_agree(self) -> None:
         # Checked once per example (at teardown): a listing per state per step is slow on Redis.

@@ -16,6 +16,7 @@ from strego.errors import (
     SkipRetry,
     StregoError,
     TaskIdConflictError,
+    TaskNotFoundError,
 )
 from strego.handlers import current_task
 from strego.retry import ExponentialBackoff
@@ -45,6 +46,7 @@ __all__ = [
     "Task",
     "TaskIdConflictError",
     "TaskInfo",
+    "TaskNotFoundError",
     "TaskPage",
     "TaskState",
     "current_task",

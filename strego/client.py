@@ -143,7 +143,10 @@ class Client:
         none is enqueued. The backend then accepts each task on its own; the result has, in
         order, a TaskInfo for each accepted task and, in place of each refused one, the error
         (DuplicateTaskError or TaskIdConflictError) — refusals are returned, not raised, and the
-        other tasks are enqueued regardless."""
+        other tasks are enqueued regardless. A backend error (e.g. OutOfMemoryError) that
+        refused every task is raised; one that refused a group of them only (Redis: a chunk of
+        one queue meeting a key of another type) is in place of each of those tasks, none of
+        which was written."""
         messages = [self.message(task) for task in tasks]
         if not messages:
             return []
@@ -155,13 +158,20 @@ class Client:
 
     async def cancel(self, task_id: str, queue: str | None = None) -> bool:
         """Cancel a scheduled, pending or retry task. True if it was cancelled; False if it is
-        running, finished or unknown (a running task cannot be cancelled)."""
-        return await self.backend.cancel(task_id, queue)
+        running or finished (a running task cannot be cancelled). Raises TaskNotFoundError when
+        no task has this id (in `queue`, or in any queue when None)."""
+        return await self.backend.cancel(task_id, _queue_or_none(queue))
+
+    async def delete(self, task_id: str, queue: str | None = None) -> bool:
+        """Remove a task that is not running (scheduled, pending, retry, dead, completed or
+        cancelled) with its unique key. True if it was removed; False if it is running. Raises
+        TaskNotFoundError when no task has this id (in `queue`, or in any queue when None)."""
+        return await self.backend.delete(task_id, _queue_or_none(queue))
 
     # -- inspecting and managing --------------------------------------------------------------
 
     async def queues(self) -> list[str]:
-        """Every queue a task was ever enqueued to, sorted."""
+        """Every queue tasks were enqueued to (until a purge left it empty), sorted."""
         return await self.backend.queues()
 
     async def queue_info(self, queue: str) -> QueueInfo:
@@ -184,12 +194,20 @@ class Client:
         return await self.backend.consumers(validate_queue_name(queue))
 
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
-        """Move a dead task back to pending (retried = 0). False if it is not dead."""
+        """Move a dead task back to pending (retried = 0). False if it is not dead; raises
+        TaskNotFoundError when the queue has no task with this id."""
         return await self.backend.requeue_dead(validate_queue_name(queue), task_id)
 
     async def requeue_all_dead(self, queue: str) -> int:
         """Move every dead task of a queue back to pending; returns how many."""
         return await self.backend.requeue_all_dead(validate_queue_name(queue))
+
+    async def purge(self, queue: str, states: Sequence[TaskState] | None = None) -> int:
+        """Delete the tasks of a queue in `states` (default: every state but active) and return
+        how many. Running tasks cannot be purged (InvalidTaskError). A queue left with no task
+        leaves `queues()`."""
+        chosen = None if states is None else [TaskState(s) for s in states]
+        return await self.backend.purge(validate_queue_name(queue), chosen)
 
     async def pause(self, queue: str) -> None:
         """Stop servers from starting tasks of this queue (running ones finish)."""
@@ -197,3 +215,7 @@ class Client:
 
     async def resume(self, queue: str) -> None:
         await self.backend.resume(validate_queue_name(queue))
+
+
+def _queue_or_none(queue: str | None) -> str | None:
+    return None if queue is None else validate_queue_name(queue)

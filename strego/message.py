@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 
+from strego.errors import InvalidTaskError
 from strego.task import TaskInfo, TaskState
 
 
@@ -59,3 +62,11 @@ class TaskMessage:
             created_ms=self.created_ms,
             **fields,  # type: ignore[arg-type]
         )
+
+
+def check_unique_ttl(messages: Iterable[TaskMessage]) -> None:
+    """Refuse, before a backend writes anything, a message with a unique key but no TTL (the
+    contract's rule, as `strego.Task` has it: a key with no end could only be freed by hand)."""
+    for m in messages:
+        if m.unique_key is not None and m.unique_ttl_ms is None:
+            raise InvalidTaskError(f"task {m.id}: unique_key needs a unique_ttl_ms")

@@ -146,3 +146,41 @@ async def test_inspection_and_management(backend: Backend) -> None:
     assert await client.requeue_all_dead("q1") == 0
     with pytest.raises(strego.InvalidQueueNameError):
         await client.queue_info("no spaces")
+
+
+async def test_delete_purge_and_unknown_ids(backend: Backend) -> None:
+    client = strego.Client(backend)
+    a = await client.enqueue(strego.Task("t", "a", queue="q1", unique_key="k", unique_ttl=60))
+    b = await client.enqueue(strego.Task("t", "b", queue="q1", process_in=60))
+    c = await client.enqueue(strego.Task("t", "c", queue="q2"))
+    [running] = await backend.fetch(["q2"], 1, "w", lease_ms=60_000)
+    assert running.id == c.id
+    # unknown ids raise TaskNotFoundError (a LookupError); a wrong state is False
+    for call in (client.cancel, client.delete):
+        with pytest.raises(strego.TaskNotFoundError) as exc_info:
+            await call("nope")
+        assert isinstance(exc_info.value, LookupError)
+        assert isinstance(exc_info.value, strego.StregoError)
+        assert exc_info.value.task_id == "nope"
+        with pytest.raises(strego.TaskNotFoundError):
+            await call(a.id, "q2")
+    with pytest.raises(strego.TaskNotFoundError):
+        await client.requeue_dead("q2", a.id)
+    assert await client.requeue_dead("q1", a.id) is False
+    assert await client.cancel(c.id) is False
+    assert await client.delete(c.id, "q2") is False  # running
+    with pytest.raises(strego.InvalidQueueNameError):
+        await client.delete(a.id, "no spaces")
+    # delete frees the task's unique key
+    assert await client.delete(a.id) is True
+    assert await client.get_task(a.id) is None
+    await client.enqueue(strego.Task("t", "a2", queue="q1", unique_key="k", unique_ttl=60))
+    # purge is public; active tasks are refused
+    assert await client.purge("q1", [TaskState.SCHEDULED]) == 1
+    assert await client.get_task(b.id) is None
+    with pytest.raises(strego.InvalidTaskError):
+        await client.purge("q2", [TaskState.ACTIVE])
+    assert await client.purge("q1") == 1
+    assert await client.queues() == ["q2"]  # q1 holds no task any more; q2 a running one
+    assert await client.purge("q2") == 0
+    assert await client.queues() == ["q2"]

@@ -25,7 +25,7 @@ async def test_a_client_leaves_open_the_backend_it_was_given(backend: Backend) -
     await client.aclose()
     # still open: another client (or a server) sharing it goes on
     second = await strego.Client(backend).enqueue(strego.Task("t"))
-    assert {t.id for t in await client.list_tasks("default", strego.TaskState.PENDING)} == {
+    assert {t.id for t in (await client.list_tasks("default", strego.TaskState.PENDING)).tasks} == {
         first.id,
         second.id,
     }

@@ -175,6 +175,7 @@ async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:
     await backend.release("q", [got[2].id], "c1")
     await backend.requeue_dead("q", got[1].id)
     await backend.cancel("s", "q")
+    await backend.delete("s", "q")
     clock.advance(100)
     await backend.fetch(["q", "q2"], 5, "c2", lease_ms=10)  # several queues: peek runs too
     clock.advance(100)

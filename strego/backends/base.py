@@ -9,6 +9,10 @@ States and places. A task accepted by `enqueue` is at every instant in exactly o
         |                     |  '-----release---------'   \\--fail--> dead --requeue--> pending
         '--cancel--> cancelled <--cancel-- pending, retry
 
+`delete` removes a task in any state but active; `purge` removes many (never active ones). A call
+by id on an id that no task has (or whose retention ended) raises `TaskNotFoundError`; one on a
+task whose state does not allow it returns False and changes nothing.
+
 Time. One clock decides (docs/architecture.md, invariant 7): every lease, expiry (unique keys,
 processed markers, retention), due time and stale claim is judged by the backend's own clock at
 the moment of the transition (Redis: TIME inside the script), never by the host clock of
@@ -105,14 +109,24 @@ class Backend(Protocol):
         now by the backend's clock). With a unique key, the key is taken in the same step; a
         key held by a live task (not completed, not cancelled, TTL not expired) raises
         `DuplicateTaskError` naming the holder. An id that exists in any state raises
-        `TaskIdConflictError`. Registers the queue."""
+        `TaskIdConflictError`. Registers the queue (see `queues`).
+
+        A unique key is held until its task completes, is cancelled, deleted or purged, or its
+        TTL (`unique_ttl_ms`) ends, whichever comes first. A message with a `unique_key` but no
+        `unique_ttl_ms` is refused with `InvalidTaskError` before anything is written (as
+        `strego.Task` refuses it): a key with no end could only be freed by hand."""
         ...
 
     async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
         """Enqueue each message as `enqueue` would, in as few round trips as the backend can.
         Returns, in order, a TaskInfo for each accepted message and, in place of a refused one,
         the error `enqueue` would have raised (DuplicateTaskError or TaskIdConflictError); the
-        other messages are accepted regardless."""
+        other messages are accepted regardless. Invalid input (InvalidTaskError) is raised before
+        any message is written. A backend that writes in groups (Redis: a script call per chunk
+        of one queue) writes each group whole or not at all. When it failed every group (a
+        `BackendError` such as `OutOfMemoryError`), it raises, nothing written, as `enqueue`
+        does; when it failed only some, each message of a failed group has that error in its
+        place, none of them written. Nothing is ever half written."""
         ...
 
     # -- consuming --------------------------------------------------------------------------------
@@ -214,22 +228,40 @@ class Backend(Protocol):
     async def cancel(self, task_id: str, queue: str | None = None) -> bool:
         """Cancel a scheduled, pending or retry task: it becomes cancelled (never retried or
         dead-lettered) and its unique key is released. Returns False, changing nothing, for a
-        task in any other state or unknown."""
+        task in any other state. Raises `TaskNotFoundError` when no task has this id (in `queue`,
+        or in any queue when None; a task whose retention ended is gone)."""
+        ...
+
+    async def delete(self, task_id: str, queue: str | None = None) -> bool:
+        """Remove a task that is not active (scheduled, pending, retry, dead, completed or
+        cancelled) at once: its record, its place in its state (a completed task's processed
+        marker too) and its unique key. Returns False, changing nothing, for an active task (it
+        is running: cancel cannot stop it either). Raises `TaskNotFoundError` for an unknown id,
+        as `cancel` does. The queue stays listed by `queues`."""
         ...
 
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
         """Move one dead task back to pending with retried = 0, in one step by id. False if that
-        task is not dead (so two concurrent requeues of one task move it once)."""
+        task is not dead (so two concurrent requeues of one task move it once); raises
+        `TaskNotFoundError` when `queue` has no task with this id."""
         ...
 
     async def requeue_all_dead(self, queue: str) -> int:
-        """Move every dead task of the queue back to pending; returns how many."""
+        """Move every dead task of the queue back to pending (oldest death first); returns how
+        many. Dead tasks whose retention ended are not requeued, however many there are."""
         ...
 
     async def purge(self, queue: str, states: Sequence[TaskState] | None = None) -> int:
         """Delete the tasks of `queue` in the given states (default: every state but active) and
-        return how many. Consumer groups, pause state and active tasks survive. Purging active
-        tasks is refused with InvalidTaskError (they are running)."""
+        return how many (tasks whose retention had ended are not counted). Consumer groups,
+        pause state and active tasks survive. Purging active tasks is refused with
+        InvalidTaskError (they are running).
+
+        Work is bounded: a backend may purge in batches (Redis: `PURGE_BATCH` entries per script
+        call), each batch atomic, so a purge is not one atomic step: a task that arrives or
+        changes state while a purge runs may be purged or kept. When the purge is over and the
+        queue holds no task in any state, the queue leaves `queues` (a later enqueue lists it
+        again); a task enqueued meanwhile keeps it listed."""
         ...
 
     async def pause(self, queue: str) -> None:
@@ -241,7 +273,10 @@ class Backend(Protocol):
     # -- reading ----------------------------------------------------------------------------------
 
     async def queues(self) -> list[str]:
-        """Names of every queue a task was ever enqueued to (until purged away), sorted."""
+        """Names of the queues tasks were enqueued to, sorted. A queue is listed from its first
+        enqueue (a refused one too: a duplicate, an id conflict) until a purge leaves it with no
+        task at all (see `purge`): nothing else removes it, not the end of its tasks' retention,
+        not `delete`, not pause."""
         ...
 
     async def queue_info(self, queue: str) -> QueueInfo:

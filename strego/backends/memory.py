@@ -38,8 +38,9 @@ from strego.errors import (
     InvalidTaskError,
     StregoError,
     TaskIdConflictError,
+    TaskNotFoundError,
 )
-from strego.message import TaskMessage
+from strego.message import TaskMessage, check_unique_ttl
 from strego.task import MAX_PRIORITY, MIN_PRIORITY, TaskInfo, TaskState
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ _FETCH_ORDER = (TaskState.PENDING, TaskState.ACTIVE)
 
 #: A task's position in its state's listing (see `_Record.listing_key`).
 _Key = tuple[int, int, str] | tuple[int, str]
+
+#: How many tasks purge deletes between two checkpoints (so a big purge does not hold the loop).
+PURGE_BATCH = 1000
 
 
 @attrs.define(eq=False)
@@ -107,7 +111,7 @@ class _UniqueLock:
 @attrs.define(eq=False)
 class _Queue:
     name: str
-    #: a task was enqueued here (only such queues are listed by `queues`)
+    #: a task was enqueued here since the last purge that emptied the queue (listed by `queues`)
     listed: bool = False
     paused: bool = False
     tasks: dict[str, _Record] = attrs.Factory(dict)
@@ -264,6 +268,7 @@ class MemoryBackend:
 
     def _enqueue(self, message: TaskMessage, now: int) -> TaskInfo:
         q = self._queue(message.queue, now)
+        q.listed = True  # even when refused, as Redis's registry SADD is not conditional
         if message.id in q.tasks:
             raise TaskIdConflictError(message.id)
         key = message.unique_key
@@ -273,7 +278,6 @@ class MemoryBackend:
                 raise DuplicateTaskError(key, holder)
             ttl = message.unique_ttl_ms
             q.unique[key] = _UniqueLock(message.id, None if ttl is None else now + ttl)
-        q.listed = True
         # Start in a placeholder state so _place has a uniform "leave the old state" step.
         rec = _Record(message=message, state=TaskState.CANCELLED)
         q.tasks[rec.id] = rec
@@ -329,10 +333,12 @@ class MemoryBackend:
 
     async def enqueue(self, message: TaskMessage) -> TaskInfo:
         await anyio.lowlevel.checkpoint()
+        check_unique_ttl([message])
         return self._enqueue(message, self._now())
 
     async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
         await anyio.lowlevel.checkpoint()
+        check_unique_ttl(messages)
         now = self._now()
         results: list[TaskInfo | StregoError] = []
         for message in messages:
@@ -483,21 +489,34 @@ class MemoryBackend:
 
     # -- managing ---------------------------------------------------------------------------------
 
+    def _found(self, task_id: str, queue: str | None, now: int) -> tuple[_Queue, _Record]:
+        found = self._find(task_id, queue, now)
+        if found is None:
+            raise TaskNotFoundError(task_id)
+        return found
+
     async def cancel(self, task_id: str, queue: str | None = None) -> bool:
         await anyio.lowlevel.checkpoint()
         now = self._now()
-        found = self._find(task_id, queue, now)
-        if found is None or found[1].state not in _CANCELLABLE:
+        q, rec = self._found(task_id, queue, now)
+        if rec.state not in _CANCELLABLE:
             return False
-        self._place(*found, TaskState.CANCELLED, now)
+        self._place(q, rec, TaskState.CANCELLED, now)
+        return True
+
+    async def delete(self, task_id: str, queue: str | None = None) -> bool:
+        await anyio.lowlevel.checkpoint()
+        q, rec = self._found(task_id, queue, self._now())
+        if rec.state == TaskState.ACTIVE:
+            return False
+        self._delete(q, rec)  # its heap entries go stale (skipped when they reach the top)
         return True
 
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
         await anyio.lowlevel.checkpoint()
         now = self._now()
-        q = self._queue(queue, now)
-        rec = q.tasks.get(task_id)
-        if rec is None or rec.state != TaskState.DEAD:
+        q, rec = self._found(task_id, queue, now)
+        if rec.state != TaskState.DEAD:
             return False
         rec.retried = 0
         self._place(q, rec, TaskState.PENDING, now)
@@ -513,17 +532,31 @@ class MemoryBackend:
             self._place(q, rec, TaskState.PENDING, now)
         return len(dead)
 
+    @staticmethod
+    def _purge_batch(q: _Queue, states: Iterable[TaskState]) -> list[_Record]:
+        batch: list[_Record] = []
+        for state in states:
+            batch += itertools.islice(q.by_state[state].values(), PURGE_BATCH - len(batch))
+        return batch
+
     async def purge(self, queue: str, states: Sequence[TaskState] | None = None) -> int:
         await anyio.lowlevel.checkpoint()
         chosen = set(TaskState) - {TaskState.ACTIVE} if states is None else set(states)
         if TaskState.ACTIVE in chosen:
             raise InvalidTaskError("active tasks cannot be purged: they are running")
-        now = self._now()
-        q = self._queue(queue, now)
-        doomed = [rec for state in chosen for rec in q.by_state[state].values()]
-        for rec in doomed:
-            self._delete(q, rec)
-        return len(doomed)
+        q = self._queue(queue, self._now())
+        deleted = 0
+        # PURGE_BATCH tasks per step, then a checkpoint: other tasks run in between, and a task
+        # that arrives meanwhile in a purged state is purged too (the loop ends when none is left)
+        while doomed := self._purge_batch(q, chosen):
+            for rec in doomed:
+                self._delete(q, rec)
+            deleted += len(doomed)
+            await anyio.lowlevel.checkpoint()
+            q = self._queue(queue, self._now())
+        if not q.tasks:
+            q.listed = False
+        return deleted
 
     async def pause(self, queue: str) -> None:
         await anyio.lowlevel.checkpoint()

@@ -11,28 +11,58 @@
 --       cheap to send.
 -- Returns one reply per task: {'OK', 'p'} (pending) | {'OK', due ms} (scheduled) |
 --         {'DUPLICATE', holder_id} | {'ID_CONFLICT', ''}
+-- All or nothing: every key the call will write is checked before the first write, so a key of
+-- another type (written by something else) fails the whole call with WRONGTYPE, nothing written.
 --#include lib/record.lua
 local now, group = clock(ARGV[1]), ARGV[2]
 -- read before any write: a foreign (non-string) ready key fails here, leaving nothing behind
 redis.call('GET', KEYS[21])
-local out, pushed = {}, false
-local OK_PENDING = {'OK', 'p'}
+-- First pass, reads only: each task's options and old record (a foreign tasks key fails here),
+-- and the type each key written below must have.
+local tasks, want = {}, {}
 for i = 5, #ARGV, 3 do
-  local id, opts, env = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local due, prio, max_retry, uttl, ukey = '', 0, 3, 0, ''
-  if opts ~= '' then
-    due, prio, max_retry, uttl, ukey =
-      string.match(opts, '^(%+?%d*),(%-?%d+),(%-?%d+),(%-?%d+),(.*)$')
-    if string.sub(due, 1, 1) == '+' then due = add_ms(now, string.sub(due, 2)) end
-    if due ~= '' and tonumber(due) <= tonumber(now) then due = '' end
+  local t = {id = ARGV[i], opts = ARGV[i + 1], env = ARGV[i + 2], due = '', prio = 0,
+             max_retry = 3, uttl = 0, ukey = ''}
+  if t.opts ~= '' then
+    t.due, t.prio, t.max_retry, t.uttl, t.ukey =
+      string.match(t.opts, '^(%+?%d*),(%-?%d+),(%-?%d+),(%-?%d+),(.*)$')
+    if string.sub(t.due, 1, 1) == '+' then t.due = add_ms(now, string.sub(t.due, 2)) end
+    if t.due ~= '' and tonumber(t.due) <= tonumber(now) then t.due = '' end
   end
-  local reply = nil
-  local old = parse(redis.call('HGET', KEYS[1], id))
-  if old then
-    if expired(old, now, ARGV[3], ARGV[4]) then
+  t.old = parse(redis.call('HGET', KEYS[1], t.id))
+  if t.old and expired(t.old, now, ARGV[3], ARGV[4]) then
+    t.place = ({c = KEYS[7], d = KEYS[8], x = KEYS[9]})[t.old.state]
+    want[t.place] = 'zset'
+  end
+  if t.due == '' then
+    want[KEYS[10 + tonumber(t.prio)]] = 'stream'
+  else
+    want[KEYS[2]], want[KEYS[3]], want[KEYS[6]] = 'zset', 'zset', 'stream'
+  end
+  if t.ukey ~= '' then want[KEYS[4]], want[KEYS[5]] = 'hash', 'zset' end
+  tasks[#tasks + 1] = t
+end
+-- (one task with the defaults and no old record writes only its stream, then the tasks hash
+-- already read and the ready key already read: its first write fails first, no check needed)
+local lone = #tasks == 1 and tasks[1].opts == '' and not tasks[1].place
+for key, kind in pairs(lone and {} or want) do
+  local found = redis.call('TYPE', key)
+  found = type(found) == 'table' and found.ok or found
+  if found ~= 'none' and found ~= kind then
+    return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+  end
+end
+-- Second pass: the writes.
+local out, pushed, taken = {}, false, {}
+local OK_PENDING = {'OK', 'p'}
+for _, t in ipairs(tasks) do
+  local id, ukey, reply = t.id, t.ukey, nil
+  if taken[id] then
+    reply = {E_ID_CONFLICT, ''}  -- the same id earlier in this call
+  elseif t.old then
+    if t.place then
       -- retention ended: the old task is gone, its id free again
-      local place = ({c = KEYS[7], d = KEYS[8], x = KEYS[9]})[old.state]
-      redis.call('ZREM', place, id)
+      redis.call('ZREM', t.place, id)
       redis.call('HDEL', KEYS[1], id)
     else
       reply = {E_ID_CONFLICT, ''}
@@ -49,31 +79,31 @@ for i = 5, #ARGV, 3 do
       end
     end
   end
-  if not reply and opts == '' then
+  if not reply and t.opts == '' then
     -- the defaults, pending now (most tasks): the short record straight from the entry id
-    redis.call('HSET', KEYS[1], id, short_record(push(KEYS[10], group, id), env))
+    redis.call('HSET', KEYS[1], id, short_record(push(KEYS[10], group, id), t.env))
     pushed = true
     reply = OK_PENDING
   elseif not reply then
     local h = {state = 'p', retried = 0, deliveries = 0, started = '', ended = '', due = '',
-               max_retry = tonumber(max_retry), priority = tonumber(prio), sid = '',
-               consumer = '', error = '', unique = ukey, env = env}
-    if due == '' then
+               max_retry = tonumber(t.max_retry), priority = tonumber(t.prio), sid = '',
+               consumer = '', error = '', unique = ukey, env = t.env}
+    if t.due == '' then
       h.sid = push(KEYS[10 + h.priority], group, id)
       pushed = true
     else
-      h.state, h.due = 's', due
-      signal_if_earliest(KEYS[2], KEYS[3], KEYS[6], due)
-      redis.call('ZADD', KEYS[2], due, id)
+      h.state, h.due = 's', t.due
+      signal_if_earliest(KEYS[2], KEYS[3], KEYS[6], t.due)
+      redis.call('ZADD', KEYS[2], t.due, id)
     end
-    -- the stream or zset write comes first: if it fails (a foreign key, OOM) nothing was written
     if ukey ~= '' then
       redis.call('HSET', KEYS[4], ukey, id)
-      redis.call('ZADD', KEYS[5], add_ms(now, uttl), ukey)
+      redis.call('ZADD', KEYS[5], add_ms(now, t.uttl), ukey)
     end
     redis.call('HSET', KEYS[1], id, build(h))
-    reply = {'OK', h.state == 's' and due or 'p'}
+    reply = {'OK', h.state == 's' and t.due or 'p'}
   end
+  if reply[1] == 'OK' then taken[id] = true end
   out[#out + 1] = reply
 end
 if pushed then redis.call('INCR', KEYS[21]) end

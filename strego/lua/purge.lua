@@ -1,41 +1,73 @@
 -- purge: delete the tasks of a queue in the given states (never active ones: the caller refuses
--- that), releasing the unique keys they hold. Streams and their consumer groups stay (only the
--- purged entries are XDELed), as do the pause flag and consumers.
+-- that), releasing the unique keys they hold, looking at no more than `limit` entries per call
+-- (the backend calls it again from the returned cursor until it returns ''). Streams and their
+-- consumer groups stay (only the purged entries are XDELed), as do the pause flag and consumers.
+-- Order: the zsets of scheduled, retry, dead, completed, cancelled (each read from its head,
+-- which the deletes move on), then the streams p0..p10 from the cursor `<priority> <entry id>`
+-- (the last entry looked at: entries of active tasks stay, so the next call starts after them).
+-- Retained tasks whose retention ended are deleted but not counted (they were already gone).
 -- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 dead, 5 completed, 6 cancelled, 7 unique,
 --       8 unique_exp, 9..19 stream for priority 0..10
--- ARGV: 1 state letters to purge (a subset of 'sprdcx')
--- Returns {deleted, tasks left in the queue}.
+-- ARGV: 1 now ('' = Redis TIME), 2 completed_ttl_ms, 3 dead_ttl_ms, 4 limit, 5 cursor ('' = start), 6 state
+--       letters to purge (a subset of 'sprdcx'; '' only counts the tasks left)
+-- Returns {deleted, cursor ('' = done), tasks left in the queue (retention ended: not counted;
+--          only when done, else -1)}.
 --#include lib/record.lua
-local states = ARGV[1]
-local n = 0
+local now, limit, cursor, states = clock(ARGV[1]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local n, budget = 0, limit
+-- deletes are gathered and sent as one multi-member command per key (far fewer redis.call)
+local gone = {}
 local function drop(id, h)
   if h then release_unique(KEYS[7], KEYS[8], h.unique, id) end
-  redis.call('HDEL', KEYS[1], id)
-  n = n + 1
+  gone[#gone + 1] = id
+  if not (h and expired(h, now, ARGV[2], ARGV[3])) then n = n + 1 end
 end
-for _, spec in ipairs({{'s', KEYS[2]}, {'r', KEYS[3]}, {'d', KEYS[4]}, {'c', KEYS[5]},
-                       {'x', KEYS[6]}}) do
-  if string.find(states, spec[1], 1, true) then
-    for _, id in ipairs(redis.call('ZRANGE', spec[2], 0, -1)) do
-      drop(id, parse(redis.call('HGET', KEYS[1], id)))
-    end
-    redis.call('DEL', spec[2])
+local function done(next_cursor)
+  call_chunked('HDEL', KEYS[1], gone)
+  if next_cursor then return {n, next_cursor, -1} end
+  local left = redis.call('HLEN', KEYS[1])
+  for _, spec in ipairs({{KEYS[4], ARGV[3]}, {KEYS[5], ARGV[2]}, {KEYS[6], ARGV[2]}}) do
+    left = left - redis.call('ZCOUNT', spec[1], '-inf', add_ms(now, -tonumber(spec[2])))
   end
+  return {n, '', left}
+end
+if cursor == '' then
+  for _, spec in ipairs({{'s', KEYS[2]}, {'r', KEYS[3]}, {'d', KEYS[4]}, {'c', KEYS[5]},
+                         {'x', KEYS[6]}}) do
+    local letter, set = spec[1], spec[2]
+    if string.find(states, letter, 1, true) then
+      local ids = redis.call('ZRANGE', set, 0, budget - 1)
+      for _, id in ipairs(ids) do
+        local h = parse(redis.call('HGET', KEYS[1], id))
+        -- a record in another state is not this entry's task (a stray entry): it stays
+        if not h or h.state == letter then drop(id, h) end
+      end
+      call_chunked('ZREM', set, ids)
+      budget = budget - #ids
+      if budget == 0 then return done('') end  -- '' again: the zsets are not done yet
+    end
+  end
+  cursor = '0 -'
 end
 if string.find(states, 'p', 1, true) then
-  for prio = 0, 10 do
-    local stream = KEYS[9 + prio]
-    if redis.call('EXISTS', stream) == 1 then
-      for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+')) do
-        local sid, id = entry[1], entry[2][2]
-        local h = parse(redis.call('HGET', KEYS[1], id))
-        if not h or h.sid ~= sid or h.state ~= 'a' then
-          -- a pending task's entry (or a stray one): active entries stay in the group
-          redis.call('XDEL', stream, sid)
-          if h and h.state == 'p' and h.sid == sid then drop(id, h) end
-        end
+  local prio, from = string.match(cursor, '^(%d+) (.+)$')
+  for p = tonumber(prio), 10 do
+    local stream = KEYS[9 + p]
+    local entries = redis.call('XRANGE', stream, from, '+', 'COUNT', budget)
+    local sids = {}
+    for _, entry in ipairs(entries) do
+      local sid, id = entry[1], entry[2][2]
+      local h = parse(redis.call('HGET', KEYS[1], id))
+      if not h or h.sid ~= sid or h.state ~= 'a' then
+        -- a pending task's entry (or a stray one): active entries stay in the group
+        sids[#sids + 1] = sid
+        if h and h.state == 'p' and h.sid == sid then drop(id, h) end
       end
     end
+    call_chunked('XDEL', stream, sids)
+    budget = budget - #entries
+    if budget == 0 then return done(p .. ' (' .. entries[#entries][1]) end
+    from = '-'
   end
 end
-return {n, redis.call('HLEN', KEYS[1])}
+return done(nil)

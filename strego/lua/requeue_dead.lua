@@ -1,10 +1,12 @@
 -- requeue_dead: dead -> pending with retried = 0, by id (a task that is not dead, or whose
 -- retention ended, is left alone, so two concurrent requeues move it once). With no ids given,
--- requeues up to `limit` of the oldest dead tasks (requeue_all_dead calls it until it returns 0).
+-- takes the `limit` oldest entries of the dead set: each dead task is requeued, and each whose
+-- retention ended (or a stray entry) is removed, so that the next call looks at newer ones
+-- (requeue_all_dead calls it until it looks at fewer than `limit`).
 -- KEYS: 1 tasks, 2 dead, 3..13 stream for priority 0..10, 14 ready (INCRed once when any task
 --       was requeued)
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 dead_ttl_ms, 4 limit, 5.. task ids
--- Returns how many were requeued.
+-- Returns {how many were requeued, how many entries it looked at}.
 --#include lib/record.lua
 local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('GET', KEYS[14])  -- a foreign ready key fails here, before any write
@@ -23,7 +25,11 @@ for _, id in ipairs(ids) do
     h.sid = push(KEYS[3 + h.priority], group, id)
     redis.call('HSET', KEYS[1], id, build(h))
     n = n + 1
+  elseif #ARGV == 4 then
+    -- the whole set is being requeued: an entry left in place would stop the walk here
+    redis.call('ZREM', KEYS[2], id)
+    if h and h.state == 'd' then redis.call('HDEL', KEYS[1], id) end  -- retention ended
   end
 end
 if n > 0 then redis.call('INCR', KEYS[14]) end
-return n
+return {n, #ids}

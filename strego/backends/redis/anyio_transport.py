@@ -29,7 +29,7 @@ from strego.backends.redis.connection import (
     open_connection,
     pack_command,
 )
-from strego.backends.redis.transport import Command, Script, ScriptCall
+from strego.backends.redis.transport import Command, Script, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
 from strego.errors import (
     BackendConnectionError,
@@ -166,9 +166,10 @@ class AnyioTransport:
             len(calls),
             idempotent=all(call.idempotent for call in calls),
         )
-        missing = [
-            i for i, reply in enumerate(replies) if _is_noscript(reply) and _is_script(calls[i])
-        ]
+        missing = to_resend(
+            calls,
+            [i for i, reply in enumerate(replies) if _is_noscript(reply) and _is_script(calls[i])],
+        )
         if missing:
             await self._reload_and_resend([calls[i] for i in missing], missing, replies)
         return [typed_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
@@ -220,8 +221,9 @@ class AnyioTransport:
             if isinstance(reply, hiredis.ReplyError)
         }
         for call, position, reply in zip(calls, positions, again[len(scripts) :], strict=True):
-            assert isinstance(call, ScriptCall)
-            replies[position] = load_errors.get(call.script.sha, reply)
+            if isinstance(call, ScriptCall):
+                reply = load_errors.get(call.script.sha, reply)
+            replies[position] = reply
 
     async def _shared_request(self, payload: bytes, count: int, *, idempotent: bool) -> list[Any]:
         failures = 0

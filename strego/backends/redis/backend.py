@@ -29,13 +29,15 @@ from strego.backends.redis.record import (
 from strego.backends.redis.scripts import script
 from strego.backends.redis.transport import Arg, ClosedTransport, Command, ScriptCall, Transport
 from strego.errors import (
+    BackendError,
     ForeignKeyError,
     InvalidCursorError,
     InvalidTaskError,
     SchemaVersionError,
     StregoError,
+    TaskNotFoundError,
 )
-from strego.message import TaskMessage
+from strego.message import TaskMessage, check_unique_ttl
 from strego.task import MAX_PRIORITY, TaskInfo, TaskState, validate_queue_name
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ LIST_BATCH = 250
 #: About how many consumers one remove_idle_consumers call looks at (one HSCAN batch); the next
 #: call goes on from there.
 CONSUMER_BATCH = 100
+#: How many entries (zset members, stream entries) one purge script call looks at, at most.
+PURGE_BATCH = 500
 #: Redis times out a BLOCK in its cron, every 1000/hz ms (100 ms at the default hz 10), so a
 #: blocking read returns up to that much late. Schedule waits end this much early, and the last
 #: stretch before a due time is slept here in short steps.
@@ -325,14 +329,17 @@ class RedisBackend:
 
     async def enqueue(self, message: TaskMessage) -> TaskInfo:
         # enqueue_many's two calls for one message, without its grouping (the common call)
+        check_unique_ttl([message])
         now = self._now()
         queue = message.queue
-        _, ((code, detail),) = await self._pipeline(
-            [
-                Command(("SADD", self._registry, queue), idempotent=True),
-                self._enqueue_call(queue, now, [message]),
-            ]
+        register = Command(("SADD", self._registry, queue), idempotent=True)
+        first, reply, last = await self.transport.pipeline(
+            [register, self._enqueue_call(queue, now, [message]), register]
         )
+        if isinstance(reply, BaseException):
+            raise reply
+        self._check_registered([queue], first, last)
+        ((code, detail),) = reply
         result = self._enqueued(message, code, detail)
         if isinstance(result, StregoError):
             raise result
@@ -341,25 +348,49 @@ class RedisBackend:
     async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
         if not messages:
             return []
+        check_unique_ttl(messages)
         now = self._now()
         by_queue: dict[str, list[int]] = defaultdict(list)
         for i, message in enumerate(messages):
             by_queue[message.queue].append(i)
-        calls: list[ScriptCall | Command] = [
-            Command(("SADD", self._registry, *by_queue), idempotent=True)
-        ]
-        chunks: list[list[int]] = []
+        register = Command(("SADD", self._registry, *by_queue), idempotent=True)
+        calls: list[ScriptCall | Command] = [register]
+        chunks: list[tuple[str, list[int]]] = []
         for queue, indexes in by_queue.items():
             for start in range(0, len(indexes), ENQUEUE_CHUNK):
                 chunk = indexes[start : start + ENQUEUE_CHUNK]
                 calls.append(self._enqueue_call(queue, now, [messages[i] for i in chunk]))
-                chunks.append(chunk)
-        replies = await self._pipeline(calls)
+                chunks.append((queue, chunk))
+        calls.append(register)
+        first, *replies, last = await self.transport.pipeline(calls)
+        self._check_registered(list(by_queue), first, last)
         results: list[TaskInfo | StregoError | None] = [None] * len(messages)
-        for chunk, reply in zip(chunks, replies[1:], strict=True):
+        failed = [r for r in replies if isinstance(r, BaseException)]
+        for (queue, chunk), reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, BackendError):
+                # the script checks every key before its first write: the chunk wrote nothing
+                if isinstance(reply, ForeignKeyError):
+                    reply = await self._foreign(queue, reply)
+                if len(failed) == len(replies):  # nothing was written: raise, as enqueue does
+                    raise reply
+                for i in chunk:
+                    results[i] = reply
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
             for i, (code, detail) in zip(chunk, reply, strict=True):
                 results[i] = self._enqueued(messages[i], code, detail)
         return [r for r in results if r is not None]
+
+    @staticmethod
+    def _check_registered(queues: Sequence[str], first: Any, last: Any) -> None:
+        """Enqueue registers its queues with one SADD before its scripts and one after: the one
+        after is the one `purge` relies on (see there); the one before fails first under OOM,
+        ahead of the scripts. Either is enough to list the queues: the tasks a script wrote are
+        never reported as refused because of the registry, but when both failed the registry
+        misses them, and that is logged."""
+        if isinstance(first, BaseException) and isinstance(last, BaseException):
+            log.error("tasks were stored but the queue registry did not list %s: %s", queues, last)
 
     def _enqueue_call(self, queue: str, now: Arg, messages: Sequence[TaskMessage]) -> ScriptCall:
         """The enqueue script's call for `messages`, all of `queue`."""
@@ -782,58 +813,104 @@ class RedisBackend:
         found = await self._find(task_id)
         return found[0] if found else None
 
-    async def cancel(self, task_id: str, queue: str | None = None) -> bool:
+    async def _refused(self, task_id: str, queue: str) -> bool:
+        """A transition by id changed nothing: False if the task exists (a state that does not
+        allow it), else TaskNotFoundError. Looked up after the script: a task deleted meanwhile
+        is reported as not found, which it then is."""
+        if await self.get_task(task_id, queue) is None:
+            raise TaskNotFoundError(task_id)
+        return False
+
+    async def _located(self, task_id: str, queue: str | None) -> str:
         if queue is None:
             queue = await self._queue_of(task_id)
             if queue is None:
-                return False
+                raise TaskNotFoundError(task_id)
+        return queue
+
+    async def cancel(self, task_id: str, queue: str | None = None) -> bool:
+        queue = await self._located(task_id, queue)
         k = self.keys(queue)
         done = await self._run(
             "cancel",
             (k.tasks, k.scheduled, k.retry, k.cancelled, k.unique, k.unique_exp, *k.streams),
             (self._now(), self.group, task_id),
         )
+        return done == 1 or await self._refused(task_id, queue)
+
+    async def delete(self, task_id: str, queue: str | None = None) -> bool:
+        queue = await self._located(task_id, queue)
+        k = self.keys(queue)
+        done = await self._run(
+            "delete",
+            (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
+             k.unique_exp, *k.streams),
+            (self._now(), self.group, self.completed_ttl_ms, self.dead_ttl_ms, task_id),
+        )  # fmt: skip
+        if done == -1:
+            raise TaskNotFoundError(task_id)
         return bool(done == 1)
 
-    async def _requeue(self, queue: str, task_ids: Sequence[str]) -> int:
+    async def _requeue(self, queue: str, task_ids: Sequence[str]) -> tuple[int, int]:
+        """requeue_dead's script: (how many it requeued, how many dead entries it looked at)."""
         k = self.keys(queue)
-        n: int = await self._run(
+        n, seen = await self._run(
             "requeue_dead",
             (k.tasks, k.dead, *k.streams, k.ready),
             (self._now(), self.group, self.dead_ttl_ms, BATCH, *task_ids),
         )
-        return n
+        return int(n), int(seen)
 
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
-        return await self._requeue(queue, [task_id]) == 1
+        n, _ = await self._requeue(queue, [task_id])
+        return n == 1 or await self._refused(task_id, queue)
 
     async def requeue_all_dead(self, queue: str) -> int:
+        # each call removes every entry it looked at from the dead set (requeued, or gone with
+        # its retention), so the walk goes on past a batch of expired ones
         total = 0
-        while n := await self._requeue(queue, []):
+        while True:
+            n, seen = await self._requeue(queue, [])
             total += n
-        return total
+            if seen < BATCH:
+                return total
+
+    async def _purge_call(self, queue: str, cursor: str, letters: str) -> tuple[int, str, int]:
+        k = self.keys(queue)
+        deleted, cursor_after, left = await self._run(
+            "purge",
+            (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
+             k.unique_exp, *k.streams),
+            (self._now(), self.completed_ttl_ms, self.dead_ttl_ms, PURGE_BATCH, cursor, letters),
+        )  # fmt: skip
+        return int(deleted), _str(cursor_after), int(left)
 
     async def purge(self, queue: str, states: Sequence[TaskState] | None = None) -> int:
         if states is None:
             states = [s for s in TaskState if s is not TaskState.ACTIVE]
         if TaskState.ACTIVE in states:
             raise InvalidTaskError("active tasks cannot be purged: they are running")
-        k = self.keys(queue)
-        deleted, left = await self._run(
-            "purge",
-            (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
-             k.unique_exp, *k.streams),
-            ("".join(LETTER[TaskState(s)] for s in states),),
-        )  # fmt: skip
+        letters = "".join(LETTER[TaskState(s)] for s in states)
+        # PURGE_BATCH entries per script call (each atomic), from the cursor the last one
+        # returned, until the script says it is done (left >= 0)
+        total, cursor, left = 0, "", -1
+        while left < 0:
+            deleted, cursor, left = await self._purge_call(queue, cursor, letters)
+            total += deleted
         if left == 0:
-            # the registry is a separate key (another slot): drop the queue, then put it back if
-            # a task arrived in between
+            # The registry is a separate key (another Cluster slot), so it cannot change in the
+            # script: drop the queue, count its tasks again, and put it back if one is there.
+            # Enqueue sends its SADD after its script (same connection, in order), so for a task
+            # T enqueued meanwhile either its SADD comes after this SREM (and lists the queue
+            # again), or it came before: then T's script ran before this SREM, hence before the
+            # count below, which sees T and SADDs. No order of the five commands loses T.
             await self.transport.execute(Command(("SREM", self._registry, queue), idempotent=True))
-            if await self.transport.execute(Command(("HLEN", k.tasks), idempotent=True)):
+            _, _, left = await self._purge_call(queue, "", "")
+            if left:
                 await self.transport.execute(
                     Command(("SADD", self._registry, queue), idempotent=True)
                 )
-        return int(deleted)
+        return total
 
     async def pause(self, queue: str) -> None:
         await self.transport.execute(Command(("SET", self.keys(queue).paused, 1), idempotent=True))

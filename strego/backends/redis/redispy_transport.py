@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rx
 
 from strego.backends.redis.connection import pack_command
-from strego.backends.redis.transport import Arg, Command, ScriptCall
+from strego.backends.redis.transport import Arg, Command, ScriptCall, to_resend
 from strego.errors import (
     BackendConnectionError,
     BackendError,
@@ -118,9 +118,10 @@ class RedisPyTransport:
         commands = [_evalsha(c) if isinstance(c, ScriptCall) else c.args for c in calls]
         replies = await self._roundtrip(self.client.connection_pool, commands, None)
         for _ in range(NOSCRIPT_RETRIES):
-            missing = [
+            noscript = [
                 i for i, r in enumerate(replies) if isinstance(r, BaseException) and _is_noscript(r)
             ]
+            missing = to_resend(calls, noscript)
             if not missing:
                 break
             # the server lost its script cache (restart, failover, SCRIPT FLUSH): load and resend

@@ -15,7 +15,7 @@ _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
 NAMES = (
     "enqueue", "fetch", "ack", "fail", "release", "renew", "claim_stale", "promote", "cancel",
     "requeue_dead", "purge", "remove_idle_consumers", "list_pending", "list_active",
-    "list_sorted", "peek",
+    "list_sorted", "peek", "delete",
 )  # fmt: skip
 
 

@@ -60,6 +60,22 @@ class Command:
     idempotent: bool = False
 
 
+def to_resend(calls: Sequence[ScriptCall | Command], noscript: Sequence[int]) -> list[int]:
+    """The positions of a pipeline to send again when the calls at `noscript` got NOSCRIPT (they
+    did not run): those, and every idempotent Command after the first of them, so that a command
+    sent after a script still runs after it (enqueue registers its queue after its script:
+    docs/redis.md, purge). Running an idempotent command once more changes nothing."""
+    if not noscript:
+        return []
+    first = min(noscript)
+    again = set(noscript)
+    return [
+        i
+        for i, call in enumerate(calls)
+        if i in again or (i > first and isinstance(call, Command) and call.idempotent)
+    ]
+
+
 class Transport(Protocol):
     async def run_script(self, call: ScriptCall) -> Any:
         """EVALSHA the script; on NOSCRIPT load it (SCRIPT LOAD) and call again."""
@@ -72,8 +88,9 @@ class Transport(Protocol):
     async def pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
         """Send every call in one round trip (not a MULTI transaction) and return their replies in
         order. An error reply of one call is returned in its place as the typed strego exception
-        instance (not raised); NOSCRIPT replies are handled by loading and re-sending those calls.
-        A connection failure raises."""
+        instance (not raised); NOSCRIPT replies are handled by loading and re-sending those calls,
+        followed by the idempotent commands that came after them (`to_resend`), so the order of a
+        script and a command after it holds. A connection failure raises."""
         ...
 
     async def blocking(self, command: Command, timeout_ms: int) -> Any:
