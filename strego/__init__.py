@@ -3,6 +3,7 @@
 from strego.client import Client
 from strego.errors import (
     DuplicateTaskError,
+    HandlerSignatureError,
     InvalidQueueNameError,
     InvalidTaskError,
     PayloadTooLargeError,
@@ -20,6 +21,7 @@ __all__ = [
     "Client",
     "DuplicateTaskError",
     "ExponentialBackoff",
+    "HandlerSignatureError",
     "InvalidQueueNameError",
     "InvalidTaskError",
     "PayloadTooLargeError",

@@ -101,3 +101,11 @@ class ForeignKeyError(BackendError):
 
 class SchemaVersionError(BackendError):
     """The stored data was written by an incompatible schema version."""
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+class HandlerSignatureError(StregoError, TypeError):
+    """A handler cannot be called with one argument (the task or its payload): refused when it
+    is registered, before any task runs."""
