@@ -47,6 +47,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: How long one fetch waits for a task to arrive before asking again.
 FETCH_BLOCK_MS = 2000
+#: How long the fetch loop waits after a failed fetch before it tries again.
+FETCH_RETRY_S = 1.0
 #: The longest a backend call made during shutdown (releasing tasks) may take.
 SHUTDOWN_CALL_TIMEOUT = 5.0
 #: Longest error text stored with a failed task.
@@ -576,9 +578,9 @@ class Server:
                     ordered=self.order.strict,
                 )
             except Exception as exc:
-                failures.failed(exc)
+                failures.failed(exc, retry_in=FETCH_RETRY_S)
                 slots.give(count)
-                await anyio.sleep(1.0)
+                await anyio.sleep(FETCH_RETRY_S)
                 continue
             except BaseException:
                 slots.give(count)
@@ -597,7 +599,7 @@ class Server:
             try:
                 await self._claim_stale()
             except Exception as exc:
-                failures.failed(exc)
+                failures.failed(exc, retry_in=self.recovery_interval)
             else:
                 failures.succeeded()
             await anyio.sleep(self.recovery_interval)
