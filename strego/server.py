@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import os
 import secrets
 import signal
@@ -39,7 +40,7 @@ from strego.queue_order import QueueOrder, QueuesSpec
 from strego.retry import ExponentialBackoff, RetryDelay
 from strego.scheduler import Scheduler
 from strego.serializers import RAW_ENCODING, JsonSerializer, MsgpackSerializer, Serializer
-from strego.task import TaskInfo, TaskState
+from strego.task import MAX_SECONDS, TaskInfo, TaskState
 
 log = logging.getLogger("strego.server")
 
@@ -783,21 +784,22 @@ class Server:
 
     def _retry_delay_of(self, info: TaskInfo, failure: _Failure) -> float:
         """The `retry_delay` policy's delay; the default backoff's when the policy (user code)
-        raises or returns something else than a finite number of seconds."""
+        raises or returns something else than a number of seconds (at most 100 years, as any
+        duration of a task)."""
         try:
             delay = self.retry_delay(info.retried, failure.exception, info)
         except BaseException as exc:  # a sync call: no cancellation can come from it
             log.warning("retry_delay raised %s; using the default backoff", describe_exception(exc))
         else:
-            if (
-                isinstance(delay, int | float)
-                and not isinstance(delay, bool)
-                and math.isfinite(delay)
-            ):
-                return max(0.0, float(delay))
+            seconds = math.nan
+            if isinstance(delay, numbers.Real) and not isinstance(delay, bool):
+                with contextlib.suppress(Exception):
+                    seconds = float(delay)
+            if seconds <= MAX_SECONDS:  # a negative delay is no delay; NaN fails this test
+                return max(0.0, seconds)
             log.warning(
-                "retry_delay returned %s, not a finite number of seconds; using the default"
-                " backoff",
+                "retry_delay returned %s, not a number of seconds up to 100 years; using the"
+                " default backoff",
                 _safe_repr(delay),
             )
         return ExponentialBackoff()(info.retried, failure.exception, info)

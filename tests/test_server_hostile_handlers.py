@@ -166,11 +166,11 @@ async def test_a_cancelled_error_raised_by_the_handler_itself_is_a_failure(
 
 @pytest.mark.parametrize(
     "policy",
-    ["raises", "raises-base", None, float("nan"), float("inf"), "1", -5.0, True],
+    ["raises", "raises-base", None, float("nan"), float("inf"), 1e300, "1", -5.0, True],
     ids=repr,
 )
 async def test_a_retry_delay_that_raises_or_returns_garbage_falls_back(
-    backend: Backend, policy: object
+    backend: Backend, policy: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     def retry_delay(retried: int, exc: BaseException, info: strego.TaskInfo) -> Any:
         if policy == "raises":
@@ -196,6 +196,10 @@ async def test_a_retry_delay_that_raises_or_returns_garbage_falls_back(
         await serves_afterwards(server, backend)
     assert runs == 2
     assert dead.last_error is not None and dead.last_error.startswith("ValueError: boom")
+    fallbacks = [r for r in caplog.records if "using the default backoff" in r.getMessage()]
+    # a negative delay is taken as no delay; anything else is logged and replaced, at each
+    # failure (the policy is asked even when the backend then finds no retry left)
+    assert len(fallbacks) == (0 if policy == -5.0 else runs)
 
 
 @attrs.define
