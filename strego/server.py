@@ -89,7 +89,9 @@ def _cancelled_by_runtime(exc: BaseException) -> bool:
     even a cancellation exception the handler raised itself, is a failure of the task."""
     cancelled = anyio.get_cancelled_exc_class()
     if isinstance(exc, BaseExceptionGroup):
-        if exc.split(cancelled)[0] is None:
+        # from a task group of the handler: cancellations only, else a failure (the scope stays
+        # cancelled, so the cancellation comes again at the runner's next checkpoint)
+        if exc.split(cancelled)[1] is not None:
             return False
     elif not isinstance(exc, cancelled):
         return False

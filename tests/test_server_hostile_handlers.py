@@ -280,24 +280,26 @@ async def test_a_handler_that_swallows_its_timeout_still_times_out(backend: Back
     async def stubborn(task: strego.Task) -> None:
         try:
             await anyio.sleep(30)
-        except anyio.get_cancelled_exc_class():
+        except anyio.get_cancelled_exc_class() as cancelled:
             outcomes.append(task.payload)
             if task.payload == "exit":
                 raise SystemExit(6) from None
             if task.payload == "unprintable":
                 raise StrRaises() from None
+            if task.payload == "group":
+                raise BaseExceptionGroup("mixed", [ValueError("late"), cancelled]) from None
             return  # swallowed: returns as if it had finished
 
     client = strego.Client(backend)
     infos = [
         await client.enqueue(strego.Task("stubborn", how, timeout=0.2, max_retry=0))
-        for how in ("return", "exit", "unprintable")
+        for how in ("return", "exit", "unprintable", "group")
     ]
     async with server:
         deads = [await wait_for_state(backend, info.id, TaskState.DEAD) for info in infos]
         await serves_afterwards(server, backend)
-    assert sorted(outcomes) == ["exit", "return", "unprintable"]
-    assert [dead.last_error for dead in deads] == ["timed out after 0.2s"] * 3
+    assert sorted(outcomes) == ["exit", "group", "return", "unprintable"]
+    assert [dead.last_error for dead in deads] == ["timed out after 0.2s"] * 4
 
 
 async def test_a_sync_handler_timing_out_in_its_thread_is_a_timeout(backend: Backend) -> None:
@@ -316,7 +318,7 @@ async def test_a_sync_handler_timing_out_in_its_thread_is_a_timeout(backend: Bac
     assert dead.last_error == "timed out after 0.1s"
 
 
-@pytest.mark.parametrize("how", ["exit", "return"])
+@pytest.mark.parametrize("how", ["exit", "return", "group"])
 async def test_a_handler_that_fights_the_shutdown_does_not_crash_it(
     backend: Backend, how: str
 ) -> None:
@@ -331,10 +333,12 @@ async def test_a_handler_that_fights_the_shutdown_does_not_crash_it(
         started.set()
         try:
             await anyio.sleep(30)
-        except anyio.get_cancelled_exc_class():
+        except anyio.get_cancelled_exc_class() as cancelled:
             caught.append(how)
             if how == "exit":
                 raise SystemExit(8) from None
+            if how == "group":  # as from a task group of its own: an error beside the cancel
+                raise BaseExceptionGroup("mixed", [ValueError("late"), cancelled]) from None
 
     info = await strego.Client(backend).enqueue(strego.Task("fighter", max_retry=3))
     with anyio.fail_after(20):
