@@ -7,6 +7,7 @@ from strego.client import Client
 from strego.errors import (
     BackendClosedError,
     DuplicateTaskError,
+    HandlerSignatureError,
     InvalidCursorError,
     InvalidQueueNameError,
     InvalidTaskError,
@@ -33,6 +34,7 @@ __all__ = [
     "Client",
     "DuplicateTaskError",
     "ExponentialBackoff",
+    "HandlerSignatureError",
     "InvalidCursorError",
     "InvalidQueueNameError",
     "InvalidTaskError",

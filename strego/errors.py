@@ -114,3 +114,11 @@ class NaiveDatetimeError(InvalidTaskError):
 
 class BackendClosedError(BackendError):
     """The backend was closed (`aclose()`); it refuses every call afterwards."""
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+class HandlerSignatureError(StregoError, TypeError):
+    """A handler cannot be called with one argument (the task or its payload): refused when it
+    is registered, before any task runs."""

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
-from strego.errors import DecodeError
+from strego.error_text import exception_text
+from strego.errors import DecodeError, HandlerSignatureError
 from strego.serializers import converter
 from strego.task import Task, TaskInfo
 
@@ -52,21 +52,38 @@ def _is_async(func: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+#: What a handler looks like, for the errors that refuse one.
+_EXPECTED = (
+    "a handler takes exactly one positional argument, the task or its payload:"
+    " `async def handle(task: strego.Task) -> None` or `def handle(payload: MyType) -> None`"
+)
+
+
 def _argument_type(func: Callable[..., Any], task_type: str) -> Any:
-    """The annotation of the handler's first parameter (resolved), or Task when it has none."""
+    """The annotation of the handler's first parameter (resolved), or Task when it has none.
+    Refuses a handler that cannot be called with one positional argument: checked once here,
+    not by a failure of every task it runs."""
     try:
-        params = list(inspect.signature(func).parameters.values())
+        signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"handler for {task_type!r} has no inspectable signature") from exc
-    if not params or params[0].kind in (params[0].VAR_KEYWORD, params[0].KEYWORD_ONLY):
-        raise TypeError(f"handler for {task_type!r} must take one positional argument")
+        raise HandlerSignatureError(
+            f"handler for {task_type!r} has no inspectable signature; {_EXPECTED}"
+        ) from exc
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise HandlerSignatureError(
+            f"handler for {task_type!r} cannot be called with one argument: its signature is"
+            f" {signature}; {_EXPECTED}"
+        ) from None
+    params = list(signature.parameters.values())
     first = params[0]
     if first.annotation is inspect.Parameter.empty:
         return Task
     annotation = first.annotation
     if isinstance(annotation, str):
-        try:
-            annotation = typing.get_type_hints(func)[first.name]
+        try:  # through a callable object's __call__ or a partial's function, too
+            annotation = inspect.signature(func, eval_str=True).parameters[first.name].annotation
         except Exception as exc:
             raise TypeError(
                 f"cannot resolve the annotation {annotation!r} of the handler for {task_type!r}:"
@@ -112,7 +129,7 @@ class Handler:
             return payload
         try:
             return converter.structure(payload, self.argument_type)
-        except Exception as exc:
+        except BaseException as exc:  # user code (validators, hooks): even SystemExit
             name = getattr(self.argument_type, "__qualname__", repr(self.argument_type))
             raise DecodeError(f"payload does not structure as {name}: {_describe(exc)}") from exc
 
@@ -121,7 +138,7 @@ def _describe(exc: BaseException) -> str:
     """One line per leaf error of a cattrs error group."""
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}"
+    return exception_text(exc)
 
 
 class Registry:

@@ -60,6 +60,6 @@ class LeaseKeeper:
             try:
                 await self.renew_all()
             except Exception as exc:  # never let a backend hiccup stop the renewals
-                failures.failed(exc)
+                failures.failed(exc, retry_in=self.interval)
             else:
                 failures.succeeded()

@@ -62,7 +62,7 @@ class Scheduler:
                 if wait > 0:
                     await self.backend.wait_schedule_change(self.queues, max(1, round(wait * 1000)))
             except Exception as exc:  # never let a backend hiccup stop the scheduler
-                failures.failed(exc)
+                failures.failed(exc, retry_in=1.0)
                 await anyio.sleep(1.0)
             else:
                 failures.succeeded()

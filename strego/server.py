@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import os
 import secrets
 import signal
@@ -30,6 +31,7 @@ import anyio.lowlevel
 import attrs
 
 from strego.backends.base import Backend
+from strego.error_text import exception_message, exception_text
 from strego.errors import DecodeError, SkipRetry
 from strego.failure_log import FailureLog
 from strego.handlers import Handler, Registry, reset_current_task, set_current_task
@@ -38,7 +40,7 @@ from strego.queue_order import QueueOrder, QueuesSpec
 from strego.retry import ExponentialBackoff, RetryDelay
 from strego.scheduler import Scheduler
 from strego.serializers import RAW_ENCODING, JsonSerializer, MsgpackSerializer, Serializer
-from strego.task import TaskInfo, TaskState
+from strego.task import MAX_SECONDS, TaskInfo, TaskState
 
 log = logging.getLogger("strego.server")
 
@@ -46,6 +48,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: How long one fetch waits for a task to arrive before asking again.
 FETCH_BLOCK_MS = 2000
+#: How long the fetch loop waits after a failed fetch before it tries again.
+FETCH_RETRY_S = 1.0
 #: The longest a backend call made during shutdown (releasing tasks) may take.
 SHUTDOWN_CALL_TIMEOUT = 5.0
 #: Longest error text stored with a failed task.
@@ -65,14 +69,52 @@ def consumer_name() -> str:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """`Type: message`, then the innermost frames (where it was raised), for last_error."""
-    text = f"{type(exc).__name__}: {exc}"
-    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    """`Type: message`, then the innermost frames (where it was raised), for last_error. Never
+    raises, whatever the exception's str() does."""
+    text = exception_text(exc)
+    try:
+        frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    except Exception:  # a traceback that cannot be read: the first line says enough
+        frames = traceback.StackSummary()
     if frames:
         text += "\n" + "\n".join(
             f"  {os.path.basename(f.filename)}:{f.lineno} in {f.name}" for f in frames
         )
     return text[:MAX_ERROR_CHARS]
+
+
+def _cancelled_by_runtime(exc: BaseException) -> bool:
+    """Whether `exc`, raised out of a handler, is the runtime cancelling it (a timeout, the
+    shutdown, the server itself cancelled): it must go on up to its cancel scope. Anything else,
+    even a cancellation exception the handler raised itself, is a failure of the task."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        # from a task group of the handler: cancellations only, else a failure (the scope stays
+        # cancelled, so the cancellation comes again at the runner's next checkpoint)
+        if exc.split(cancelled)[1] is not None:
+            return False
+    elif not isinstance(exc, cancelled):
+        return False
+    # an enclosing cancel scope was cancelled (a cancel() of the task running the server
+    # reaches the handler's task through its task group's scope, too)
+    return anyio.current_effective_deadline() == -math.inf
+
+
+def _call_in_thread(func: Callable[[Any], Any], argument: Any) -> BaseException | None:
+    """Call a sync handler (in its worker thread); hand back what it raised rather than raise
+    it: some exceptions (GeneratorExit) cannot be thrown back into the event loop's task."""
+    try:
+        func(argument)
+    except BaseException as exc:
+        return exc
+    return None
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)[:200]
+    except BaseException:
+        return f"<unprintable {type(value).__name__}>"
 
 
 @attrs.define
@@ -539,9 +581,9 @@ class Server:
                     ordered=self.order.strict,
                 )
             except Exception as exc:
-                failures.failed(exc)
+                failures.failed(exc, retry_in=FETCH_RETRY_S)
                 slots.give(count)
-                await anyio.sleep(1.0)
+                await anyio.sleep(FETCH_RETRY_S)
                 continue
             except BaseException:
                 slots.give(count)
@@ -560,7 +602,7 @@ class Server:
             try:
                 await self._claim_stale()
             except Exception as exc:
-                failures.failed(exc)
+                failures.failed(exc, retry_in=self.recovery_interval)
             else:
                 failures.succeeded()
             await anyio.sleep(self.recovery_interval)
@@ -661,13 +703,14 @@ class Server:
         try:
             argument = handler.argument(info, self._decode(info))
         except DecodeError as exc:
-            return _Failure(str(exc), retry=False, exception=exc)
+            return _Failure(exception_message(exc), retry=False, exception=exc)
         timeout = info.timeout if info.timeout is not None else self.default_timeout
         if timeout is None:  # no deadline: spare the hot path a second cancel scope
             return await self._call(handler, argument)
         with anyio.move_on_after(timeout) as deadline:
             failure = await self._call(handler, argument)
-        if deadline.cancelled_caught:
+        if deadline.cancel_called:
+            # even when the handler swallowed the cancellation, returned or raised instead
             message = f"timed out after {timeout:g}s"
             return _Failure(message, retry=True, exception=TimeoutError(message))
         return failure
@@ -676,16 +719,25 @@ class Server:
         try:
             if handler.is_async:
                 await handler.func(argument)
-            else:
-                # a thread cannot be interrupted: on timeout or shutdown it is abandoned
-                await anyio.to_thread.run_sync(
-                    handler.func, argument, limiter=self._limiter, abandon_on_cancel=True
-                )
-        except SkipRetry as exc:
-            return _Failure(describe_exception(exc), retry=False, exception=exc)
-        except Exception as exc:
-            return _Failure(describe_exception(exc), retry=True, exception=exc)
-        return None
+                return None
+            # a thread cannot be interrupted: on timeout or shutdown it is abandoned
+            raised = await anyio.to_thread.run_sync(
+                _call_in_thread,
+                handler.func,
+                argument,
+                limiter=self._limiter,
+                abandon_on_cancel=True,
+            )
+            if raised is None:
+                return None
+        except BaseException as exc:
+            # any exception of user code (even SystemExit, KeyboardInterrupt or a cancellation
+            # exception it made up) fails the task, never the server
+            if _cancelled_by_runtime(exc):
+                raise
+            raised = exc
+        retry = not isinstance(raised, SkipRetry)
+        return _Failure(describe_exception(raised), retry=retry, exception=raised)
 
     def _decode(self, info: TaskInfo) -> Any:
         if info.encoding == RAW_ENCODING:
@@ -697,17 +749,14 @@ class Server:
             return serializer.loads(info.payload)
         except DecodeError:
             raise
-        except Exception as exc:
-            raise DecodeError(f"payload cannot be decoded as {info.encoding}: {exc}") from exc
+        except BaseException as exc:  # a serializer is user code: even SystemExit
+            text = exception_text(exc)
+            raise DecodeError(f"payload cannot be decoded as {info.encoding}: {text}") from exc
 
     async def _fail(self, info: TaskInfo, failure: _Failure) -> None:
         retry_in_ms = None
         if failure.retry:
-            try:
-                delay = self.retry_delay(info.retried, failure.exception, info)
-            except Exception:
-                log.exception("retry_delay raised; using the default backoff")
-                delay = ExponentialBackoff()(info.retried, failure.exception, info)
+            delay = self._retry_delay_of(info, failure)
             retry_in_ms = max(0, round(delay * 1000))
         self.stats.failed += 1
         try:
@@ -734,6 +783,28 @@ class Server:
             first_line,
             state or "not active",
         )
+
+    def _retry_delay_of(self, info: TaskInfo, failure: _Failure) -> float:
+        """The `retry_delay` policy's delay; the default backoff's when the policy (user code)
+        raises or returns something else than a number of seconds (at most 100 years, as any
+        duration of a task)."""
+        try:
+            delay = self.retry_delay(info.retried, failure.exception, info)
+        except BaseException as exc:  # a sync call: no cancellation can come from it
+            log.warning("retry_delay raised %s; using the default backoff", describe_exception(exc))
+        else:
+            seconds = math.nan
+            if isinstance(delay, numbers.Real) and not isinstance(delay, bool):
+                with contextlib.suppress(Exception):
+                    seconds = float(delay)
+            if seconds <= MAX_SECONDS:  # a negative delay is no delay; NaN fails this test
+                return max(0.0, seconds)
+            log.warning(
+                "retry_delay returned %s, not a number of seconds up to 100 years; using the"
+                " default backoff",
+                _safe_repr(delay),
+            )
+        return ExponentialBackoff()(info.retried, failure.exception, info)
 
     # -- acks -----------------------------------------------------------------------------------
 

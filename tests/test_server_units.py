@@ -3,18 +3,22 @@ server options."""
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 import strego
 from strego.backends.memory import MemoryBackend
+from strego.error_text import exception_message, exception_text
 from strego.handlers import Registry
 from strego.queue_order import QueueOrder
+from strego.server import describe_exception
 from strego.task import TaskInfo, TaskState
 
 INFO = TaskInfo(
@@ -95,6 +99,102 @@ def test_handlers_are_registered_once_with_their_argument_type() -> None:
         registry.add("raw", raw)
     with pytest.raises(TypeError, match="one positional argument"):
         registry.add("none", lambda: None)
+
+
+async def _no_argument() -> None: ...
+
+
+def _two_required(task: strego.Task, other: int) -> None: ...
+
+
+async def _keyword_only(*, task: strego.Task) -> None: ...
+
+
+def _keywords(**kwargs: Any) -> None: ...
+
+
+class _CallableWithoutArgument:
+    async def __call__(self) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "func",
+    [_no_argument, _two_required, _keyword_only, _keywords, _CallableWithoutArgument()],
+    ids=["no-argument", "two-required", "keyword-only", "kwargs", "callable-object"],
+)
+def test_a_handler_that_cannot_take_one_argument_is_refused_at_registration(func: Any) -> None:
+    server = strego.Server(MemoryBackend())
+    with pytest.raises(strego.HandlerSignatureError) as caught:
+        server.handler("job")(func)
+    assert isinstance(caught.value, TypeError)
+    assert isinstance(caught.value, strego.StregoError)
+    message = str(caught.value)
+    assert "'job'" in message
+    assert "takes exactly one positional argument, the task or its payload" in message
+    assert "async def handle(task: strego.Task) -> None" in message
+    assert server.registry.get("job") is None  # nothing half registered
+
+
+def _optional_second(task: strego.Task, retries: int = 3) -> None: ...
+
+
+async def _star_args(*args):  # type: ignore[no-untyped-def]
+    ...
+
+
+async def _with_options(task: strego.Task, *, verbose: bool = False) -> None: ...
+
+
+class _CallableWithArgument:
+    async def __call__(self, task: strego.Task) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        _optional_second,
+        _star_args,
+        _with_options,
+        _CallableWithArgument(),
+        functools.partial(_two_required, other=1),
+    ],
+    ids=["optional-second", "star-args", "keyword-options", "callable-object", "partial"],
+)
+def test_a_handler_taking_one_argument_with_extras_is_accepted(func: Any) -> None:
+    server = strego.Server(MemoryBackend())
+    assert server.handler("job")(func) is func
+    handler = server.registry.get("job")
+    assert handler is not None and handler.argument_type is strego.Task
+
+
+def test_a_handler_whose_annotation_cannot_be_resolved_is_refused() -> None:
+    @attrs.define
+    class Local:  # not reachable from the module's globals: its string annotation cannot resolve
+        x: int
+
+    async def handle(payload: Local) -> None: ...
+
+    with pytest.raises(TypeError, match="define the payload type at module level"):
+        strego.Server(MemoryBackend()).handler("job")(handle)
+
+
+class _StrRaises(ValueError):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+class _StrExits(ValueError):
+    def __str__(self) -> str:
+        raise SystemExit(1)
+
+
+def test_an_exception_text_never_raises() -> None:
+    assert exception_text(_StrRaises()) == "<unprintable _StrRaises>"
+    assert exception_text(_StrExits()) == "<unprintable _StrExits>"
+    assert exception_message(_StrExits()) == "<unprintable _StrExits>"
+    assert exception_text(ValueError("\ud800 lone")) == "ValueError: \\ud800 lone"
+    assert exception_text(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert describe_exception(_StrRaises()) == "<unprintable _StrRaises>"
 
 
 def test_current_task_outside_a_handler() -> None:

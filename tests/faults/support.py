@@ -8,9 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import anyio
 import attrs
 import pytest
 
@@ -19,6 +22,44 @@ from strego.backends.redis.anyio_transport import AnyioTransport
 from tests.redis_server import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: A fault test fails when nothing progressed for this long (a hang), never because the whole run
+#: took longer than some fixed time: a loaded 2-core machine makes every step slower.
+STALL_S = 60.0
+
+
+class Progress:
+    """Fails a wait that stopped moving: `moved(done)` records the count of things done so far,
+    and raises when it has not grown for `stall` seconds, or when the whole wait passed
+    `ceiling` seconds (a hang guard far above any healthy run, under the pytest timeout)."""
+
+    def __init__(self, what: str, *, stall: float = STALL_S, ceiling: float = 600.0) -> None:
+        self.what = what
+        self.stall = stall
+        self.started = self.last_move = time.monotonic()
+        self.ceiling = ceiling
+        self.best = -1
+
+    def moved(self, done: int, detail: str = "") -> None:
+        now = time.monotonic()
+        if done > self.best:
+            self.best, self.last_move = done, now
+        detail = f" ({detail})" if detail else ""
+        if now - self.last_move > self.stall:
+            raise AssertionError(f"{self.what}: stuck at {done} for {self.stall:g}s{detail}")
+        if now - self.started > self.ceiling:
+            raise AssertionError(f"{self.what}: {done} after {self.ceiling:g}s{detail}")
+
+
+async def wait_for_progress(
+    count_done: Callable[[], Awaitable[int]], total: int, what: str, *, stall: float = STALL_S
+) -> None:
+    """Wait until `count_done()` reaches `total`, failing only when it stops growing for `stall`
+    seconds (see Progress)."""
+    progress = Progress(what, stall=stall)
+    while (done := await count_done()) < total:
+        progress.moved(done, f"of {total}")
+        await anyio.sleep(0.05)
 
 
 def faketime(shift: str | None) -> list[str]:
@@ -97,6 +138,10 @@ class Workers:
 
     def alive(self) -> list[subprocess.Popen[bytes]]:
         return [p for p in self.procs if p.poll() is None]
+
+    def is_up(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Whether the worker process has started (imports done, its server built)."""
+        return (self.log_dir / f"up-{proc.pid}").exists()
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         proc.send_signal(signal.SIGKILL)

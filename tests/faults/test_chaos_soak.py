@@ -22,15 +22,18 @@ from conformance.helpers import list_all
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.keys import Keys
 from strego.task import TaskState
-from tests.faults.support import Workers
+from tests.faults.support import STALL_S, Progress, Workers
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 FULL = os.environ.get("STREGO_SOAK", "").lower() in {"1", "true", "yes"}
 TASKS = 20_000 if FULL else 2_000
-#: hang guard only (the CI size takes well under a minute)
-PATIENCE = 900.0 if FULL else 100.0
+#: The soak fails when no task completed for STALL_S seconds: it is bound by progress, not by one
+#: wall-clock figure (the CI size takes under a minute on an idle machine, longer on a loaded
+#: 2-core one, where every worker also starts slower). This is only a hang guard far above any
+#: healthy run, under the pytest timeout.
+CEILING_S = 3600.0 if FULL else 600.0
 
 
 async def enqueue_all(url: str, prefix: str, sleeps: list[float]) -> list[str]:
@@ -57,7 +60,7 @@ async def final_state(url: str, prefix: str) -> tuple[dict[TaskState, int], list
         await backend.aclose()
 
 
-@pytest.mark.timeout(PATIENCE + 60)
+@pytest.mark.timeout(CEILING_S + 120)
 def test_chaos_soak_loses_nothing_and_completes_each_task_once(
     own_redis: RedisServer, workers: Workers, prefix: str
 ) -> None:
@@ -73,15 +76,22 @@ def test_chaos_soak_loses_nothing_and_completes_each_task_once(
     kills = 0
     for _ in range(3):
         workers.start()
-    deadline = time.monotonic() + PATIENCE
+    progress = Progress("tasks completed", stall=STALL_S, ceiling=CEILING_S)
     try:
-        while r.zcard(completed_key) < TASKS:
-            assert time.monotonic() < deadline, f"not finished after {PATIENCE}s (seed {seed})"
+        while (completed := r.zcard(completed_key)) < TASKS:
+            progress.moved(completed, f"of {TASKS}, {kills} kills, seed {seed}")
             time.sleep(rng.uniform(0.15, 0.45))
             alive = workers.alive()
             # a server that exits on its own is a bug, not chaos
             assert len(alive) == 3, workers.stderr_text()
-            workers.kill(rng.choice(alive))
+            # only a server that is up is killed: on a loaded machine a new process takes longer
+            # to start than the time between kills, and killing those would be chaos that no
+            # server survives, not chaos that servers recover from. (Not "has run a handler":
+            # with the last task left, that picks the one server running it, every time.)
+            serving = [p for p in alive if workers.is_up(p)]
+            if not serving:
+                continue
+            workers.kill(rng.choice(serving))
             kills += 1
             workers.start()
         for proc in workers.alive():

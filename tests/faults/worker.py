@@ -85,6 +85,9 @@ async def main() -> None:
     if sys.argv[1:2] == ["enqueue"]:
         return await enqueue(sys.argv[2], float(sys.argv[3]))
     server = build_server()
+    # imports done, server built: what is left of starting takes no time (chaos tests kill only
+    # processes that are up, see Workers.is_up)
+    open(os.path.join(os.environ["STREGO_FAULT_LOG"], f"up-{os.getpid()}"), "w").close()  # noqa: ASYNC230
     try:
         await server.run()
     finally:

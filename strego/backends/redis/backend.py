@@ -16,6 +16,7 @@ import anyio
 from strego.backends.base import MAX_SCAN, Clock, ConsumerInfo, QueueInfo, TaskPage, check_limit
 from strego.backends.cursor import decode_cursor, encode_cursor
 from strego.backends.redis import codes
+from strego.backends.redis.eviction import NotReachable, warn_if_evicting
 from strego.backends.redis.keys import Keys, queues_key
 from strego.backends.redis.record import (
     DEFAULT_MAX_RETRY,
@@ -230,6 +231,8 @@ class RedisBackend:
         # per queue, where remove_idle_consumers' scan of the consumers hash goes on from
         self._consumer_scan: dict[str, bytes | str] = {}
         self.idle_recheck_s = IDLE_RECHECK_S
+        #: the eviction policy was checked (strego.backends.redis.eviction), or is being checked
+        self._eviction_checked = False
 
     @classmethod
     def from_url(
@@ -274,14 +277,32 @@ class RedisBackend:
         return ScriptCall(script(name), keys, args)
 
     async def _run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        if not self._eviction_checked:
+            await self._check_eviction()
         return await self.transport.run_script(self._call(name, keys, args))
 
     async def _pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
+        if not self._eviction_checked:
+            await self._check_eviction()
         replies = await self.transport.pipeline(calls)
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
         return replies
+
+    async def _check_eviction(self) -> None:
+        """Warn when Redis may evict our keys, once, before the backend's first script call or
+        fetch: one flag test per call after that. The check never fails the call."""
+        self._eviction_checked = True  # concurrent first calls do not check again
+        try:
+            await warn_if_evicting(self.transport)
+        except NotReachable:
+            self._eviction_checked = False  # the call itself says why; check on a later one
+        except Exception as exc:
+            log.debug("checking the maxmemory-policy failed: %s", exc)
+        except BaseException:
+            self._eviction_checked = False  # cancelled: check on a later call
+            raise
 
     # -- foreign keys ---------------------------------------------------------------------------
 
@@ -333,6 +354,8 @@ class RedisBackend:
         now = self._now()
         queue = message.queue
         register = Command(("SADD", self._registry, queue), idempotent=True)
+        if not self._eviction_checked:
+            await self._check_eviction()
         first, reply, last = await self.transport.pipeline(
             [register, self._enqueue_call(queue, now, [message]), register]
         )
@@ -362,6 +385,8 @@ class RedisBackend:
                 calls.append(self._enqueue_call(queue, now, [messages[i] for i in chunk]))
                 chunks.append((queue, chunk))
         calls.append(register)
+        if not self._eviction_checked:
+            await self._check_eviction()
         first, *replies, last = await self.transport.pipeline(calls)
         self._check_registered(list(by_queue), first, last)
         results: list[TaskInfo | StregoError | None] = [None] * len(messages)
@@ -463,6 +488,8 @@ class RedisBackend:
         block_ms: int = 0,
         ordered: bool = True,
     ) -> list[TaskInfo]:
+        if not self._eviction_checked:
+            await self._check_eviction()
         taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
         out = taken.tasks
         if out or block_ms <= 0 or count <= 0 or taken.more:
