@@ -119,6 +119,7 @@ async def test_no_interleaving_of_enqueue_and_purge_hides_a_task(
         async def purge() -> None:
             nonlocal purged, purge_done
             backend = RedisBackend(purger, prefix=prefix, clock=clock)
+            backend._eviction_checked = True  # its INFO is no step of the interleaving
             original = purger._one
 
             async def counted(call: ScriptCall | Command) -> Any:
@@ -136,6 +137,7 @@ async def test_no_interleaving_of_enqueue_and_purge_hides_a_task(
         async def enqueue() -> None:
             nonlocal enqueued, enqueue_done
             backend = RedisBackend(producer, prefix=prefix, clock=clock)
+            backend._eviction_checked = True  # its INFO is no step of the interleaving
             original = producer._one
 
             async def counted(call: ScriptCall | Command) -> Any:
