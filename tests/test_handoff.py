@@ -5,7 +5,12 @@ and the ack queue (its last batch flushed when it is closed at shutdown)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
 import anyio
+import anyio.abc
 import pytest
 
 from strego.handoff import AckQueue, Buffer, Slots, wait_any
@@ -29,6 +34,52 @@ async def runner(buffer: Buffer, got: list[TaskInfo | None]) -> None:
     got.append(await buffer.get())
 
 
+@contextlib.asynccontextmanager
+async def parked(
+    buffer: Buffer, got: list[TaskInfo | None], runners: int = 1
+) -> AsyncIterator[anyio.abc.TaskGroup]:
+    """A task group of `runners` runners parked on the empty `buffer` (they add what they take
+    to `got`); the block must let them all end, and may take 5 s at most."""
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            for _ in range(runners):
+                group.start_soon(runner, buffer, got)
+            await anyio.wait_all_tasks_blocked()
+            yield group
+
+
+def start_cancellable(
+    group: anyio.abc.TaskGroup, func: Callable[..., Awaitable[Any]], *args: Any
+) -> anyio.CancelScope:
+    """Start `func(*args)` in a cancel scope of its own, returned (to cancel that task only)."""
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await func(*args)
+
+    group.start_soon(run)
+    return scope
+
+
+class Fetcher:
+    """A fetcher that waits once for slots worth a fetch."""
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+        self.fetched = False
+
+    async def __call__(self) -> None:
+        await self.slots.wait_free()
+        self.fetched = True
+
+
+async def ack_loop(acks: AckQueue, batches: list[list[TaskInfo]]) -> None:
+    """The server's ack loop, noting each batch instead of acking it."""
+    while batch := await acks.take():
+        batches.append(batch)
+
+
 # -- Buffer -----------------------------------------------------------------------------------
 
 
@@ -48,28 +99,21 @@ async def test_the_buffer_is_first_in_first_out() -> None:
 async def test_a_parked_runner_is_woken_by_a_put() -> None:
     buffer = Buffer()
     got: list[TaskInfo | None] = []
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(runner, buffer, got)
-            await anyio.wait_all_tasks_blocked()
-            assert got == []
-            buffer.put(A)
+    async with parked(buffer, got):
+        assert got == []
+        buffer.put(A)
     assert got == [A]
 
 
 async def test_one_runner_is_woken_at_a_time_and_it_wakes_the_next_while_tasks_are_left() -> None:
     buffer = Buffer()
     got: list[TaskInfo | None] = []
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            for _ in range(3):
-                group.start_soon(runner, buffer, got)
-            await anyio.wait_all_tasks_blocked()
-            buffer.put(A)
-            buffer.put(B)  # the first runner is woken already: it wakes the next for B
-            await anyio.wait_all_tasks_blocked()
-            assert got == [A, B]  # the third runner still waits: nothing left for it
-            buffer.close()
+    async with parked(buffer, got, runners=3):
+        buffer.put(A)
+        buffer.put(B)  # the first runner is woken already: it wakes the next for B
+        await anyio.wait_all_tasks_blocked()
+        assert got == [A, B]  # the third runner still waits: nothing left for it
+        buffer.close()
     assert got == [A, B, None]
 
 
@@ -81,13 +125,7 @@ async def test_a_woken_runner_that_is_cancelled_passes_the_task_on() -> None:
     second: list[TaskInfo | None] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            first_scope = anyio.CancelScope()
-
-            async def cancellable() -> None:
-                with first_scope:
-                    await runner(buffer, first)
-
-            group.start_soon(cancellable)
+            first_scope = start_cancellable(group, runner, buffer, first)
             await anyio.wait_all_tasks_blocked()
             group.start_soon(runner, buffer, second)
             await anyio.wait_all_tasks_blocked()
@@ -105,59 +143,38 @@ async def test_a_task_whose_woken_runner_is_cancelled_is_not_lost() -> None:
     got: list[TaskInfo | None] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            scope = anyio.CancelScope()
-
-            async def cancellable() -> None:
-                with scope:
-                    await runner(buffer, got)
-
-            group.start_soon(cancellable)
+            scope = start_cancellable(group, runner, buffer, got)
             await anyio.wait_all_tasks_blocked()
             scope.cancel()
             buffer.put(A)
     assert got == []
     assert buffer.drain() == [A]
-    # and a runner parked later is woken by the next put: the wake-up was not left pending
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(runner, buffer, got)
-            await anyio.wait_all_tasks_blocked()
-            buffer.put(B)
+    # a runner parked later is woken by the next put: the wake-up was not left pending
+    async with parked(buffer, got):
+        buffer.put(B)
     assert got == [B]
 
 
 async def test_a_runner_cancelled_while_parked_is_not_woken_for_a_task() -> None:
-    """A parked runner cancelled (not woken) leaves the queue of waiters: the next put wakes a
-    runner that is still there."""
+    """A parked runner cancelled (not woken) leaves the queue of waiters: a put wakes a runner
+    that is still there."""
     buffer = Buffer()
     got: list[TaskInfo | None] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            scope = anyio.CancelScope()
-
-            async def cancellable() -> None:
-                with scope:
-                    await runner(buffer, [])
-
-            group.start_soon(cancellable)
-            await anyio.wait_all_tasks_blocked()
-            group.start_soon(runner, buffer, got)
+            scope = start_cancellable(group, runner, buffer, [])
             await anyio.wait_all_tasks_blocked()
             scope.cancel()
-            await anyio.wait_all_tasks_blocked()
-            buffer.put(A)
+    async with parked(buffer, got):
+        buffer.put(A)
     assert got == [A]
 
 
 async def test_closing_the_buffer_ends_parked_runners_after_the_tasks_left() -> None:
     buffer = Buffer()
     got: list[TaskInfo | None] = []
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            for _ in range(2):
-                group.start_soon(runner, buffer, got)
-            await anyio.wait_all_tasks_blocked()
-            buffer.close()
+    async with parked(buffer, got, runners=2):
+        buffer.close()
     assert got == [None, None]
     buffer = Buffer()
     buffer.put(A)
@@ -177,22 +194,16 @@ async def test_a_fetch_is_worth_it_for_a_whole_batch_or_any_slot_with_nothing_bu
     with anyio.fail_after(5):
         await slots.wait_free()  # one slot free, nothing buffered: fetch for it
     buffer.put(A)
-    fetched = False
-
-    async def fetcher() -> None:
-        nonlocal fetched
-        await slots.wait_free()
-        fetched = True
-
+    fetcher = Fetcher(slots)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             group.start_soon(fetcher)
             await anyio.wait_all_tasks_blocked()
-            assert not fetched  # one slot, and a task waits in the buffer: not worth a fetch
+            assert not fetcher.fetched  # one slot, and a task waits in the buffer: not worth it
             slots.give(1)  # a runner finished: two free, a whole batch
             assert slots.due  # runners let the woken fetcher run first
             await anyio.wait_all_tasks_blocked()
-    assert fetched and not slots.due
+    assert fetcher.fetched and not slots.due
     assert slots.free() == 2
 
 
@@ -201,41 +212,29 @@ async def test_poke_wakes_the_fetcher_when_the_buffer_runs_dry() -> None:
     slots = Slots(4, 4, buffer)
     slots.take(3)
     buffer.put(A)
-    fetched = False
-
-    async def fetcher() -> None:
-        nonlocal fetched
-        await slots.wait_free()
-        fetched = True
-
+    fetcher = Fetcher(slots)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             group.start_soon(fetcher)
             await anyio.wait_all_tasks_blocked()
             slots.poke()
             await anyio.wait_all_tasks_blocked()
-            assert not fetched  # the buffer still holds a task
+            assert not fetcher.fetched  # the buffer still holds a task
             assert buffer.get_nowait() is A
             slots.poke()  # what a runner does when it took the last buffered task
-    assert fetched
+    assert fetcher.fetched
 
 
 async def test_a_fetcher_cancelled_while_waiting_for_slots_leaves_them_usable() -> None:
     """The server stops while the fetcher waits for slots, and a runner wakes it before it runs:
-    `due` does not stay set (runners would keep yielding to a fetcher that is gone), and a fetcher
-    waiting later is woken again."""
+    `due` does not stay set (runners would keep yielding to a fetcher that is gone), and a
+    fetcher waiting later is woken again."""
     buffer = Buffer()
     slots = Slots(2, 2, buffer)
     slots.take(2)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            scope = anyio.CancelScope()
-
-            async def fetcher() -> None:
-                with scope:
-                    await slots.wait_free()
-
-            group.start_soon(fetcher)
+            scope = start_cancellable(group, slots.wait_free)
             await anyio.wait_all_tasks_blocked()
             scope.cancel()  # the server stops...
             slots.give(2)  # ...as a runner frees its slots and wakes the fetcher
@@ -243,20 +242,14 @@ async def test_a_fetcher_cancelled_while_waiting_for_slots_leaves_them_usable() 
     assert not slots.due
     assert slots.free() == 2
     slots.take(2)
-    fetched = False
-
-    async def next_fetcher() -> None:
-        nonlocal fetched
-        await slots.wait_free()
-        fetched = True
-
+    fetcher = Fetcher(slots)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            group.start_soon(next_fetcher)
+            group.start_soon(fetcher)
             await anyio.wait_all_tasks_blocked()
-            assert not fetched
+            assert not fetcher.fetched
             slots.give(2)
-    assert fetched and not slots.due
+    assert fetcher.fetched and not slots.due
 
 
 # -- AckQueue ---------------------------------------------------------------------------------
@@ -268,14 +261,9 @@ async def test_the_ack_queue_hands_over_everything_collected_in_one_batch() -> N
     acks.put(B)
     assert await acks.take() == [A, B]
     batches: list[list[TaskInfo]] = []
-
-    async def ack_loop() -> None:
-        while batch := await acks.take():
-            batches.append(batch)
-
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            group.start_soon(ack_loop)
+            group.start_soon(ack_loop, acks, batches)
             await anyio.wait_all_tasks_blocked()
             acks.put(C)
             await anyio.wait_all_tasks_blocked()
@@ -289,14 +277,9 @@ async def test_closing_the_ack_queue_flushes_the_last_batch_then_ends_the_loop()
     the ack loop still sends them, then ends."""
     acks = AckQueue()
     batches: list[list[TaskInfo]] = []
-
-    async def ack_loop() -> None:
-        while batch := await acks.take():
-            batches.append(batch)
-
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            group.start_soon(ack_loop)
+            group.start_soon(ack_loop, acks, batches)
             await anyio.wait_all_tasks_blocked()
             acks.put(A)
             acks.put(B)
@@ -309,7 +292,7 @@ async def test_closing_the_ack_queue_flushes_the_last_batch_then_ends_the_loop()
     acks.close()
     batches.clear()
     with anyio.fail_after(5):
-        await ack_loop()
+        await ack_loop(acks, batches)
     assert batches == [[C]]
 
 
