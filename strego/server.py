@@ -1,4 +1,7 @@
-"""The consumer side: `Server` runs handlers for the tasks of its queues.
+"""The consumer side: `Server` runs handlers for the tasks of its queues. This module holds its
+options, its lifecycle (run, stop, the shutdown in order) and its loops; the hand-offs between
+them (buffer, slots, ack queue) are in strego/handoff.py, the execution of one task (decode, call,
+classify the outcome) in strego/execution.py.
 
 Inside one server (one anyio task group):
 
@@ -13,14 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import numbers
 import os
 import secrets
 import signal
 import socket
 import threading
-import traceback
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -31,16 +32,19 @@ import anyio.lowlevel
 import attrs
 
 from strego.backends.base import Backend
-from strego.error_text import exception_message, exception_text
-from strego.errors import DecodeError, SkipRetry
+from strego.execution import Failure, TaskExecution, describe_exception
 from strego.failure_log import FailureLog
-from strego.handlers import Handler, Registry, reset_current_task, set_current_task
+from strego.handlers import Registry, reset_current_task, set_current_task
+from strego.handoff import AckQueue, Buffer, Slots, wait_any
 from strego.lease import LeaseKeeper
 from strego.queue_order import QueueOrder, QueuesSpec
 from strego.retry import ExponentialBackoff, RetryDelay
 from strego.scheduler import Scheduler
-from strego.serializers import RAW_ENCODING, JsonSerializer, MsgpackSerializer, Serializer
-from strego.task import MAX_SECONDS, TaskInfo, TaskState
+from strego.serializers import JsonSerializer, MsgpackSerializer, Serializer
+from strego.task import TaskInfo, TaskState
+
+# describe_exception is part of this module's API (defined in strego/execution.py)
+__all__ = ["Server", "ServerStats", "consumer_name", "default_serializers", "describe_exception"]
 
 log = logging.getLogger("strego.server")
 
@@ -52,8 +56,6 @@ FETCH_BLOCK_MS = 2000
 FETCH_RETRY_S = 1.0
 #: The longest a backend call made during shutdown (releasing tasks) may take.
 SHUTDOWN_CALL_TIMEOUT = 5.0
-#: Longest error text stored with a failed task.
-MAX_ERROR_CHARS = 2000
 
 
 def default_serializers() -> list[Serializer]:
@@ -68,55 +70,6 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def describe_exception(exc: BaseException) -> str:
-    """`Type: message`, then the innermost frames (where it was raised), for last_error. Never
-    raises, whatever the exception's str() does."""
-    text = exception_text(exc)
-    try:
-        frames = traceback.extract_tb(exc.__traceback__)[-3:]
-    except Exception:  # a traceback that cannot be read: the first line says enough
-        frames = traceback.StackSummary()
-    if frames:
-        text += "\n" + "\n".join(
-            f"  {os.path.basename(f.filename)}:{f.lineno} in {f.name}" for f in frames
-        )
-    return text[:MAX_ERROR_CHARS]
-
-
-def _cancelled_by_runtime(exc: BaseException) -> bool:
-    """Whether `exc`, raised out of a handler, is the runtime cancelling it (a timeout, the
-    shutdown, the server itself cancelled): it must go on up to its cancel scope. Anything else,
-    even a cancellation exception the handler raised itself, is a failure of the task."""
-    cancelled = anyio.get_cancelled_exc_class()
-    if isinstance(exc, BaseExceptionGroup):
-        # from a task group of the handler: cancellations only, else a failure (the scope stays
-        # cancelled, so the cancellation comes again at the runner's next checkpoint)
-        if exc.split(cancelled)[1] is not None:
-            return False
-    elif not isinstance(exc, cancelled):
-        return False
-    # an enclosing cancel scope was cancelled (a cancel() of the task running the server
-    # reaches the handler's task through its task group's scope, too)
-    return anyio.current_effective_deadline() == -math.inf
-
-
-def _call_in_thread(func: Callable[[Any], Any], argument: Any) -> BaseException | None:
-    """Call a sync handler (in its worker thread); hand back what it raised rather than raise
-    it: some exceptions (GeneratorExit) cannot be thrown back into the event loop's task."""
-    try:
-        func(argument)
-    except BaseException as exc:
-        return exc
-    return None
-
-
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)[:200]
-    except BaseException:
-        return f"<unprintable {type(value).__name__}>"
-
-
 @attrs.define
 class ServerStats:
     """Counts of what this server did since it started."""
@@ -129,171 +82,7 @@ class ServerStats:
     claimed: int = 0  #: stale tasks taken over from dead servers
 
 
-@attrs.frozen
-class _Failure:
-    error: str
-    retry: bool
-    exception: BaseException
-
-
-class _Slots:
-    """How many tasks the server holds (buffered or running) against concurrency + prefetch.
-
-    The fetcher waits until a whole batch (`batch` = concurrency) of slots is free, or any slot
-    is free and nothing is buffered. With prefetch, the next batch is fetched while the last
-    one runs, so the fetch's round trip overlaps with the handlers instead of following them;
-    fetches stay large (fewer round trips); and a server whose other slots hold long-running
-    handlers still fetches for the free ones."""
-
-    def __init__(self, size: int, batch: int, buffer: _Buffer) -> None:
-        self.size = size
-        self.batch = min(batch, size)
-        self.used = 0
-        self._buffer = buffer
-        self._freed: anyio.Event | None = None  # only while the fetcher waits
-        #: the fetcher was woken and has not run yet: runners should let it
-        self.due = False
-
-    def free(self) -> int:
-        return max(0, self.size - self.used)
-
-    def _worth_fetching(self) -> bool:
-        free = self.size - self.used
-        return free >= self.batch or (free > 0 and not self._buffer)
-
-    def take(self, n: int) -> None:
-        self.used += n
-
-    def give(self, n: int = 1) -> None:
-        self.used -= n
-        self.poke()
-
-    def poke(self) -> None:
-        """Wake the fetcher if it waits and a fetch is now worth it."""
-        if self._freed is not None and self._worth_fetching():
-            self._freed.set()
-            self._freed = None
-            self.due = True
-
-    async def wait_free(self) -> None:
-        while not self._worth_fetching():
-            if self._freed is None:
-                self._freed = anyio.Event()
-            try:
-                await self._freed.wait()
-            finally:
-                self.due = False
-
-
-class _Buffer:
-    """The fetched tasks waiting for a runner, first in first out. Lighter than a memory object
-    stream on the hot path: taking a task that is already there costs no checkpoint and no
-    Event; only a runner that finds the buffer empty parks on an Event of its own.
-
-    One parked runner is woken at a time: it takes a task and, when more are left, wakes the
-    next before running its own. So a batch of quick tasks wakes one or two runners, not one
-    per task, while tasks that wait still spread over as many runners as they need."""
-
-    def __init__(self) -> None:
-        self._items: deque[TaskInfo] = deque()
-        self._waiters: deque[anyio.Event] = deque()
-        self._waking = False  # a parked runner was woken and has not run yet
-        self.closed = False
-
-    def put(self, info: TaskInfo) -> None:
-        self._items.append(info)
-        if self._waiters and not self._waking:
-            self._wake_one()
-
-    def _wake_one(self) -> None:
-        self._waking = True
-        self._waiters.popleft().set()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get_nowait(self) -> TaskInfo | None:
-        return self._items.popleft() if self._items else None
-
-    async def get(self) -> TaskInfo | None:
-        """The next task, waiting for one; None once the buffer is closed and empty."""
-        while not self._items:
-            if self.closed:
-                return None
-            event = anyio.Event()
-            self._waiters.append(event)
-            try:
-                await event.wait()
-            except BaseException:
-                if not event.is_set():
-                    self._waiters.remove(event)
-                else:  # woken, but cancelled: pass the wake-up on
-                    self._waking = False
-                    if self._items and self._waiters:
-                        self._wake_one()
-                raise
-            self._waking = False
-        info = self._items.popleft()
-        if self._items and self._waiters and not self._waking:
-            self._wake_one()
-        return info
-
-    def drain(self) -> list[TaskInfo]:
-        items = list(self._items)
-        self._items.clear()
-        return items
-
-    def close(self) -> None:
-        self.closed = True
-        self._waking = True
-        while self._waiters:
-            self._waiters.popleft().set()
-
-
-class _AckQueue:
-    """Tasks whose handler succeeded, collected while the previous ack call is out, so the ack
-    loop sends them in one call."""
-
-    def __init__(self) -> None:
-        self._items: list[TaskInfo] = []
-        self._wake: anyio.Event | None = None
-        self.closed = False
-
-    def put(self, info: TaskInfo) -> None:
-        self._items.append(info)
-        if self._wake is not None:
-            self._wake.set()
-            self._wake = None
-
-    async def take(self) -> list[TaskInfo]:
-        """All collected tasks, waiting for one; [] once closed and empty."""
-        while not self._items and not self.closed:
-            self._wake = anyio.Event()
-            await self._wake.wait()
-            # woken by the first success: let the runners that are ready add theirs first
-            await anyio.lowlevel.checkpoint()
-        items, self._items = self._items, []
-        return items
-
-    def close(self) -> None:
-        self.closed = True
-        if self._wake is not None:
-            self._wake.set()
-            self._wake = None
-
-
-async def _wait_any(*events: anyio.Event) -> None:
-    async with anyio.create_task_group() as group:
-
-        async def waiter(event: anyio.Event) -> None:
-            await event.wait()
-            group.cancel_scope.cancel()
-
-        for event in events:
-            group.start_soon(waiter, event)
-
-
-class Server:
+class Server(TaskExecution):
     """Runs handlers for the tasks of its queues.
 
     Options (all keyword-only):
@@ -490,9 +279,9 @@ class Server:
         )
         # buffer: fetched tasks (up to `prefetch` beyond the running ones), and stale ones claimed
         # while a fetch is out (at most concurrency more, by the slot accounting)
-        buffer = self._buffer = _Buffer()
-        self._slots = _Slots(self.concurrency + self.prefetch, self.concurrency, buffer)
-        acks = self._acks = _AckQueue()
+        buffer = self._buffer = Buffer()
+        self._slots = Slots(self.concurrency + self.prefetch, self.concurrency, buffer)
+        acks = self._acks = AckQueue()
         self._debug = log.isEnabledFor(logging.DEBUG)
         intake_done, runners_done, acker_done, upkeep_done = (anyio.Event() for _ in range(4))
         log.info(
@@ -522,7 +311,7 @@ class Server:
                 buffer.close()  # idle runners end; busy ones end after their task
                 await self._release(buffer.drain(), "not started")
                 with anyio.move_on_after(self.shutdown_timeout):
-                    await _wait_any(runners_done, self._force_event)
+                    await wait_any(runners_done, self._force_event)
                 if not runners_done.is_set():
                     log.warning(
                         "server %s: cancelling %d handlers still running",
@@ -695,65 +484,7 @@ class Server:
             return
         await self._fail(info, failure)
 
-    async def _execute(self, info: TaskInfo, handler: Handler | None) -> _Failure | None:
-        """Run the handler; None on success, else what went wrong."""
-        if handler is None:
-            message = f"no handler for task type {info.type!r}"
-            return _Failure(message, retry=True, exception=LookupError(message))
-        try:
-            argument = handler.argument(info, self._decode(info))
-        except DecodeError as exc:
-            return _Failure(exception_message(exc), retry=False, exception=exc)
-        timeout = info.timeout if info.timeout is not None else self.default_timeout
-        if timeout is None:  # no deadline: spare the hot path a second cancel scope
-            return await self._call(handler, argument)
-        with anyio.move_on_after(timeout) as deadline:
-            failure = await self._call(handler, argument)
-        if deadline.cancel_called:
-            # even when the handler swallowed the cancellation, returned or raised instead
-            message = f"timed out after {timeout:g}s"
-            return _Failure(message, retry=True, exception=TimeoutError(message))
-        return failure
-
-    async def _call(self, handler: Handler, argument: Any) -> _Failure | None:
-        try:
-            if handler.is_async:
-                await handler.func(argument)
-                return None
-            # a thread cannot be interrupted: on timeout or shutdown it is abandoned
-            raised = await anyio.to_thread.run_sync(
-                _call_in_thread,
-                handler.func,
-                argument,
-                limiter=self._limiter,
-                abandon_on_cancel=True,
-            )
-            if raised is None:
-                return None
-        except BaseException as exc:
-            # any exception of user code (even SystemExit, KeyboardInterrupt or a cancellation
-            # exception it made up) fails the task, never the server
-            if _cancelled_by_runtime(exc):
-                raise
-            raised = exc
-        retry = not isinstance(raised, SkipRetry)
-        return _Failure(describe_exception(raised), retry=retry, exception=raised)
-
-    def _decode(self, info: TaskInfo) -> Any:
-        if info.encoding == RAW_ENCODING:
-            return info.payload
-        serializer = self.serializers.get(info.encoding)
-        if serializer is None:
-            raise DecodeError(f"unknown payload encoding {info.encoding!r}")
-        try:
-            return serializer.loads(info.payload)
-        except DecodeError:
-            raise
-        except BaseException as exc:  # a serializer is user code: even SystemExit
-            text = exception_text(exc)
-            raise DecodeError(f"payload cannot be decoded as {info.encoding}: {text}") from exc
-
-    async def _fail(self, info: TaskInfo, failure: _Failure) -> None:
+    async def _fail(self, info: TaskInfo, failure: Failure) -> None:
         retry_in_ms = None
         if failure.retry:
             delay = self._retry_delay_of(info, failure)
@@ -783,28 +514,6 @@ class Server:
             first_line,
             state or "not active",
         )
-
-    def _retry_delay_of(self, info: TaskInfo, failure: _Failure) -> float:
-        """The `retry_delay` policy's delay; the default backoff's when the policy (user code)
-        raises or returns something else than a number of seconds (at most 100 years, as any
-        duration of a task)."""
-        try:
-            delay = self.retry_delay(info.retried, failure.exception, info)
-        except BaseException as exc:  # a sync call: no cancellation can come from it
-            log.warning("retry_delay raised %s; using the default backoff", describe_exception(exc))
-        else:
-            seconds = math.nan
-            if isinstance(delay, numbers.Real) and not isinstance(delay, bool):
-                with contextlib.suppress(Exception):
-                    seconds = float(delay)
-            if seconds <= MAX_SECONDS:  # a negative delay is no delay; NaN fails this test
-                return max(0.0, seconds)
-            log.warning(
-                "retry_delay returned %s, not a number of seconds up to 100 years; using the"
-                " default backoff",
-                _safe_repr(delay),
-            )
-        return ExponentialBackoff()(info.retried, failure.exception, info)
 
     # -- acks -----------------------------------------------------------------------------------
 

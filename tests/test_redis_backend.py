@@ -14,8 +14,8 @@ import redis.asyncio
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message, start
 from strego.backends.redis import RedisBackend
-from strego.backends.redis.backend import CONSUMER_BATCH
 from strego.backends.redis.keys import Keys, queues_key
+from strego.backends.redis.transitions import CONSUMER_BATCH
 from strego.errors import ForeignKeyError
 from strego.ids import new_task_id
 from strego.message import TaskMessage

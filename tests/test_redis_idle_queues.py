@@ -25,7 +25,7 @@ from conformance.test_fetch_idle_queues import (
     check_a_queue_found_idle_is_not_starved,
 )
 from strego.backends.redis import RedisBackend
-from strego.backends.redis.backend import IDLE_CONSUMERS
+from strego.backends.redis.fetching import IDLE_CONSUMERS
 from strego.backends.redis.keys import Keys
 from strego.backends.redis.redispy_transport import RedisPyTransport
 from strego.backends.redis.transport import Command, ScriptCall, Transport

@@ -13,7 +13,7 @@ import anyio
 import pytest
 import redis.asyncio
 
-import strego.backends.redis.backend as redis_backend
+import strego.backends.redis.transitions as redis_transitions
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, make_dead, message, start
 from strego.backends.redis import RedisBackend
@@ -266,7 +266,7 @@ async def test_a_foreign_registry_never_refuses_a_stored_task(
 async def test_purge_looks_at_a_batch_per_call(
     backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_backend, "PURGE_BATCH", 4)
+    monkeypatch.setattr(redis_transitions, "PURGE_BATCH", 4)
     clock = backend.clock
     for i in range(3):
         await make_dead(backend, f"d{i}")

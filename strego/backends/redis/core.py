@@ -1,0 +1,114 @@
+"""What every part of `RedisBackend` shares: the key names of each queue, the `now` a script is
+given, the read clock, and the calls that send scripts and commands through the transport (with
+the one-time eviction check). The parts (foreign.py, reads.py, transitions.py, fetching.py) build
+on `RedisCore`; backend.py composes them into `RedisBackend`, whose constructor sets the
+attributes declared here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from strego.backends.base import Clock
+from strego.backends.redis.eviction import NotReachable, warn_if_evicting
+from strego.backends.redis.keys import Keys
+from strego.backends.redis.scripts import script
+from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
+from strego.task import validate_queue_name
+
+log = logging.getLogger("strego.backends.redis")
+
+#: How often reads that filter by time measure the offset of Redis's clock again (seconds).
+TIME_REFRESH_S = 10.0
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """Key/value pairs from a map reply: a dict under RESP3, a flat list or list of pairs under
+    RESP2 (transports may speak either)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(reply.items())
+    if isinstance(reply[0], list):
+        return [(k, v) for k, v in reply]
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
+class RedisCore:
+    """The state and calls every part of `RedisBackend` uses (set by its constructor)."""
+
+    transport: Transport
+    prefix: str
+    group: str
+    clock: Clock
+    _injected_clock: bool
+    _time_offset_ms: float
+    _time_measured: float
+    completed_ttl_ms: int
+    dead_ttl_ms: int
+    _keys: dict[str, Keys]
+    _registry: str
+    _eviction_checked: bool
+
+    def keys(self, queue: str) -> Keys:
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = Keys(self.prefix, validate_queue_name(queue))
+        return keys
+
+    def _now(self) -> Arg:
+        """ARGV `now` of every script: '' (the script reads Redis TIME), or the injected clock."""
+        return self.clock() if self._injected_clock else ""
+
+    async def _read_now(self) -> int:
+        """Now by Redis's clock, for reads that filter by time (retention, idle times): the
+        monotonic clock plus an offset to Redis TIME measured at most TIME_REFRESH_S ago, so a
+        read costs no extra round trip. Decisions are never made with it: scripts read TIME."""
+        if self._injected_clock:
+            return self.clock()
+        mono = time.monotonic()
+        if mono - self._time_measured >= TIME_REFRESH_S:
+            sec, usec = await self.transport.execute(Command(("TIME",), idempotent=True))
+            after = time.monotonic()
+            # the reply was made somewhere in the round trip: take its middle
+            self._time_offset_ms = int(sec) * 1000 + int(usec) / 1000 - (mono + after) * 500
+            self._time_measured = after
+            mono = after
+        return int(mono * 1000 + self._time_offset_ms)
+
+    def _call(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> ScriptCall:
+        return ScriptCall(script(name), keys, args)
+
+    async def _run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        if not self._eviction_checked:
+            await self._check_eviction()
+        return await self.transport.run_script(self._call(name, keys, args))
+
+    async def _pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
+        if not self._eviction_checked:
+            await self._check_eviction()
+        replies = await self.transport.pipeline(calls)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
+    async def _check_eviction(self) -> None:
+        """Warn when Redis may evict our keys, once, before the backend's first script call or
+        fetch: one flag test per call after that. The check never fails the call."""
+        self._eviction_checked = True  # concurrent first calls do not check again
+        try:
+            await warn_if_evicting(self.transport)
+        except NotReachable:
+            self._eviction_checked = False  # the call itself says why; check on a later one
+        except Exception as exc:
+            log.debug("checking the maxmemory-policy failed: %s", exc)
+        except BaseException:
+            self._eviction_checked = False  # cancelled: check on a later call
+            raise

@@ -1,0 +1,453 @@
+"""The state transitions of `RedisBackend` other than fetch, each one Lua script per queue
+(strego/lua/<name>.lua): enqueue, ack, fail, release, renew, claim_stale, promote, cancel,
+delete, requeue_dead, purge, pause/resume and remove_idle_consumers. Each method builds the
+script's KEYS from `keys(queue)` and its ARGV, runs it and decodes the reply."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from strego.backends.redis import codes
+from strego.backends.redis.core import _str, log
+from strego.backends.redis.reads import Reads
+from strego.backends.redis.record import (
+    DEFAULT_MAX_RETRY,
+    LETTER,
+    decode,
+    encode_envelope,
+    unreadable_reason,
+)
+from strego.backends.redis.transport import Arg, Command, ScriptCall
+from strego.errors import (
+    BackendError,
+    ForeignKeyError,
+    InvalidTaskError,
+    SchemaVersionError,
+    StregoError,
+    TaskNotFoundError,
+)
+from strego.message import TaskMessage, check_unique_ttl
+from strego.task import TaskInfo, TaskState
+
+#: Messages of one queue sent in one enqueue script call.
+ENQUEUE_CHUNK = 100
+#: How many dead tasks requeue_all_dead moves per call.
+BATCH = 1000
+#: How many due tasks of each of scheduled and retry one promote call moves, and how many ended
+#: tasks of each retained set and expired unique keys it removes (1,000 moves took 10-27 ms, 250
+#: took 4-12 ms, on a loaded 2-core machine).
+PROMOTE_BATCH = 100
+#: About how many consumers one remove_idle_consumers call looks at (one HSCAN batch); the next
+#: call goes on from there.
+CONSUMER_BATCH = 100
+#: How many entries (zset members, stream entries) one purge script call looks at, at most.
+PURGE_BATCH = 500
+
+
+class Transitions(Reads):
+    """Part of `RedisBackend`: the transitions, fetch aside (fetching.py). The attributes below
+    are set by its constructor."""
+
+    _enqueue_keys: dict[str, tuple[str, ...]]
+    _signal_ids: dict[str, bytes]
+    _consumer_scan: dict[str, bytes | str]
+
+    # -- producing ------------------------------------------------------------------------------
+
+    async def enqueue(self, message: TaskMessage) -> TaskInfo:
+        # enqueue_many's two calls for one message, without its grouping (the common call)
+        check_unique_ttl([message])
+        now = self._now()
+        queue = message.queue
+        register = Command(("SADD", self._registry, queue), idempotent=True)
+        if not self._eviction_checked:
+            await self._check_eviction()
+        first, reply, last = await self.transport.pipeline(
+            [register, self._enqueue_call(queue, now, [message]), register]
+        )
+        if isinstance(reply, BaseException):
+            raise reply
+        self._check_registered([queue], first, last)
+        ((code, detail),) = reply
+        result = self._enqueued(message, code, detail)
+        if isinstance(result, StregoError):
+            raise result
+        return result
+
+    async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
+        if not messages:
+            return []
+        check_unique_ttl(messages)
+        now = self._now()
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for i, message in enumerate(messages):
+            by_queue[message.queue].append(i)
+        register = Command(("SADD", self._registry, *by_queue), idempotent=True)
+        calls: list[ScriptCall | Command] = [register]
+        chunks: list[tuple[str, list[int]]] = []
+        for queue, indexes in by_queue.items():
+            for start in range(0, len(indexes), ENQUEUE_CHUNK):
+                chunk = indexes[start : start + ENQUEUE_CHUNK]
+                calls.append(self._enqueue_call(queue, now, [messages[i] for i in chunk]))
+                chunks.append((queue, chunk))
+        calls.append(register)
+        if not self._eviction_checked:
+            await self._check_eviction()
+        first, *replies, last = await self.transport.pipeline(calls)
+        self._check_registered(list(by_queue), first, last)
+        results: list[TaskInfo | StregoError | None] = [None] * len(messages)
+        failed = [r for r in replies if isinstance(r, BaseException)]
+        for (queue, chunk), reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, BackendError):
+                # the script checks every key before its first write: the chunk wrote nothing
+                if isinstance(reply, ForeignKeyError):
+                    reply = await self._foreign(queue, reply)
+                if len(failed) == len(replies):  # nothing was written: raise, as enqueue does
+                    raise reply
+                for i in chunk:
+                    results[i] = reply
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            for i, (code, detail) in zip(chunk, reply, strict=True):
+                results[i] = self._enqueued(messages[i], code, detail)
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _check_registered(queues: Sequence[str], first: Any, last: Any) -> None:
+        """Enqueue registers its queues with one SADD before its scripts and one after: the one
+        after is the one `purge` relies on (see there); the one before fails first under OOM,
+        ahead of the scripts. Either is enough to list the queues: the tasks a script wrote are
+        never reported as refused because of the registry, but when both failed the registry
+        misses them, and that is logged."""
+        if isinstance(first, BaseException) and isinstance(last, BaseException):
+            log.error("tasks were stored but the queue registry did not list %s: %s", queues, last)
+
+    def _enqueue_call(self, queue: str, now: Arg, messages: Sequence[TaskMessage]) -> ScriptCall:
+        """The enqueue script's call for `messages`, all of `queue`."""
+        keys = self._enqueue_keys.get(queue)
+        if keys is None:
+            k = self.keys(queue)
+            keys = (
+                k.tasks, k.scheduled, k.retry, k.unique, k.unique_exp, k.signal, k.completed,
+                k.dead, k.cancelled, *k.streams, k.ready,
+            )  # fmt: skip
+            self._enqueue_keys[queue] = keys
+        args: list[Arg] = [now, self.group, self.completed_ttl_ms, self.dead_ttl_ms]
+        for m in messages:
+            # the script decides against its clock whether the task is due yet
+            if m.process_in_ms is not None:
+                due_arg = f"+{m.process_in_ms}" if m.process_in_ms > 0 else ""
+            else:
+                due_arg = "" if m.process_at_ms is None else str(m.process_at_ms)
+            if due_arg or m.priority or m.max_retry != DEFAULT_MAX_RETRY or m.unique_key:
+                # '' stands for all the defaults (see enqueue.lua)
+                opts = (
+                    f"{due_arg},{m.priority},{m.max_retry},{m.unique_ttl_ms or 0},"
+                    f"{m.unique_key or ''}"
+                )
+            else:
+                opts = ""
+            args += (m.id, opts, encode_envelope(m))
+        return self._call("enqueue", keys, args)
+
+    @staticmethod
+    def _enqueued(m: TaskMessage, code: Any, detail: Any) -> TaskInfo | StregoError:
+        """What the enqueue script's reply (code, detail) for `m` says."""
+        if code != codes.OK:
+            return codes.error_for(code, m, detail)
+        if detail == b"p":
+            return m.info(TaskState.PENDING)
+        return m.info(TaskState.SCHEDULED, next_run_ms=int(detail))
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    async def _started(self, queue: str, flat: Sequence[bytes], consumer: str) -> list[TaskInfo]:
+        """Tasks just made active for `consumer`. One whose record does not decode could never
+        run: it goes to dead with the reason (docs/architecture.md, invariant 4), and the others
+        are returned."""
+        out = []
+        for i in range(0, len(flat), 2):
+            task_id = _str(flat[i])
+            try:
+                out.append(decode(queue, task_id, flat[i + 1]))
+            except SchemaVersionError as exc:
+                await self.fail(queue, task_id, consumer, unreadable_reason(exc), retry_in_ms=None)
+        return out
+
+    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
+        return (await self.ack_many([(queue, task_id)], consumer))[0]
+
+    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
+        if not items:
+            return []
+        now = self._now()
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for i, (queue, _) in enumerate(items):
+            by_queue[queue].append(i)
+        calls: list[ScriptCall | Command] = []
+        for queue, indexes in by_queue.items():
+            k = self.keys(queue)
+            calls.append(
+                self._call(
+                    "ack",
+                    (k.tasks, k.leases, k.completed, k.unique, k.unique_exp, k.consumers,
+                     *k.streams),
+                    (now, self.group, consumer, *(items[i][1] for i in indexes)),
+                )
+            )  # fmt: skip
+        replies = await self._pipeline(calls)
+        done = [False] * len(items)
+        for indexes, reply in zip(by_queue.values(), replies, strict=True):
+            for i, flag in zip(indexes, reply, strict=True):
+                done[i] = flag == 1
+        return done
+
+    async def fail(
+        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
+    ) -> TaskState | None:
+        k = self.keys(queue)
+        letter = await self._run(
+            "fail",
+            (k.tasks, k.leases, k.scheduled, k.retry, k.dead, k.signal, k.consumers, *k.streams),
+            (self._now(), self.group, consumer, task_id, error,
+             "" if retry_in_ms is None else max(0, retry_in_ms)),
+        )  # fmt: skip
+        return {b"r": TaskState.RETRY, b"d": TaskState.DEAD}.get(letter)
+
+    async def release(self, queue: str, task_ids: Sequence[str], consumer: str) -> int:
+        k = self.keys(queue)
+        if not task_ids:
+            return 0
+        n: int = await self._run(
+            "release",
+            (k.tasks, k.leases, k.consumers, *k.streams, k.ready),
+            (self._now(), self.group, consumer, *task_ids),
+        )
+        return n
+
+    async def renew(
+        self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
+    ) -> list[str]:
+        k = self.keys(queue)
+        if not task_ids:
+            return []
+        lost = await self._run(
+            "renew",
+            (k.tasks, k.leases, k.consumers),
+            (self._now(), consumer, lease_ms, *task_ids),
+        )
+        return [_str(i) for i in lost]
+
+    async def claim_stale(
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        count: int,
+        *,
+        lease_ms: int,
+        max_deliveries: int,
+    ) -> list[TaskInfo]:
+        error = (
+            f"exceeded max deliveries ({max_deliveries}): its consumer died {max_deliveries}"
+            " times while running it"
+        )
+        out: list[TaskInfo] = []
+        errors: list[tuple[str, ForeignKeyError]] = []
+        asked = len(queues)
+        if asked > 1:
+            # the script runs queue after queue (each claims what the earlier left of `count`),
+            # but most queues hold no expired lease: one round trip finds those that do (a
+            # foreign key is left to the script to report). By the read clock: a lease it
+            # misses by a few ms is claimed at the next pass; the script decides by TIME.
+            now = await self._read_now()
+            expired = await self.transport.pipeline(
+                [Command(("ZRANGEBYSCORE", self.keys(q).leases, "-inf", now, "LIMIT", 0, 1),
+                         idempotent=True)
+                 for q in queues]
+            )  # fmt: skip
+            queues = [q for q, e in zip(queues, expired, strict=True) if e]
+        for queue in queues:
+            if len(out) >= count:
+                break
+            k = self.keys(queue)
+            try:
+                items = await self._run(
+                    "claim_stale",
+                    (k.tasks, k.leases, k.dead, k.consumers, *k.streams),
+                    (self._now(), self.group, consumer, count - len(out), lease_ms,
+                     max_deliveries, error),
+                )  # fmt: skip
+            except ForeignKeyError as exc:
+                errors.append((queue, await self._foreign(queue, exc)))
+                continue
+            out += await self._started(queue, items, consumer)
+        self._isolate(asked, errors, "claim_stale")
+        return out
+
+    async def promote(self, queues: Sequence[str]) -> int | None:
+        if not queues:
+            return None
+        now = self._now()
+        calls: list[ScriptCall | Command] = []
+        for queue in queues:
+            k = self.keys(queue)
+            calls.append(
+                self._call(
+                    "promote",
+                    (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
+                     k.unique_exp, k.signal, *k.streams, k.ready),
+                    (now, self.group, self.completed_ttl_ms, self.dead_ttl_ms, PROMOTE_BATCH),
+                )
+            )  # fmt: skip
+        earliest: int | None = None
+        errors: list[tuple[str, ForeignKeyError]] = []
+        for queue, reply in zip(queues, await self.transport.pipeline(calls), strict=True):
+            if isinstance(reply, BaseException):
+                await self._skip_foreign(queue, reply, errors)
+                continue
+            due_in, signal_id = reply
+            self._signal_ids.setdefault(queue, signal_id)
+            if due_in != b"":
+                earliest = int(due_in) if earliest is None else min(earliest, int(due_in))
+        self._isolate(len(queues), errors, "promote")
+        return earliest
+
+    # -- managing ---------------------------------------------------------------------------------
+
+    async def _queue_of(self, task_id: str) -> str | None:
+        found = await self._find(task_id)
+        return found[0] if found else None
+
+    async def _refused(self, task_id: str, queue: str) -> bool:
+        """A transition by id changed nothing: False if the task exists (a state that does not
+        allow it), else TaskNotFoundError. Looked up after the script: a task deleted meanwhile
+        is reported as not found, which it then is."""
+        if await self.get_task(task_id, queue) is None:
+            raise TaskNotFoundError(task_id)
+        return False
+
+    async def _located(self, task_id: str, queue: str | None) -> str:
+        if queue is None:
+            queue = await self._queue_of(task_id)
+            if queue is None:
+                raise TaskNotFoundError(task_id)
+        return queue
+
+    async def cancel(self, task_id: str, queue: str | None = None) -> bool:
+        queue = await self._located(task_id, queue)
+        k = self.keys(queue)
+        done = await self._run(
+            "cancel",
+            (k.tasks, k.scheduled, k.retry, k.cancelled, k.unique, k.unique_exp, *k.streams),
+            (self._now(), self.group, task_id),
+        )
+        return done == 1 or await self._refused(task_id, queue)
+
+    async def delete(self, task_id: str, queue: str | None = None) -> bool:
+        queue = await self._located(task_id, queue)
+        k = self.keys(queue)
+        done = await self._run(
+            "delete",
+            (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
+             k.unique_exp, *k.streams),
+            (self._now(), self.group, self.completed_ttl_ms, self.dead_ttl_ms, task_id),
+        )  # fmt: skip
+        if done == -1:
+            raise TaskNotFoundError(task_id)
+        return bool(done == 1)
+
+    async def _requeue(self, queue: str, task_ids: Sequence[str]) -> tuple[int, int]:
+        """requeue_dead's script: (how many it requeued, how many dead entries it looked at)."""
+        k = self.keys(queue)
+        n, seen = await self._run(
+            "requeue_dead",
+            (k.tasks, k.dead, *k.streams, k.ready),
+            (self._now(), self.group, self.dead_ttl_ms, BATCH, *task_ids),
+        )
+        return int(n), int(seen)
+
+    async def requeue_dead(self, queue: str, task_id: str) -> bool:
+        n, _ = await self._requeue(queue, [task_id])
+        return n == 1 or await self._refused(task_id, queue)
+
+    async def requeue_all_dead(self, queue: str) -> int:
+        # each call removes every entry it looked at from the dead set (requeued, or gone with
+        # its retention), so the walk goes on past a batch of expired ones
+        total = 0
+        while True:
+            n, seen = await self._requeue(queue, [])
+            total += n
+            if seen < BATCH:
+                return total
+
+    async def _purge_call(self, queue: str, cursor: str, letters: str) -> tuple[int, str, int]:
+        k = self.keys(queue)
+        deleted, cursor_after, left = await self._run(
+            "purge",
+            (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
+             k.unique_exp, *k.streams),
+            (self._now(), self.completed_ttl_ms, self.dead_ttl_ms, PURGE_BATCH, cursor, letters),
+        )  # fmt: skip
+        return int(deleted), _str(cursor_after), int(left)
+
+    async def purge(self, queue: str, states: Sequence[TaskState] | None = None) -> int:
+        if states is None:
+            states = [s for s in TaskState if s is not TaskState.ACTIVE]
+        if TaskState.ACTIVE in states:
+            raise InvalidTaskError("active tasks cannot be purged: they are running")
+        letters = "".join(LETTER[TaskState(s)] for s in states)
+        # PURGE_BATCH entries per script call (each atomic), from the cursor the last one
+        # returned, until the script says it is done (left >= 0)
+        total, cursor, left = 0, "", -1
+        while left < 0:
+            deleted, cursor, left = await self._purge_call(queue, cursor, letters)
+            total += deleted
+        if left == 0:
+            # The registry is a separate key (another Cluster slot), so it cannot change in the
+            # script: drop the queue, count its tasks again, and put it back if one is there.
+            # Enqueue sends its SADD after its script (same connection, in order), so for a task
+            # T enqueued meanwhile either its SADD comes after this SREM (and lists the queue
+            # again), or it came before: then T's script ran before this SREM, hence before the
+            # count below, which sees T and SADDs. No order of the five commands loses T.
+            await self.transport.execute(Command(("SREM", self._registry, queue), idempotent=True))
+            _, _, left = await self._purge_call(queue, "", "")
+            if left:
+                await self.transport.execute(
+                    Command(("SADD", self._registry, queue), idempotent=True)
+                )
+        return total
+
+    async def pause(self, queue: str) -> None:
+        await self.transport.execute(Command(("SET", self.keys(queue).paused, 1), idempotent=True))
+
+    async def resume(self, queue: str) -> None:
+        k = self.keys(queue)
+        # the counter moves so that fetchers that found the queue paused look again; after the
+        # DEL (one pipeline runs in order), else a peek in between could record it paused under
+        # the new value. Counting twice on a retry only costs one more peek.
+        try:
+            await self._pipeline(
+                [Command(("DEL", k.paused), idempotent=True),
+                 Command(("INCR", k.ready), idempotent=True)]
+            )  # fmt: skip
+        except ForeignKeyError as exc:
+            raise await self._foreign(queue, exc) from None
+
+    async def remove_idle_consumers(self, queue: str, idle_ms: int) -> list[str]:
+        k = self.keys(queue)
+        scan, names = await self._run(
+            "remove_idle_consumers",
+            (k.tasks, k.leases, k.consumers, *k.streams),
+            (
+                self._now(),
+                self.group,
+                idle_ms,
+                self._consumer_scan.get(queue, "0"),
+                CONSUMER_BATCH,
+            ),
+        )
+        self._consumer_scan[queue] = scan
+        return [_str(n) for n in names]
