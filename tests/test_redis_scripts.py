@@ -17,7 +17,8 @@ from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message
 from strego.backends.cursor import encode_cursor
 from strego.backends.redis import RedisBackend
-from strego.backends.redis.scripts import NAMES, script, source
+from strego.backends.redis.keys import SCRIPT_KEYS, STREAMS, Keys
+from strego.backends.redis.scripts import NAMES, _expand, script, source
 from strego.task import TaskState
 
 pytestmark = pytest.mark.anyio
@@ -37,25 +38,53 @@ def test_every_script_file_is_loaded() -> None:
     assert sorted(NAMES) == _lua_files()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_script_header_lists_keys_and_argv(name: str) -> None:
-    lines = source(name).splitlines()
-    header = []
-    for line in lines:
+def _header(name: str) -> str:
+    lines = []
+    for line in source(name).splitlines():
         if not line.startswith("--") or line.startswith("--#include"):
             break
-        header.append(line)
-    text = "\n".join(header)
-    assert re.match(rf"-- {name}\b", header[0]), "the first line names the transition"
-    assert "-- KEYS:" in text
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_script_header_lists_keys_and_argv(name: str) -> None:
+    text = _header(name)
+    assert re.match(rf"-- {name}\b", text), "the first line names the transition"
     assert "-- ARGV:" in text
-    # every KEYS[n] the script uses is described in the header
-    used = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", source(name))}
+    # the header's KEYS are the table's, in its order (keys declared once: SCRIPT_KEYS)
     described = re.search(r"-- KEYS:(.*?)-- ARGV:", text, re.S)
-    assert described is not None
-    numbers = {int(n) for n in re.findall(r"\b(\d+)\b", described.group(1))}
-    assert used, "every key comes from KEYS"
-    assert max(used) <= max(numbers), "the header describes the last KEYS index used"
+    assert described is not None, "the header lists the KEYS"
+    names = [n.strip() for n in described.group(1).replace("--", " ").split(",")]
+    assert tuple(names) == SCRIPT_KEYS[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scripts_use_keys_by_name_and_streams_at_one_place(name: str) -> None:
+    """Every key a script names is in its row of SCRIPT_KEYS; the only KEYS it indexes are the
+    priority streams, at KEYS[1 + priority] in every script (1..11 in peek's loop over them)."""
+    body = _expand(source(name), set())
+    named = set(re.findall(r"\bK\.(\w+)", body))
+    assert named, "every key comes from KEYS"
+    assert named <= set(SCRIPT_KEYS[name]) - {STREAMS}
+    for index in re.findall(r"KEYS\[([^\]]+)\]", body):
+        assert STREAMS in SCRIPT_KEYS[name], f"{name} indexes KEYS[{index}] without streams"
+        assert index == "i" or re.fullmatch(r"1( \+ .+)?", index), index
+
+
+def test_loaded_scripts_name_their_keys_at_their_place() -> None:
+    assert script("renew").source.startswith(
+        "local K = {tasks = KEYS[1], leases = KEYS[2], consumers = KEYS[3]}\n"
+    )
+    assert script("ack").source.startswith("local K = {tasks = KEYS[12], leases = KEYS[13],")
+
+
+def test_call_sites_build_keys_from_the_table() -> None:
+    k = Keys("p", "q")
+    assert k.script_keys("ack") == (*k.streams, k.tasks, k.leases, k.completed, k.unique,
+                                    k.unique_exp, k.consumers)  # fmt: skip
+    assert k.script_keys("list_sorted", listed=k.dead) == (k.tasks, k.dead)
+    assert k.script_keys("ack") is k.script_keys("ack")  # built once
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -76,7 +105,12 @@ def test_no_key_is_built_inside_a_script(name: str) -> None:
             continue
         assert ".." not in first, f"{name}: {call.group(0)} builds a key"
         assert not first.startswith(("'", '"')), f"{name}: {call.group(0)} names a literal key"
-    assert ("KEYS[" in code) == (name != "lib/record"), "the shared library takes keys as arguments"
+    if name == "lib/record":
+        assert "KEYS[" not in code and "K." not in code, (
+            "the shared library takes keys as arguments"
+        )
+    else:
+        assert "KEYS[" in code or "K." in code, "every key comes from KEYS"
 
 
 # -- MONITOR: every key a script touches was passed in KEYS ---------------------------------------

@@ -1,24 +1,23 @@
 -- cancel: scheduled, pending or retry -> cancelled (never retried or dead-lettered), releasing
 -- the unique key.
--- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 cancelled, 5 unique, 6 unique_exp,
---       7..17 stream for priority 0..10
+-- KEYS: streams, tasks, scheduled, retry, cancelled, unique, unique_exp
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 task id
 -- Returns 1 if cancelled, 0 (no change) for a task in another state or unknown.
 --#include lib/record.lua
 local now, group, id = clock(ARGV[1]), ARGV[2], ARGV[3]
-local h = parse(redis.call('HGET', KEYS[1], id))
+local h = parse(redis.call('HGET', K.tasks, id))
 if not h then return 0 end
 if h.state == 's' then
-  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', K.scheduled, id)
 elseif h.state == 'r' then
-  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', K.retry, id)
 elseif h.state == 'p' then
-  unlink(KEYS[7 + h.priority], group, h.sid)
+  unlink(KEYS[1 + h.priority], group, h.sid)
 else
   return 0
 end
-release_unique(KEYS[5], KEYS[6], h.unique, id)
+release_unique(K.unique, K.unique_exp, h.unique, id)
 h.state, h.ended, h.due, h.sid = 'x', now, '', ''
-redis.call('HSET', KEYS[1], id, build(h))
-redis.call('ZADD', KEYS[4], now, id)
+redis.call('HSET', K.tasks, id, build(h))
+redis.call('ZADD', K.cancelled, now, id)
 return 1

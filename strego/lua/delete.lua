@@ -1,23 +1,22 @@
 -- delete: remove a task that is not active (scheduled, pending, retry, dead, completed or
 -- cancelled): its record, its entry in its state's zset or stream (a completed task's processed
 -- marker too) and its unique key. An active task is running: it is left alone.
--- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 dead, 5 completed, 6 cancelled, 7 unique, 8 unique_exp,
---       9..19 stream for priority 0..10
+-- KEYS: streams, tasks, scheduled, retry, dead, completed, cancelled, unique, unique_exp
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, 5 task id
 -- Returns 1 if deleted, 0 (no change) for an active task, -1 for no such task (none, a record
 -- whose header does not parse, or one whose retention ended: that one is removed now).
 --#include lib/record.lua
 local now, group, id = clock(ARGV[1]), ARGV[2], ARGV[5]
-local h = parse(redis.call('HGET', KEYS[1], id))
+local h = parse(redis.call('HGET', K.tasks, id))
 if not h then return -1 end
 if h.state == 'a' then return 0 end
-local place = ({s = KEYS[2], r = KEYS[3], d = KEYS[4], c = KEYS[5], x = KEYS[6]})[h.state]
+local place = ({s = K.scheduled, r = K.retry, d = K.dead, c = K.completed, x = K.cancelled})[h.state]
 if h.state == 'p' then
-  unlink(KEYS[9 + h.priority], group, h.sid)
+  unlink(KEYS[1 + h.priority], group, h.sid)
 elseif place then
   redis.call('ZREM', place, id)
 end
-release_unique(KEYS[7], KEYS[8], h.unique, id)
-redis.call('HDEL', KEYS[1], id)
+release_unique(K.unique, K.unique_exp, h.unique, id)
+redis.call('HDEL', K.tasks, id)
 if expired(h, now, ARGV[3], ARGV[4]) then return -1 end
 return 1

@@ -1,8 +1,7 @@
 -- enqueue: new tasks -> pending (XADD to their priority stream) or scheduled (due later),
 -- taking each unique key in the same step.
--- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 unique, 5 unique_exp, 6 signal, 7 completed, 8 dead,
---       9 cancelled, 10..20 stream for priority 0..10, 21 ready (INCRed once when any task
---       became pending, so fetchers that found the queue idle look again)
+-- KEYS: streams, tasks, scheduled, retry, unique, unique_exp, signal, completed, dead, cancelled,
+--       ready
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, then 3 per task:
 --       id, options, envelope; options '' = the defaults (pending now, priority 0, max_retry 3,
 --       no unique key), else 'due,priority,max_retry,unique_ttl_ms,unique_key' (due '' = now,
@@ -16,7 +15,7 @@
 --#include lib/record.lua
 local now, group = clock(ARGV[1]), ARGV[2]
 -- read before any write: a foreign (non-string) ready key fails here, leaving nothing behind
-redis.call('GET', KEYS[21])
+redis.call('GET', K.ready)
 -- First pass, reads only: each task's options and old record (a foreign tasks key fails here),
 -- and the type each key written below must have.
 local tasks, want = {}, {}
@@ -29,17 +28,17 @@ for i = 5, #ARGV, 3 do
     if string.sub(t.due, 1, 1) == '+' then t.due = add_ms(now, string.sub(t.due, 2)) end
     if t.due ~= '' and tonumber(t.due) <= tonumber(now) then t.due = '' end
   end
-  t.old = parse(redis.call('HGET', KEYS[1], t.id))
+  t.old = parse(redis.call('HGET', K.tasks, t.id))
   if t.old and expired(t.old, now, ARGV[3], ARGV[4]) then
-    t.place = ({c = KEYS[7], d = KEYS[8], x = KEYS[9]})[t.old.state]
+    t.place = ({c = K.completed, d = K.dead, x = K.cancelled})[t.old.state]
     want[t.place] = 'zset'
   end
   if t.due == '' then
-    want[KEYS[10 + tonumber(t.prio)]] = 'stream'
+    want[KEYS[1 + tonumber(t.prio)]] = 'stream'
   else
-    want[KEYS[2]], want[KEYS[3]], want[KEYS[6]] = 'zset', 'zset', 'stream'
+    want[K.scheduled], want[K.retry], want[K.signal] = 'zset', 'zset', 'stream'
   end
-  if t.ukey ~= '' then want[KEYS[4]], want[KEYS[5]] = 'hash', 'zset' end
+  if t.ukey ~= '' then want[K.unique], want[K.unique_exp] = 'hash', 'zset' end
   tasks[#tasks + 1] = t
 end
 -- (one task with the defaults and no old record writes only its stream, then the tasks hash
@@ -63,16 +62,16 @@ for _, t in ipairs(tasks) do
     if t.place then
       -- retention ended: the old task is gone, its id free again
       redis.call('ZREM', t.place, id)
-      redis.call('HDEL', KEYS[1], id)
+      redis.call('HDEL', K.tasks, id)
     else
       reply = {E_ID_CONFLICT, ''}
     end
   end
   if not reply and ukey ~= '' then
-    local holder = redis.call('HGET', KEYS[4], ukey)
+    local holder = redis.call('HGET', K.unique, ukey)
     if holder then
-      local until_ms = redis.call('ZSCORE', KEYS[5], ukey)
-      local h = parse(redis.call('HGET', KEYS[1], holder))
+      local until_ms = redis.call('ZSCORE', K.unique_exp, ukey)
+      local h = parse(redis.call('HGET', K.tasks, holder))
       if until_ms and tonumber(until_ms) > tonumber(now) and h
           and h.state ~= 'c' and h.state ~= 'x' then
         reply = {E_DUPLICATE, holder}
@@ -81,7 +80,7 @@ for _, t in ipairs(tasks) do
   end
   if not reply and t.opts == '' then
     -- the defaults, pending now (most tasks): the short record straight from the entry id
-    redis.call('HSET', KEYS[1], id, short_record(push(KEYS[10], group, id), t.env))
+    redis.call('HSET', K.tasks, id, short_record(push(KEYS[1], group, id), t.env))
     pushed = true
     reply = OK_PENDING
   elseif not reply then
@@ -89,22 +88,22 @@ for _, t in ipairs(tasks) do
                max_retry = tonumber(t.max_retry), priority = tonumber(t.prio), sid = '',
                consumer = '', error = '', unique = ukey, env = t.env}
     if t.due == '' then
-      h.sid = push(KEYS[10 + h.priority], group, id)
+      h.sid = push(KEYS[1 + h.priority], group, id)
       pushed = true
     else
       h.state, h.due = 's', t.due
-      signal_if_earliest(KEYS[2], KEYS[3], KEYS[6], t.due)
-      redis.call('ZADD', KEYS[2], t.due, id)
+      signal_if_earliest(K.scheduled, K.retry, K.signal, t.due)
+      redis.call('ZADD', K.scheduled, t.due, id)
     end
     if ukey ~= '' then
-      redis.call('HSET', KEYS[4], ukey, id)
-      redis.call('ZADD', KEYS[5], add_ms(now, t.uttl), ukey)
+      redis.call('HSET', K.unique, ukey, id)
+      redis.call('ZADD', K.unique_exp, add_ms(now, t.uttl), ukey)
     end
-    redis.call('HSET', KEYS[1], id, build(h))
+    redis.call('HSET', K.tasks, id, build(h))
     reply = {'OK', h.state == 's' and t.due or 'p'}
   end
   if reply[1] == 'OK' then taken[id] = true end
   out[#out + 1] = reply
 end
-if pushed then redis.call('INCR', KEYS[21]) end
+if pushed then redis.call('INCR', K.ready) end
 return out

@@ -1,7 +1,6 @@
 -- fetch: pending -> active. Delivers up to `count` tasks of one queue to `consumer` with
 -- XREADGROUP (never blocking here), highest priority first, oldest first within a priority.
--- KEYS: 1 tasks, 2 leases, 3 consumers, 4 paused, 5..15 stream for priority 0..10, 16 dead,
---       17 ready
+-- KEYS: streams, tasks, leases, consumers, paused, dead, ready
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 count, 5 lease_ms
 -- Returns {'OK', {id, record, ...}, last_ids, ready} | {'PAUSED', {}, {}, ready}. last_ids (only
 -- when fewer than `count` were started: nothing is left to deliver) holds each stream's newest
@@ -32,15 +31,15 @@ end
 
 local need = tonumber(ARGV[4])
 local STRAYS, dropped = 1000, 0
-local ready = redis.call('GET', KEYS[17]) or ''
-redis.call('HSET', KEYS[3], consumer, now)
-if redis.call('EXISTS', KEYS[4]) == 1 then return {E_PAUSED, {}, {}, ready} end
+local ready = redis.call('GET', K.ready) or ''
+redis.call('HSET', K.consumers, consumer, now)
+if redis.call('EXISTS', K.paused) == 1 then return {E_PAUSED, {}, {}, ready} end
 local lease_until = add_ms(now, ARGV[5])
 -- the started tasks {id, record, ...} (both written to `tasks` and returned) and their leases
 -- {until, id, ...}, n tasks each
 local started_list, leases, n = {}, {}, 0
 for prio = 10, 0, -1 do
-  local stream = KEYS[5 + prio]
+  local stream = KEYS[1 + prio]
   while need > 0 and dropped < STRAYS and redis.call('EXISTS', stream) == 1 do
     local reply = redis.pcall('XREADGROUP', 'GROUP', group, consumer,
       'COUNT', need, 'STREAMS', stream, '>')
@@ -56,7 +55,7 @@ for prio = 10, 0, -1 do
     if #entries == 0 then break end
     for _, entry in ipairs(entries) do
       local sid, id = entry[1], entry[2][2]
-      local rec = redis.call('HGET', KEYS[1], id)
+      local rec = redis.call('HGET', K.tasks, id)
       local started = rec and started_fresh(rec, sid)
       local h = not started and parse(rec)
       if h and h.state == 'p' and h.sid == sid then
@@ -71,7 +70,7 @@ for prio = 10, 0, -1 do
       elseif h and h.state == 'a' and h.sid == sid then
         -- delivered again after its group was recreated: still its task's entry, keep it
       else
-        if rec and not h then bury_unreadable(KEYS[1], KEYS[16], id, rec, now) end
+        if rec and not h then bury_unreadable(K.tasks, K.dead, id, rec, now) end
         -- an entry whose task left pending some other way (or is buried now): drop it
         redis.call('XACK', stream, group, sid)
         redis.call('XDEL', stream, sid)
@@ -82,14 +81,14 @@ for prio = 10, 0, -1 do
   if need == 0 or dropped >= STRAYS then break end
 end
 -- one multi-member write per key; each stream entry is read once, so no id repeats
-call_chunked('HSET', KEYS[1], started_list)
-call_chunked('ZADD', KEYS[2], leases)
+call_chunked('HSET', K.tasks, started_list)
+call_chunked('ZADD', K.leases, leases)
 local last = {}
 if need > 0 and dropped < STRAYS then
   for prio = 0, 10 do
     local newest = {}
-    if redis.call('EXISTS', KEYS[5 + prio]) == 1 then
-      newest = redis.call('XREVRANGE', KEYS[5 + prio], '+', '-', 'COUNT', 1)
+    if redis.call('EXISTS', KEYS[1 + prio]) == 1 then
+      newest = redis.call('XREVRANGE', KEYS[1 + prio], '+', '-', 'COUNT', 1)
     end
     last[prio + 1] = newest[1] and newest[1][1] or '0-0'
   end

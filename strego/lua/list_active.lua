@@ -3,7 +3,7 @@
 -- the groups' pending lists (XPENDING seeks to the cursor, whatever the depth), from just after
 -- a cursor position (a priority and an entry id). Looks at `scan` delivered entries at most
 -- (stray ones are passed over), so a page may hold fewer than `limit`.
--- KEYS: 1 tasks, 2..12 stream for priority 0..10
+-- KEYS: streams, tasks
 -- ARGV: 1 group, 2 limit, 3 scan, 4 cursor priority ('' = from the start), 5 cursor entry id
 -- Returns {more, priority, entry id, {id, record, ...}} as list_pending does.
 --#include lib/record.lua
@@ -20,7 +20,7 @@ local function read(stream, start, count)
 end
 
 while prio >= 0 do
-  local stream, done = KEYS[2 + prio], true
+  local stream, done = KEYS[1 + prio], true
   while redis.call('EXISTS', stream) == 1 do
     if want == 0 or budget == 0 then
       done = false
@@ -33,7 +33,7 @@ while prio >= 0 do
       budget, last = budget - 1, sid
       local entry = redis.call('XRANGE', stream, sid, sid)[1]
       local id = entry and entry[2][2]
-      local rec = id and redis.call('HGET', KEYS[1], id)
+      local rec = id and redis.call('HGET', K.tasks, id)
       local h = parse(rec)
       if h and h.state == 'a' and h.sid == sid then
         out[#out + 1] = id
@@ -54,7 +54,7 @@ end
 if more == 1 and want == 0 then
   more = 0
   for p = prio, 0, -1 do
-    local stream = KEYS[2 + p]
+    local stream = KEYS[1 + p]
     if redis.call('EXISTS', stream) == 1 and #read(stream, from, 1) > 0 then
       more = 1
       break

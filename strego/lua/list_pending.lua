@@ -2,7 +2,7 @@
 -- to 0, oldest entry first), from just after a cursor position (a priority and a stream entry
 -- id: XRANGE seeks there, whatever the depth). Looks at `scan` stream entries at most: the
 -- entries of active tasks (and strays) are passed over, so a page may hold fewer than `limit`.
--- KEYS: 1 tasks, 2..12 stream for priority 0..10
+-- KEYS: streams, tasks
 -- ARGV: 1 limit, 2 scan, 3 cursor priority ('' = from the start), 4 cursor entry id
 -- Returns {more, priority, entry id, {id, record, ...}}: more is 1 when the listing may go on
 -- after (priority, entry id), the last entry looked at; 0 at the end of the last stream.
@@ -21,7 +21,7 @@ local prio, from = 10, '-'
 if ARGV[3] ~= '' then prio, from = tonumber(ARGV[3]), '(' .. ARGV[4] end
 local out, more, last = {}, 0, ''
 while prio >= 0 do
-  local stream, done = KEYS[2 + prio], true
+  local stream, done = KEYS[1 + prio], true
   while redis.call('EXISTS', stream) == 1 do
     if want == 0 or budget == 0 then
       done = false
@@ -32,7 +32,7 @@ while prio >= 0 do
     local ids = {}
     for i, entry in ipairs(entries) do ids[i] = entry[2][2] end
     -- one HMGET for the batch: far cheaper than a call per entry
-    local recs = #ids > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
+    local recs = #ids > 0 and redis.call('HMGET', K.tasks, unpack(ids)) or {}
     for i, entry in ipairs(entries) do
       local sid, rec = entry[1], recs[i]
       budget, last = budget - 1, sid
@@ -55,7 +55,7 @@ end
 if more == 1 and want == 0 then
   more = 0
   for p = prio, 0, -1 do
-    local stream = KEYS[2 + p]
+    local stream = KEYS[1 + p]
     if redis.call('EXISTS', stream) == 1 and #redis.call('XRANGE', stream, from, '+', 'COUNT', 1) > 0 then
       more = 1
       break

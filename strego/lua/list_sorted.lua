@@ -3,13 +3,13 @@
 -- a cursor position (a score and an id). The position is found by rank: ZCOUNT bounds the
 -- entries of that score, and a binary search among them finds the id's place (an id that left
 -- the set still has one), O(log^2 n) whatever the depth.
--- KEYS: 1 tasks, 2 the sorted set
+-- KEYS: tasks, listed
 -- ARGV: 1 order ('asc' | 'desc'), 2 limit, 3 cursor score ('' = from the start), 4 cursor id,
 --       5 floor: entries scored at or below it are not listed ('' = none)
 -- Returns {more, {id, record (false when gone), score, ...}}: more is 1 when entries follow the
 -- last one returned.
 local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) or 5.4 (some emulators)
-local key, desc, limit = KEYS[2], ARGV[1] == 'desc', tonumber(ARGV[2])
+local key, desc, limit = K.listed, ARGV[1] == 'desc', tonumber(ARGV[2])
 local score, id, floor = ARGV[3], ARGV[4], tonumber(ARGV[5])
 
 -- a < b byte by byte, as Redis orders the members of one score (Lua's `<` follows the locale)
@@ -54,7 +54,7 @@ for i = 1, #entries, 2 do
   ids[#ids + 1] = entries[i]
 end
 -- one HMGET for the batch: far cheaper than a call per entry
-local recs = #ids > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
+local recs = #ids > 0 and redis.call('HMGET', K.tasks, unpack(ids)) or {}
 local out = {}
 for i, id in ipairs(ids) do
   out[3 * i - 2], out[3 * i - 1], out[3 * i] = id, recs[i], entries[2 * i]

@@ -2,9 +2,8 @@
 -- `limit` per call; and the end of retention: completed and cancelled tasks older than
 -- completed_ttl_ms, dead ones older than dead_ttl_ms and expired unique keys are removed
 -- (at most `limit` of each per call).
--- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 dead, 5 completed, 6 cancelled, 7 unique,
---       8 unique_exp, 9 signal, 10..20 stream for priority 0..10, 21 ready (INCRed once when
---       any task became pending)
+-- KEYS: streams, tasks, scheduled, retry, dead, completed, cancelled, unique, unique_exp, signal,
+--       ready
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, 5 limit
 -- Returns {ms from now until the earliest due time still waiting ('' = none; 0 when more are
 --          due than `limit`; relative, so the caller needs no clock of its own),
@@ -12,44 +11,44 @@
 --#include lib/record.lua
 local now, group, limit = clock(ARGV[1]), ARGV[2], tonumber(ARGV[5])
 local more, pushed = false, false
-redis.call('GET', KEYS[21])  -- a foreign ready key fails here, before any write
-for _, set in ipairs({KEYS[2], KEYS[3]}) do
+redis.call('GET', K.ready)  -- a foreign ready key fails here, before any write
+for _, set in ipairs({K.scheduled, K.retry}) do
   local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
   if #due == limit then more = true end
   for _, id in ipairs(due) do
     redis.call('ZREM', set, id)
-    local rec = redis.call('HGET', KEYS[1], id)
+    local rec = redis.call('HGET', K.tasks, id)
     local h = parse(rec)
-    if rec and not h then bury_unreadable(KEYS[1], KEYS[4], id, rec, now) end
+    if rec and not h then bury_unreadable(K.tasks, K.dead, id, rec, now) end
     if h and (h.state == 's' or h.state == 'r') then
       h.state, h.due = 'p', ''
-      h.sid = push(KEYS[10 + h.priority], group, id)
+      h.sid = push(KEYS[1 + h.priority], group, id)
       pushed = true
-      redis.call('HSET', KEYS[1], id, build(h))
+      redis.call('HSET', K.tasks, id, build(h))
     end
   end
 end
-for _, spec in ipairs({{KEYS[5], ARGV[3]}, {KEYS[6], ARGV[3]}, {KEYS[4], ARGV[4]}}) do
+for _, spec in ipairs({{K.completed, ARGV[3]}, {K.cancelled, ARGV[3]}, {K.dead, ARGV[4]}}) do
   local set, ttl = spec[1], spec[2]
   local gone = redis.call('ZRANGEBYSCORE', set, '-inf', add_ms(now, -tonumber(ttl)),
     'LIMIT', 0, limit)
   for _, id in ipairs(gone) do
     redis.call('ZREM', set, id)
-    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', K.tasks, id)
   end
 end
-local stale_keys = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now, 'LIMIT', 0, limit)
+local stale_keys = redis.call('ZRANGEBYSCORE', K.unique_exp, '-inf', now, 'LIMIT', 0, limit)
 for _, ukey in ipairs(stale_keys) do
-  redis.call('ZREM', KEYS[8], ukey)
-  redis.call('HDEL', KEYS[7], ukey)
+  redis.call('ZREM', K.unique_exp, ukey)
+  redis.call('HDEL', K.unique, ukey)
 end
-if pushed then redis.call('INCR', KEYS[21]) end
+if pushed then redis.call('INCR', K.ready) end
 local next_due = ''
 if more then
   next_due = 0
 else
-  local due = earliest(KEYS[2], KEYS[3])
+  local due = earliest(K.scheduled, K.retry)
   if due then next_due = math.max(0, tonumber(due) - tonumber(now)) end
 end
-local newest = redis.call('XREVRANGE', KEYS[9], '+', '-', 'COUNT', 1)
+local newest = redis.call('XREVRANGE', K.signal, '+', '-', 'COUNT', 1)
 return {next_due, newest[1] and newest[1][1] or '0-0'}

@@ -6,8 +6,7 @@
 -- which the deletes move on), then the streams p0..p10 from the cursor `<priority> <entry id>`
 -- (the last entry looked at: entries of active tasks stay, so the next call starts after them).
 -- Retained tasks whose retention ended are deleted but not counted (they were already gone).
--- KEYS: 1 tasks, 2 scheduled, 3 retry, 4 dead, 5 completed, 6 cancelled, 7 unique,
---       8 unique_exp, 9..19 stream for priority 0..10
+-- KEYS: streams, tasks, scheduled, retry, dead, completed, cancelled, unique, unique_exp
 -- ARGV: 1 now ('' = Redis TIME), 2 completed_ttl_ms, 3 dead_ttl_ms, 4 limit, 5 cursor ('' = start), 6 state
 --       letters to purge (a subset of 'sprdcx'; '' only counts the tasks left)
 -- Returns {deleted, cursor ('' = done), tasks left in the queue (retention ended: not counted;
@@ -18,27 +17,27 @@ local n, budget = 0, limit
 -- deletes are gathered and sent as one multi-member command per key (far fewer redis.call)
 local gone = {}
 local function drop(id, h)
-  if h then release_unique(KEYS[7], KEYS[8], h.unique, id) end
+  if h then release_unique(K.unique, K.unique_exp, h.unique, id) end
   gone[#gone + 1] = id
   if not (h and expired(h, now, ARGV[2], ARGV[3])) then n = n + 1 end
 end
 local function done(next_cursor)
-  call_chunked('HDEL', KEYS[1], gone)
+  call_chunked('HDEL', K.tasks, gone)
   if next_cursor then return {n, next_cursor, -1} end
-  local left = redis.call('HLEN', KEYS[1])
-  for _, spec in ipairs({{KEYS[4], ARGV[3]}, {KEYS[5], ARGV[2]}, {KEYS[6], ARGV[2]}}) do
+  local left = redis.call('HLEN', K.tasks)
+  for _, spec in ipairs({{K.dead, ARGV[3]}, {K.completed, ARGV[2]}, {K.cancelled, ARGV[2]}}) do
     left = left - redis.call('ZCOUNT', spec[1], '-inf', add_ms(now, -tonumber(spec[2])))
   end
   return {n, '', left}
 end
 if cursor == '' then
-  for _, spec in ipairs({{'s', KEYS[2]}, {'r', KEYS[3]}, {'d', KEYS[4]}, {'c', KEYS[5]},
-                         {'x', KEYS[6]}}) do
+  for _, spec in ipairs({{'s', K.scheduled}, {'r', K.retry}, {'d', K.dead}, {'c', K.completed},
+                         {'x', K.cancelled}}) do
     local letter, set = spec[1], spec[2]
     if string.find(states, letter, 1, true) then
       local ids = redis.call('ZRANGE', set, 0, budget - 1)
       for _, id in ipairs(ids) do
-        local h = parse(redis.call('HGET', KEYS[1], id))
+        local h = parse(redis.call('HGET', K.tasks, id))
         -- a record in another state is not this entry's task (a stray entry): it stays
         if not h or h.state == letter then drop(id, h) end
       end
@@ -52,12 +51,12 @@ end
 if string.find(states, 'p', 1, true) then
   local prio, from = string.match(cursor, '^(%d+) (.+)$')
   for p = tonumber(prio), 10 do
-    local stream = KEYS[9 + p]
+    local stream = KEYS[1 + p]
     local entries = redis.call('XRANGE', stream, from, '+', 'COUNT', budget)
     local sids = {}
     for _, entry in ipairs(entries) do
       local sid, id = entry[1], entry[2][2]
-      local h = parse(redis.call('HGET', KEYS[1], id))
+      local h = parse(redis.call('HGET', K.tasks, id))
       if not h or h.sid ~= sid or h.state ~= 'a' then
         -- a pending task's entry (or a stray one): active entries stay in the group
         sids[#sids + 1] = sid

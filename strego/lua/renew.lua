@@ -1,18 +1,18 @@
 -- renew: extend the leases of active tasks held by `consumer` to now + lease_ms.
--- KEYS: 1 tasks, 2 leases, 3 consumers
+-- KEYS: tasks, leases, consumers
 -- ARGV: 1 now ('' = Redis TIME), 2 consumer, 3 lease_ms, 4.. task ids
 -- Returns the ids the consumer no longer holds.
 --#include lib/record.lua
 local consumer = ARGV[2]
 local now = clock(ARGV[1])
-redis.call('HSET', KEYS[3], consumer, now)
+redis.call('HSET', K.consumers, consumer, now)
 local lease_until = add_ms(now, ARGV[3])
 local lost = {}
 for i = 4, #ARGV do
   local id = ARGV[i]
-  local h = parse(redis.call('HGET', KEYS[1], id))
+  local h = parse(redis.call('HGET', K.tasks, id))
   if h and h.state == 'a' and h.consumer == consumer then
-    redis.call('ZADD', KEYS[2], lease_until, id)
+    redis.call('ZADD', K.leases, lease_until, id)
   else
     lost[#lost + 1] = id
   end

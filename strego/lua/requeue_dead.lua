@@ -3,33 +3,32 @@
 -- takes the `limit` oldest entries of the dead set: each dead task is requeued, and each whose
 -- retention ended (or a stray entry) is removed, so that the next call looks at newer ones
 -- (requeue_all_dead calls it until it looks at fewer than `limit`).
--- KEYS: 1 tasks, 2 dead, 3..13 stream for priority 0..10, 14 ready (INCRed once when any task
---       was requeued)
+-- KEYS: streams, tasks, dead, ready
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 dead_ttl_ms, 4 limit, 5.. task ids
 -- Returns {how many were requeued, how many entries it looked at}.
 --#include lib/record.lua
 local now, group = clock(ARGV[1]), ARGV[2]
-redis.call('GET', KEYS[14])  -- a foreign ready key fails here, before any write
+redis.call('GET', K.ready)  -- a foreign ready key fails here, before any write
 local ids = {}
 if #ARGV > 4 then
   for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
 else
-  ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[4]) - 1)
+  ids = redis.call('ZRANGE', K.dead, 0, tonumber(ARGV[4]) - 1)
 end
 local n = 0
 for _, id in ipairs(ids) do
-  local h = parse(redis.call('HGET', KEYS[1], id))
+  local h = parse(redis.call('HGET', K.tasks, id))
   if h and h.state == 'd' and not expired(h, now, 0, ARGV[3]) then
-    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', K.dead, id)
     h.state, h.retried, h.ended = 'p', 0, ''
-    h.sid = push(KEYS[3 + h.priority], group, id)
-    redis.call('HSET', KEYS[1], id, build(h))
+    h.sid = push(KEYS[1 + h.priority], group, id)
+    redis.call('HSET', K.tasks, id, build(h))
     n = n + 1
   elseif #ARGV == 4 then
     -- the whole set is being requeued: an entry left in place would stop the walk here
-    redis.call('ZREM', KEYS[2], id)
-    if h and h.state == 'd' then redis.call('HDEL', KEYS[1], id) end  -- retention ended
+    redis.call('ZREM', K.dead, id)
+    if h and h.state == 'd' then redis.call('HDEL', K.tasks, id) end  -- retention ended
   end
 end
-if n > 0 then redis.call('INCR', KEYS[14]) end
+if n > 0 then redis.call('INCR', K.ready) end
 return {n, #ids}

@@ -68,8 +68,6 @@ class RedisBackend(Fetching):
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
         self._keys: dict[str, Keys] = {}
-        #: per queue, the enqueue script's keys (built once)
-        self._enqueue_keys: dict[str, tuple[str, ...]] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing
         self._signal_ids: dict[str, bytes] = {}

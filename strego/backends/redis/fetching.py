@@ -134,7 +134,7 @@ class Fetching(Transitions):
         k = self.keys(queue)
         return self._call(
             "fetch",
-            (k.tasks, k.leases, k.consumers, k.paused, *k.streams, k.dead, k.ready),
+            k.script_keys("fetch"),
             (self._now(), self.group, consumer, count, lease_ms),
         )
 
@@ -179,9 +179,7 @@ class Fetching(Transitions):
             calls.append(mget)
         clock = self._now()
         for k in map(self.keys, peeked):
-            calls.append(
-                self._call("peek", (k.consumers, k.paused, *k.streams, k.ready), (clock, consumer))
-            )
+            calls.append(self._call("peek", k.script_keys("peek"), (clock, consumer)))
         replies = await self.transport.pipeline(calls)
         if first is not None:
             await self._take(first, replies.pop(0), consumer, state, taken)

@@ -17,12 +17,56 @@ def queues_key(prefix: str) -> str:
     return f"{prefix}:{SCHEMA_VERSION}:queues"
 
 
+#: The 11 priority streams p0..p10: KEYS[1..11] of every script that takes them, so a script
+#: finds priority p's stream at KEYS[1 + p].
+STREAMS = "streams"
+#: A key the caller names at each call (list_sorted: the sorted set being listed).
+LISTED = "listed"
+
+#: Every script's KEYS in order, declared once: call sites build them with `Keys.script_keys`,
+#: the script loader gives each script its keys by name (`K.tasks`, ...), and a test checks
+#: every script's header against this table.
+SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
+    "enqueue": (STREAMS, "tasks", "scheduled", "retry", "unique", "unique_exp", "signal",
+                "completed", "dead", "cancelled", "ready"),
+    "fetch": (STREAMS, "tasks", "leases", "consumers", "paused", "dead", "ready"),
+    "peek": (STREAMS, "consumers", "paused", "ready"),
+    "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers"),
+    "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers"),
+    "release": (STREAMS, "tasks", "leases", "consumers", "ready"),
+    "renew": ("tasks", "leases", "consumers"),
+    "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers"),
+    "promote": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
+                "unique", "unique_exp", "signal", "ready"),
+    "cancel": (STREAMS, "tasks", "scheduled", "retry", "cancelled", "unique", "unique_exp"),
+    "delete": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
+               "unique", "unique_exp"),
+    "requeue_dead": (STREAMS, "tasks", "dead", "ready"),
+    "purge": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
+              "unique", "unique_exp"),
+    "remove_idle_consumers": (STREAMS, "tasks", "leases", "consumers"),
+    "list_pending": (STREAMS, "tasks"),
+    "list_active": (STREAMS, "tasks"),
+    "list_sorted": ("tasks", LISTED),
+}  # fmt: skip
+
+
+def lua_key_names(name: str) -> str:
+    """The Lua line that names a script's KEYS (the loader puts it before the script): `K.tasks`
+    and so on, each at its place in SCRIPT_KEYS; the streams stay KEYS[1..11]."""
+    kinds = SCRIPT_KEYS[name]
+    first = 1 + len(PRIORITIES) if kinds[0] == STREAMS else 1
+    named = [k for k in kinds if k != STREAMS]
+    fields = ", ".join(f"{kind} = KEYS[{first + i}]" for i, kind in enumerate(named))
+    return f"local K = {{{fields}}}\n"
+
+
 class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
     __slots__ = (
-        "cancelled", "completed", "consumers", "dead", "leases", "paused", "queue", "ready",
-        "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
+        "_scripts", "cancelled", "completed", "consumers", "dead", "leases", "paused", "queue",
+        "ready", "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
     )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -45,6 +89,25 @@ class Keys:
         self.ready = base + "ready"
         #: one stream of task ids per priority (index = priority), with the consumer group
         self.streams: tuple[str, ...] = tuple(f"{base}p{p}" for p in PRIORITIES)
+        #: each script's KEYS, built once
+        self._scripts: dict[str, tuple[str, ...]] = {}
+
+    def script_keys(self, name: str, listed: str | None = None) -> tuple[str, ...]:
+        """The KEYS of script `name` for this queue, in SCRIPT_KEYS order (`listed`: the key a
+        list_sorted call lists)."""
+        if listed is not None:
+            return tuple(listed if kind == LISTED else getattr(self, kind)
+                         for kind in SCRIPT_KEYS[name])  # fmt: skip
+        keys = self._scripts.get(name)
+        if keys is None:
+            found: list[str] = []
+            for kind in SCRIPT_KEYS[name]:
+                if kind == STREAMS:
+                    found += self.streams
+                else:
+                    found.append(getattr(self, kind))
+            keys = self._scripts[name] = tuple(found)
+        return keys
 
     def all(self) -> tuple[str, ...]:
         """Every key of the queue."""

@@ -144,7 +144,7 @@ class Reads(ForeignKeys):
                 args: tuple[Arg, ...] = (want, LIST_BATCH, *at)
                 if state is TaskState.ACTIVE:
                     args = (self.group, *args)
-                more, prio, sid, items = await self._run(name, (k.tasks, *k.streams), args)
+                more, prio, sid, items = await self._run(name, k.script_keys(name), args)
                 tasks += self._decode_pairs(queue, items)
                 at = (int(prio), _str(sid))
             if not more or len(tasks) == limit:
@@ -169,7 +169,9 @@ class Reads(ForeignKeys):
             key = getattr(k, _RETAINED[state])
             ttl = self.dead_ttl_ms if state is TaskState.DEAD else self.completed_ttl_ms
             order, floor = "desc", str(await self._read_now() - ttl)
-        more, items = await self._run("list_sorted", (k.tasks, key), (order, want, *after, floor))
+        more, items = await self._run(
+            "list_sorted", k.script_keys("list_sorted", listed=key), (order, want, *after, floor)
+        )
         for i in range(0, len(items), 3):
             found = items[i + 1] and decode_for_listing(queue, _str(items[i]), items[i + 1])
             if found and found.state is state:

@@ -8,15 +8,13 @@ import re
 from functools import cache
 from importlib import resources
 
+from strego.backends.redis.keys import SCRIPT_KEYS, lua_key_names
 from strego.backends.redis.transport import Script
 
 _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
 
-NAMES = (
-    "enqueue", "fetch", "ack", "fail", "release", "renew", "claim_stale", "promote", "cancel",
-    "requeue_dead", "purge", "remove_idle_consumers", "list_pending", "list_active",
-    "list_sorted", "peek", "delete",
-)  # fmt: skip
+#: Every script, by name: those SCRIPT_KEYS declares (a script file must have its row there).
+NAMES = tuple(SCRIPT_KEYS)
 
 
 def _read(path: str) -> str:
@@ -41,4 +39,6 @@ def _expand(text: str, included: set[str]) -> str:
 
 @cache
 def script(name: str) -> Script:
-    return Script(name=name, source=_expand(source(name), set()))
+    """The script as loaded: its keys named (`K`, from SCRIPT_KEYS), then its text with the
+    fragments it includes."""
+    return Script(name=name, source=lua_key_names(name) + _expand(source(name), set()))

@@ -50,7 +50,6 @@ class Transitions(Reads):
     """Part of `RedisBackend`: the transitions, fetch aside (fetching.py). The attributes below
     are set by its constructor."""
 
-    _enqueue_keys: dict[str, tuple[str, ...]]
     _signal_ids: dict[str, bytes]
     _consumer_scan: dict[str, bytes | str]
 
@@ -127,14 +126,7 @@ class Transitions(Reads):
 
     def _enqueue_call(self, queue: str, now: Arg, messages: Sequence[TaskMessage]) -> ScriptCall:
         """The enqueue script's call for `messages`, all of `queue`."""
-        keys = self._enqueue_keys.get(queue)
-        if keys is None:
-            k = self.keys(queue)
-            keys = (
-                k.tasks, k.scheduled, k.retry, k.unique, k.unique_exp, k.signal, k.completed,
-                k.dead, k.cancelled, *k.streams, k.ready,
-            )  # fmt: skip
-            self._enqueue_keys[queue] = keys
+        keys = self.keys(queue).script_keys("enqueue")
         args: list[Arg] = [now, self.group, self.completed_ttl_ms, self.dead_ttl_ms]
         for m in messages:
             # the script decides against its clock whether the task is due yet
@@ -193,8 +185,7 @@ class Transitions(Reads):
             calls.append(
                 self._call(
                     "ack",
-                    (k.tasks, k.leases, k.completed, k.unique, k.unique_exp, k.consumers,
-                     *k.streams),
+                    k.script_keys("ack"),
                     (now, self.group, consumer, *(items[i][1] for i in indexes)),
                 )
             )  # fmt: skip
@@ -211,7 +202,7 @@ class Transitions(Reads):
         k = self.keys(queue)
         letter = await self._run(
             "fail",
-            (k.tasks, k.leases, k.scheduled, k.retry, k.dead, k.signal, k.consumers, *k.streams),
+            k.script_keys("fail"),
             (self._now(), self.group, consumer, task_id, error,
              "" if retry_in_ms is None else max(0, retry_in_ms)),
         )  # fmt: skip
@@ -223,7 +214,7 @@ class Transitions(Reads):
             return 0
         n: int = await self._run(
             "release",
-            (k.tasks, k.leases, k.consumers, *k.streams, k.ready),
+            k.script_keys("release"),
             (self._now(), self.group, consumer, *task_ids),
         )
         return n
@@ -236,7 +227,7 @@ class Transitions(Reads):
             return []
         lost = await self._run(
             "renew",
-            (k.tasks, k.leases, k.consumers),
+            k.script_keys("renew"),
             (self._now(), consumer, lease_ms, *task_ids),
         )
         return [_str(i) for i in lost]
@@ -276,7 +267,7 @@ class Transitions(Reads):
             try:
                 items = await self._run(
                     "claim_stale",
-                    (k.tasks, k.leases, k.dead, k.consumers, *k.streams),
+                    k.script_keys("claim_stale"),
                     (self._now(), self.group, consumer, count - len(out), lease_ms,
                      max_deliveries, error),
                 )  # fmt: skip
@@ -297,8 +288,7 @@ class Transitions(Reads):
             calls.append(
                 self._call(
                     "promote",
-                    (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
-                     k.unique_exp, k.signal, *k.streams, k.ready),
+                    k.script_keys("promote"),
                     (now, self.group, self.completed_ttl_ms, self.dead_ttl_ms, PROMOTE_BATCH),
                 )
             )  # fmt: skip
@@ -341,7 +331,7 @@ class Transitions(Reads):
         k = self.keys(queue)
         done = await self._run(
             "cancel",
-            (k.tasks, k.scheduled, k.retry, k.cancelled, k.unique, k.unique_exp, *k.streams),
+            k.script_keys("cancel"),
             (self._now(), self.group, task_id),
         )
         return done == 1 or await self._refused(task_id, queue)
@@ -351,8 +341,7 @@ class Transitions(Reads):
         k = self.keys(queue)
         done = await self._run(
             "delete",
-            (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
-             k.unique_exp, *k.streams),
+            k.script_keys("delete"),
             (self._now(), self.group, self.completed_ttl_ms, self.dead_ttl_ms, task_id),
         )  # fmt: skip
         if done == -1:
@@ -364,7 +353,7 @@ class Transitions(Reads):
         k = self.keys(queue)
         n, seen = await self._run(
             "requeue_dead",
-            (k.tasks, k.dead, *k.streams, k.ready),
+            k.script_keys("requeue_dead"),
             (self._now(), self.group, self.dead_ttl_ms, BATCH, *task_ids),
         )
         return int(n), int(seen)
@@ -387,8 +376,7 @@ class Transitions(Reads):
         k = self.keys(queue)
         deleted, cursor_after, left = await self._run(
             "purge",
-            (k.tasks, k.scheduled, k.retry, k.dead, k.completed, k.cancelled, k.unique,
-             k.unique_exp, *k.streams),
+            k.script_keys("purge"),
             (self._now(), self.completed_ttl_ms, self.dead_ttl_ms, PURGE_BATCH, cursor, letters),
         )  # fmt: skip
         return int(deleted), _str(cursor_after), int(left)
@@ -440,7 +428,7 @@ class Transitions(Reads):
         k = self.keys(queue)
         scan, names = await self._run(
             "remove_idle_consumers",
-            (k.tasks, k.leases, k.consumers, *k.streams),
+            k.script_keys("remove_idle_consumers"),
             (
                 self._now(),
                 self.group,
