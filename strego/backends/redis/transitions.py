@@ -34,7 +34,7 @@ from strego.task import TaskInfo, TaskState
 #: Messages of one queue sent in one enqueue script call.
 ENQUEUE_CHUNK = 100
 #: How many dead tasks requeue_all_dead moves per call.
-BATCH = 1000
+REQUEUE_BATCH = 250
 #: How many due tasks of each of scheduled and retry one promote call moves, and how many ended
 #: tasks of each retained set and expired unique keys it removes (1,000 moves took 10-27 ms, 250
 #: took 4-12 ms, on a loaded 2-core machine).
@@ -354,7 +354,7 @@ class Transitions(Reads):
         n, seen = await self._run(
             "requeue_dead",
             k.script_keys("requeue_dead"),
-            (self._now(), self.group, self.dead_ttl_ms, BATCH, *task_ids),
+            (self._now(), self.group, self.dead_ttl_ms, REQUEUE_BATCH, *task_ids),
         )
         return int(n), int(seen)
 
@@ -369,7 +369,7 @@ class Transitions(Reads):
         while True:
             n, seen = await self._requeue(queue, [])
             total += n
-            if seen < BATCH:
+            if seen < REQUEUE_BATCH:
                 return total
 
     async def _purge_call(self, queue: str, cursor: str, letters: str) -> tuple[int, str, int]:
