@@ -3,8 +3,8 @@ replaced, and reading the start/finish records they leave."""
 
 from __future__ import annotations
 
+import glob
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -62,18 +62,21 @@ async def wait_for_progress(
         await anyio.sleep(0.05)
 
 
-def faketime(shift: str | None) -> list[str]:
-    """The command prefix that runs a process with its host clock shifted by `shift` (Debian's
-    faketime; the monotonic clock stays real, so sleeps and timeouts are unaffected)."""
+def faketime(shift: str | None) -> dict[str, str]:
+    """The environment that runs a process with its host clock shifted by `shift` (Debian's
+    libfaketime, e.g. "+120s"; the monotonic clock stays real, so sleeps and timeouts are
+    unaffected). Preloaded into the process itself, not through the `faketime` command, which
+    forks: killing it would orphan the process under test."""
     if shift is None:
-        return []
-    binary = shutil.which("faketime")
-    if binary is None:
-        reason = "faketime is not on PATH (apt-get install faketime)"
+        return {}
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    found += sorted(glob.glob("/usr/lib/faketime/libfaketimeMT.so.1"))
+    if not found:
+        reason = "libfaketime is not installed (apt-get install faketime)"
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-    return [binary, "-f", shift]
+    return {"LD_PRELOAD": found[0], "FAKETIME": shift, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 def make_backend(url: str, prefix: str, anyio_backend: object) -> RedisBackend:
@@ -121,13 +124,13 @@ class Workers:
             STREGO_FAULT_PREFIX=self.prefix,
             STREGO_FAULT_LOOP=loop,
             STREGO_FAULT_LOG=str(self.log_dir),
-            FAKETIME_DONT_FAKE_MONOTONIC="1",  # read by faketime only
             **self.env,
+            **faketime(clock_shift),
         )
         stderr = open(self.log_dir / f"stderr-{self.started}.txt", "wb")  # noqa: SIM115
         with stderr:
             proc = subprocess.Popen(
-                [*faketime(clock_shift), sys.executable, "-m", "tests.faults.worker", *args],
+                [sys.executable, "-m", "tests.faults.worker", *args],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
