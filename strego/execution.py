@@ -168,7 +168,7 @@ class TaskExecution:
         else:
             seconds = math.nan
             if isinstance(delay, numbers.Real) and not isinstance(delay, bool):
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(BaseException):  # its __float__ is user code too
                     seconds = float(delay)
             if seconds <= MAX_SECONDS:  # a negative delay is no delay; NaN fails this test
                 return max(0.0, seconds)

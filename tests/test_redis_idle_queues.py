@@ -322,6 +322,32 @@ async def test_foreign_ready_key_fails_writes_before_anything_is_written(
     assert await client.hgetall(k.ready) == {b"x": b"someone else's"}
 
 
+async def test_a_ready_key_that_is_no_counter_fails_writes_before_anything_is_written(
+    backend: RedisBackend, client: Any, clock: FakeClock
+) -> None:
+    """A string `ready` that INCR would refuse is refused before the first write, by every
+    script that INCRs it: else the task is stored and the call reports it refused."""
+    k = Keys(backend.prefix, "bad")
+    await backend.enqueue(message("due", queue="bad", process_at_ms=clock() + 1_000))
+    await backend.enqueue(message("run", queue="bad"))
+    await backend.fetch(["bad"], 1, "c1", lease_ms=LEASE_MS)
+    await backend.enqueue(message("dies", queue="bad"))
+    [dies] = await backend.fetch(["bad"], 1, "c1", lease_ms=LEASE_MS)
+    await backend.fail("bad", dies.id, "c1", "x", retry_in_ms=None)
+    before = await client.hgetall(k.tasks)
+    await client.set(k.ready, "not a number")
+    clock.advance(1_000)
+    with pytest.raises(ForeignKeyError, match="WRONGTYPE"):
+        await backend.enqueue(message("a", queue="bad"))
+    with pytest.raises(ForeignKeyError, match="WRONGTYPE"):
+        await backend.release("bad", ["run"], "c1")
+    with pytest.raises(ForeignKeyError, match="WRONGTYPE"):
+        await backend.requeue_dead("bad", "dies")
+    with pytest.raises(ForeignKeyError, match="WRONGTYPE"):
+        await backend.promote(["bad"])
+    assert await client.hgetall(k.tasks) == before, "nothing was written"
+
+
 async def test_foreign_ready_key_of_a_queue_found_idle_is_isolated(
     backend: RedisBackend, client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -289,3 +289,41 @@ async def test_purge_looks_at_a_batch_per_call(
     assert counts == {s: 1 if s == TaskState.ACTIVE else 0 for s in TaskState}
     assert await backend.fetch(["q"], 10, "c9", lease_ms=LEASE_MS) == []
     assert await backend.queues() == ["q"]
+
+
+async def test_purge_deletes_a_pending_record_that_does_not_parse(backend: RedisBackend) -> None:
+    """A pending task whose record is garbage goes with its stream entry: left behind it would be
+    in no set and no stream, seen by nothing, and never purged."""
+    await backend.enqueue_many([message("good"), message("garbage")])
+    k = backend.keys("q")
+    await backend.transport.execute(Command(("HSET", k.tasks, "garbage", "not a record")))
+    assert await backend.purge("q", [TaskState.PENDING]) == 2
+    assert await backend.transport.execute(Command(("HLEN", k.tasks))) == 0
+    assert await backend.queues() == []
+
+
+# -- requeue_all_dead ------------------------------------------------------------------------------
+
+
+async def test_requeue_all_dead_walks_only_the_tasks_dead_when_it_began(
+    backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks requeued by one call and dead again before the next (a fast-failing worker) are not
+    requeued twice: the walk ends at the tasks dead when it began."""
+    monkeypatch.setattr(redis_transitions, "REQUEUE_BATCH", 2)
+    clock = backend.clock
+    assert isinstance(clock, FakeClock)
+    for i in range(5):
+        await make_dead(backend, f"d{i}")
+    original = backend._requeue
+
+    async def requeue_then_fail(queue: str, ids: Sequence[str], until: Any = "") -> Any:
+        out = await original(queue, ids, until)
+        clock.advance(1)
+        for task in await backend.fetch([queue], 10, "w", lease_ms=LEASE_MS):
+            await backend.fail(queue, task.id, "w", "dies again", retry_in_ms=None)
+        return out
+
+    backend._requeue = requeue_then_fail  # type: ignore[method-assign]
+    assert await backend.requeue_all_dead("q") == 5
+    assert (await backend.queue_info("q")).counts[TaskState.DEAD] == 5

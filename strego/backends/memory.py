@@ -128,10 +128,6 @@ class _Queue:
     #: consumer name -> when it last fetched, acked, renewed or claimed (clock ms)
     consumers: dict[str, int] = attrs.Factory(dict)
 
-    def pending_in_order(self) -> Iterable[_Record]:
-        for priority in sorted(self.pending, reverse=True):
-            yield from self.pending[priority].values()
-
 
 class MemoryBackend:
     """An in-process backend. `clock` returns epoch ms (wall time by default); completed and

@@ -13,9 +13,10 @@
 -- All or nothing: every key the call will write is checked before the first write, so a key of
 -- another type (written by something else) fails the whole call with WRONGTYPE, nothing written.
 --#include lib/record.lua
+--#include lib/ready.lua
 local now, group = clock(ARGV[1]), ARGV[2]
--- read before any write: a foreign (non-string) ready key fails here, leaving nothing behind
-redis.call('GET', K.ready)
+local refused = ready_refused(K.ready)  -- before any write
+if refused then return refused end
 -- First pass, reads only: each task's options and old record (a foreign tasks key fails here),
 -- and the type each key written below must have.
 local tasks, want = {}, {}

@@ -9,9 +9,11 @@
 --          due than `limit`; relative, so the caller needs no clock of its own),
 --          newest signal entry id ('0-0' = none)}
 --#include lib/record.lua
+--#include lib/ready.lua
 local now, group, limit = clock(ARGV[1]), ARGV[2], tonumber(ARGV[5])
 local more, pushed = false, false
-redis.call('GET', K.ready)  -- a foreign ready key fails here, before any write
+local refused = ready_refused(K.ready)  -- before any write
+if refused then return refused end
 for _, set in ipairs({K.scheduled, K.retry}) do
   local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
   if #due == limit then more = true end

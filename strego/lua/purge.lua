@@ -9,13 +9,16 @@
 -- KEYS: streams, tasks, scheduled, retry, dead, completed, cancelled, unique, unique_exp
 -- ARGV: 1 now ('' = Redis TIME), 2 completed_ttl_ms, 3 dead_ttl_ms, 4 limit, 5 cursor ('' = start), 6 state
 --       letters to purge (a subset of 'sprdcx'; '' only counts the tasks left)
--- Returns {deleted, cursor ('' = done), tasks left in the queue (retention ended: not counted;
---          only when done, else -1)}.
+-- Returns {deleted, the cursor to call again from, tasks left in the queue (retention ended: not
+--          counted) once done, else -1}: the caller calls again until `left` is not -1.
+-- A record that does not parse, met through its zset or stream entry, is deleted with it (it
+-- could never run); an entry whose record is gone (a stray) is only removed.
 --#include lib/record.lua
 local now, limit, cursor, states = clock(ARGV[1]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local n, budget = 0, limit
 -- deletes are gathered and sent as one multi-member command per key (far fewer redis.call)
 local gone = {}
+-- h: the task's parsed record, false when its record does not parse
 local function drop(id, h)
   if h then release_unique(K.unique, K.unique_exp, h.unique, id) end
   gone[#gone + 1] = id
@@ -37,9 +40,10 @@ if cursor == '' then
     if string.find(states, letter, 1, true) then
       local ids = redis.call('ZRANGE', set, 0, budget - 1)
       for _, id in ipairs(ids) do
-        local h = parse(redis.call('HGET', K.tasks, id))
-        -- a record in another state is not this entry's task (a stray entry): it stays
-        if not h or h.state == letter then drop(id, h) end
+        local rec = redis.call('HGET', K.tasks, id)
+        local h = parse(rec)
+        -- a record in another state is not this entry's task (the entry was a stray): it stays
+        if rec and (not h or h.state == letter) then drop(id, h or false) end
       end
       call_chunked('ZREM', set, ids)
       budget = budget - #ids
@@ -56,11 +60,16 @@ if string.find(states, 'p', 1, true) then
     local sids = {}
     for _, entry in ipairs(entries) do
       local sid, id = entry[1], entry[2][2]
-      local h = parse(redis.call('HGET', K.tasks, id))
+      local rec = redis.call('HGET', K.tasks, id)
+      local h = parse(rec)
       if not h or h.sid ~= sid or h.state ~= 'a' then
         -- a pending task's entry (or a stray one): active entries stay in the group
         sids[#sids + 1] = sid
-        if h and h.state == 'p' and h.sid == sid then drop(id, h) end
+        if rec and not h then
+          drop(id, false)
+        elseif h and h.state == 'p' and h.sid == sid then
+          drop(id, h)
+        end
       end
     end
     call_chunked('XDEL', stream, sids)

@@ -4,8 +4,10 @@
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4.. task ids
 -- Returns how many were released.
 --#include lib/record.lua
+--#include lib/ready.lua
 local group, consumer = ARGV[2], ARGV[3]
-redis.call('GET', K.ready)  -- a foreign ready key fails here, before any write
+local refused = ready_refused(K.ready)  -- before any write
+if refused then return refused end
 redis.call('HSET', K.consumers, consumer, clock(ARGV[1]))
 local n = 0
 for i = 4, #ARGV do

@@ -3,7 +3,7 @@
 -- HSCAN batch of the consumers hash (about `count` names) from `cursor`, and tells a holder by
 -- its own entries in the groups' pending lists (XPENDING ... 1 consumer: one seek per stream),
 -- never by reading every lease.
--- KEYS: streams, tasks, leases, consumers
+-- KEYS: streams, consumers
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 idle_ms, 4 HSCAN cursor ('0' = from the start), 5 count
 -- Returns {next HSCAN cursor ('0' = the scan went round), {names removed}}.
 --#include lib/clock.lua

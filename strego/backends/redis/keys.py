@@ -44,7 +44,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "requeue_dead": (STREAMS, "tasks", "dead", "ready"),
     "purge": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
               "unique", "unique_exp"),
-    "remove_idle_consumers": (STREAMS, "tasks", "leases", "consumers"),
+    "remove_idle_consumers": (STREAMS, "consumers"),
     "list_pending": (STREAMS, "tasks"),
     "list_active": (STREAMS, "tasks"),
     "list_sorted": ("tasks", LISTED),

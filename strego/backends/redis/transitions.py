@@ -66,6 +66,8 @@ class Transitions(Reads):
         first, reply, last = await self.transport.pipeline(
             [register, self._enqueue_call(queue, now, [message]), register]
         )
+        if isinstance(reply, ForeignKeyError):
+            raise await self._foreign(queue, reply) from None
         if isinstance(reply, BaseException):
             raise reply
         self._check_registered([queue], first, last)
@@ -348,26 +350,30 @@ class Transitions(Reads):
             raise TaskNotFoundError(task_id)
         return bool(done == 1)
 
-    async def _requeue(self, queue: str, task_ids: Sequence[str]) -> tuple[int, int]:
-        """requeue_dead's script: (how many it requeued, how many dead entries it looked at)."""
+    async def _requeue(
+        self, queue: str, task_ids: Sequence[str], until: Arg = ""
+    ) -> tuple[int, int, Arg]:
+        """requeue_dead's script: (how many it requeued, how many dead entries it looked at, the
+        death time it looked up to)."""
         k = self.keys(queue)
-        n, seen = await self._run(
+        n, seen, until = await self._run(
             "requeue_dead",
             k.script_keys("requeue_dead"),
-            (self._now(), self.group, self.dead_ttl_ms, REQUEUE_BATCH, *task_ids),
+            (self._now(), self.group, self.dead_ttl_ms, REQUEUE_BATCH, until, *task_ids),
         )
-        return int(n), int(seen)
+        return int(n), int(seen), until
 
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
-        n, _ = await self._requeue(queue, [task_id])
+        n, _, _ = await self._requeue(queue, [task_id])
         return n == 1 or await self._refused(task_id, queue)
 
     async def requeue_all_dead(self, queue: str) -> int:
         # each call removes every entry it looked at from the dead set (requeued, or gone with
-        # its retention), so the walk goes on past a batch of expired ones
-        total = 0
+        # its retention), so the walk goes on past a batch of expired ones; it looks only at
+        # tasks dead when it began, so a task that dies again meanwhile is not requeued twice
+        total, until = 0, ""
         while True:
-            n, seen = await self._requeue(queue, [])
+            n, seen, until = await self._requeue(queue, [], until)
             total += n
             if seen < REQUEUE_BATCH:
                 return total
