@@ -371,7 +371,8 @@ class Transitions(Reads):
         # each call removes every entry it looked at from the dead set (requeued, or gone with
         # its retention), so the walk goes on past a batch of expired ones; it looks only at
         # tasks dead when it began, so a task that dies again meanwhile is not requeued twice
-        total, until = 0, ""
+        total = 0
+        until: Arg = ""  # the first call's now, from the second call on
         while True:
             n, seen, until = await self._requeue(queue, [], until)
             total += n
