@@ -520,13 +520,22 @@ class MemoryBackend:
 
     async def requeue_all_dead(self, queue: str) -> int:
         await anyio.lowlevel.checkpoint()
-        now = self._now()
-        q = self._queue(queue, now)
-        dead = list(q.by_state[TaskState.DEAD].values())
-        for rec in dead:  # oldest death first, so pending keeps that order
-            rec.retried = 0
-            self._place(q, rec, TaskState.PENDING, now)
-        return len(dead)
+        # the tasks dead now, oldest death first (so pending keeps that order), moved
+        # PURGE_BATCH at a time with a checkpoint between (as purge: a big DLQ does not hold
+        # the loop); one that left dead meanwhile (requeued, deleted) is passed over
+        dead = list(self._queue(queue, self._now()).by_state[TaskState.DEAD].values())
+        moved = 0
+        for start in range(0, len(dead), PURGE_BATCH):
+            if start:
+                await anyio.lowlevel.checkpoint()
+            now = self._now()
+            q = self._queue(queue, now)
+            for rec in dead[start : start + PURGE_BATCH]:
+                if q.tasks.get(rec.id) is rec and rec.state is TaskState.DEAD:
+                    rec.retried = 0
+                    self._place(q, rec, TaskState.PENDING, now)
+                    moved += 1
+        return moved
 
     @staticmethod
     def _purge_batch(q: _Queue, states: Iterable[TaskState]) -> list[_Record]:
