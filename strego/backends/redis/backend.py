@@ -34,9 +34,9 @@ from strego.errors import (
     ForeignKeyError,
     InvalidCursorError,
     InvalidTaskError,
-    SchemaVersionError,
     StregoError,
     TaskNotFoundError,
+    UnreadableRecordError,
 )
 from strego.message import TaskMessage, check_unique_ttl
 from strego.task import MAX_PRIORITY, TaskInfo, TaskState, validate_queue_name
@@ -474,7 +474,7 @@ class RedisBackend:
             task_id = _str(flat[i])
             try:
                 out.append(decode(queue, task_id, flat[i + 1]))
-            except SchemaVersionError as exc:
+            except UnreadableRecordError as exc:
                 await self.fail(queue, task_id, consumer, unreadable_reason(exc), retry_in_ms=None)
         return out
 
@@ -1065,7 +1065,7 @@ class RedisBackend:
     def _retained(self, record: bytes, now: int) -> bool:
         try:
             state, ended = ended_ms(record)
-        except SchemaVersionError:  # the listing decides what to show of it
+        except UnreadableRecordError:  # the listing decides what to show of it
             return True
         if ended is None or state not in _RETAINED:
             return True
