@@ -18,6 +18,7 @@ from strego.backends.cursor import decode_cursor, encode_cursor
 from strego.backends.redis import codes
 from strego.backends.redis.eviction import NotReachable, warn_if_evicting
 from strego.backends.redis.keys import Keys, queues_key
+from strego.backends.redis.migrate import check_schema
 from strego.backends.redis.record import (
     DEFAULT_MAX_RETRY,
     LETTER,
@@ -292,7 +293,8 @@ class RedisBackend:
 
     async def _check_eviction(self) -> None:
         """Warn when Redis may evict our keys, once, before the backend's first script call or
-        fetch: one flag test per call after that. The check never fails the call."""
+        fetch: one flag test per call after that. The check never fails the call. Then refuse
+        data of a newer record version (migrate.check_schema): that fails every call."""
         self._eviction_checked = True  # concurrent first calls do not check again
         try:
             await warn_if_evicting(self.transport)
@@ -302,6 +304,11 @@ class RedisBackend:
             log.debug("checking the maxmemory-policy failed: %s", exc)
         except BaseException:
             self._eviction_checked = False  # cancelled: check on a later call
+            raise
+        try:
+            await check_schema(self.transport, self.prefix)
+        except BaseException:
+            self._eviction_checked = False  # refused, unreachable or cancelled: check again
             raise
 
     # -- foreign keys ---------------------------------------------------------------------------

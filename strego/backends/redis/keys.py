@@ -17,6 +17,11 @@ def queues_key(prefix: str) -> str:
     return f"{prefix}:{SCHEMA_VERSION}:queues"
 
 
+def schema_key(prefix: str) -> str:
+    """The global hash holding the data's record version (field ``record``; see migrate.py)."""
+    return f"{prefix}:{SCHEMA_VERSION}:schema"
+
+
 class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
