@@ -104,8 +104,8 @@ class ForeignKeyError(BackendError):
 
 
 class SchemaVersionError(BackendError):
-    """The stored data is of a newer schema version than this code knows (upgrade strego), or
-    of an older one `strego migrate` must upgrade first."""
+    """The stored data is of a newer record version than this strego knows: upgrade strego
+    (docs/redis.md, "Schema version"). `found` and `known` are the two versions."""
 
     def __init__(self, message: str, *, found: int | None = None, known: int | None = None):
         super().__init__(message)
