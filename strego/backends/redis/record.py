@@ -212,7 +212,9 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     # on the fetch hot path (every task a server runs): one split per header, slices by offset,
     # nothing decoded twice, no helper calls for the fields, TaskInfo built positionally
     state, fields, end = _header(record)
-    retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, ul = fields[:11]
+    retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, ul = (
+        fields if len(fields) == 11 else fields[:11]
+    )
     pos = end + 1
     consumer_end = pos + int(cl) if cl else pos
     error_end = consumer_end + int(el) if el else consumer_end
@@ -222,7 +224,7 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         _, opt_end = _opt_values(record, fields[11:], unique_end, OPTIONAL)
     env_end = record.index(b";", opt_end)
     env_fields = record[opt_end:env_end].split(b",")
-    created, timeout, tl, encl, ll = env_fields[:5]
+    created, timeout, tl, encl, ll = env_fields if len(env_fields) == 5 else env_fields[:5]
     type_end = env_end + 1 + int(tl)
     if encl:
         encoding_end = type_end + int(encl)
