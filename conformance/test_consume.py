@@ -23,7 +23,8 @@ async def test_ack_completes(backend: Backend, clock: FakeClock) -> None:
     info = await backend.get_task("a", "q")
     assert info is not None
     assert info.state == TaskState.COMPLETED
-    assert info.completed_ms == clock() and info.next_run_ms == clock()
+    assert info.completed_ms == clock() and info.ended_ms == clock()
+    assert info.next_run_ms is None and info.ended_at is not None
     assert info.consumer is None
     counts = (await backend.queue_info("q")).counts
     assert (counts[TaskState.ACTIVE], counts[TaskState.COMPLETED]) == (0, 1)
@@ -140,7 +141,7 @@ async def test_fail_without_retries_left_goes_dead(backend: Backend, clock: Fake
     info = await backend.get_task("a", "q")
     assert info is not None
     assert (info.state, info.retried, info.last_error) == (TaskState.DEAD, 1, "two")
-    assert info.next_run_ms == clock()
+    assert (info.ended_ms, info.next_run_ms) == (clock(), None)
 
 
 async def test_fail_max_retry_zero_goes_dead(backend: Backend, clock: FakeClock) -> None:
@@ -155,7 +156,7 @@ async def test_fail_skip_retry_goes_dead_at_once(backend: Backend, clock: FakeCl
     info = await backend.get_task("a", "q")
     assert info is not None
     assert (info.state, info.retried, info.last_error) == (TaskState.DEAD, 0, "skip")
-    assert info.next_run_ms == clock()
+    assert (info.ended_ms, info.next_run_ms) == (clock(), None)
     counts = (await backend.queue_info("q")).counts
     assert (counts[TaskState.ACTIVE], counts[TaskState.DEAD]) == (0, 1)
 
@@ -265,7 +266,7 @@ async def test_claim_poison_goes_dead(backend: Backend, clock: FakeClock) -> Non
     assert (
         info.last_error == "exceeded max deliveries (2): its consumer died 2 times while running it"
     )
-    assert info.deliveries == 2 and info.next_run_ms == clock()
+    assert info.deliveries == 2 and (info.ended_ms, info.next_run_ms) == (clock(), None)
 
 
 async def test_claim_across_queues(backend: Backend, clock: FakeClock) -> None:

@@ -44,7 +44,7 @@ async def test_cancel(backend: Backend, clock: FakeClock, state: TaskState) -> N
     assert await backend.cancel("a", "q") is True
     info = await backend.get_task("a", "q")
     assert info is not None
-    assert (info.state, info.next_run_ms) == (TaskState.CANCELLED, clock())
+    assert (info.state, info.ended_ms, info.next_run_ms) == (TaskState.CANCELLED, clock(), None)
     assert (await backend.queue_info("q")).counts[state] == 0
     # never run, promoted, retried or dead-lettered
     clock.advance(120_000)

@@ -436,8 +436,10 @@ class BackendMachine(RuleBasedStateMachine):
             ), task.id
             if task.state == TaskState.ACTIVE:
                 assert info.consumer == task.consumer, task.id
-            if task.due is not None:
-                assert info.next_run_ms == task.due, task.id
+            # the due time of a waiting task only; the end time of an ended one only
+            assert info.next_run_ms == task.due, task.id
+            ended = task.state in (TaskState.DEAD, TaskState.COMPLETED, TaskState.CANCELLED)
+            assert (info.ended_ms is not None) == ended, task.id
 
 
 def _event_loop(anyio_backend: Any) -> tuple[str, dict[str, Any]]:

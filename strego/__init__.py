@@ -13,11 +13,13 @@ from strego.errors import (
     InvalidTaskError,
     NaiveDatetimeError,
     PayloadTooLargeError,
+    SchemaVersionError,
     SerializationError,
     SkipRetry,
     StregoError,
     TaskIdConflictError,
     TaskNotFoundError,
+    UnreadableRecordError,
 )
 from strego.handlers import current_task
 from strego.retry import ExponentialBackoff
@@ -40,6 +42,7 @@ __all__ = [
     "InvalidTaskError",
     "NaiveDatetimeError",
     "PayloadTooLargeError",
+    "SchemaVersionError",
     "SerializationError",
     "Server",
     "ServerStats",
@@ -51,5 +54,6 @@ __all__ = [
     "TaskNotFoundError",
     "TaskPage",
     "TaskState",
+    "UnreadableRecordError",
     "current_task",
 ]

@@ -1,4 +1,4 @@
-"""The `strego` command: `strego demo` and `strego worker module:server`."""
+"""The `strego` command: `strego demo`, `strego worker module:server` and `strego migrate`."""
 
 from __future__ import annotations
 
@@ -159,6 +159,53 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(text: str) -> int:
+    from strego.backends.redis.migrate import MAX_BATCH
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_BATCH}, not {text!r}")
+    return value
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from strego.backends.redis.anyio_transport import AnyioTransport
+    from strego.backends.redis.migrate import Migration, migrate
+
+    try:
+        transport = AnyioTransport.from_url(args.redis)
+    except ValueError as exc:
+        print(f"strego migrate: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> Migration:
+        m = Migration(transport, args.prefix, dry_run=args.dry_run, batch=args.batch)
+        try:
+            await migrate(m)
+        finally:
+            await transport.aclose()
+        return m
+
+    try:
+        m = anyio.run(main)
+    except BaseException as exc:
+        cause = _backend_error(exc)
+        if cause is None:
+            raise
+        print(f"strego migrate: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
+    if m.unreadable:
+        print(
+            f"strego migrate: {len(m.unreadable)} of {m.checked} records do not decode (listed "
+            "above): servers bury each in dead when they meet it, as before",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="strego", description="strego task queue")
     root.add_argument("--version", action="version", version=f"strego {__version__}")
@@ -186,6 +233,22 @@ def parser() -> argparse.ArgumentParser:
         help="logging level (default INFO)",
     )
     worker.set_defaults(run=_worker)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="upgrade the data of a Redis installation to this strego's record version",
+        description="Upgrade the data under a prefix to this strego's record version, in "
+        "bounded batches, while servers run (docs/redis.md, Schema version). Exit code 0 when "
+        "done (or nothing to do), 1 when Redis fails or the data is newer than this strego, "
+        "2 for a usage error.",
+    )
+    migrate.add_argument("--redis", metavar="URL", required=True, help="the Redis to upgrade")
+    migrate.add_argument("--prefix", default="strego", help="the key prefix (default strego)")
+    migrate.add_argument("--dry-run", action="store_true", help="check and report, write nothing")
+    migrate.add_argument(
+        "--batch", type=_batch, default=1000, help="records per HSCAN batch (1-1000, default 1000)"
+    )
+    migrate.set_defaults(run=_migrate)
     return root
 
 

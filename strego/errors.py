@@ -104,7 +104,17 @@ class ForeignKeyError(BackendError):
 
 
 class SchemaVersionError(BackendError):
-    """The stored data was written by an incompatible schema version."""
+    """The stored data is of a newer record version than this strego knows: upgrade strego
+    (docs/redis.md, "Schema version"). `found` and `known` are the two versions."""
+
+    def __init__(self, message: str, *, found: int | None = None, known: int | None = None):
+        super().__init__(message)
+        self.found = found
+        self.known = known
+
+
+class UnreadableRecordError(BackendError):
+    """A stored task record does not decode (damaged, or written by something else)."""
 
 
 class NaiveDatetimeError(InvalidTaskError):

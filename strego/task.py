@@ -245,8 +245,10 @@ class TaskInfo:
     created_ms: int = 0
     started_ms: int | None = None
     completed_ms: int | None = None
-    #: when a scheduled or retry task is due; when a dead/completed/cancelled task ended
+    #: when a scheduled or retry task is due (None in any other state)
     next_run_ms: int | None = None
+    #: when a dead, completed or cancelled task ended (None in any other state)
+    ended_ms: int | None = None
     last_error: str | None = None
     #: the consumer that holds an active task
     consumer: str | None = None
@@ -266,6 +268,10 @@ class TaskInfo:
     @property
     def next_run_at(self) -> datetime | None:
         return _from_ms(self.next_run_ms)
+
+    @property
+    def ended_at(self) -> datetime | None:
+        return _from_ms(self.ended_ms)
 
     @property
     def timeout(self) -> float | None:

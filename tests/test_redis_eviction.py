@@ -129,6 +129,8 @@ class ScriptedTransport:
         self.commands: list[tuple[Any, ...]] = []
 
     async def execute(self, command: Command) -> Any:
+        if command.args[0] == "HGET":  # the schema version check (migrate.py): none stored
+            return None
         self.commands.append(tuple(command.args))
         reply = self.replies.pop(0)
         if isinstance(reply, BaseException):

@@ -93,6 +93,14 @@ def test_includes_are_resolved(name: str) -> None:
     assert script(name) is script(name), "each Script is built once"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_scripts_fit_one_read_of_redis(name: str) -> None:
+    # Redis reads 16 KB of a connection at once: a bigger SCRIPT LOAD sent with the EVALSHA that
+    # needs it can be split by another client's SCRIPT FLUSH (tests/faults), so included
+    # fragments lose their comment lines and every script stays under that size
+    assert len(script(name).source.encode()) < 16 * 1024
+
+
 @pytest.mark.parametrize("name", [*NAMES, "lib/record"])
 def test_no_key_is_built_inside_a_script(name: str) -> None:
     text = resources.files("strego.lua").joinpath(f"{name}.lua").read_text()

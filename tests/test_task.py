@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
+import attrs
 import pytest
 
 from strego.errors import InvalidQueueNameError, InvalidTaskError, NaiveDatetimeError
@@ -244,5 +245,7 @@ def test_task_info_views() -> None:
     )
     assert info.created_at == datetime(2026, 1, 1, tzinfo=UTC)
     assert info.started_at == datetime(2026, 1, 1, 0, 0, 1, 500_000, tzinfo=UTC)
-    assert info.completed_at is None and info.next_run_at is None
+    assert info.completed_at is None and info.next_run_at is None and info.ended_at is None
     assert info.timeout == 2.5
+    ended = attrs.evolve(info, state=TaskState.DEAD, ended_ms=1_767_225_602_000)
+    assert ended.ended_at == datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC)

@@ -69,6 +69,8 @@ class _Record:
     deliveries: int = 0
     started_ms: int | None = None
     completed_ms: int | None = None
+    #: due time while scheduled or retry, end time once dead, completed or cancelled (the key
+    #: of both listings); shown as TaskInfo.next_run_ms or TaskInfo.ended_ms
     next_run_ms: int | None = None
     last_error: str | None = None
     consumer: str | None = None
@@ -90,13 +92,15 @@ class _Record:
         return self.message.id
 
     def info(self) -> TaskInfo:
+        ended = self.state in _ENDED
         return self.message.info(
             self.state,
             retried=self.retried,
             deliveries=self.deliveries,
             started_ms=self.started_ms,
             completed_ms=self.completed_ms,
-            next_run_ms=self.next_run_ms,
+            next_run_ms=None if ended else self.next_run_ms,
+            ended_ms=self.next_run_ms if ended else None,
             last_error=self.last_error,
             consumer=self.consumer,
         )

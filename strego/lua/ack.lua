@@ -5,26 +5,6 @@
 -- Returns one 1 (completed by this call) or 0 (not active: nothing changed) per id.
 --#include lib/record.lua
 
--- An active record's completed record (ended now, sid and consumer cleared, the rest kept), and
--- the sid, priority and unique key the ack needs; nil when `rec` is not an active record. The
--- hot path of every task: one match and one concatenation, not parse() and build() (3x dearer).
-local ACTIVE = '^a(%d*),(%d*),(%d*),%d*,(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*);()'
-local function completed(rec, now)
-  if not rec then return nil end
-  local r, d, st, due, mr, pr, sid, cl, el, ul, pos = string.match(rec, ACTIVE)
-  if not r then return nil end
-  local after_consumer = pos + (tonumber(cl) or 0)
-  local unique, ulen = '', tonumber(ul) or 0
-  if ulen > 0 then
-    local from = after_consumer + (tonumber(el) or 0)
-    unique = string.sub(rec, from, from + ulen - 1)
-  end
-  -- one `..` chain is one concatenation, with no table to build
-  local new = 'c' .. r .. ',' .. d .. ',' .. st .. ',' .. now .. ',' .. due .. ',' .. mr .. ','
-    .. pr .. ',,,' .. el .. ',' .. ul .. ';' .. string.sub(rec, after_consumer)
-  return new, sid, tonumber(pr) or 0, unique
-end
-
 local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('HSET', K.consumers, ARGV[3], now)
 -- writes are gathered and sent as one multi-member command per key (far fewer redis.call)

@@ -14,20 +14,8 @@
 
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 
--- A fresh pending record (the short header) of stream entry `sid`, started by `consumer`: its
--- active record, written straight from the entry; nil for any other record (parse() and build()
--- then handle it). The hot path of every fresh task: a third of parse() and build()'s cost. What
--- comes before and after the sid is the same for every task of the call: built once, and joined
--- with one `..` chain (one concatenation, no table).
-local STARTED_HEAD = 'a,1,' .. now .. ',,,,,'
-local STARTED_TAIL = ',' .. num(#consumer, 0) .. ',,;' .. consumer
-local function started_fresh(rec, sid)
-  local ms, seq, at = string.match(rec, SHORT)
-  if not ms or short_sid(ms, seq) ~= sid then
-    return nil
-  end
-  return STARTED_HEAD .. sid .. STARTED_TAIL .. string.sub(rec, at)
-end
+-- fresh tasks are started by started_fresh (lib/record.lua), with these parts built once a call
+local STARTED_HEAD, STARTED_TAIL = started_parts(now, consumer)
 
 local need = tonumber(ARGV[4])
 local STRAYS, dropped = 1000, 0
@@ -56,7 +44,7 @@ for prio = 10, 0, -1 do
     for _, entry in ipairs(entries) do
       local sid, id = entry[1], entry[2][2]
       local rec = redis.call('HGET', K.tasks, id)
-      local started = rec and started_fresh(rec, sid)
+      local started = rec and started_fresh(rec, sid, STARTED_HEAD, STARTED_TAIL)
       local h = not started and parse(rec)
       if h and h.state == 'p' and h.sid == sid then
         h.state, h.deliveries, h.started, h.consumer = 'a', h.deliveries + 1, now, consumer

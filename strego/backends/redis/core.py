@@ -14,6 +14,7 @@ from typing import Any
 from strego.backends.base import Clock
 from strego.backends.redis.eviction import NotReachable, warn_if_evicting
 from strego.backends.redis.keys import Keys
+from strego.backends.redis.migrate import check_schema
 from strego.backends.redis.scripts import script
 from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
 from strego.task import validate_queue_name
@@ -101,7 +102,8 @@ class RedisCore:
 
     async def _check_eviction(self) -> None:
         """Warn when Redis may evict our keys, once, before the backend's first script call or
-        fetch: one flag test per call after that. The check never fails the call."""
+        fetch: one flag test per call after that. The check never fails the call. Then refuse
+        data of a newer record version (migrate.check_schema): that fails every call."""
         self._eviction_checked = True  # concurrent first calls do not check again
         try:
             await warn_if_evicting(self.transport)
@@ -111,4 +113,9 @@ class RedisCore:
             log.debug("checking the maxmemory-policy failed: %s", exc)
         except BaseException:
             self._eviction_checked = False  # cancelled: check on a later call
+            raise
+        try:
+            await check_schema(self.transport, self.prefix)
+        except BaseException:
+            self._eviction_checked = False  # refused, unreachable or cancelled: check again
             raise

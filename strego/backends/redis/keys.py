@@ -17,6 +17,11 @@ def queues_key(prefix: str) -> str:
     return f"{prefix}:{SCHEMA_VERSION}:queues"
 
 
+def schema_key(prefix: str) -> str:
+    """The global hash holding the data's record version (field ``record``; see migrate.py)."""
+    return f"{prefix}:{SCHEMA_VERSION}:schema"
+
+
 #: The 11 priority streams p0..p10: KEYS[1..11] of every script that takes them, so a script
 #: finds priority p's stream at KEYS[1 + p].
 STREAMS = "streams"

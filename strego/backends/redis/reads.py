@@ -16,7 +16,7 @@ from strego.backends.redis.core import _pairs, _str
 from strego.backends.redis.foreign import ForeignKeys
 from strego.backends.redis.record import decode_for_listing, ended_ms
 from strego.backends.redis.transport import Arg, Command, ScriptCall
-from strego.errors import ForeignKeyError, InvalidCursorError, SchemaVersionError
+from strego.errors import ForeignKeyError, InvalidCursorError, UnreadableRecordError
 from strego.task import MAX_PRIORITY, TaskInfo, TaskState
 
 #: How many entries one list_pending, list_active or list_sorted call looks at at most: a page
@@ -183,7 +183,7 @@ class Reads(ForeignKeys):
     def _retained(self, record: bytes, now: int) -> bool:
         try:
             state, ended = ended_ms(record)
-        except SchemaVersionError:  # the listing decides what to show of it
+        except UnreadableRecordError:  # the listing decides what to show of it
             return True
         if ended is None or state not in _RETAINED:
             return True

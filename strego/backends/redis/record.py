@@ -1,13 +1,15 @@
-"""The task record codec: the one place Python reads and writes what the `tasks` hash holds.
+"""The task record codec: the one place Python reads and writes what the `tasks` hash holds
+(the Lua side's one definition is strego/lua/lib/record.lua).
 
-A record is a header that the Lua scripts own (strego/lua/lib/record.lua parses and rebuilds it
-with string functions) followed by the envelope that only Python reads::
+A record is a header that the Lua scripts own (lib/record.lua parses and rebuilds it with string
+functions) followed by the envelope that Python writes at enqueue and only Python reads::
 
     <state><retried>,<deliveries>,<started>,<ended>,<due>,<max_retry>,<priority>,<sid>,
-    <consumer_len>,<error_len>,<unique_len>;<consumer><error><unique_key><envelope>
+    <consumer_len>,<error_len>,<unique_len>[,<tag><len>]...;
+    <consumer><error><unique_key>[<optional values>]<envelope>
 
-    envelope = <created>,<timeout>,<type_len>,<encoding_len>,<labels_len>;
-               <type><encoding><labels JSON, empty when none><payload>
+    envelope = <created>,<timeout>,<type_len>,<encoding_len>,<labels_len>[,<tag><len>]...;
+               <type><encoding><labels JSON, empty when none>[<optional values>]<payload>
 
 Numbers are decimal ASCII; lengths are in bytes. An empty field is its default, so a fresh task's
 record is short: retried, deliveries, priority and the lengths 0, max_retry 3, started, ended,
@@ -15,18 +17,26 @@ due and timeout none, encoding "json", created the time that starts the task id 
 id chosen by the caller, or another time, is written out). The payload is the tail, stored and
 returned byte for byte: nothing ever parses it.
 
+Optional fields. After the fixed fields of the header and of the envelope come zero or more
+entries ``,<tag><len>`` (one ASCII letter, a byte length, empty = 0) whose values follow, in
+entry order, the unique key (header) or the labels (envelope). A record with none, as every record
+of format v1 is, reads the same in both formats. `OPTIONAL` and `ENVELOPE_OPTIONAL` name the tags
+this code knows; values of other tags (written by newer code) are skipped when reading, and the
+Lua scripts keep them byte for byte.
+
 Short header. The Lua side writes a pending task whose header fields are all at their defaults
-but sid (a fresh task) as ``P<sid ms>-<sid seq>;<envelope>``: a capital P, then the two numbers
-of its stream entry id (``<ms>-<seq>``) each in base 36, e.g. ``Pmwt87eed-23;``, so a small
-task's record fits a 32-byte Redis allocation. Python reads it as a pending task with every
-header field at its default (it never needs the sid) and never writes it."""
+but sid, and which has no optional field (a fresh task), as ``P<sid ms>-<sid seq>;<envelope>``:
+a capital P, then the two numbers of its stream entry id (``<ms>-<seq>``) each in base 36, e.g.
+``Pmwt87eed-23;``, so a small task's record fits a 32-byte Redis allocation. Python reads it as a
+pending task with every header field at its default (it never needs the sid)."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 
-from strego.errors import SchemaVersionError
+from strego.errors import UnreadableRecordError
 from strego.ids import ID_LENGTH, id_time_ms, time_prefix
 from strego.message import TaskMessage
 from strego.task import TaskInfo, TaskState
@@ -47,15 +57,54 @@ _SHORT = b"P"[0]
 _SHORT_HEADER = re.compile(rb"P[0-9A-Za-z]+-[0-9A-Za-z]+;")  # as lib/record.lua's SHORT
 _DEFAULTS = (b"",) * 11
 _ENDED = (TaskState.DEAD, TaskState.COMPLETED, TaskState.CANCELLED)
+_WAITING = (TaskState.SCHEDULED, TaskState.RETRY)
 
 
 #: Header defaults, written as empty fields (the Lua side, lib/record.lua, uses the same).
 DEFAULT_MAX_RETRY = 3
 DEFAULT_ENCODING = "json"
 
+#: The optional header fields this code knows: tag -> name (as lib/record.lua's OPTIONAL).
+#: Adding a field is one line here and one there (docs/architecture.md, "How to add a field").
+OPTIONAL: dict[bytes, str] = {}
+#: The optional envelope fields: tag -> name. Python alone writes and reads the envelope.
+ENVELOPE_OPTIONAL: dict[bytes, str] = {}
+_TAG = re.compile(rb"[A-Za-z][0-9]*")
 
-def encode_envelope(message: TaskMessage) -> bytes:
-    """The immutable part of a task, as the enqueue script stores it after the header."""
+
+def _opt_entries(entries: Sequence[bytes]) -> list[tuple[bytes, int]]:
+    """The (tag, length) of each `<tag><len>` entry of an optional part (ValueError if one is
+    malformed or a tag repeats)."""
+    out = []
+    for entry in entries:
+        if not _TAG.fullmatch(entry):
+            raise ValueError(f"malformed optional field {entry!r}")
+        out.append((entry[:1], int(entry[1:]) if len(entry) > 1 else 0))
+    if len({tag for tag, _ in out}) != len(out):
+        raise ValueError("an optional field repeats")
+    return out
+
+
+def _opt_values(
+    record: bytes, entries: Sequence[bytes], pos: int, table: Mapping[bytes, str]
+) -> tuple[dict[str, bytes], int]:
+    """The known optional values of `entries` (by name), starting at `pos`, and where they end."""
+    known = {}
+    for tag, length in _opt_entries(entries):
+        end = pos + length
+        if end > len(record):
+            raise ValueError("an optional field runs past the record")
+        if tag in table:
+            known[table[tag]] = record[pos:end]
+        pos = end
+    return known, pos
+
+
+def encode_envelope(message: TaskMessage, optional: Mapping[str, bytes] | None = None) -> bytes:
+    """The immutable part of a task, as the enqueue script stores it after the header, with
+    the `optional` fields given (by name, from ENVELOPE_OPTIONAL)."""
+    if optional:
+        return _with_optional(encode_envelope(message), optional)
     kind = message.type.encode()
     id_ = message.id
     created: int | str = message.created_ms
@@ -75,6 +124,23 @@ def encode_envelope(message: TaskMessage) -> bytes:
     return b"".join((head.encode(), kind, encoding, message.payload))
 
 
+def _with_optional(envelope: bytes, optional: Mapping[str, bytes]) -> bytes:
+    """`envelope` (with no optional field) with `optional` added, in ENVELOPE_OPTIONAL's order."""
+    tags = {name: tag for tag, name in ENVELOPE_OPTIONAL.items()}
+    unknown = set(optional) - set(tags)
+    if unknown:
+        raise ValueError(f"unknown envelope fields: {sorted(unknown)}")
+    head_end = envelope.index(b";")
+    lengths = envelope[:head_end].split(b",")[2:5]  # type, encoding, labels
+    fixed_end = head_end + 1 + sum(int(n) for n in lengths if n)
+    present = [(tags[n], optional[n]) for n in ENVELOPE_OPTIONAL.values() if n in optional]
+    entries = b"".join(b"," + tag + (str(len(v)).encode() if v else b"") for tag, v in present)
+    values = b"".join(v for _, v in present)
+    return b"".join(
+        (envelope[:head_end], entries, envelope[head_end:fixed_end], values, envelope[fixed_end:])
+    )
+
+
 def _int(field: bytes) -> int | None:
     return int(field) if field else None
 
@@ -84,18 +150,18 @@ def _n(field: bytes, default: int = 0) -> int:
 
 
 def decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
-    """A TaskInfo from a stored record (SchemaVersionError when it is not one)."""
+    """A TaskInfo from a stored record (UnreadableRecordError when it is not one)."""
     try:
         return _decode(queue, task_id, record)
     except (ValueError, KeyError, IndexError) as exc:
-        raise SchemaVersionError(
+        raise UnreadableRecordError(
             f"task {task_id} in queue {queue}: {unreadable_reason(exc)}"
         ) from exc
 
 
 def unreadable_reason(exc: BaseException) -> str:
     """The last_error recorded for a task whose record does not decode."""
-    cause = exc.__cause__ if isinstance(exc, SchemaVersionError) and exc.__cause__ else exc
+    cause = exc.__cause__ if isinstance(exc, UnreadableRecordError) and exc.__cause__ else exc
     return f"unreadable task record: {type(cause).__name__}: {cause}"
 
 
@@ -113,11 +179,12 @@ def decode_for_listing(queue: str, task_id: str, record: bytes) -> TaskInfo | No
         reason = unreadable_reason(exc)
     try:
         state, fields, end = _header(record)
-        retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, _ul = fields
+        retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, _ul = fields[:11]
+        _opt_entries(fields[11:])
         cl_, el_ = _n(cl), _n(el)
         consumer = record[end + 1 : end + 1 + cl_].decode(errors="replace") or None
         error = record[end + 1 + cl_ : end + 1 + cl_ + el_].decode(errors="replace")
-        ended_ms = _int(ended)
+        end_ms = _int(ended) if state in _ENDED else None
         return TaskInfo(
             id=task_id,
             type=UNREADABLE_TYPE,
@@ -130,8 +197,9 @@ def decode_for_listing(queue: str, task_id: str, record: bytes) -> TaskInfo | No
             retried=_n(retried),
             deliveries=_n(deliveries),
             started_ms=_int(started),
-            completed_ms=ended_ms if state is TaskState.COMPLETED else None,
-            next_run_ms=ended_ms if state in _ENDED else _int(due),
+            completed_ms=end_ms if state is TaskState.COMPLETED else None,
+            next_run_ms=_int(due) if state in _WAITING else None,
+            ended_ms=end_ms,
             # a task buried for being unreadable already says so
             last_error=error if error.startswith("unreadable task record") else reason,
             consumer=consumer,
@@ -144,13 +212,19 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     # on the fetch hot path (every task a server runs): one split per header, slices by offset,
     # nothing decoded twice, no helper calls for the fields, TaskInfo built positionally
     state, fields, end = _header(record)
-    retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, ul = fields
+    retried, deliveries, started, ended, due, max_retry, prio, _sid, cl, el, ul = (
+        fields if len(fields) == 11 else fields[:11]
+    )
     pos = end + 1
     consumer_end = pos + int(cl) if cl else pos
     error_end = consumer_end + int(el) if el else consumer_end
     unique_end = error_end + int(ul) if ul else error_end
-    env_end = record.index(b";", unique_end)
-    created, timeout, tl, encl, ll = record[unique_end:env_end].split(b",")
+    opt_end = unique_end
+    if len(fields) > 11:  # optional header fields: none known to TaskInfo yet
+        _, opt_end = _opt_values(record, fields[11:], unique_end, OPTIONAL)
+    env_end = record.index(b";", opt_end)
+    env_fields = record[opt_end:env_end].split(b",")
+    created, timeout, tl, encl, ll = env_fields if len(env_fields) == 5 else env_fields[:5]
     type_end = env_end + 1 + int(tl)
     if encl:
         encoding_end = type_end + int(encl)
@@ -158,16 +232,19 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     else:
         encoding_end, encoding = type_end, DEFAULT_ENCODING
     labels_end = encoding_end + int(ll) if ll else encoding_end
+    payload_at = labels_end
+    if len(env_fields) > 5:  # optional envelope fields: none known to TaskInfo yet
+        _, payload_at = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
     created_ms = int(created) if created else id_time_ms(task_id)
     if created_ms is None:
         raise ValueError("no created time, and the task id does not start with one")
-    ended_ms = int(ended) if ended else None
+    ended_ms = int(ended) if ended and state in _ENDED else None
     return TaskInfo(
         task_id,
         record[env_end + 1 : type_end].decode(),
         queue,
         state,
-        record[labels_end:],
+        record[payload_at:],
         encoding,
         int(max_retry) if max_retry else DEFAULT_MAX_RETRY,
         int(prio) if prio else 0,
@@ -179,7 +256,8 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         created_ms,
         int(started) if started else None,
         ended_ms if state is TaskState.COMPLETED else None,
-        ended_ms if state in _ENDED else (int(due) if due else None),
+        int(due) if due and state in _WAITING else None,
+        ended_ms,
         record[consumer_end:error_end].decode(errors="replace")
         if error_end > consumer_end
         else None,
@@ -187,14 +265,34 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     )
 
 
+def optional_fields(record: bytes) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The known optional fields of a record's header and of its envelope, by name (for the
+    fields no TaskInfo attribute shows yet; UnreadableRecordError when it does not decode)."""
+    try:
+        _state, fields, end = _header(record)
+        cl, el, ul = (_n(f) for f in fields[8:11])
+        header, opt_end = _opt_values(record, fields[11:], end + 1 + cl + el + ul, OPTIONAL)
+        env_end = record.index(b";", opt_end)
+        env_fields = record[opt_end:env_end].split(b",")
+        labels_end = env_end + 1 + sum(_n(f) for f in env_fields[2:5])
+        envelope, _ = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise UnreadableRecordError(f"unreadable task record: {exc}") from exc
+    return header, envelope
+
+
 def _header(record: bytes) -> tuple[TaskState, list[bytes] | tuple[bytes, ...], int]:
-    """The state, the 11 header fields and where the header ends (at its ';')."""
+    """The state, the header fields (11 fixed, then the optional entries) and where the header
+    ends (at its ';')."""
     end = record.index(b";")
     if record[0] == _SHORT:
         if not _SHORT_HEADER.match(record):
             raise ValueError("malformed short header")
         return TaskState.PENDING, _DEFAULTS, end
-    return STATE_OF[record[0]], record[1:end].split(b","), end
+    fields = record[1:end].split(b",")
+    if len(fields) < 11:
+        raise ValueError("a header has 11 fixed fields")
+    return STATE_OF[record[0]], fields, end
 
 
 def ended_ms(record: bytes) -> tuple[TaskState, int | None]:
@@ -203,4 +301,4 @@ def ended_ms(record: bytes) -> tuple[TaskState, int | None]:
         state, fields, _ = _header(record)
         return state, _int(fields[3])
     except (ValueError, KeyError, IndexError) as exc:
-        raise SchemaVersionError("unreadable task record") from exc
+        raise UnreadableRecordError("unreadable task record") from exc

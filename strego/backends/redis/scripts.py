@@ -12,6 +12,8 @@ from strego.backends.redis.keys import SCRIPT_KEYS, lua_key_names
 from strego.backends.redis.transport import Script
 
 _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
+#: a whole-line comment of a fragment (not an include), dropped where the fragment is included
+_COMMENT_LINE = re.compile(r"^[ \t]*--(?!#include ).*\n", re.MULTILINE)
 
 #: Every script, by name: those SCRIPT_KEYS declares (a script file must have its row there).
 NAMES = tuple(SCRIPT_KEYS)
@@ -32,7 +34,10 @@ def _expand(text: str, included: set[str]) -> str:
         if path in included:
             return ""
         included.add(path)
-        return _expand(_read(path), included)
+        # fragments are included in every script: without their comments, each script stays
+        # under 16 KB, what Redis reads from a connection at once, so that a SCRIPT LOAD and the
+        # EVALSHA sent after it in one write are not split by another client's SCRIPT FLUSH
+        return _expand(_COMMENT_LINE.sub("", _read(path)), included)
 
     return _INCLUDE.sub(include, text)
 

@@ -24,9 +24,9 @@ from strego.errors import (
     BackendError,
     ForeignKeyError,
     InvalidTaskError,
-    SchemaVersionError,
     StregoError,
     TaskNotFoundError,
+    UnreadableRecordError,
 )
 from strego.message import TaskMessage, check_unique_ttl
 from strego.task import TaskInfo, TaskState
@@ -167,7 +167,7 @@ class Transitions(Reads):
             task_id = _str(flat[i])
             try:
                 out.append(decode(queue, task_id, flat[i + 1]))
-            except SchemaVersionError as exc:
+            except UnreadableRecordError as exc:
                 await self.fail(queue, task_id, consumer, unreadable_reason(exc), retry_in_ms=None)
         return out
 

@@ -1,19 +1,37 @@
--- lib/record.lua: helpers shared by every script (included when scripts are loaded).
--- Key-independent: they only touch keys handed to them, which the caller took from KEYS.
+-- lib/record.lua: the task record, the one Lua definition of it (parse, build, and the two
+-- hot-path shortcuts `started_fresh` and `completed`), and helpers shared by every script
+-- (included when scripts are loaded). Key-independent: they only touch keys handed to them,
+-- which the caller took from KEYS. Python reads the same format in strego/backends/redis/record.py.
 --
 -- Record (the value of a task in the queue's `tasks` hash):
 --   <state><retried>,<deliveries>,<started>,<ended>,<due>,<max_retry>,<priority>,<sid>,
---   <consumer_len>,<error_len>,<unique_len>;<consumer><error><unique_key><envelope>
+--   <consumer_len>,<error_len>,<unique_len>[,<tag><len>]...;
+--   <consumer><error><unique_key>[<optional values>]<envelope>
 -- state is one letter (s p a r d c x); an empty field is its default (retried, deliveries,
 -- priority and lengths 0, max_retry 3, times none), so a fresh task's header is short; sid is the
--- stream entry id of a pending or active task. A pending task whose header is all defaults but
--- its sid (a fresh one) is written short, `P<sid ms>-<sid seq>;<envelope>` with both numbers in
--- base 36, so that the record of a small task fits a 32-byte allocation in Redis. The envelope
--- (type, payload, options) belongs to Python and is never parsed here: payloads stay opaque bytes.
+-- stream entry id of a pending or active task. After the 11 fixed fields come zero or more
+-- optional fields, each `,<tag><len>` (one letter, a byte length, empty = 0) with its value after
+-- the unique key, in header order: a record without any (all of format v1) is the same bytes in
+-- both formats. OPTIONAL below names the tags this code knows; a tag it does not know (written
+-- by newer code) is kept byte for byte, in place, by every transition.
+-- A pending task whose header is all defaults but its sid (a fresh one) is written short,
+-- `P<sid ms>-<sid seq>;<envelope>` with both numbers in base 36, so that the record of a small
+-- task fits a 32-byte allocation in Redis. The envelope (type, payload, options) belongs to
+-- Python and is never parsed here: payloads stay opaque bytes.
 
 --#include lib/clock.lua
 
-local HEADER = '^(%a)(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*);()'
+local HEADER =
+  '^(%a)(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*)([,%a%d]*);()'
+
+-- The optional fields this code knows, in the order build() appends new ones: {tag, name}.
+-- parse() gives their values as h.opt[name]; build() writes those set. Adding a field is one
+-- line here and one in record.py's OPTIONAL (docs/architecture.md, "How to add a field").
+local OPTIONAL = {
+}
+local NAME_OF = {}
+for _, f in ipairs(OPTIONAL) do NAME_OF[f[1]] = f[2] end
+local NONE = {}
 
 -- Return codes (mapped to typed errors by strego/backends/redis/codes.py).
 local E_DUPLICATE = 'DUPLICATE'
@@ -47,6 +65,24 @@ local function short_sid(ms, seq)
   return string.format('%d-%d', tonumber(ms, 36), tonumber(seq, 36))
 end
 
+-- The optional fields of a header (`part`: its `,<tag><len>` entries) whose values start at
+-- `pos`: their tags in order, {name = value} of the known ones, {tag = value} of the others,
+-- and where the envelope starts; nil when the part is malformed or a tag repeats.
+local function parse_opts(rec, part, pos)
+  if (string.gsub(part, ',%a%d*', '')) ~= '' then return nil end
+  local tags, opt, raw = {}, {}, {}
+  for tag, len in string.gmatch(part, ',(%a)(%d*)') do
+    if raw[tag] or (NAME_OF[tag] and opt[NAME_OF[tag]]) then return nil end
+    local n = tonumber(len) or 0
+    local value = string.sub(rec, pos, pos + n - 1)
+    if #value < n then return nil end
+    tags[#tags + 1] = tag
+    if NAME_OF[tag] then opt[NAME_OF[tag]] = value else raw[tag] = value end
+    pos = pos + n
+  end
+  return tags, opt, raw, pos
+end
+
 local function parse(rec)
   if not rec then return nil end
   local ms, seq, at = string.match(rec, SHORT)
@@ -55,20 +91,28 @@ local function parse(rec)
       state = 'p', retried = 0, deliveries = 0, started = '', ended = '', due = '',
       max_retry = 3, priority = 0,
       sid = short_sid(ms, seq),
-      consumer = '', error = '', unique = '', env = string.sub(rec, at),
+      consumer = '', error = '', unique = '', tags = NONE, opt = {}, raw = NONE,
+      env = string.sub(rec, at),
     }
   end
-  local s, r, d, st, en, due, mr, pr, sid, cl, el, ul, pos = string.match(rec, HEADER)
+  local s, r, d, st, en, due, mr, pr, sid, cl, el, ul, part, pos = string.match(rec, HEADER)
   if not s then return nil end
   cl, el, ul = tonumber(cl) or 0, tonumber(el) or 0, tonumber(ul) or 0
-  return {
+  local h = {
     state = s, retried = tonumber(r) or 0, deliveries = tonumber(d) or 0, started = st,
     ended = en, due = due, max_retry = tonumber(mr) or 3, priority = tonumber(pr) or 0, sid = sid,
     consumer = string.sub(rec, pos, pos + cl - 1),
     error = string.sub(rec, pos + cl, pos + cl + el - 1),
     unique = string.sub(rec, pos + cl + el, pos + cl + el + ul - 1),
-    env = string.sub(rec, pos + cl + el + ul),
+    tags = NONE, opt = {}, raw = NONE,
   }
+  local env_at = pos + cl + el + ul
+  if part ~= '' then
+    h.tags, h.opt, h.raw, env_at = parse_opts(rec, part, env_at)
+    if not h.tags then return nil end
+  end
+  h.env = string.sub(rec, env_at)
+  return h
 end
 
 -- a number as written in a header: empty when it is the field's default
@@ -77,19 +121,89 @@ local function num(n, default)
   return string.format('%d', n)
 end
 
+-- The optional part of h's header and its values: the fields read (h.tags) in their order,
+-- known ones from h.opt (nil = removed) and unknown ones as read, then known ones newly set.
+local function build_opts(h)
+  local head, values, written = {}, {}, {}
+  local opt = h.opt or NONE
+  for _, tag in ipairs(h.tags or NONE) do
+    local name = NAME_OF[tag]
+    local value
+    if name then value = opt[name] else value = h.raw[tag] end
+    written[tag] = true
+    if value then
+      head[#head + 1] = ',' .. tag .. num(#value, 0)
+      values[#values + 1] = value
+    end
+  end
+  for _, f in ipairs(OPTIONAL) do
+    local value = opt[f[2]]
+    if value and not written[f[1]] then
+      head[#head + 1] = ',' .. f[1] .. num(#value, 0)
+      values[#values + 1] = value
+    end
+  end
+  return table.concat(head), table.concat(values)
+end
+
 local function build(h)
+  local opt_head, opt_values = '', ''
+  if (h.tags and h.tags[1]) or (h.opt and next(h.opt)) then opt_head, opt_values = build_opts(h) end
   if h.state == 'p' and h.retried == 0 and h.deliveries == 0 and h.started == ''
       and h.ended == '' and h.due == '' and h.max_retry == 3 and h.priority == 0
-      and h.consumer == '' and h.error == '' and h.unique == '' then
+      and h.consumer == '' and h.error == '' and h.unique == '' and opt_head == '' then
     local short = short_record(h.sid, h.env)
     if short then return short end
   end
   return table.concat({
     h.state, num(h.retried, 0), ',', num(h.deliveries, 0), ',', h.started, ',', h.ended, ',',
     h.due, ',', num(h.max_retry, 3), ',', num(h.priority, 0), ',', h.sid, ',',
-    num(#h.consumer, 0), ',', num(#h.error, 0), ',', num(#h.unique, 0), ';',
-    h.consumer, h.error, h.unique, h.env,
+    num(#h.consumer, 0), ',', num(#h.error, 0), ',', num(#h.unique, 0), opt_head, ';',
+    h.consumer, h.error, h.unique, opt_values, h.env,
   })
+end
+
+-- The hot paths of every task: one match and one concatenation each, not parse() and build()
+-- (3x dearer). They give the same record parse() and build() would.
+
+-- What every record `started_fresh` makes in one fetch call starts and ends with (built once a
+-- call): pass them to it.
+local function started_parts(now, consumer)
+  return 'a,1,' .. now .. ',,,,,', ',' .. num(#consumer, 0) .. ',,;' .. consumer
+end
+
+-- A fresh pending record (the short header) of stream entry `sid`: its active record, started
+-- at the time and by the consumer `started_parts` was given; nil for any other record.
+local function started_fresh(rec, sid, head, tail)
+  local ms, seq, at = string.match(rec, SHORT)
+  if not ms or short_sid(ms, seq) ~= sid then
+    return nil
+  end
+  -- one `..` chain is one concatenation, with no table to build
+  return head .. sid .. tail .. string.sub(rec, at)
+end
+
+-- An active record's completed record (ended now, sid and consumer cleared, the rest kept,
+-- optional fields byte for byte), and the sid, priority and unique key the ack needs; nil when
+-- `rec` is not an active record.
+local ACTIVE =
+  '^a(%d*),(%d*),(%d*),%d*,(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*)([,%a%d]*);()'
+local function completed(rec, now)
+  if not rec then return nil end
+  local r, d, st, due, mr, pr, sid, cl, el, ul, part, pos = string.match(rec, ACTIVE)
+  if not r or (part ~= '' and not parse_opts(rec, part, pos + (tonumber(cl) or 0)
+      + (tonumber(el) or 0) + (tonumber(ul) or 0))) then
+    return nil
+  end
+  local after_consumer = pos + (tonumber(cl) or 0)
+  local unique, ulen = '', tonumber(ul) or 0
+  if ulen > 0 then
+    local from = after_consumer + (tonumber(el) or 0)
+    unique = string.sub(rec, from, from + ulen - 1)
+  end
+  local new = 'c' .. r .. ',' .. d .. ',' .. st .. ',' .. now .. ',' .. due .. ',' .. mr .. ','
+    .. pr .. ',,,' .. el .. ',' .. ul .. part .. ';' .. string.sub(rec, after_consumer)
+  return new, sid, tonumber(pr) or 0, unique
 end
 
 -- A record whose header does not parse can never run or be moved: it goes to dead (priority 0,
