@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+import strego
 from strego.backends.base import Backend
 from strego.clock import wall_clock_ms
 from strego.task import TaskInfo, TaskState
@@ -59,3 +60,15 @@ async def wait_for_state(
 
     await eventually(reached, f"task {task_id} to be {'/'.join(states)}")
     return found[0]
+
+
+def no_delay(retried: int, exc: BaseException, info: TaskInfo) -> float:
+    """A retry delay for tests: retries come at once."""
+    return 0.01
+
+
+def make_server(backend: Backend, **options: Any) -> strego.Server:
+    """A Server whose retries come at once and whose shutdown waits 2 s at most."""
+    options.setdefault("retry_delay", no_delay)
+    options.setdefault("shutdown_timeout", 2.0)
+    return strego.Server(backend, **options)

@@ -19,7 +19,7 @@ from strego.backends.base import Backend
 from strego.message import TaskMessage
 from strego.serializers import JsonSerializer
 from strego.task import TaskState
-from tests.runtime_support import backend, eventually, wait_for_state
+from tests.runtime_support import backend, eventually, make_server, wait_for_state
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
@@ -29,16 +29,6 @@ pytestmark = [
         "make_backend", ["memory", "redis", "anyio-redis", "fakeredis"], indirect=True
     ),
 ]
-
-
-def no_delay(retried: int, exc: BaseException, info: strego.TaskInfo) -> float:
-    return 0.01
-
-
-def make_server(backend: Backend, **options: Any) -> strego.Server:
-    options.setdefault("retry_delay", no_delay)
-    options.setdefault("shutdown_timeout", 2.0)
-    return strego.Server(backend, **options)
 
 
 class StrRaises(ValueError):

@@ -183,6 +183,15 @@ local function started_fresh(rec, sid, head, tail)
   return head .. sid .. tail .. string.sub(rec, at)
 end
 
+-- The stream entry id of a pending record, nil for any other record: a listing looks at up to a
+-- thousand records a call, so a pattern match, no parse().
+local PENDING_SID = '^p%d*,%d*,%d*,%d*,%d*,%d*,%d*,([%d%-]*),'
+local function pending_sid(rec)
+  local ms, seq = string.match(rec, SHORT)
+  if ms then return short_sid(ms, seq) end
+  return string.match(rec, PENDING_SID)
+end
+
 -- An active record's completed record (ended now, sid and consumer cleared, the rest kept,
 -- optional fields byte for byte), and the sid, priority and unique key the ack needs; nil when
 -- `rec` is not an active record.
