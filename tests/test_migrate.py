@@ -182,3 +182,68 @@ async def test_a_backend_refuses_newer_data_and_reads_older_or_unmarked(
             await backend.aclose()
     finally:
         client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_concurrent_first_calls_all_wait_for_the_check(clean_redis_url: str) -> None:
+    """A starting server makes several first calls at once: none may pass the check unchecked
+    (they used to: one raised, the others wrote into the newer data)."""
+    import anyio
+
+    from conformance.helpers import message
+
+    client = redis.Redis.from_url(clean_redis_url)
+    client.hset(schema_key(PREFIX), "record", "3")
+    client.close()
+    backend = RedisBackend.from_url(clean_redis_url, prefix=PREFIX)
+    refused: list[BaseException] = []
+
+    async def enqueue(i: int) -> None:
+        try:
+            await backend.enqueue(message(f"t{i}"))
+        except SchemaVersionError as exc:
+            refused.append(exc)
+
+    async def promote() -> None:
+        try:
+            await backend.promote(["q"])
+        except SchemaVersionError as exc:
+            refused.append(exc)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(enqueue, i)
+            tg.start_soon(promote)
+    finally:
+        await backend.aclose()
+    assert len(refused) == 4
+    client = redis.Redis.from_url(clean_redis_url)
+    try:
+        assert not list(client.scan_iter(match=f"{PREFIX}:v1:{{q}}:*"))  # nothing written
+    finally:
+        client.close()
+
+
+@pytest.mark.anyio
+async def test_a_schema_key_of_another_type_is_named(clean_redis_url: str) -> None:
+    client = redis.Redis.from_url(clean_redis_url)
+    client.set(schema_key(PREFIX), "someone else's")
+    client.close()
+    backend = RedisBackend.from_url(clean_redis_url, prefix=PREFIX)
+    try:
+        with pytest.raises(SchemaVersionError, match="schema is not a hash"):
+            await backend.fetch(["q"], 1, "w", lease_ms=1000)
+    finally:
+        await backend.aclose()
+
+
+def test_migrate_refuses_a_version_no_strego_wrote(clean_redis_url: str) -> None:
+    restore(clean_redis_url)
+    client = redis.Redis.from_url(clean_redis_url)
+    client.hset(schema_key(PREFIX), "record", "0")
+    client.close()
+    done = strego("migrate", "--redis", clean_redis_url, "--prefix", PREFIX)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "record version 0" in done.stdout + done.stderr

@@ -114,7 +114,7 @@ async def test_a_noeviction_redis_is_not_warned_about(
     backend = make_backend(clean_redis_url, transport)
     try:
         await strego.Client(backend).enqueue(strego.Task("job"))
-        assert backend._eviction_checked
+        assert backend._first_call_checked
     finally:
         await backend.aclose()
     assert warnings_of(caplog) == []
@@ -164,7 +164,7 @@ async def test_an_unreachable_redis_is_checked_again_on_a_later_call(
     )
     backend = RedisBackend(scripted, prefix="evict")
     await backend._run("ack", ["k"], ["a"])  # the check could not reach Redis: not a failure
-    assert not backend._eviction_checked
+    assert not backend._first_call_checked
     assert warnings_of(caplog) == []
     await backend._run("ack", ["k"], ["a"])
     await backend._run("ack", ["k"], ["a"])
@@ -183,6 +183,6 @@ async def test_a_redis_refusing_both_commands_is_left_alone(
     backend = RedisBackend(scripted, prefix="evict")
     await backend._run("ack", ["k"], ["a"])
     await backend._run("ack", ["k"], ["a"])
-    assert backend._eviction_checked
+    assert backend._first_call_checked
     assert len(scripted.commands) == 2  # asked once
     assert warnings_of(caplog) == []

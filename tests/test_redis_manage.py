@@ -119,7 +119,7 @@ async def test_no_interleaving_of_enqueue_and_purge_hides_a_task(
         async def purge() -> None:
             nonlocal purged, purge_done
             backend = RedisBackend(purger, prefix=prefix, clock=clock)
-            backend._eviction_checked = True  # its INFO is no step of the interleaving
+            backend._first_call_checked = True  # its INFO is no step of the interleaving
             original = purger._one
 
             async def counted(call: ScriptCall | Command) -> Any:
@@ -137,7 +137,7 @@ async def test_no_interleaving_of_enqueue_and_purge_hides_a_task(
         async def enqueue() -> None:
             nonlocal enqueued, enqueue_done
             backend = RedisBackend(producer, prefix=prefix, clock=clock)
-            backend._eviction_checked = True  # its INFO is no step of the interleaving
+            backend._first_call_checked = True  # its INFO is no step of the interleaving
             original = producer._one
 
             async def counted(call: ScriptCall | Command) -> Any:
@@ -327,3 +327,32 @@ async def test_requeue_all_dead_walks_only_the_tasks_dead_when_it_began(
     backend._requeue = requeue_then_fail  # type: ignore[method-assign]
     assert await backend.requeue_all_dead("q") == 5
     assert (await backend.queue_info("q")).counts[TaskState.DEAD] == 5
+
+
+async def test_requeue_all_dead_keeps_a_dead_record_that_does_not_parse(
+    backend: RedisBackend,
+) -> None:
+    """An unparsable record met in the dead set stays dead, under a fresh header with its reason:
+    dropped from the set it would be in no set and no stream, seen and purged by nothing."""
+    await make_dead(backend, "good")
+    await make_dead(backend, "garbage")
+    k = backend.keys("q")
+    await backend.transport.execute(Command(("HSET", k.tasks, "garbage", "not a record")))
+    assert await backend.requeue_all_dead("q") == 1
+    buried = await backend.get_task("garbage", "q")
+    assert buried is not None and buried.state is TaskState.DEAD
+    assert buried.last_error is not None and "unreadable" in buried.last_error
+    assert await backend.purge("q", [TaskState.DEAD]) == 1
+    assert await backend.get_task("garbage", "q") is None
+
+
+async def test_enqueue_never_overwrites_a_record_that_does_not_parse(
+    backend: RedisBackend,
+) -> None:
+    from strego.errors import TaskIdConflictError
+
+    k = backend.keys("q")
+    await backend.transport.execute(Command(("HSET", k.tasks, "taken", "not a record")))
+    with pytest.raises(TaskIdConflictError):
+        await backend.enqueue(message("taken"))
+    assert await backend.transport.execute(Command(("HGET", k.tasks, "taken"))) == b"not a record"

@@ -72,6 +72,13 @@ def test_scripts_use_keys_by_name_and_streams_at_one_place(name: str) -> None:
         assert index == "i" or re.fullmatch(r"1( \+ .+)?", index), index
 
 
+def test_streams_come_first_in_every_row() -> None:
+    """The loader numbers a script's named keys from 12 when it takes the streams: only true
+    when they are its first KEYS."""
+    for name, kinds in SCRIPT_KEYS.items():
+        assert STREAMS not in kinds[1:], name
+
+
 def test_loaded_scripts_name_their_keys_at_their_place() -> None:
     assert script("renew").source.startswith(
         "local K = {tasks = KEYS[1], leases = KEYS[2], consumers = KEYS[3]}\n"

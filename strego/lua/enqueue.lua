@@ -29,7 +29,10 @@ for i = 5, #ARGV, 3 do
     if string.sub(t.due, 1, 1) == '+' then t.due = add_ms(now, string.sub(t.due, 2)) end
     if t.due ~= '' and tonumber(t.due) <= tonumber(now) then t.due = '' end
   end
-  t.old = parse(redis.call('HGET', K.tasks, t.id))
+  local rec = redis.call('HGET', K.tasks, t.id)
+  t.old = parse(rec)
+  -- a record under this id that does not parse is still a task: the id is taken
+  t.unreadable = rec and not t.old
   if t.old and expired(t.old, now, ARGV[3], ARGV[4]) then
     t.place = ({c = K.completed, d = K.dead, x = K.cancelled})[t.old.state]
     want[t.place] = 'zset'
@@ -57,8 +60,8 @@ local out, pushed, taken = {}, false, {}
 local OK_PENDING = {'OK', 'p'}
 for _, t in ipairs(tasks) do
   local id, ukey, reply = t.id, t.ukey, nil
-  if taken[id] then
-    reply = {E_ID_CONFLICT, ''}  -- the same id earlier in this call
+  if taken[id] or t.unreadable then
+    reply = {E_ID_CONFLICT, ''}  -- the same id earlier in this call, or a record kept as it is
   elseif t.old then
     if t.place then
       -- retention ended: the old task is gone, its id free again

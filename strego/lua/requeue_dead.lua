@@ -20,13 +20,18 @@ else
 end
 local n = 0
 for _, id in ipairs(ids) do
-  local h = parse(redis.call('HGET', K.tasks, id))
+  local rec = redis.call('HGET', K.tasks, id)
+  local h = parse(rec)
   if h and h.state == 'd' and not expired(h, now, 0, ARGV[3]) then
     redis.call('ZREM', K.dead, id)
     h.state, h.retried, h.ended = 'p', 0, ''
     h.sid = push(KEYS[1 + h.priority], group, id)
     redis.call('HSET', K.tasks, id, build(h))
     n = n + 1
+  elseif #ARGV == 5 and rec and not h then
+    -- a dead entry whose record does not parse: dead again under a fresh header with the reason
+    -- (scored now, after `until`: not walked again), never dropped
+    bury_unreadable(K.tasks, K.dead, id, rec, now)
   elseif #ARGV == 5 then
     -- the whole set is being requeued: an entry left in place would stop the walk here
     redis.call('ZREM', K.dead, id)

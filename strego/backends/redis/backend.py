@@ -25,6 +25,7 @@ from strego.backends.redis.keys import Keys, queues_key
 from strego.backends.redis.transport import ClosedTransport, Transport
 
 if TYPE_CHECKING:
+    import anyio
     import redis.asyncio
 
 
@@ -78,8 +79,10 @@ class RedisBackend(Fetching):
         # per queue, where remove_idle_consumers' scan of the consumers hash goes on from
         self._consumer_scan: dict[str, bytes | str] = {}
         self.idle_recheck_s = IDLE_RECHECK_S
-        #: the eviction policy was checked (strego.backends.redis.eviction), or is being checked
-        self._eviction_checked = False
+        #: the first call's checks (eviction policy, record version) passed; the lock makes
+        #: concurrent first calls wait for them (created in the event loop that first calls)
+        self._first_call_checked = False
+        self._first_call_lock: anyio.Lock | None = None
 
     @classmethod
     def from_url(

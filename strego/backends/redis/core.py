@@ -11,6 +11,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
+
 from strego.backends.base import Clock
 from strego.backends.redis.eviction import NotReachable, warn_if_evicting
 from strego.backends.redis.keys import Keys
@@ -55,7 +57,8 @@ class RedisCore:
     dead_ttl_ms: int
     _keys: dict[str, Keys]
     _registry: str
-    _eviction_checked: bool
+    _first_call_checked: bool
+    _first_call_lock: anyio.Lock | None
 
     def keys(self, queue: str) -> Keys:
         keys = self._keys.get(queue)
@@ -87,35 +90,34 @@ class RedisCore:
         return ScriptCall(script(name), keys, args)
 
     async def _run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        if not self._eviction_checked:
-            await self._check_eviction()
+        if not self._first_call_checked:
+            await self._first_call_checks()
         return await self.transport.run_script(self._call(name, keys, args))
 
     async def _pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
-        if not self._eviction_checked:
-            await self._check_eviction()
+        if not self._first_call_checked:
+            await self._first_call_checks()
         replies = await self.transport.pipeline(calls)
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
         return replies
 
-    async def _check_eviction(self) -> None:
-        """Warn when Redis may evict our keys, once, before the backend's first script call or
-        fetch: one flag test per call after that. The check never fails the call. Then refuse
-        data of a newer record version (migrate.check_schema): that fails every call."""
-        self._eviction_checked = True  # concurrent first calls do not check again
-        try:
-            await warn_if_evicting(self.transport)
-        except NotReachable:
-            self._eviction_checked = False  # the call itself says why; check on a later one
-        except Exception as exc:
-            log.debug("checking the maxmemory-policy failed: %s", exc)
-        except BaseException:
-            self._eviction_checked = False  # cancelled: check on a later call
-            raise
-        try:
+    async def _first_call_checks(self) -> None:
+        """Before the backend's first script call or fetch (one flag test per call after that):
+        warn when Redis may evict our keys (that never fails the call), then refuse data of a
+        newer record version (migrate.check_schema: that fails the call, and every later one).
+        Concurrent first calls wait for the one check; an unreachable Redis is checked again."""
+        if self._first_call_lock is None:
+            self._first_call_lock = anyio.Lock()
+        async with self._first_call_lock:
+            if self._first_call_checked:
+                return
+            try:
+                await warn_if_evicting(self.transport)
+            except NotReachable:
+                return  # the call itself says why; check on a later one
+            except Exception as exc:
+                log.debug("checking the maxmemory-policy failed: %s", exc)
             await check_schema(self.transport, self.prefix)
-        except BaseException:
-            self._eviction_checked = False  # refused, unreachable or cancelled: check again
-            raise
+            self._first_call_checked = True

@@ -92,8 +92,8 @@ class Fetching(Transitions):
         block_ms: int = 0,
         ordered: bool = True,
     ) -> list[TaskInfo]:
-        if not self._eviction_checked:
-            await self._check_eviction()
+        if not self._first_call_checked:
+            await self._first_call_checks()
         taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
         out = taken.tasks
         if out or block_ms <= 0 or count <= 0 or taken.more:

@@ -1,25 +1,26 @@
 """Every Redis key strego uses, built in one place.
 
 All keys of a queue share the hash tag ``{<queue>}`` (one Cluster slot, so each script touches one
-slot) and carry the schema version ``v1``: a future incompatible layout uses ``v2`` keys, so old
-data is never misread."""
+slot) and carry the key-layout version ``v1``: a future incompatible layout uses ``v2`` keys, so
+old data is never misread. (The record format has a version of its own, in the data: see
+`schema_key` and migrate.py.)"""
 
 from __future__ import annotations
 
 from strego.task import MAX_PRIORITY, MIN_PRIORITY
 
-SCHEMA_VERSION = "v1"
+LAYOUT_VERSION = "v1"
 PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
 
 
 def queues_key(prefix: str) -> str:
     """The global registry: a set of every queue name."""
-    return f"{prefix}:{SCHEMA_VERSION}:queues"
+    return f"{prefix}:{LAYOUT_VERSION}:queues"
 
 
 def schema_key(prefix: str) -> str:
     """The global hash holding the data's record version (field ``record``; see migrate.py)."""
-    return f"{prefix}:{SCHEMA_VERSION}:schema"
+    return f"{prefix}:{LAYOUT_VERSION}:schema"
 
 
 #: The 11 priority streams p0..p10: KEYS[1..11] of every script that takes them, so a script
@@ -75,7 +76,7 @@ class Keys:
     )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
-        base = f"{prefix}:{SCHEMA_VERSION}:{{{queue}}}:"
+        base = f"{prefix}:{LAYOUT_VERSION}:{{{queue}}}:"
         self.queue = queue
         self.tasks = base + "tasks"  #: hash: task id -> record
         self.scheduled = base + "scheduled"  #: zset: task id -> due ms

@@ -26,7 +26,7 @@ import attrs
 from strego.backends.redis.keys import Keys, queues_key, schema_key
 from strego.backends.redis.record import decode
 from strego.backends.redis.transport import Command, Transport
-from strego.errors import SchemaVersionError, UnreadableRecordError
+from strego.errors import ForeignKeyError, SchemaVersionError, UnreadableRecordError
 
 #: The record version this code writes and reads.
 RECORD_VERSION = 2
@@ -38,7 +38,14 @@ MAX_BATCH = 1000
 
 async def read_version(transport: Transport, prefix: str) -> int:
     """The record version of the data under `prefix` (IMPLICIT_VERSION when none is stored)."""
-    raw = await transport.execute(Command(("HGET", schema_key(prefix), "record"), idempotent=True))
+    try:
+        raw = await transport.execute(
+            Command(("HGET", schema_key(prefix), "record"), idempotent=True)
+        )
+    except ForeignKeyError:
+        raise SchemaVersionError(
+            f"{schema_key(prefix)} is not a hash: it was written by something else"
+        ) from None
     if raw is None:
         return IMPLICIT_VERSION
     try:
@@ -135,6 +142,11 @@ async def migrate(m: Migration) -> int:
     if version == RECORD_VERSION:
         m.report(f"prefix {m.prefix!r}: record version {version}, nothing to do")
         return version
+    if version < IMPLICIT_VERSION:
+        raise SchemaVersionError(
+            f"the data under prefix {m.prefix!r} says record version {version}, which no strego"
+            f" wrote (the first is {IMPLICIT_VERSION}): no step upgrades it"
+        )
     for step in STEPS:
         if step.from_version != version:
             continue
