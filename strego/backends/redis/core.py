@@ -94,10 +94,16 @@ class RedisCore:
             await self._first_call_checks()
         return await self.transport.run_script(self._call(name, keys, args))
 
-    async def _pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
+    async def _send(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
+        """One pipeline after the first call's checks, its replies as they are (an exception in
+        place of a call that failed): for callers that handle each reply themselves."""
         if not self._first_call_checked:
             await self._first_call_checks()
-        replies = await self.transport.pipeline(calls)
+        return await self.transport.pipeline(calls)
+
+    async def _pipeline(self, calls: Sequence[ScriptCall | Command]) -> list[Any]:
+        """`_send`, raising the first failed call's exception."""
+        replies = await self._send(calls)
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply

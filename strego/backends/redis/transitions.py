@@ -62,9 +62,7 @@ class Transitions(Reads):
         now = self._now()
         queue = message.queue
         register = Command(("SADD", self._registry, queue), idempotent=True)
-        if not self._first_call_checked:
-            await self._first_call_checks()
-        first, reply, last = await self.transport.pipeline(
+        first, reply, last = await self._send(
             [register, self._enqueue_call(queue, now, [message]), register]
         )
         if isinstance(reply, ForeignKeyError):
@@ -95,9 +93,7 @@ class Transitions(Reads):
                 calls.append(self._enqueue_call(queue, now, [messages[i] for i in chunk]))
                 chunks.append((queue, chunk))
         calls.append(register)
-        if not self._first_call_checked:
-            await self._first_call_checks()
-        first, *replies, last = await self.transport.pipeline(calls)
+        first, *replies, last = await self._send(calls)
         self._check_registered(list(by_queue), first, last)
         results: list[TaskInfo | StregoError | None] = [None] * len(messages)
         failed = [r for r in replies if isinstance(r, BaseException)]
@@ -297,9 +293,7 @@ class Transitions(Reads):
             )  # fmt: skip
         earliest: int | None = None
         errors: list[tuple[str, ForeignKeyError]] = []
-        if not self._first_call_checked:
-            await self._first_call_checks()
-        for queue, reply in zip(queues, await self.transport.pipeline(calls), strict=True):
+        for queue, reply in zip(queues, await self._send(calls), strict=True):
             if isinstance(reply, BaseException):
                 await self._skip_foreign(queue, reply, errors)
                 continue
