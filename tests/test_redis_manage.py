@@ -116,39 +116,39 @@ async def test_no_interleaving_of_enqueue_and_purge_hides_a_task(
     try:
         await make_dead(plain, "dead")
 
-        async def purge() -> None:
-            nonlocal purged, purge_done
-            backend = RedisBackend(purger, prefix=prefix, clock=clock)
-            backend._first_call_checked = True  # its INFO is no step of the interleaving
-            original = purger._one
+        def counted(transport: Stepped, sent: Callable[[], None]) -> RedisBackend:
+            """A backend over `transport` that calls `sent` after each call it sent."""
+            original = transport._one
 
-            async def counted(call: ScriptCall | Command) -> Any:
-                nonlocal purged
+            async def one(call: ScriptCall | Command) -> Any:
                 reply = await original(call)
-                purged += 1
+                sent()
                 move()
                 return reply
 
-            purger._one = counted  # type: ignore[method-assign]
+            transport._one = one  # type: ignore[method-assign]
+            backend = RedisBackend(transport, prefix=prefix, clock=clock)
+            backend._first_call_checked = True  # its INFO is no step of the interleaving
+            return backend
+
+        def purge_sent() -> None:
+            nonlocal purged
+            purged += 1
+
+        def enqueue_sent() -> None:
+            nonlocal enqueued
+            enqueued += 1
+
+        async def purge() -> None:
+            nonlocal purge_done
+            backend = counted(purger, purge_sent)
             assert await backend.purge("q", [TaskState.DEAD]) == 1
             purge_done = True
             move()
 
         async def enqueue() -> None:
-            nonlocal enqueued, enqueue_done
-            backend = RedisBackend(producer, prefix=prefix, clock=clock)
-            backend._first_call_checked = True  # its INFO is no step of the interleaving
-            original = producer._one
-
-            async def counted(call: ScriptCall | Command) -> Any:
-                nonlocal enqueued
-                reply = await original(call)
-                enqueued += 1
-                move()
-                return reply
-
-            producer._one = counted  # type: ignore[method-assign]
-            await backend.enqueue(message("new"))
+            nonlocal enqueue_done
+            await counted(producer, enqueue_sent).enqueue(message("new"))
             enqueue_done = True
             move()
 
