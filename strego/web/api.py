@@ -1,0 +1,200 @@
+"""The JSON API under /api/v1 (its document: `strego.web.openapi`). Every route uses the backend
+contract only, through `strego.operate` (the CLI's operations too); refusals are typed errors that
+`strego.web.responses` turns into 400/404/409/503."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from strego import operate
+from strego.backends.base import MAX_PAGE, Backend, QueueInfo
+from strego.errors import InvalidTaskError
+from strego.report import LIST_PAYLOAD_LIMIT, consumer_view, queue_view, task_view
+from strego.task import TaskState
+from strego.web.openapi import document
+from strego.web.responses import JsonResponse
+from strego.web.shared import Shared
+
+#: Tasks per page when `limit` is not given.
+DEFAULT_LIMIT = 50
+
+
+def _limit(request: Request) -> int:
+    text = request.query_params.get("limit")
+    if text is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidTaskError(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return limit
+
+
+def _state(request: Request) -> TaskState:
+    text = request.query_params.get("state", TaskState.PENDING.value)
+    try:
+        return TaskState(text)
+    except ValueError:
+        raise InvalidTaskError(f"no state {text!r}") from None
+
+
+class Api:
+    """The routes, bound to one backend and the reads shared by every caller."""
+
+    def __init__(self, backend: Backend, *, snapshot_interval_s: float = 1.0) -> None:
+        self.backend = backend
+        #: every queue's summary, read once per interval whatever the number of pollers
+        self.overview: Shared[list[dict[str, Any]]] = Shared(self._overview, snapshot_interval_s)
+        self.workers: Shared[list[dict[str, Any]]] = Shared(self._workers, snapshot_interval_s)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/openapi.json", self.openapi),
+            Route("/queues", self.list_queues),
+            Route("/queues/{queue}", self.get_queue),
+            Route("/queues/{queue}/tasks", self.list_tasks),
+            Route("/queues/{queue}/pause", self.pause, methods=["POST"]),
+            Route("/queues/{queue}/resume", self.resume, methods=["POST"]),
+            Route("/queues/{queue}/requeue-dead", self.requeue_dead, methods=["POST"]),
+            Route("/queues/{queue}/purge", self.purge, methods=["POST"]),
+            Route("/tasks/{id}", self.get_task, methods=["GET"]),
+            Route("/tasks/{id}", self.delete_task, methods=["DELETE"]),
+            Route("/tasks/{id}/payload", self.payload),
+            Route("/tasks/{id}/requeue", self.requeue_task, methods=["POST"]),
+            Route("/tasks/{id}/cancel", self.cancel_task, methods=["POST"]),
+            Route("/workers", self.list_workers),
+        ]
+
+    def changed(self) -> None:
+        """After a mutation: the next read shows it."""
+        self.overview.invalidate()
+        self.workers.invalidate()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def _queue_summary(self, info: QueueInfo) -> dict[str, Any]:
+        return queue_view(info)
+
+    async def _overview(self) -> list[dict[str, Any]]:
+        infos = await operate.overview(self.backend)
+        return await operate.each(infos, self._queue_summary)
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        found = await operate.consumers(self.backend)
+        return [consumer_view(c) for c in found]
+
+    async def openapi(self, request: Request) -> Response:
+        # within the API's mount, root_path is the app's mount point and /api/v1
+        return JsonResponse(document(request.scope.get("root_path", "")))
+
+    async def list_queues(self, request: Request) -> Response:
+        return JsonResponse({"queues": await self.overview.get()})
+
+    async def get_queue(self, request: Request) -> Response:
+        queue = await operate.require_queue(self.backend, request.path_params["queue"])
+        return JsonResponse(await self._queue_summary(await self.backend.queue_info(queue)))
+
+    async def list_tasks(self, request: Request) -> Response:
+        state, limit = _state(request), _limit(request)
+        cursor = request.query_params.get("cursor") or None
+        queue = await operate.require_queue(self.backend, request.path_params["queue"])
+        page = await self.backend.list_tasks(queue, state, cursor=cursor, limit=limit)
+        return JsonResponse(
+            {
+                "queue": queue,
+                "state": state.value,
+                "tasks": [task_view(t, payload_limit=LIST_PAYLOAD_LIMIT) for t in page.tasks],
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+    async def get_task(self, request: Request) -> Response:
+        task = await operate.find_task(self.backend, request.path_params["id"])
+        return JsonResponse(task_view(task))
+
+    async def payload(self, request: Request) -> Response:
+        """The whole payload, as stored, to download (never shown inline by a browser)."""
+        task = await operate.find_task(self.backend, request.path_params["id"])
+        name = f"{task.id}.{'json' if task.encoding == 'json' else 'bin'}"
+        return Response(
+            task.payload,
+            media_type="application/octet-stream",
+            headers={
+                "content-disposition": f'attachment; filename="{name}"',
+                "cache-control": "no-store",
+                "x-strego-encoding": task.encoding.encode("ascii", "replace").decode(),
+            },
+        )
+
+    async def list_workers(self, request: Request) -> Response:
+        return JsonResponse({"workers": await self.workers.get()})
+
+    # -- actions --------------------------------------------------------------------------------
+
+    async def _task_action(self, request: Request, action: str) -> Response:
+        task_id = request.path_params["id"]
+        done = {
+            "requeue": operate.requeue_task,
+            "cancel": operate.cancel_task,
+            "delete": operate.delete_task,
+        }[action]
+        try:
+            await done(self.backend, task_id)
+        finally:
+            self.changed()
+        task = await self.backend.get_task(task_id)
+        state = None if task is None else task.state.value
+        return JsonResponse({"id": task_id, "action": action, "changed": True, "state": state})
+
+    async def requeue_task(self, request: Request) -> Response:
+        return await self._task_action(request, "requeue")
+
+    async def cancel_task(self, request: Request) -> Response:
+        return await self._task_action(request, "cancel")
+
+    async def delete_task(self, request: Request) -> Response:
+        return await self._task_action(request, "delete")
+
+    async def pause(self, request: Request) -> Response:
+        queue = await operate.require_queue(self.backend, request.path_params["queue"])
+        await self.backend.pause(queue)
+        self.changed()
+        return JsonResponse({"queue": queue, "paused": True})
+
+    async def resume(self, request: Request) -> Response:
+        queue = await operate.require_queue(self.backend, request.path_params["queue"])
+        await self.backend.resume(queue)
+        self.changed()
+        return JsonResponse({"queue": queue, "paused": False})
+
+    async def requeue_dead(self, request: Request) -> Response:
+        queue = await operate.require_queue(self.backend, request.path_params["queue"])
+        try:
+            changed = await self.backend.requeue_all_dead(queue)
+        finally:
+            self.changed()
+        return JsonResponse({"queue": queue, "action": "requeue-dead", "changed": changed})
+
+    async def purge(self, request: Request) -> Response:
+        states = operate.purge_states(
+            [s for value in request.query_params.getlist("state") for s in value.split(",") if s]
+        )
+        queue = await operate.require_queue(self.backend, request.path_params["queue"])
+        try:
+            changed = await self.backend.purge(queue, states)
+        finally:
+            self.changed()
+        return JsonResponse(
+            {
+                "queue": queue,
+                "action": "purge",
+                "states": [s.value for s in states],
+                "changed": changed,
+            }
+        )
