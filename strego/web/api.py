@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from strego import operate
-from strego.backends.base import MAX_PAGE, Backend, QueueInfo
+from strego.backends.base import MAX_PAGE, Backend
 from strego.errors import InvalidTaskError
 from strego.report import LIST_PAYLOAD_LIMIT, consumer_view, queue_view, task_view
 from strego.task import TaskState
@@ -19,6 +19,8 @@ from strego.web.openapi import document
 from strego.web.responses import JsonResponse
 from strego.web.shared import Shared
 
+#: The minutes of per-minute history a queue's summary shows.
+HISTORY_MINUTES = 60
 #: Tasks per page when `limit` is not given.
 DEFAULT_LIMIT = 50
 
@@ -68,6 +70,7 @@ class Api:
             Route("/tasks/{id}/payload", self.payload),
             Route("/tasks/{id}/requeue", self.requeue_task, methods=["POST"]),
             Route("/tasks/{id}/cancel", self.cancel_task, methods=["POST"]),
+            Route("/tasks/{id}/run", self.run_task, methods=["POST"]),
             Route("/workers", self.list_workers),
         ]
 
@@ -78,12 +81,10 @@ class Api:
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def _queue_summary(self, info: QueueInfo) -> dict[str, Any]:
-        return queue_view(info)
-
     async def _overview(self) -> list[dict[str, Any]]:
         infos = await operate.overview(self.backend)
-        return await operate.each(infos, self._queue_summary)
+        history = await operate.history(self.backend, [i.name for i in infos], HISTORY_MINUTES)
+        return [queue_view(i, h) for i, h in zip(infos, history, strict=True)]
 
     async def _workers(self) -> list[dict[str, Any]]:
         found = await operate.consumers(self.backend)
@@ -98,7 +99,9 @@ class Api:
 
     async def get_queue(self, request: Request) -> Response:
         queue = await operate.require_queue(self.backend, request.path_params["queue"])
-        return JsonResponse(await self._queue_summary(await self.backend.queue_info(queue)))
+        info = await self.backend.queue_info(queue)
+        (history,) = await operate.history(self.backend, [queue], HISTORY_MINUTES)
+        return JsonResponse(queue_view(info, history))
 
     async def list_tasks(self, request: Request) -> Response:
         state, limit = _state(request), _limit(request)
@@ -143,6 +146,7 @@ class Api:
             "requeue": operate.requeue_task,
             "cancel": operate.cancel_task,
             "delete": operate.delete_task,
+            "run": operate.run_task,
         }[action]
         try:
             await done(self.backend, task_id)
@@ -157,6 +161,9 @@ class Api:
 
     async def cancel_task(self, request: Request) -> Response:
         return await self._task_action(request, "cancel")
+
+    async def run_task(self, request: Request) -> Response:
+        return await self._task_action(request, "run")
 
     async def delete_task(self, request: Request) -> Response:
         return await self._task_action(request, "delete")
