@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Mount
 
 from strego.backends.base import Backend
 from strego.web.api import Api
+from strego.web.prefix import FullPath
 from strego.web.responses import EXCEPTION_HANDLERS
 from strego.web.security import AuthHook, Guard
 
@@ -47,7 +48,8 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(Guard, readonly=readonly, auth=auth, basic_auth=basic_auth, origins=origins)
+            Middleware(FullPath),
+            Middleware(Guard, readonly=readonly, auth=auth, basic_auth=basic_auth, origins=origins),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
