@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from strego.backends.memory import MemoryBackend
@@ -51,11 +52,13 @@ async def test_fifty_pollers_cost_one_read_and_a_mutation_invalidates() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(50):
                 tg.start_soon(poll)
-            # bounded by progress: wait until the one read is under way, then let it finish
-            while backend.calls == 0:
-                await anyio.sleep(0)
-            for _ in range(100):  # give every poller its chance to start a read of its own
-                await anyio.sleep(0)
+            # until the one read is under way and the 49 others wait for it (bounded by progress)
+            shared = app.state.api.overview
+            for _ in range(100_000):
+                if shared.waiting == 49:
+                    break
+                await anyio.lowlevel.checkpoint()
+            assert shared.waiting == 49 and backend.calls == 1
             backend.gate.set()
         assert len(answers) == 50 and all(a == answers[0] for a in answers)
         assert backend.calls == 1 and app.state.api.overview.reads == 1
@@ -97,8 +100,10 @@ async def test_a_failed_read_fails_its_waiters_and_the_next_caller_reads_again()
         await started.wait()
         for _ in range(3):
             tg.start_soon(get)
-        for _ in range(20):
-            await anyio.sleep(0)
+        for _ in range(100_000):
+            if shared.waiting == 3:
+                break
+            await anyio.lowlevel.checkpoint()
         release.set()
     assert reads == 1 and len(outcomes) == 4
     assert all(isinstance(o, BackendConnectionError) for o in outcomes)
@@ -124,11 +129,15 @@ async def test_a_cancelled_read_lets_a_waiter_read() -> None:
     async with anyio.create_task_group() as tg:
         first = anyio.CancelScope()
         tg.start_soon(_cancellable, first, shared)
-        while not calls:
-            await anyio.sleep(0)
+        for _ in range(100_000):
+            if calls:
+                break
+            await anyio.lowlevel.checkpoint()
         tg.start_soon(wait_for, shared.get)
-        for _ in range(10):
-            await anyio.sleep(0)
+        for _ in range(100_000):
+            if shared.waiting == 1:
+                break
+            await anyio.lowlevel.checkpoint()
         first.cancel()
     assert got == [2]
 
