@@ -23,6 +23,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected 0 to 3600 seconds, not {text!r}")
+    return value
+
+
 def web(args: argparse.Namespace) -> int:
     try:
         from strego.web import create_app
@@ -42,7 +52,12 @@ def web(args: argparse.Namespace) -> int:
     basic = (os.environ.get("STREGO_WEB_USER") or "admin", password) if password else None
 
     def make_app(backend: Backend) -> Starlette:
-        return create_app(backend, readonly=not args.no_readonly, basic_auth=basic)
+        return create_app(
+            backend,
+            readonly=not args.no_readonly,
+            basic_auth=basic,
+            snapshot_interval_s=args.interval,
+        )
 
     mode = "read-only" if not args.no_readonly else "read-write"
     where = f"http://{args.host}:{args.port}{args.root_path}/"
@@ -79,5 +94,12 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument(
         "--root-path", default="", help="the path prefix a proxy serves the app under (/strego)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        help="read the overview (queues, workers) from Redis at most once per this many seconds,"
+        " however many clients poll it (1; 0 reads it for every request)",
     )
     parser.set_defaults(run=web)
