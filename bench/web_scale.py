@@ -5,7 +5,8 @@ served by `strego web` (Hypercorn, asyncio) in a subprocess, measured over real 
 
 1. Loads the tasks (enqueue_many), then in each queue runs some: most complete, some die, so
    the per-minute history and the completed and dead listings have data.
-2. With `--interval 0` (every request reads Redis: no shared snapshot), the latency of
+2. With `--interval 0` (no snapshot kept: every request reads Redis, unless it arrives while
+   another's read is under way), the latency of
    GET /api/v1/queues, of a first page of tasks, of a page deep in a listing (by cursor) and
    of one task: p50, p95, max over `--requests` sequential requests.
 3. Pollers: 1 and then 50 clients each asking GET /api/v1/queues once a second for
@@ -132,7 +133,7 @@ async def latencies(base: str, requests: int, queue: str) -> None:
         summary(
             "GET page 101 of pending (by cursor)",
             [await timed(http, deep) for _ in range(requests)],
-        )  # noqa: E501
+        )
         done = f"/queues/{queue}/tasks?state=completed&limit=50"
         summary("GET first page, 50 completed", [await timed(http, done) for _ in range(requests)])
         task_id = page["tasks"][0]["id"]
@@ -182,9 +183,8 @@ def main() -> None:
     server = start_redis_server(["--maxmemory-policy", "noeviction"])
     try:
         anyio.run(load, server.url, args.queues, args.per_queue, args.run)
-        print(
-            f"redis used_memory: {redis.Redis.from_url(server.url).info('memory')['used_memory_human']}"
-        )  # noqa: E501
+        memory = redis.Redis.from_url(server.url).info("memory")["used_memory_human"]
+        print(f"redis used_memory: {memory}")
         print("latency, strego web --interval 0 (every request reads Redis):")
         web = Web(server.url, 0)
         try:

@@ -248,14 +248,19 @@ def test_strego_web_serves_the_api(clean_redis_url: str, prefix: str, loop: str)
     args = [sys.executable, "-m", "strego.cli", "web", "--port", str(web_port)]
     args += ["--redis", clean_redis_url, "--prefix", prefix, "--root-path", "/ops"]
     args += (["--trio"] if loop == "trio" else []) + ([] if readonly else ["--no-readonly"])
-    server = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    # read-write under trio, so behind HTTP Basic (its password from the environment)
+    env = {**os.environ, "STREGO_WEB_PASSWORD": "pw"} if not readonly else None
+    server = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
     base = f"http://127.0.0.1:{web_port}/ops/api/v1"
     try:
         assert server.stderr is not None
         said = [server.stderr.readline()]  # our line, then Hypercorn's once it listens
         said.append(server.stderr.readline())
         assert "Running on" in said[1], said
-        with httpx.Client(base_url=base, timeout=10) as http:
+        auth = None if readonly else ("admin", "pw")
+        if auth is not None:
+            assert httpx.get(f"{base}/queues").status_code == 401
+        with httpx.Client(base_url=base, timeout=10, auth=auth) as http:
             answer = http.get("/queues")
             assert answer.status_code == 200
             assert [q["name"] for q in answer.json()["queues"]] == ["other", "work"]
