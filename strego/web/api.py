@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from strego import operate
-from strego.backends.base import MAX_PAGE, Backend
+from strego.backends.base import MAX_MINUTES, MAX_PAGE, Backend
 from strego.errors import InvalidTaskError
 from strego.report import LIST_PAYLOAD_LIMIT, consumer_view, queue_view, task_view
 from strego.task import TaskState
@@ -25,17 +25,21 @@ HISTORY_MINUTES = 60
 DEFAULT_LIMIT = 50
 
 
-def _limit(request: Request) -> int:
-    text = request.query_params.get("limit")
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
     if text is None:
-        return DEFAULT_LIMIT
+        return default
     try:
-        limit = int(text)
+        value = int(text)
     except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidTaskError(f"limit must be a whole number from 1 to {MAX_PAGE}")
-    return limit
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidTaskError(f"{name} must be a whole number from {low} to {high}")
+    return value
+
+
+def _limit(request: Request) -> int:
+    return _int(request, "limit", DEFAULT_LIMIT, 1, MAX_PAGE)
 
 
 def _state(request: Request) -> TaskState:
@@ -99,8 +103,10 @@ class Api:
 
     async def get_queue(self, request: Request) -> Response:
         queue = await operate.require_queue(self.backend, request.path_params["queue"])
+        minutes = _int(request, "minutes", HISTORY_MINUTES, 1, MAX_MINUTES)
+        task_type = request.query_params.get("type") or None
         info = await self.backend.queue_info(queue)
-        (history,) = await operate.history(self.backend, [queue], HISTORY_MINUTES)
+        history = await self.backend.throughput(queue, minutes=minutes, task_type=task_type)
         return JsonResponse(queue_view(info, history))
 
     async def list_tasks(self, request: Request) -> Response:

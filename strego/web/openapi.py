@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from strego import __version__
-from strego.backends.base import MAX_PAGE
+from strego.backends.base import MAX_MINUTES, MAX_PAGE
 from strego.task import TaskState
 
 _STATES = [s.value for s in TaskState]
@@ -72,7 +72,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "History": {
         "type": "object",
-        "description": "per-minute counts of the last hour, oldest minute first, as columns",
+        "description": "per-minute counts (the last hour unless asked), oldest minute first",
         "properties": {
             "start_ms": {**_NULLABLE_INT, "description": "the first minute's start"},
             "minute_ms": {"const": 60000},
@@ -183,9 +183,17 @@ _PATHS: dict[str, Any] = {
     },
     "/queues/{queue}": {
         "get": {
-            "summary": "one queue",
-            "parameters": [_QUEUE],
-            "responses": {"200": _json(_ref("Queue"), "the queue"), **_errors(404, 503)},
+            "summary": "one queue; its history over `minutes`, of one task `type` if given",
+            "parameters": [
+                _QUEUE,
+                {
+                    "name": "minutes",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES},
+                },
+                {"name": "type", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _json(_ref("Queue"), "the queue"), **_errors(400, 404, 503)},
         }
     },
     "/queues/{queue}/tasks": {

@@ -66,6 +66,16 @@ async def test_one_queue_and_an_unknown_one(backend: Backend) -> None:
         assert r.status_code == 200
         assert r.json()["name"] == "work" and r.json()["counts"]["dead"] == 1
         assert r.json()["history"]["total"]["completed"] == 1
+        day = (await api.get(f"{API}/queues/work", params={"minutes": 1440})).json()["history"]
+        assert len(day["completed"]) == 1440 and day["total"]["completed"] == 1
+        typed = await api.get(f"{API}/queues/work", params={"type": "completed"})
+        assert typed.json()["history"]["total"] == {"completed": 1, "failed": 0, "dead": 0}
+        other = await api.get(f"{API}/queues/work", params={"type": "nope", "minutes": 5})
+        assert other.json()["history"]["total"]["completed"] == 0
+        assert len(other.json()["history"]["completed"]) == 5
+        for bad in ("0", "1441", "x"):
+            r = await api.get(f"{API}/queues/work", params={"minutes": bad})
+            assert r.status_code == 400, bad
         for name in ("nope", "a%20b", "%3Cscript%3E"):
             missing = await api.get(f"{API}/queues/{name}")
             assert missing.status_code == 404, name
