@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -13,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 from strego import operate
 from strego.backends.base import MAX_MINUTES, MAX_PAGE, Backend
 from strego.errors import InvalidTaskError
-from strego.report import LIST_PAYLOAD_LIMIT, consumer_view, queue_view, task_view
+from strego.report import LIST_PAYLOAD_LIMIT, consumer_view, dumps, queue_view, task_view
 from strego.task import TaskState
 from strego.web.openapi import document
 from strego.web.responses import JsonResponse
@@ -50,14 +51,27 @@ def _state(request: Request) -> TaskState:
         raise InvalidTaskError(f"no state {text!r}") from None
 
 
+@attrs.frozen
+class Snapshot:
+    """A shared read: its data (for whoever builds on it) and its JSON answer, encoded once for
+    every poller that gets it."""
+
+    data: list[dict[str, Any]]
+    body: bytes
+
+
+def _snapshot(key: str, data: list[dict[str, Any]]) -> Snapshot:
+    return Snapshot(data, dumps({key: data}))
+
+
 class Api:
     """The routes, bound to one backend and the reads shared by every caller."""
 
     def __init__(self, backend: Backend, *, snapshot_interval_s: float = 1.0) -> None:
         self.backend = backend
         #: every queue's summary, read once per interval whatever the number of pollers
-        self.overview: Shared[list[dict[str, Any]]] = Shared(self._overview, snapshot_interval_s)
-        self.workers: Shared[list[dict[str, Any]]] = Shared(self._workers, snapshot_interval_s)
+        self.overview: Shared[Snapshot] = Shared(self._overview, snapshot_interval_s)
+        self.workers: Shared[Snapshot] = Shared(self._workers, snapshot_interval_s)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -85,21 +99,22 @@ class Api:
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def _overview(self) -> list[dict[str, Any]]:
+    async def _overview(self) -> Snapshot:
         infos = await operate.overview(self.backend)
         history = await operate.history(self.backend, [i.name for i in infos], HISTORY_MINUTES)
-        return [queue_view(i, h) for i, h in zip(infos, history, strict=True)]
+        views = [queue_view(i, h) for i, h in zip(infos, history, strict=True)]
+        return _snapshot("queues", views)
 
-    async def _workers(self) -> list[dict[str, Any]]:
+    async def _workers(self) -> Snapshot:
         found = await operate.consumers(self.backend)
-        return [consumer_view(c) for c in found]
+        return _snapshot("workers", [consumer_view(c) for c in found])
 
     async def openapi(self, request: Request) -> Response:
         # within the API's mount, root_path is the app's mount point and /api/v1
         return JsonResponse(document(request.scope.get("root_path", "")))
 
     async def list_queues(self, request: Request) -> Response:
-        return JsonResponse({"queues": await self.overview.get()})
+        return JsonResponse.encoded((await self.overview.get()).body)
 
     async def get_queue(self, request: Request) -> Response:
         queue = await operate.require_queue(self.backend, request.path_params["queue"])
@@ -142,7 +157,7 @@ class Api:
         )
 
     async def list_workers(self, request: Request) -> Response:
-        return JsonResponse({"workers": await self.workers.get()})
+        return JsonResponse.encoded((await self.workers.get()).body)
 
     # -- actions --------------------------------------------------------------------------------
 
