@@ -257,6 +257,9 @@ def test_strego_web_serves_the_api(clean_redis_url: str, prefix: str, loop: str)
         said = [server.stderr.readline()]  # our line, then Hypercorn's once it listens
         said.append(server.stderr.readline())
         assert "Running on" in said[1], said
+        # DNS rebinding: a page of another site under its own name, resolved to 127.0.0.1
+        rebound = httpx.get(f"{base}/queues", headers={"host": f"evil.example:{web_port}"})
+        assert rebound.status_code == 400
         auth = None if readonly else ("admin", "pw")
         if auth is not None:
             assert httpx.get(f"{base}/queues").status_code == 401

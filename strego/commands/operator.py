@@ -29,6 +29,7 @@ from strego.task import TaskState
 if TYPE_CHECKING:
     from strego.backends.base import Backend
 
+EXIT_CODES = "Exit codes: 0 done, 1 not found or refused, 2 usage."
 #: Payload bytes `strego task` shows (--json shows as many as the API).
 SHOWN_PAYLOAD = 2000
 
@@ -188,7 +189,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register the operator commands on `strego`'s subcommands."""
 
     def command(name: str, call: Command, help: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=help, description=help)
+        parser = commands.add_parser(name, help=help, description=help, epilog=EXIT_CODES)
         add_options(parser)
         parser.set_defaults(run=lambda args: run(args, call))
         return parser

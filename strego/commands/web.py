@@ -33,6 +33,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+#: Names a server listening on a loopback address is reached by.
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _allowed_hosts(args: argparse.Namespace) -> list[str] | None:
+    """The Host names to answer: --allowed-host, plus the loopback names when listening on a
+    loopback address (so a page of another site cannot reach it by rebinding its own name to
+    127.0.0.1); any Host when listening elsewhere without --allowed-host."""
+    hosts = list(args.allowed_host or ())
+    if args.host in LOOPBACK:
+        hosts += LOOPBACK
+    return hosts or None
+
+
 def web(args: argparse.Namespace) -> int:
     try:
         from strego.web import create_app
@@ -57,6 +71,7 @@ def web(args: argparse.Namespace) -> int:
             readonly=not args.no_readonly,
             basic_auth=basic,
             snapshot_interval_s=args.interval,
+            allowed_hosts=_allowed_hosts(args),
         )
 
     mode = "read-only" if not args.no_readonly else "read-write"
@@ -94,6 +109,12 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument(
         "--root-path", default="", help="the path prefix a proxy serves the app under (/strego)"
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name to answer (repeat); on a loopback address, the loopback names are",
     )
     parser.add_argument(
         "--interval",

@@ -200,3 +200,13 @@ async def test_no_cors_header_ever(memory: Backend) -> None:
 def test_basic_auth_must_be_a_pair_of_strings(bad: Any) -> None:
     with pytest.raises(ValueError, match="basic_auth"):
         create_app(MemoryBackend(), basic_auth=bad)
+
+
+async def test_allowed_hosts_refuse_another_host_header(memory: Backend) -> None:
+    app = create_app(memory, allowed_hosts=["testserver", "localhost"])
+    async with http(app) as api:
+        assert (await api.get(f"{API}/queues")).status_code == 200
+        rebound = await api.get(f"{API}/queues", headers={"host": "evil.example"})
+        assert rebound.status_code == 400
+    async with http(create_app(memory)) as api:  # by default any Host is answered
+        assert (await api.get(f"{API}/queues", headers={"host": "any.example"})).status_code == 200
