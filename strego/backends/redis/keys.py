@@ -37,8 +37,10 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
                 "completed", "dead", "cancelled", "ready"),
     "fetch": (STREAMS, "tasks", "leases", "consumers", "paused", "dead", "ready"),
     "peek": (STREAMS, "consumers", "paused", "ready"),
-    "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers"),
-    "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers"),
+    "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers",
+            "cancelled"),
+    "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers",
+             "cancelled", "unique", "unique_exp"),
     "release": (STREAMS, "tasks", "leases", "consumers", "ready"),
     "renew": ("tasks", "leases", "consumers"),
     "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers"),
@@ -71,8 +73,9 @@ class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
     __slots__ = (
-        "_scripts", "cancelled", "completed", "consumers", "dead", "leases", "paused", "queue",
-        "ready", "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
+        "_scripts", "cancel_channel", "cancelled", "completed", "consumers", "dead",
+        "ended_channel", "leases", "paused", "queue", "ready", "retry", "scheduled", "signal",
+        "streams", "tasks", "unique", "unique_exp",
     )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -93,6 +96,11 @@ class Keys:
         #: string: a counter INCRed whenever tasks become pending (or the queue is resumed), so a
         #: fetcher that found the queue idle can tell from one MGET whether to look at it again
         self.ready = base + "ready"
+        #: pub/sub channels (not keys: they hold nothing): the ids of tasks that ended
+        #: (completed, dead, cancelled), for result waiters; the ids of active tasks whose cancel
+        #: was requested, for the servers holding them
+        self.ended_channel = base + "ended"
+        self.cancel_channel = base + "cancel"
         #: one stream of task ids per priority (index = priority), with the consumer group
         self.streams: tuple[str, ...] = tuple(f"{base}p{p}" for p in PRIORITIES)
         #: each script's KEYS, built once
