@@ -37,9 +37,7 @@ async def test_ack_stores_the_result_with_the_completion(backend: Backend) -> No
 async def test_ack_many_with_and_without_results(backend: Backend) -> None:
     await backend.enqueue_many([message("a"), message("b"), message("c", queue="r")])
     await backend.fetch(["q", "r"], 3, "c1", lease_ms=LEASE_MS)
-    done = await backend.ack_many(
-        [("q", "a", b"raw\n\x00;,"), ("q", "b"), ("r", "c", None)], "c1"
-    )
+    done = await backend.ack_many([("q", "a", b"raw\n\x00;,"), ("q", "b"), ("r", "c", None)], "c1")
     assert done == [True, True, True]
     a, b, c = [await backend.get_task(i) for i in "abc"]
     assert a is not None and a.result == b"raw\n\x00;,"
