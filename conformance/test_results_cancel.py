@@ -79,7 +79,7 @@ async def test_result_ttl_is_kept_with_the_task(backend: Backend) -> None:
     assert info is not None and info.result_ttl_ms == 5_000
 
 
-# -- cancel requests -------------------------------------------------------------------------------
+# -- cancel requests -----------------------------------------------------------------------------
 
 
 async def test_cancel_of_an_active_task_requests_it(backend: Backend) -> None:
@@ -145,7 +145,7 @@ async def test_a_released_requested_task_keeps_its_request(
     )
 
 
-# -- watches ----------------------------------------------------------------------------------------
+# -- watches ---------------------------------------------------------------------------------------
 
 
 async def test_watch_ended_wakes_on_each_way_to_end(backend: Backend) -> None:
