@@ -191,3 +191,37 @@ async def test_watch_cancel_requests(backend: Backend) -> None:
             while ("q", "a") not in seen:
                 seen += await watch.wait(10)
         assert ("other", "b") not in seen
+
+
+async def test_cancel_racing_ack_has_exactly_one_winner(backend: Backend) -> None:
+    ids = [f"t{i}" for i in range(40)]
+    await backend.enqueue_many(
+        [message(i, unique_key=f"k{i}", unique_ttl_ms=LEASE_MS) for i in ids]
+    )
+    assert len(await backend.fetch(["q"], 40, "c1", lease_ms=LEASE_MS)) == 40
+    acked: dict[str, bool] = {}
+    cancelled: dict[str, bool] = {}
+
+    async def ack(task_id: str) -> None:
+        acked[task_id] = await backend.ack("q", task_id, "c1", result=b"json\n1")
+
+    async def cancel(task_id: str) -> None:
+        cancelled[task_id] = await backend.cancel(task_id, "q")
+
+    async with anyio.create_task_group() as tg:
+        for n, task_id in enumerate(ids):
+            first, second = (ack, cancel) if n % 2 else (cancel, ack)
+            tg.start_soon(first, task_id)
+            tg.start_soon(second, task_id)
+    for n, task_id in enumerate(ids):
+        info = await backend.get_task(task_id, "q")
+        assert info is not None
+        if acked[task_id]:  # the ack won: completed with its result, the cancel refused
+            assert not cancelled[task_id]
+            assert info.state is TaskState.COMPLETED and info.result == b"json\n1"
+        else:  # the cancel won: the ack ended it cancelled, with no result
+            assert cancelled[task_id]
+            assert info.state is TaskState.CANCELLED and info.result is None
+        # either way its unique key is free
+        await backend.enqueue(message(f"next{n}", unique_key=f"k{n}", unique_ttl_ms=LEASE_MS))
+    assert any(acked.values()) or any(cancelled.values())

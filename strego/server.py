@@ -677,6 +677,11 @@ class Server(TaskExecution):
     async def _release(self, infos: Sequence[TaskInfo], why: str) -> None:
         by_queue: dict[str, list[str]] = defaultdict(list)
         for info in infos:
+            if info.cancel_requested or (info.queue, info.id) in self._cancel_requested:
+                # not given back to run again: it ends cancelled as asked
+                with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+                    await self._end_cancelled(info)
+                continue
             by_queue[info.queue].append(info.id)
         for queue, ids in by_queue.items():
             await self._release_ids(queue, ids, why)
