@@ -225,3 +225,15 @@ async def test_cancel_racing_ack_has_exactly_one_winner(backend: Backend) -> Non
         # either way its unique key is free
         await backend.enqueue(message(f"next{n}", unique_key=f"k{n}", unique_ttl_ms=LEASE_MS))
     assert any(acked.values()) or any(cancelled.values())
+
+
+async def test_a_stale_task_whose_cancel_was_requested_ends_cancelled(
+    backend: Backend, clock: FakeClock
+) -> None:
+    await _active(backend, "a", unique_key="k", unique_ttl_ms=10 * LEASE_MS)
+    await backend.cancel("a", "q")
+    clock.advance(LEASE_MS + 1)  # its holder died before it stopped the task
+    assert await backend.claim_stale(["q"], "c2", 10, lease_ms=LEASE_MS, max_deliveries=1) == []
+    info = await backend.get_task("a", "q")
+    assert info is not None and info.state is TaskState.CANCELLED  # not dead, not run again
+    await backend.enqueue(message("b", unique_key="k", unique_ttl_ms=LEASE_MS))

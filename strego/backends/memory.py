@@ -227,6 +227,7 @@ class MemoryBackend:
                 self._notify_schedule_change()
         elif state in _ENDED:
             rec.next_run_ms = now
+            rec.cancel_requested = False
             ttl = self.dead_ttl_ms if state == TaskState.DEAD else self.completed_ttl_ms
             heapq.heappush(q.expiry, (now + ttl, rec.seq, rec.id))
             if state != TaskState.DEAD:  # a dead task keeps its unique key until the TTL
@@ -505,6 +506,9 @@ class MemoryBackend:
             for rec in stale:
                 if len(claimed) >= count:
                     return claimed
+                if rec.cancel_requested:  # its holder died before it could stop it
+                    self._end_cancelled(q, rec, now)
+                    continue
                 if rec.deliveries >= max_deliveries:
                     error = (
                         f"exceeded max deliveries ({max_deliveries}):"

@@ -27,6 +27,7 @@ else
 end
 release_unique(K.unique, K.unique_exp, h.unique, id)
 h.state, h.ended, h.due, h.sid = 'x', now, '', ''
+h.opt.cancel = nil  -- a request left by a release
 redis.call('HSET', K.tasks, id, build(h))
 redis.call('ZADD', K.cancelled, now, id)
 publish_ended(ARGV[4], {id})

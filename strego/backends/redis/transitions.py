@@ -283,7 +283,7 @@ class Transitions(Reads):
                     "claim_stale",
                     k.script_keys("claim_stale"),
                     (self._now(), self.group, consumer, count - len(out), lease_ms,
-                     max_deliveries, error),
+                     max_deliveries, error, k.ended_channel),
                 )  # fmt: skip
             except ForeignKeyError as exc:
                 errors.append((queue, await self._foreign(queue, exc)))
