@@ -8,6 +8,8 @@ States and places. A task accepted by `enqueue` is at every instant in exactly o
         |                     ^  ^                     |  \\--fail--> retry --promote--> pending
         |                     |  '-----release---------'   \\--fail--> dead --requeue--> pending
         '--cancel--> cancelled <--cancel-- pending, retry
+                             ^
+        active --cancel: request-->(ack / fail / claim_stale of a task with a request)
 
 `delete` removes a task in any state but active; `purge` removes many (never active ones). A call
 by id on an id that no task has (or whose retention ended) raises `TaskNotFoundError`; one on a
