@@ -480,7 +480,7 @@ class Server(TaskExecution):
             attempt = info.retried + 1
             log.debug("start %s %s (queue %s, attempt %d)", info.type, info.id, info.queue, attempt)
             started = anyio.current_time()
-        if info.cancel_requested or key in self._cancel_requested:
+        if info.cancel_requested or (self._cancel_requested and key in self._cancel_requested):
             # asked to stop before it started (released or claimed with the request): never run
             await self._end_cancelled(info)
             return
@@ -511,7 +511,7 @@ class Server(TaskExecution):
         del self._handler_scopes[key]
         if in_thread:
             self._in_threads.discard(key)
-        if key in self._cancel_requested:
+        if self._cancel_requested and key in self._cancel_requested:
             # the handler ended before the request stopped it (a sync one in its thread): the
             # backend ends it cancelled all the same, as the request came first
             await self._end_cancelled(info)

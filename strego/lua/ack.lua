@@ -3,7 +3,7 @@
 -- holds it. A task whose cancel was requested while it ran ends cancelled instead (no result).
 -- KEYS: streams, tasks, leases, completed, unique, unique_exp, consumers, cancelled
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 ended channel ('' = none),
---       5.. pairs: task id, result ('' = none)
+--       5 '1' (6.. task ids) or '2' (6.. pairs: task id, result ('' = none))
 -- Returns one 1 (completed by this call) or 0 (not active, or ended cancelled) per id.
 --#include lib/record.lua
 
@@ -14,8 +14,10 @@ local out, done, sids = {}, {}, {}
 -- n tasks completed: records {id, record, ...}, ids, markers {now, id, ...}
 local records, ids, markers, n = {}, {}, {}, 0
 local ended = {}
-for i = 5, #ARGV, 2 do
-  local id, result = ARGV[i], ARGV[i + 1]
+local step = tonumber(ARGV[5])
+for i = 6, #ARGV, step do
+  local id, result = ARGV[i], ''
+  if step == 2 then result = ARGV[i + 1] end
   local rec, sid, priority, unique, part
   if not done[id] then
     rec, sid, priority, unique, part = completed(redis.call('HGET', K.tasks, id), now)

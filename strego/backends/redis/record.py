@@ -266,8 +266,9 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         if error_end > consumer_end
         else None,
         record[pos:consumer_end].decode(errors="replace") if consumer_end > pos else None,
-        *_optional_info(header_opt, result_ttl_ms),
-    )
+        *(() if header_opt is None and result_ttl_ms is None
+          else _optional_info(header_opt, result_ttl_ms)),
+    )  # fmt: skip
 
 
 def _optional_info(

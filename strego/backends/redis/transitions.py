@@ -190,10 +190,14 @@ class Transitions(Reads):
         for queue, indexes in by_queue.items():
             k = self.keys(queue)
             args: list[Arg] = [now, self.group, consumer, k.ended_channel]
-            for i in indexes:
-                item = items[i]
-                result = item[2] if len(item) > 2 else None
-                args += (item[1], b"" if result is None else result)
+            if any(_result_of(items[i]) is not None for i in indexes):
+                args.append(2)  # (id, result) pairs
+                for i in indexes:
+                    result = _result_of(items[i])
+                    args += (items[i][1], b"" if result is None else result)
+            else:  # no result in this call (the usual case): ids only
+                args.append(1)
+                args += (items[i][1] for i in indexes)
             calls.append(self._call("ack", k.script_keys("ack"), args))
         replies = await self._pipeline(calls)
         done = [False] * len(items)
@@ -458,3 +462,7 @@ class Transitions(Reads):
         )
         self._consumer_scan[queue] = scan
         return [_str(n) for n in names]
+
+
+def _result_of(item: AckItem) -> bytes | None:
+    return item[2] if len(item) > 2 else None  # the 3-tuple form
