@@ -158,6 +158,8 @@ DEFAULT_RESULT_TTL = 3600.0
 
 
 def _result_ttl(value: float | timedelta | None) -> float | None:
+    if value is None:  # every Task built without one: no call further
+        return None
     return seconds(value, "result_ttl", allow_zero=True)
 
 
