@@ -197,3 +197,20 @@ async def test_a_stale_cancel_notification_never_stops_a_later_task(backend: Bac
         assert info is not None and info.state is TaskState.ACTIVE and a.id == b.id
         await client.cancel("same")
         await wait_for_state(backend, "same", TaskState.CANCELLED)
+
+
+@EVERY
+async def test_a_return_value_that_cannot_be_stored_kills_the_task(backend: Backend) -> None:
+    client = strego.Client(backend)
+    server = _server(backend)
+
+    @server.handler("odd")
+    async def odd(task: strego.Task) -> object:
+        return object()
+
+    async with server:
+        a = await client.enqueue(strego.Task("odd"))
+        with pytest.raises(strego.TaskFailedError) as caught:
+            await client.result(a.id, timeout=20)
+    assert "cannot be stored" in (caught.value.last_error or "")
+    assert caught.value.error is not None and caught.value.error.type == "SerializationError"
