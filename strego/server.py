@@ -494,14 +494,14 @@ class Server(TaskExecution):
         except BaseException:
             del self._handler_scopes[key]
             self._in_threads.discard(key)
-            if key in self._cancel_requested and not self._cancelling_all:
-                # a cancel request stopped the handler: the task ends cancelled
-                with anyio.CancelScope(shield=True):
+            if key in self._cancel_requested:
+                # a cancel request stopped the handler (or came before the shutdown did): the
+                # task ends cancelled
+                with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
                     await self._end_cancelled(info)
                 raise
             # shutdown cancelled the handler, or the whole server is being cancelled: give the
             # task back rather than wait for its lease
-            self._cancel_requested.discard(key)
             await self._release(
                 [info], "cancelled at shutdown" if scope.cancel_called else "cancelled"
             )
@@ -617,6 +617,8 @@ class Server(TaskExecution):
             return
         finally:
             self._lease.drop(info.queue, info.id)
+            if self._cancel_requested:  # a request that came after the handler ended
+                self._cancel_requested.discard((info.queue, info.id))
         if state is TaskState.RETRY:
             self.stats.retried += 1
         elif state is TaskState.DEAD:
@@ -667,6 +669,8 @@ class Server(TaskExecution):
         for info, acked in zip(batch, results, strict=True):
             if self._results:
                 self._results.pop((info.queue, info.id), None)
+            if self._cancel_requested:  # a request that came after the handler ended
+                self._cancel_requested.discard((info.queue, info.id))
             self._lease.drop(info.queue, info.id)
             self.stats.processed += 1
             if not acked:

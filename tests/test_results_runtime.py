@@ -214,3 +214,26 @@ async def test_a_return_value_that_cannot_be_stored_kills_the_task(backend: Back
             await client.result(a.id, timeout=20)
     assert "cannot be stored" in (caught.value.last_error or "")
     assert caught.value.error is not None and caught.value.error.type == "SerializationError"
+
+
+@EVERY
+async def test_a_released_task_with_a_request_ends_cancelled_without_running(
+    backend: Backend,
+) -> None:
+    client = strego.Client(backend)
+    server = _server(backend)
+    ran: list[str] = []
+
+    @server.handler("record")
+    async def record(task: strego.Task) -> None:
+        ran.append(task.id)
+
+    a = await client.enqueue(strego.Task("record"))
+    # another server fetched it, its cancel was requested, and it gave the task back
+    await backend.fetch(["default"], 1, "other", lease_ms=60_000)
+    assert await client.cancel(a.id) is True
+    assert await backend.release("default", [a.id], "other") == 1
+    async with server:
+        with pytest.raises(strego.TaskCancelledError):
+            await client.result(a.id, timeout=20)
+    assert ran == []
