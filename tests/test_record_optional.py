@@ -19,7 +19,7 @@ from strego.backends.redis.scripts import _expand
 from strego.errors import UnreadableRecordError
 from strego.ids import new_task_id
 from strego.message import TaskMessage
-from strego.task import TaskState
+from strego.task import TaskError, TaskState
 
 NOW = 1_767_225_600_000
 LEASE_MS = 60_000
@@ -222,3 +222,18 @@ async def test_every_transition_keeps_an_unknown_field_byte_for_byte(
     finally:
         await backend.aclose()
         client.close()
+
+
+def test_results_errors_and_cancel_requests_read_into_task_info() -> None:
+    """The fields results and cancel requests added (docs/redis.md, "Record format")."""
+    m = message(new_task_id(NOW), result_ttl_ms=5_000)
+    env = encode_envelope(m, {"result_ttl": b"5000"})
+    failure = b'{"type":"E","message":"m","traceback":"t"}'
+    rec = b"d,1,,7,,,,,,,,F%d,z1;%sZ" % (len(failure), failure) + env
+    info = decode("q", m.id, rec)
+    assert info.error == TaskError("E", "m", "t") and info.result_ttl_ms == 5_000
+    assert info.payload == m.payload and info.result is None and not info.cancel_requested
+    rec = b"c,1,,7,,,,,,,,R6;json\n1" + encode_envelope(m)
+    assert decode("q", m.id, rec).result == b"json\n1"
+    rec = b"a,1,5,,,,,1-1,2,,,C1;c11" + encode_envelope(m)
+    assert decode("q", m.id, rec).cancel_requested
