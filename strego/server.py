@@ -9,6 +9,7 @@ Inside one server (one anyio task group):
              ├─> bounded buffer (TaskInfo) ──────┼─ ...       ├─> ack batcher ─> backend.ack_many
     recovery ┘   (claim_stale of dead servers)   └─ runner N ─┘   (fail goes straight to backend)
     lease keeper: renews every held task's lease      scheduler: promote scheduled/retry tasks
+    cancel watcher: cancel requests (pub/sub; the lease keeper's renewals report them too)
 """
 
 from __future__ import annotations
