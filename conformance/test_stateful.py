@@ -65,6 +65,8 @@ class ModelTask:
     lease_until: int = 0
     due: int | None = None
     expires: int | None = None
+    #: cancel asked for while active: ack and fail end it cancelled (kept by release)
+    cancel_requested: bool = False
 
 
 class Model:
@@ -99,6 +101,7 @@ class Model:
 
     def end(self, task: ModelTask, state: TaskState) -> None:
         task.state = state
+        task.cancel_requested = False
         task.consumer = None
         task.due = None
         ttl = DEAD_TTL_MS if state == TaskState.DEAD else COMPLETED_TTL_MS
@@ -242,10 +245,13 @@ class BackendMachine(RuleBasedStateMachine):
         task = self.pick(index, None if any_state else TaskState.ACTIVE)
         queue, task_id = (task.queue, task.id) if task else ("qa", "ghost")
         done = self.call(self.backend.ack, queue, task_id, consumer)
-        assert done == (task is not None and task.state == TaskState.ACTIVE)
-        if task is not None and done:
-            self.model.end(task, TaskState.COMPLETED)
-            self.model.count(task, 0)
+        active = task is not None and task.state == TaskState.ACTIVE
+        assert done == (active and task is not None and not task.cancel_requested)
+        if task is not None and active:
+            # a requested cancel came first: the ack ends the task cancelled
+            self.model.end(task, TaskState.COMPLETED if done else TaskState.CANCELLED)
+            if done:
+                self.model.count(task, 0)
 
     @precondition(lambda self: self.has(TaskState.ACTIVE))
     @rule(index=st.integers(0, 1_000), retry=st.booleans())
@@ -265,6 +271,10 @@ class BackendMachine(RuleBasedStateMachine):
         )
         if task.state != TaskState.ACTIVE:
             assert result is None
+            return
+        if task.cancel_requested:
+            assert result == TaskState.CANCELLED
+            self.model.end(task, TaskState.CANCELLED)
             return
         if retry_at is not None and task.retried < task.max_retry:
             task.state, task.retried, task.due, task.consumer = (
@@ -292,8 +302,11 @@ class BackendMachine(RuleBasedStateMachine):
     def renew(self, consumer: str, queue: str) -> None:
         active = self.model.in_state(queue, TaskState.ACTIVE)
         ids = [t.id for t in active] + ["ghost"]
-        lost = self.call(self.backend.renew, queue, ids, consumer, lease_ms=LEASE_MS)
-        assert sorted(lost) == sorted([*(t.id for t in active if t.consumer != consumer), "ghost"])
+        renewal = self.call(self.backend.renew, queue, ids, consumer, lease_ms=LEASE_MS)
+        lost = [*(t.id for t in active if t.consumer != consumer), "ghost"]
+        assert sorted(renewal.lost) == sorted(lost)
+        requested = [t.id for t in active if t.consumer == consumer and t.cancel_requested]
+        assert sorted(renewal.cancel_requested) == sorted(requested)
         for task in active:
             if task.consumer == consumer:
                 task.lease_until = self.clock() + LEASE_MS
@@ -306,10 +319,12 @@ class BackendMachine(RuleBasedStateMachine):
                 self.call(self.backend.cancel, "ghost")
             return
         done = self.call(self.backend.cancel, task.id, None if by_id_only else task.queue)
-        expected = task.state in (TaskState.SCHEDULED, TaskState.PENDING, TaskState.RETRY)
-        assert done == expected
-        if expected:
+        waiting = task.state in (TaskState.SCHEDULED, TaskState.PENDING, TaskState.RETRY)
+        assert done == (waiting or task.state == TaskState.ACTIVE)
+        if waiting:
             self.model.end(task, TaskState.CANCELLED)
+        elif task.state == TaskState.ACTIVE:
+            task.cancel_requested = True
 
     @rule(index=st.integers(0, 1_000), by_id_only=st.booleans())
     def delete(self, index: int, by_id_only: bool) -> None:
@@ -415,10 +430,14 @@ class BackendMachine(RuleBasedStateMachine):
             for t in self.model.tasks.values()
             if t.state == TaskState.ACTIVE and t.lease_until <= now
         ]
-        expected = sorted(t.id for t in stale if t.deliveries < max_deliveries)
+        expected = sorted(
+            t.id for t in stale if t.deliveries < max_deliveries and not t.cancel_requested
+        )
         assert sorted(info.id for info in claimed) == expected
         for task in stale:
-            if task.deliveries >= max_deliveries:
+            if task.cancel_requested:  # never run again: it ends as asked
+                self.model.end(task, TaskState.CANCELLED)
+            elif task.deliveries >= max_deliveries:
                 self.model.end(task, TaskState.DEAD)
                 self.model.count(task, 2)
             else:
@@ -459,6 +478,7 @@ class BackendMachine(RuleBasedStateMachine):
         for task in self.model.tasks.values():
             info = self.call(self.backend.get_task, task.id, task.queue)
             assert info is not None, task.id
+            assert info.cancel_requested == task.cancel_requested, task.id
             assert (info.state, info.retried, info.deliveries) == (
                 task.state,
                 task.retried,

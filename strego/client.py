@@ -11,12 +11,33 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
+
 from strego.backends.base import Backend, ConsumerInfo, MinuteCount, QueueInfo, TaskPage
-from strego.errors import InvalidTaskError, PayloadTooLargeError, StregoError
+from strego.errors import (
+    DecodeError,
+    InvalidTaskError,
+    PayloadTooLargeError,
+    StregoError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+)
 from strego.ids import new_task_id
 from strego.message import TaskMessage
-from strego.serializers import RAW_ENCODING, JsonSerializer, Serializer
-from strego.task import Task, TaskInfo, TaskState, validate_queue_name
+from strego.serializers import (
+    RAW_ENCODING,
+    JsonSerializer,
+    Serializer,
+    converter,
+    default_serializers,
+)
+from strego.task import DEFAULT_RESULT_TTL, Task, TaskInfo, TaskState, validate_queue_name
+
+#: The longest `result` waits between two reads of the task: the fallback when a notification
+#: of its end was lost (the backend's connection dropped).
+RESULT_POLL_S = 5.0
+_ENDED = (TaskState.COMPLETED, TaskState.DEAD, TaskState.CANCELLED)
 
 #: Default limit of a serialized payload: 1 MiB.
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
@@ -55,6 +76,9 @@ class Client:
         if self.serializer.name == RAW_ENCODING:
             raise ValueError(f"the serializer name {RAW_ENCODING!r} is reserved for bytes payloads")
         self.max_payload_bytes = max_payload_bytes
+        #: the serializers results may be stored with, by name (this client's first)
+        self._serializers = {s.name: s for s in default_serializers()}
+        self._serializers[self.serializer.name] = self.serializer
         #: whether `aclose` closes the backend (only one this client created)
         self.owns_backend = False
 
@@ -128,6 +152,7 @@ class Client:
             created_ms=now_ms,
             process_at_ms=process_at_ms,
             process_in_ms=process_in_ms,
+            result_ttl_ms=_result_ttl_ms(task.result_ttl),
         )
 
     async def enqueue(self, task: Task) -> TaskInfo:
@@ -157,8 +182,12 @@ class Client:
         return await self.backend.get_task(task_id, queue)
 
     async def cancel(self, task_id: str, queue: str | None = None) -> bool:
-        """Cancel a scheduled, pending or retry task. True if it was cancelled; False if it is
-        running or finished (a running task cannot be cancelled). Raises TaskNotFoundError when
+        """Cancel a task. A scheduled, pending or retry task is cancelled at once; a running one
+        is stopped by its server within about a second (an async handler is cancelled; a sync
+        handler's thread cannot be interrupted, so its task ends cancelled when the thread
+        returns) and ends cancelled, never retried or dead. True if it was cancelled or its
+        cancel requested; False if it already ended (completed, dead, cancelled): of a cancel
+        and the task's completion, whichever comes first wins. Raises TaskNotFoundError when
         no task has this id (in `queue`, or in any queue when None)."""
         return await self.backend.cancel(task_id, _queue_or_none(queue))
 
@@ -168,6 +197,72 @@ class Client:
         finished). Raises TaskNotFoundError when no task has this id (in `queue`, or in any
         queue when None)."""
         return await self.backend.run_now(task_id, _queue_or_none(queue))
+
+    async def result(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  # the API: a bound of its own
+        queue: str | None = None,
+        type: Any = None,
+    ) -> Any:
+        """The return value of task `task_id`'s handler, waiting for the task to end (up to
+        `timeout` seconds; None waits as long as it takes). Decoded by the serializer it was
+        stored with (`bytes` as they were returned), and structured into `type` when given
+        (as handlers' payloads are: attrs classes, dataclasses...). A handler that returned None,
+        or a task whose result_ttl is 0, gives None.
+
+        Raises TaskFailedError for a dead task (with its error), TaskCancelledError for a
+        cancelled one, TaskNotFoundError for an unknown id or a result whose result_ttl has
+        passed (or whose task's retention ended), TimeoutError when `timeout` passes first.
+        Waiting does not poll: it subscribes to the task's end, reads the task, then waits (an
+        end between the read and the wait is not missed), and reads again at least every
+        RESULT_POLL_S as a fallback (a lost connection)."""
+        deadline = None if timeout is None else anyio.current_time() + max(0.0, timeout)
+        where = _queue_or_none(queue)
+        info = await self.backend.get_task(task_id, where)
+        if info is None:
+            raise TaskNotFoundError(task_id)
+        if info.state in _ENDED:
+            return self._outcome(info, type)
+        async with self.backend.watch_ended(info.queue, task_id) as watch:
+            while True:
+                # read after subscribing: an end from here on wakes the watch
+                found = await self.backend.get_task(task_id, info.queue)
+                if found is None:
+                    raise TaskNotFoundError(task_id)
+                if found.state in _ENDED:
+                    return self._outcome(found, type)
+                wait = RESULT_POLL_S
+                if deadline is not None:
+                    remaining = deadline - anyio.current_time()
+                    if remaining <= 0:
+                        raise TimeoutError(f"task {task_id!r} did not end within {timeout}s")
+                    wait = min(wait, remaining)
+                await watch.wait(wait)
+
+    def _outcome(self, info: TaskInfo, type: Any) -> Any:
+        """What `result` says of an ended task."""
+        if info.state is TaskState.DEAD:
+            raise TaskFailedError(info.id, info.error, info.last_error)
+        if info.state is TaskState.CANCELLED:
+            raise TaskCancelledError(info.id)
+        ttl = DEFAULT_RESULT_TTL * 1000 if info.result_ttl_ms is None else info.result_ttl_ms
+        ended = info.ended_ms if info.ended_ms is not None else 0
+        if ended + ttl <= self.backend.clock():
+            raise TaskNotFoundError(info.id)
+        if info.result is None:
+            return None
+        encoding, _, data = info.result.partition(b"\n")
+        name = encoding.decode()
+        if name == RAW_ENCODING:
+            value: Any = data
+        else:
+            serializer = self._serializers.get(name)
+            if serializer is None:
+                raise DecodeError(f"the result of task {info.id!r} is {name}: no serializer")
+            value = serializer.loads(data)
+        return value if type is None else converter.structure(value, type)
 
     async def delete(self, task_id: str, queue: str | None = None) -> bool:
         """Remove a task that is not running (scheduled, pending, retry, dead, completed or
@@ -236,3 +331,10 @@ class Client:
 
 def _queue_or_none(queue: str | None) -> str | None:
     return None if queue is None else validate_queue_name(queue)
+
+
+def _result_ttl_ms(ttl: float | None) -> int | None:
+    """A Task's result_ttl in ms, None for the default (stored as nothing)."""
+    if ttl is None or ttl == DEFAULT_RESULT_TTL:
+        return None
+    return math.ceil(ttl * 1000)

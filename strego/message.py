@@ -32,6 +32,8 @@ class TaskMessage:
     #: instead of process_at_ms: scheduled this long after the backend stores it, by the
     #: backend's clock (not the producer's, which may be off)
     process_in_ms: int | None = None
+    #: how long the handler's return value is kept (ms); None: the default (DEFAULT_RESULT_TTL)
+    result_ttl_ms: int | None = None
 
     def due_ms(self, now: int) -> int | None:
         """When the task is due by a backend whose clock reads `now`: None for at once."""
@@ -41,7 +43,9 @@ class TaskMessage:
 
     def info(self, state: TaskState, **fields: object) -> TaskInfo:
         """A TaskInfo for this message in `state`; `fields` sets the state-dependent fields."""
-        if not fields:  # every task enqueued: TaskInfo's fields in order, no keywords to match
+        if (
+            not fields and self.result_ttl_ms is None
+        ):  # every task enqueued: TaskInfo's fields in order, no keywords to match
             return TaskInfo(
                 self.id, self.type, self.queue, state, self.payload, self.encoding,
                 self.max_retry, self.priority, self.timeout_ms, self.labels, self.unique_key,
@@ -60,6 +64,7 @@ class TaskMessage:
             labels=self.labels,
             unique_key=self.unique_key,
             created_ms=self.created_ms,
+            result_ttl_ms=self.result_ttl_ms,
             **fields,  # type: ignore[arg-type]
         )
 

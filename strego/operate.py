@@ -120,7 +120,7 @@ async def requeue_task(backend: Backend, task_id: str, queue: str | None = None)
 
 async def cancel_task(backend: Backend, task_id: str) -> None:
     if not await backend.cancel(task_id):
-        raise await _refused(backend, task_id, "cancelled", "scheduled, pending or retry")
+        raise await _refused(backend, task_id, "cancelled", "scheduled, pending, retry or active")
 
 
 async def delete_task(backend: Backend, task_id: str) -> None:

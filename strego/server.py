@@ -9,11 +9,11 @@ Inside one server (one anyio task group):
              ├─> bounded buffer (TaskInfo) ──────┼─ ...       ├─> ack batcher ─> backend.ack_many
     recovery ┘   (claim_stale of dead servers)   └─ runner N ─┘   (fail goes straight to backend)
     lease keeper: renews every held task's lease      scheduler: promote scheduled/retry tasks
+    cancel watcher: cancel requests (pub/sub; the lease keeper's renewals report them too)
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -32,8 +32,8 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from strego.backends.base import Backend
-from strego.execution import Failure, TaskExecution, describe_exception
+from strego.backends.base import AckItem, Backend
+from strego.execution import Failure, TaskExecution, describe_exception, error_detail
 from strego.failure_log import FailureLog
 from strego.handlers import Registry, reset_current_task, set_current_task
 from strego.handoff import AckQueue, Buffer, Slots, wait_any
@@ -41,7 +41,7 @@ from strego.lease import LeaseKeeper
 from strego.queue_order import QueueOrder, QueuesSpec
 from strego.retry import ExponentialBackoff, RetryDelay
 from strego.scheduler import Scheduler
-from strego.serializers import JsonSerializer, MsgpackSerializer, Serializer
+from strego.serializers import Serializer, default_serializers
 from strego.task import TaskInfo, TaskState
 
 # describe_exception is part of this module's API (defined in strego/execution.py)
@@ -57,13 +57,6 @@ FETCH_BLOCK_MS = 2000
 FETCH_RETRY_S = 1.0
 #: The longest a backend call made during shutdown (releasing tasks) may take.
 SHUTDOWN_CALL_TIMEOUT = 5.0
-
-
-def default_serializers() -> list[Serializer]:
-    found: list[Serializer] = [JsonSerializer()]
-    with contextlib.suppress(ImportError):  # msgpack is optional
-        found.append(MsgpackSerializer())
-    return found
 
 
 def consumer_name() -> str:
@@ -192,6 +185,14 @@ class Server(TaskExecution):
         self._stop_event: anyio.Event | None = None
         self._force_event: anyio.Event | None = None
         self._handler_scopes: dict[tuple[str, str], anyio.CancelScope] = {}
+        #: tasks whose cancel was requested (strego/cancel.py): stopped, then ended cancelled
+        self._cancel_requested: set[tuple[str, str]] = set()
+        #: the shutdown is cancelling every handler (not a cancel request)
+        self._cancelling_all = False
+        #: tasks whose sync handler runs in a thread (a cancel request cannot interrupt it)
+        self._in_threads: set[tuple[str, str]] = set()
+        #: results of succeeded tasks waiting for their ack, by (queue, id)
+        self._results: dict[tuple[str, str], bytes] = {}
         self._stopping = False
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -285,8 +286,13 @@ class Server(TaskExecution):
             log.warning("server %s has no handlers: every task will fail", self.name)
         self._limiter = anyio.CapacityLimiter(self.concurrency)
         self._lease = LeaseKeeper(
-            self.backend, self.name, self.lease_ms, self.claim_stale_after / 3
+            self.backend,
+            self.name,
+            self.lease_ms,
+            self.claim_stale_after / 3,
+            on_cancel_requested=self._request_cancel,
         )
+        self._cancelling_all = False
         scheduler = Scheduler(
             self.backend, self.queues, consumer_idle=max(300.0, 10 * self.claim_stale_after)
         )
@@ -307,7 +313,9 @@ class Server(TaskExecution):
         try:
             async with anyio.create_task_group() as tg:
                 upkeep = await tg.start(
-                    self._group_of, [self._lease.run, scheduler.run], upkeep_done
+                    self._group_of,
+                    [self._lease.run, scheduler.run, self._watch_cancel_requests],
+                    upkeep_done,
                 )
                 await tg.start(self._group_of, [self._ack_loop], acker_done)
                 await tg.start(self._group_of, [self._runner] * self.concurrency, runners_done)
@@ -331,6 +339,7 @@ class Server(TaskExecution):
                         self.name,
                         len(self._handler_scopes),
                     )
+                    self._cancelling_all = True
                     for scope in list(self._handler_scopes.values()):
                         scope.cancel()
                     await runners_done.wait()
@@ -439,10 +448,18 @@ class Server(TaskExecution):
     # -- running --------------------------------------------------------------------------------
 
     async def _runner(self) -> None:
+        # One cancel scope for a run of tasks, not one per task (they cost on the hot path): a
+        # shutdown that cancels running handlers cancels the scopes of the runners in a
+        # handler; those give their task back and end (the buffer is closed by then). A cancel
+        # request cancels the scope of its task's runner: the task ends cancelled and the
+        # runner goes on in a new scope.
+        while await self._run_tasks() and not self._cancelling_all:
+            pass
+
+    async def _run_tasks(self) -> bool:
+        """Run tasks in one cancel scope until the buffer is closed (False) or the scope was
+        cancelled (True)."""
         buffer, slots = self._buffer, self._slots
-        # One cancel scope for the runner's life, not one per task (they cost on the hot path):
-        # a shutdown that cancels running handlers cancels the scopes of the runners in a
-        # handler; those give their task back and end (the buffer is closed by then).
         with anyio.CancelScope() as scope:
             while True:
                 # a task already buffered is taken without a checkpoint: a runner whose handler
@@ -451,7 +468,7 @@ class Server(TaskExecution):
                 if info is None:
                     info = await buffer.get()
                     if info is None:
-                        return
+                        return False
                 if not buffer:
                     slots.poke()
                 try:
@@ -461,10 +478,13 @@ class Server(TaskExecution):
                         await self._process(info, scope)
                 finally:
                     slots.give(1)
+                if scope.cancel_called:  # a cancel request the handler returned from anyway
+                    return True
                 if slots.due:
                     # let the fetcher send its request now, so that its round trip overlaps with
                     # the tasks still running (acks wait: the later, the larger their batch)
                     await anyio.lowlevel.cancel_shielded_checkpoint()
+        return True  # the scope caught a cancel request's cancellation
 
     async def _process(self, info: TaskInfo, scope: anyio.CancelScope) -> None:
         handler = self.registry.get(info.type)
@@ -474,14 +494,28 @@ class Server(TaskExecution):
             attempt = info.retried + 1
             log.debug("start %s %s (queue %s, attempt %d)", info.type, info.id, info.queue, attempt)
             started = anyio.current_time()
+        if info.cancel_requested or (self._cancel_requested and key in self._cancel_requested):
+            # asked to stop before it started (released or claimed with the request): never run
+            await self._end_cancelled(info)
+            return
         token = set_current_task(info)
         self._handler_scopes[key] = scope
+        in_thread = handler is not None and not handler.is_async
+        if in_thread:
+            self._in_threads.add(key)
         try:
-            failure = await self._execute(info, handler)
+            failure, value = await self._execute(info, handler)
         except BaseException:
+            del self._handler_scopes[key]
+            self._in_threads.discard(key)
+            if key in self._cancel_requested:
+                # a cancel request stopped the handler (or came before the shutdown did): the
+                # task ends cancelled
+                with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+                    await self._end_cancelled(info)
+                raise
             # shutdown cancelled the handler, or the whole server is being cancelled: give the
             # task back rather than wait for its lease
-            del self._handler_scopes[key]
             await self._release(
                 [info], "cancelled at shutdown" if scope.cancel_called else "cancelled"
             )
@@ -489,13 +523,89 @@ class Server(TaskExecution):
         finally:
             reset_current_task(token)
         del self._handler_scopes[key]
+        if in_thread:
+            self._in_threads.discard(key)
+        if self._cancel_requested and key in self._cancel_requested:
+            # the handler ended before the request stopped it (a sync one in its thread): the
+            # backend ends it cancelled all the same, as the request came first
+            await self._end_cancelled(info)
+            return
         if failure is None:
             if debug:
                 elapsed = anyio.current_time() - started
                 log.debug("done %s %s in %.3fs", info.type, info.id, elapsed)
+            if value is not None and info.result_ttl_ms != 0:
+                try:
+                    self._results[key] = self._encode_result(info, value)
+                except Exception as exc:
+                    text = describe_exception(exc)
+                    error = f"the handler's return value cannot be stored: {text}"
+                    await self._fail(info, Failure(error, retry=False, exception=exc))
+                    return
             self._acks.put(info)
             return
         await self._fail(info, failure)
+
+    # -- cancel requests ------------------------------------------------------------------------
+
+    def _request_cancel(self, queue: str, task_ids: Iterable[str]) -> None:
+        """The backend says these held tasks' cancel was requested: stop each handler (an async
+        one through its runner's cancel scope; a sync one cannot be interrupted, so its task
+        ends cancelled when its thread returns). A task not started yet ends when a runner takes
+        it."""
+        for task_id in task_ids:
+            key = (queue, task_id)
+            if key in self._cancel_requested:
+                continue
+            self._cancel_requested.add(key)
+            log.info("cancel of task %s (queue %s) requested: stopping it", task_id, queue)
+            scope = self._handler_scopes.get(key)
+            if scope is not None and key not in self._in_threads:
+                scope.cancel()
+
+    async def _end_cancelled(self, info: TaskInfo) -> None:
+        """End a task whose cancel was requested: `fail` ends such a task cancelled."""
+        key = (info.queue, info.id)
+        try:
+            state = await self.backend.fail(
+                info.queue, info.id, self.name, "cancelled on request", retry_in_ms=None
+            )
+        except Exception as exc:
+            # it stays active under our name: its lease runs out, and whoever claims it sees
+            # the request
+            log.warning("ending the cancelled task %s failed: %s", info.id, exc)
+            return
+        finally:
+            self._lease.drop(info.queue, info.id)
+            self._cancel_requested.discard(key)
+            self._results.pop(key, None)
+        log.info("task %s %s (queue %s) -> %s", info.type, info.id, info.queue, state)
+
+    async def _watch_cancel_requests(self) -> None:
+        """The fast path of cancel requests: a notification names a task; if this server holds
+        it, `renew` (which also extends its lease) says whether the request is real, so a stale
+        or misdirected notification never stops a task. Missed notifications reach the server
+        at the next renewal (LeaseKeeper)."""
+        failures = FailureLog(log, "watching cancel requests")
+        while True:
+            try:
+                async with self.backend.watch_cancel_requests(self.queues) as watch:
+                    while True:
+                        notified = await watch.wait(60.0)
+                        held = self._lease.held()
+                        mine: dict[str, list[str]] = defaultdict(list)
+                        for queue, task_id in notified:
+                            if task_id in held.get(queue, ()):
+                                mine[queue].append(task_id)
+                        for queue, ids in mine.items():
+                            renewal = await self.backend.renew(
+                                queue, ids, self.name, lease_ms=self.lease_ms
+                            )
+                            self._request_cancel(queue, renewal.cancel_requested)
+                        failures.succeeded()
+            except Exception as exc:
+                failures.failed(exc, retry_in=FETCH_RETRY_S)
+                await anyio.sleep(FETCH_RETRY_S)
 
     async def _fail(self, info: TaskInfo, failure: Failure) -> None:
         retry_in_ms = None
@@ -503,9 +613,17 @@ class Server(TaskExecution):
             delay = self._retry_delay_of(info, failure)
             retry_in_ms = max(0, round(delay * 1000))
         self.stats.failed += 1
+        detail = None
+        if retry_in_ms is None or info.retried >= info.max_retry:  # it dies: keep its error
+            detail = error_detail(failure.exception)
         try:
             state = await self.backend.fail(
-                info.queue, info.id, self.name, failure.error, retry_in_ms=retry_in_ms
+                info.queue,
+                info.id,
+                self.name,
+                failure.error,
+                retry_in_ms=retry_in_ms,
+                detail=detail,
             )
         except Exception as exc:
             # it stays active under our name: once its lease expires it is claimed and run again
@@ -513,6 +631,8 @@ class Server(TaskExecution):
             return
         finally:
             self._lease.drop(info.queue, info.id)
+            if self._cancel_requested:  # a request that came after the handler ended
+                self._cancel_requested.discard((info.queue, info.id))
         if state is TaskState.RETRY:
             self.stats.retried += 1
         elif state is TaskState.DEAD:
@@ -538,11 +658,22 @@ class Server(TaskExecution):
     async def _ack(self, batch: list[TaskInfo]) -> None:
         for attempt in range(3):
             try:
+                stored = self._results
                 if len(batch) == 1:
-                    results = [await self.backend.ack(batch[0].queue, batch[0].id, self.name)]
-                else:
-                    items = [(info.queue, info.id) for info in batch]
+                    info = batch[0]
+                    result = stored.get((info.queue, info.id)) if stored else None
+                    results = [
+                        await self.backend.ack(info.queue, info.id, self.name, result=result)
+                    ]
+                elif stored:
+                    items: list[AckItem] = [
+                        (info.queue, info.id, stored.get((info.queue, info.id))) for info in batch
+                    ]
                     results = await self.backend.ack_many(items, self.name)
+                else:
+                    results = await self.backend.ack_many(
+                        [(info.queue, info.id) for info in batch], self.name
+                    )
                 break
             except Exception as exc:  # acking twice is harmless: retry a lost reply
                 log.warning("ack of %d tasks failed (try %d): %s", len(batch), attempt + 1, exc)
@@ -550,6 +681,10 @@ class Server(TaskExecution):
         else:
             results = [False] * len(batch)  # they will be claimed again when their lease ends
         for info, acked in zip(batch, results, strict=True):
+            if self._results:
+                self._results.pop((info.queue, info.id), None)
+            if self._cancel_requested:  # a request that came after the handler ended
+                self._cancel_requested.discard((info.queue, info.id))
             self._lease.drop(info.queue, info.id)
             self.stats.processed += 1
             if not acked:
@@ -560,6 +695,11 @@ class Server(TaskExecution):
     async def _release(self, infos: Sequence[TaskInfo], why: str) -> None:
         by_queue: dict[str, list[str]] = defaultdict(list)
         for info in infos:
+            if info.cancel_requested or (info.queue, info.id) in self._cancel_requested:
+                # not given back to run again: it ends cancelled as asked
+                with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+                    await self._end_cancelled(info)
+                continue
             by_queue[info.queue].append(info.id)
         for queue, ids in by_queue.items():
             await self._release_ids(queue, ids, why)

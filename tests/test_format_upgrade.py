@@ -44,15 +44,20 @@ def as_fixture(info: TaskInfo) -> dict[str, Any]:
     return out
 
 
+#: TaskInfo fields added since v1, as a v1 record reads: none of them set
+ADDED_SINCE = {"result": None, "result_ttl_ms": None, "error": None, "cancel_requested": False}
+
+
 def expected_of(name: str) -> dict[str, Any]:
     """What the v1 code read, with the one field renamed since: the end time of an ended task
-    was `next_run_ms`, it is `ended_ms` now (next_run_ms is a waiting task's due time only)."""
+    was `next_run_ms`, it is `ended_ms` now (next_run_ms is a waiting task's due time only);
+    and the fields added since, at their defaults."""
     out = dict(FIXTURE["expected"][name])
     ended = out["state"] in ("dead", "completed", "cancelled")
     out["ended_ms"] = out["next_run_ms"] if ended else None
     if ended:
         out["next_run_ms"] = None
-    return out
+    return out | ADDED_SINCE
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ States and places. A task accepted by `enqueue` is at every instant in exactly o
         |                     |  '-----release---------'   \\--fail--> dead --requeue--> pending
         '--cancel--> cancelled <--cancel-- pending, retry
     scheduled, retry --run_now--> pending
+                             ^
+        active --cancel: request-->(ack / fail / claim_stale of a task with a request)
 
 `delete` removes a task in any state but active; `purge` removes many (never active ones). A call
 by id on an id that no task has (or whose retention ended) raises `TaskNotFoundError`; one on a
@@ -38,18 +40,26 @@ older minutes read as zero at once and are removed, a bounded number at a time, 
 Leases. Fetching or claiming a task gives the consumer a lease until now + `lease_ms` (an argument
 of each call: the server decides how long its leases last). `renew` extends leases; `claim_stale`
 takes over tasks whose lease has expired. Consumer idle times are judged by the clock as well.
+
+Results and cancel requests. `ack` stores a handler's result with the completion, `fail` a dead
+task's error detail; both are part of the task's record (read by `get_task`: `TaskInfo.result`,
+`TaskInfo.error`) and go with it. `cancel` of an active task records a request
+(`TaskInfo.cancel_requested`) that its holder sees from `renew` or `watch_cancel_requests`; the
+task then ends cancelled by the holder's `ack` or `fail`, never completed, retried or dead.
+`watch_ended` lets a caller wait for a task's end without polling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 import attrs
 
 from strego.errors import InvalidTaskError, StregoError
 from strego.message import TaskMessage
-from strego.task import TaskInfo, TaskState
+from strego.task import TaskError, TaskInfo, TaskState
 
 #: A clock: returns the current time in epoch milliseconds.
 Clock = Callable[[], int]
@@ -64,6 +74,31 @@ class ConsumerInfo:
     queue: str
     held: tuple[str, ...]
     idle_ms: int
+
+
+@attrs.frozen
+class Renewal:
+    """What `renew` found: the ids the consumer no longer holds, and the held ids whose cancel was
+    requested (see `cancel`)."""
+
+    lost: list[str] = attrs.field(factory=list)
+    cancel_requested: list[str] = attrs.field(factory=list)
+
+
+#: One ack: (queue, task id) or (queue, task id, result): the result as stored (see `ack`).
+AckItem = tuple[str, str] | tuple[str, str, bytes | None]
+
+
+class Watch(Protocol):
+    """A subscription (`watch_ended`, `watch_cancel_requests`) as its owner sees it."""
+
+    async def wait(self, timeout_s: float) -> list[tuple[str, str]]:
+        """The (queue, task id) notifications that arrived since the last call, waiting up to
+        `timeout_s` for one when there are none yet. May return early and empty (a spurious
+        wake-up: when the backend's connection was lost and restored, say), and may name tasks
+        the owner did not ask about: a notification is a hint to read the task again, never a
+        state by itself."""
+        ...
 
 
 @attrs.frozen
@@ -223,27 +258,45 @@ class Backend(Protocol):
         returns as soon as one does (possibly an empty list on a spurious wake-up)."""
         ...
 
-    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
+    async def ack(
+        self, queue: str, task_id: str, consumer: str, *, result: bytes | None = None
+    ) -> bool:
         """Complete an active task: it leaves active and becomes completed, its processed marker
-        written in the same step, its unique key released. Returns True if this call completed it;
-        False (and changes nothing) if the task is not active (already completed by another
-        delivery's ack, cancelled, released, dead, unknown). An active task held by another
-        consumer (this one's lease was lost and the task reclaimed) is completed all the same:
-        the work was done, and the other holder's ack then returns False."""
+        and its `result` (when not None: the handler's return value as `TaskInfo.result` shows
+        it, `<encoding>` NL `<bytes>`) written in the same step, its unique key released.
+        Returns True if this call completed it; False (and changes nothing) if the task is not
+        active (already completed by another delivery's ack, cancelled, released, dead,
+        unknown, deleted: no result is ever written for a task that is gone). An active task
+        held by another consumer (this one's lease was lost and the task reclaimed) is completed
+        all the same: the work was done, and the other holder's ack then returns False.
+
+        An active task whose cancel was requested (`cancel`) ends cancelled instead, its unique
+        key released, no result stored, and the call returns False: of a cancel and an ack,
+        whichever comes first decides, and only one of them wins. Notifies `watch_ended`."""
         ...
 
-    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
-        """`ack` for each (queue, task_id), in as few round trips as possible."""
+    async def ack_many(self, items: Sequence[AckItem], consumer: str) -> list[bool]:
+        """`ack` for each (queue, task_id) or (queue, task_id, result), in as few round trips
+        as possible."""
         ...
 
     async def fail(
-        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
+        self,
+        queue: str,
+        task_id: str,
+        consumer: str,
+        error: str,
+        *,
+        retry_in_ms: int | None,
+        detail: TaskError | None = None,
     ) -> TaskState | None:
         """Record a failed run of an active task. If `retry_in_ms` is given and retried < max_retry:
         the task goes to retry, due retry_in_ms after now (by the backend's clock), with
         retried + 1. Otherwise (SkipRetry, no
-        retries left, undecodable) it goes to dead. `error` becomes last_error either way.
-        Returns the new state, or None (changing nothing) if the task is not active."""
+        retries left, undecodable) it goes to dead, keeping `detail` (`TaskInfo.error`). `error`
+        becomes last_error either way. An active task whose cancel was requested ends cancelled
+        instead (its unique key released). Returns the new state, or None (changing nothing) if
+        the task is not active. A task that ends (dead, cancelled) notifies `watch_ended`."""
         ...
 
     async def release(self, queue: str, task_ids: Sequence[str], consumer: str) -> int:
@@ -254,9 +307,11 @@ class Backend(Protocol):
 
     async def renew(
         self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
-    ) -> list[str]:
+    ) -> Renewal:
         """Extend to now + lease_ms the leases of these tasks held by `consumer`. Returns the ids it
-        no longer holds (completed, reclaimed by another consumer, or gone)."""
+        no longer holds (completed, reclaimed by another consumer, or gone) and those of the held
+        tasks whose cancel was requested: a cancel request whose notification was lost reaches
+        the holder at its next renewal."""
         ...
 
     async def claim_stale(
@@ -294,9 +349,30 @@ class Backend(Protocol):
 
     async def cancel(self, task_id: str, queue: str | None = None) -> bool:
         """Cancel a scheduled, pending or retry task: it becomes cancelled (never retried or
-        dead-lettered) and its unique key is released. Returns False, changing nothing, for a
-        task in any other state. Raises `TaskNotFoundError` when no task has this id (in `queue`,
-        or in any queue when None; a task whose retention ended is gone)."""
+        dead-lettered) and its unique key is released. For an active task, record that its
+        cancel is requested (`TaskInfo.cancel_requested`) and notify `watch_cancel_requests`:
+        the task stays active until its holder's `ack` or `fail` ends it cancelled. Returns True
+        in both cases (again for an active task already requested); False, changing nothing,
+        for a task that ended (completed, dead, cancelled). Raises `TaskNotFoundError` when no
+        task has this id (in `queue`, or in any queue when None; a task whose retention ended is
+        gone). The request belongs to the task's record: a later task with the same id (after a
+        delete) never inherits it."""
+        ...
+
+    def watch_ended(self, queue: str, task_id: str) -> AbstractAsyncContextManager[Watch]:
+        """Subscribe to the end (completed, dead, cancelled) of task `task_id` of `queue`. When
+        the context is entered the subscription is in place: an end after that point wakes the
+        watch's `wait`. So read the task after entering, then wait: no end is missed between
+        the read and the wait. Waiters may share one connection; a backend that loses its
+        notifications (a Redis restart) wakes its waiters so they read again, and callers bound
+        each wait (a poll as the fallback)."""
+        ...
+
+    def watch_cancel_requests(self, queues: Sequence[str]) -> AbstractAsyncContextManager[Watch]:
+        """Subscribe to the cancel requests (`cancel` of an active task) of these queues: the
+        watch's `wait` returns their (queue, task id). A hint: the holder checks the task with
+        `renew` before it stops it, and `renew` reports every request a lost notification
+        missed."""
         ...
 
     async def delete(self, task_id: str, queue: str | None = None) -> bool:

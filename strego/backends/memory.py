@@ -23,7 +23,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -34,10 +35,12 @@ from sortedcontainers import SortedList
 from strego.backends.base import (
     MINUTE_MS,
     STATS_RETENTION_MS,
+    AckItem,
     Clock,
     ConsumerInfo,
     MinuteCount,
     QueueInfo,
+    Renewal,
     TaskPage,
     check_limit,
     check_minutes,
@@ -46,6 +49,7 @@ from strego.backends.base import (
     minute_of,
 )
 from strego.backends.cursor import Part, decode_cursor, encode_cursor
+from strego.backends.watch import Watch
 from strego.clock import wall_clock_ms
 from strego.errors import (
     BackendClosedError,
@@ -57,7 +61,7 @@ from strego.errors import (
     TaskNotFoundError,
 )
 from strego.message import TaskMessage, check_unique_ttl
-from strego.task import MAX_PRIORITY, MIN_PRIORITY, TaskInfo, TaskState
+from strego.task import MAX_PRIORITY, MIN_PRIORITY, TaskError, TaskInfo, TaskState
 
 if TYPE_CHECKING:
     from strego.backends.base import Backend
@@ -98,6 +102,10 @@ class _Record:
     pending_since_ms: int = 0
     #: its position in its state's listing index, None while in no index
     listing_key: _Key | None = None
+    #: a completed task's result as stored; a dead task's error; cancel requested while active
+    result: bytes | None = None
+    error: TaskError | None = None
+    cancel_requested: bool = False
 
     def position(self) -> _Key:
         if self.state in _FETCH_ORDER:
@@ -121,6 +129,9 @@ class _Record:
             ended_ms=self.next_run_ms if ended else None,
             last_error=self.last_error,
             consumer=self.consumer,
+            result=self.result,
+            error=self.error,
+            cancel_requested=self.cancel_requested,
         )
 
 
@@ -182,6 +193,9 @@ class MemoryBackend:
         # Created lazily inside the event loop; set and dropped to wake every waiter at once.
         self._arrival: anyio.Event | None = None
         self._schedule_change: anyio.Event | None = None
+        #: watch_ended's watches by (queue, task id); watch_cancel_requests' by queue
+        self._ended_watches: dict[tuple[str, str], set[Watch]] = {}
+        self._cancel_watches: dict[str, set[Watch]] = {}
         self._closed = False
 
     # -- internals --------------------------------------------------------------------------------
@@ -237,10 +251,13 @@ class MemoryBackend:
                 self._notify_schedule_change()
         elif state in _ENDED:
             rec.next_run_ms = now
+            rec.cancel_requested = False
             ttl = self.dead_ttl_ms if state == TaskState.DEAD else self.completed_ttl_ms
             heapq.heappush(q.expiry, (now + ttl, rec.seq, rec.id))
             if state != TaskState.DEAD:  # a dead task keeps its unique key until the TTL
                 self._release_unique(q, rec)
+            for watch in self._ended_watches.get((q.name, rec.id), ()):
+                watch.put(q.name, rec.id)
         rec.listing_key = rec.position()
         q.index[state].add(rec.listing_key)
 
@@ -358,16 +375,26 @@ class MemoryBackend:
         rec.deliveries += 1
         rec.lease_until_ms = now + lease_ms
 
-    def _ack(self, queue: str, task_id: str, consumer: str, now: int) -> bool:
+    def _ack(
+        self, queue: str, task_id: str, consumer: str, now: int, result: bytes | None = None
+    ) -> bool:
         q = self._queue(queue, now)
         self._touch(q, consumer, now)
         rec = q.tasks.get(task_id)
         if rec is None or rec.state != TaskState.ACTIVE:
             return False
+        if rec.cancel_requested:  # the cancel came first: it wins
+            self._end_cancelled(q, rec, now)
+            return False
         rec.completed_ms = now
+        rec.result, rec.error = result, None
         self._place(q, rec, TaskState.COMPLETED, now)
         self._count(q, rec, _COMPLETED, now)
         return True
+
+    def _end_cancelled(self, q: _Queue, rec: _Record, now: int) -> None:
+        rec.cancel_requested = False
+        self._place(q, rec, TaskState.CANCELLED, now)
 
     def _to_dead(self, q: _Queue, rec: _Record, error: str, now: int) -> None:
         rec.last_error = error
@@ -421,17 +448,29 @@ class MemoryBackend:
                     return started
         return []
 
-    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
+    async def ack(
+        self, queue: str, task_id: str, consumer: str, *, result: bytes | None = None
+    ) -> bool:
         await anyio.lowlevel.checkpoint()
-        return self._ack(queue, task_id, consumer, self._now())
+        return self._ack(queue, task_id, consumer, self._now(), result)
 
-    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
+    async def ack_many(self, items: Sequence[AckItem], consumer: str) -> list[bool]:
         await anyio.lowlevel.checkpoint()
         now = self._now()
-        return [self._ack(queue, task_id, consumer, now) for queue, task_id in items]
+        return [
+            self._ack(item[0], item[1], consumer, now, item[2] if len(item) > 2 else None)
+            for item in items
+        ]
 
     async def fail(
-        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
+        self,
+        queue: str,
+        task_id: str,
+        consumer: str,
+        error: str,
+        *,
+        retry_in_ms: int | None,
+        detail: TaskError | None = None,
     ) -> TaskState | None:
         await anyio.lowlevel.checkpoint()
         now = self._now()
@@ -440,6 +479,9 @@ class MemoryBackend:
         rec = q.tasks.get(task_id)
         if rec is None or rec.state != TaskState.ACTIVE:
             return None
+        if rec.cancel_requested:
+            self._end_cancelled(q, rec, now)
+            return TaskState.CANCELLED
         if retry_in_ms is not None and rec.retried < rec.message.max_retry:
             rec.last_error = error
             rec.retried += 1
@@ -447,6 +489,7 @@ class MemoryBackend:
             self._place(q, rec, TaskState.RETRY, now)
             self._count(q, rec, _FAILED, now)
         else:
+            rec.error = detail
             self._to_dead(q, rec, error, now)
         return rec.state
 
@@ -464,19 +507,21 @@ class MemoryBackend:
 
     async def renew(
         self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
-    ) -> list[str]:
+    ) -> Renewal:
         await anyio.lowlevel.checkpoint()
         now = self._now()
         q = self._queue(queue, now)
         self._touch(q, consumer, now)
-        lost: list[str] = []
+        renewal = Renewal()
         for task_id in task_ids:
             rec = q.tasks.get(task_id)
             if rec is not None and rec.state == TaskState.ACTIVE and rec.consumer == consumer:
                 rec.lease_until_ms = now + lease_ms
+                if rec.cancel_requested:
+                    renewal.cancel_requested.append(task_id)
             else:
-                lost.append(task_id)
-        return lost
+                renewal.lost.append(task_id)
+        return renewal
 
     async def claim_stale(
         self,
@@ -501,6 +546,9 @@ class MemoryBackend:
             for rec in stale:
                 if len(claimed) >= count:
                     return claimed
+                if rec.cancel_requested:  # its holder died before it could stop it
+                    self._end_cancelled(q, rec, now)
+                    continue
                 if rec.deliveries >= max_deliveries:
                     error = (
                         f"exceeded max deliveries ({max_deliveries}):"
@@ -545,10 +593,43 @@ class MemoryBackend:
         await anyio.lowlevel.checkpoint()
         now = self._now()
         q, rec = self._found(task_id, queue, now)
+        if rec.state == TaskState.ACTIVE:
+            rec.cancel_requested = True
+            for watch in self._cancel_watches.get(q.name, ()):
+                watch.put(q.name, rec.id)
+            return True
         if rec.state not in _CANCELLABLE:
             return False
         self._place(q, rec, TaskState.CANCELLED, now)
         return True
+
+    @asynccontextmanager
+    async def watch_ended(self, queue: str, task_id: str) -> AsyncIterator[Watch]:
+        self._now()
+        watch, key = Watch(), (queue, task_id)
+        self._ended_watches.setdefault(key, set()).add(watch)
+        try:
+            yield watch
+        finally:
+            watches = self._ended_watches[key]
+            watches.discard(watch)
+            if not watches:
+                del self._ended_watches[key]
+
+    @asynccontextmanager
+    async def watch_cancel_requests(self, queues: Sequence[str]) -> AsyncIterator[Watch]:
+        self._now()
+        watch, names = Watch(), list(queues)
+        for name in names:
+            self._cancel_watches.setdefault(name, set()).add(watch)
+        try:
+            yield watch
+        finally:
+            for name in names:
+                watches = self._cancel_watches[name]
+                watches.discard(watch)
+                if not watches:
+                    del self._cancel_watches[name]
 
     async def delete(self, task_id: str, queue: str | None = None) -> bool:
         await anyio.lowlevel.checkpoint()

@@ -122,7 +122,12 @@ async def requeue(backend: Backend, args: argparse.Namespace) -> int:
 async def cancel(backend: Backend, args: argparse.Namespace) -> int:
     confirm(args, f"cancel task {args.id}?")
     await operate.cancel_task(backend, args.id)
-    return _done(args, {"id": args.id, "action": "cancel", "changed": True}, "cancelled")
+    # a running task's cancel is a request: the server holding it stops it and ends it cancelled
+    task = await backend.get_task(args.id)
+    state = None if task is None else task.state.value
+    line = "cancel requested: its server stops it" if state == "active" else "cancelled"
+    result = {"id": args.id, "action": "cancel", "changed": True, "state": state}
+    return _done(args, result, line)
 
 
 async def delete(backend: Backend, args: argparse.Namespace) -> int:
@@ -208,7 +213,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     which.add_argument("--all", action="store_true", help="every dead task of the queue")
     add_yes(requeue_)
     for name, call, help in (
-        ("cancel", cancel, "cancel a scheduled, pending or retry task"),
+        ("cancel", cancel, "cancel a task (a running one is stopped by its server)"),
         ("delete", delete, "delete a task that is not active"),
     ):
         parser = command(name, call, help)

@@ -267,7 +267,7 @@ _PATHS: dict[str, Any] = {
     },
     "/tasks/{id}/cancel": {
         "post": _action(
-            "cancel a scheduled, pending or retry task", [_TASK], "TaskAction", 404, 409
+            "cancel a task (a running one: its server stops it)", [_TASK], "TaskAction", 404, 409
         )
     },
     "/tasks/{id}/run": {

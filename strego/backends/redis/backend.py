@@ -12,18 +12,23 @@ The class is built in layers, one module each, every layer using the ones before
   `promote`, `cancel`, `delete`, `run_now`, `requeue_dead`, `purge`, `pause`, ...);
 - fetching.py: the multi-queue fetch and its idle-queue cache, and `wait_schedule_change`;
 
-and this module: the constructor (which sets the state of every layer), `from_url` and `aclose`.
+and this module: the constructor (which sets the state of every layer), `from_url`, `aclose`,
+and the watches (`watch_ended`, `watch_cancel_requests`) on the pub/sub `Notifier` (notify.py).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from strego.backends.base import STATS_RETENTION_MS, Clock, check_stats_retention
 from strego.backends.redis.fetching import IDLE_RECHECK_S, Fetching, IdleQueues
 from strego.backends.redis.keys import Keys, queues_key
+from strego.backends.redis.notify import Notifier, PubSubConnection
 from strego.backends.redis.transport import ClosedTransport, Transport
+from strego.backends.watch import Watch
 
 if TYPE_CHECKING:
     import anyio
@@ -88,6 +93,11 @@ class RedisBackend(Fetching):
         #: concurrent first calls wait for them (created in the event loop that first calls)
         self._first_call_checked = False
         self._first_call_lock: anyio.Lock | None = None
+        #: the one pub/sub connection of this backend, shared by every watch
+        self._notifier = Notifier(self._open_pubsub)
+
+    async def _open_pubsub(self) -> PubSubConnection:
+        return await self.transport.open_pubsub()
 
     @classmethod
     def from_url(
@@ -105,4 +115,17 @@ class RedisBackend(Fetching):
     async def aclose(self) -> None:
         """Close the transport; every call afterwards raises BackendClosedError."""
         transport, self.transport = self.transport, ClosedTransport()
+        await self._notifier.aclose()
         await transport.aclose()
+
+    @asynccontextmanager
+    async def watch_ended(self, queue: str, task_id: str) -> AsyncIterator[Watch]:
+        channel = self.keys(queue).ended_channel.encode()
+        async with self._notifier.listen([(channel, queue)], task_id) as watch:
+            yield watch
+
+    @asynccontextmanager
+    async def watch_cancel_requests(self, queues: Sequence[str]) -> AsyncIterator[Watch]:
+        channels = [(self.keys(q).cancel_channel.encode(), q) for q in queues]
+        async with self._notifier.listen(channels) as watch:
+            yield watch

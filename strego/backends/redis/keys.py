@@ -38,12 +38,13 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "fetch": (STREAMS, "tasks", "leases", "consumers", "paused", "dead", "ready"),
     "peek": (STREAMS, "consumers", "paused", "ready"),
     "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers",
-            "history", "history_index"),
+            "cancelled", "history", "history_index"),
     "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers",
-             "history", "history_index"),
+             "cancelled", "unique", "unique_exp", "history", "history_index"),
     "release": (STREAMS, "tasks", "leases", "consumers", "ready"),
     "renew": ("tasks", "leases", "consumers"),
-    "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers", "history", "history_index"),
+    "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers", "cancelled", "unique",
+                    "unique_exp", "history", "history_index"),
     "promote": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
                 "unique", "unique_exp", "signal", "ready"),
     "cancel": (STREAMS, "tasks", "scheduled", "retry", "cancelled", "unique", "unique_exp"),
@@ -75,9 +76,9 @@ class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
     __slots__ = (
-        "_scripts", "cancelled", "completed", "consumers", "dead", "history", "history_index",
-        "leases", "paused", "queue", "ready", "retry", "scheduled", "signal", "streams", "tasks",
-        "unique", "unique_exp",
+        "_scripts", "cancel_channel", "cancelled", "completed", "consumers", "dead",
+        "ended_channel", "history", "history_index", "leases", "paused", "queue", "ready",
+        "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
     )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -102,6 +103,11 @@ class Keys:
         #: each of its fields -> its minute, so the minutes past retention are found and removed
         self.history = base + "history"
         self.history_index = base + "history_index"
+        #: pub/sub channels (not keys: they hold nothing): the ids of tasks that ended
+        #: (completed, dead, cancelled), for result waiters; the ids of active tasks whose cancel
+        #: was requested, for the servers holding them
+        self.ended_channel = base + "ended"
+        self.cancel_channel = base + "cancel"
         #: one stream of task ids per priority (index = priority), with the consumer group
         self.streams: tuple[str, ...] = tuple(f"{base}p{p}" for p in PRIORITIES)
         #: each script's KEYS, built once

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from strego.errors import UnreadableRecordError
 from strego.ids import ID_LENGTH, id_time_ms, time_prefix
 from strego.message import TaskMessage
-from strego.task import TaskInfo, TaskState
+from strego.task import TaskError, TaskInfo, TaskState
 
 STATE_OF = {
     b"s"[0]: TaskState.SCHEDULED,
@@ -66,9 +66,9 @@ DEFAULT_ENCODING = "json"
 
 #: The optional header fields this code knows: tag -> name (as lib/record.lua's OPTIONAL).
 #: Adding a field is one line here and one there (docs/architecture.md, "How to add a field").
-OPTIONAL: dict[bytes, str] = {}
+OPTIONAL: dict[bytes, str] = {b"R": "result", b"F": "failure", b"C": "cancel"}
 #: The optional envelope fields: tag -> name. Python alone writes and reads the envelope.
-ENVELOPE_OPTIONAL: dict[bytes, str] = {}
+ENVELOPE_OPTIONAL: dict[bytes, str] = {b"T": "result_ttl"}
 _TAG = re.compile(rb"[A-Za-z][0-9]*")
 
 
@@ -220,8 +220,9 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     error_end = consumer_end + int(el) if el else consumer_end
     unique_end = error_end + int(ul) if ul else error_end
     opt_end = unique_end
-    if len(fields) > 11:  # optional header fields: none known to TaskInfo yet
-        _, opt_end = _opt_values(record, fields[11:], unique_end, OPTIONAL)
+    header_opt: dict[str, bytes] | None = None
+    if len(fields) > 11:  # optional header fields (result, failure, cancel)
+        header_opt, opt_end = _opt_values(record, fields[11:], unique_end, OPTIONAL)
     env_end = record.index(b";", opt_end)
     env_fields = record[opt_end:env_end].split(b",")
     created, timeout, tl, encl, ll = env_fields if len(env_fields) == 5 else env_fields[:5]
@@ -233,8 +234,11 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         encoding_end, encoding = type_end, DEFAULT_ENCODING
     labels_end = encoding_end + int(ll) if ll else encoding_end
     payload_at = labels_end
-    if len(env_fields) > 5:  # optional envelope fields: none known to TaskInfo yet
-        _, payload_at = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
+    result_ttl_ms = None
+    if len(env_fields) > 5:  # optional envelope fields (result_ttl)
+        env_opt, payload_at = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
+        if "result_ttl" in env_opt:
+            result_ttl_ms = int(env_opt["result_ttl"])
     created_ms = int(created) if created else id_time_ms(task_id)
     if created_ms is None:
         raise ValueError("no created time, and the task id does not start with one")
@@ -262,7 +266,29 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         if error_end > consumer_end
         else None,
         record[pos:consumer_end].decode(errors="replace") if consumer_end > pos else None,
-    )
+        *(() if header_opt is None and result_ttl_ms is None
+          else _optional_info(header_opt, result_ttl_ms)),
+    )  # fmt: skip
+
+
+def _optional_info(
+    header: dict[str, bytes] | None, result_ttl_ms: int | None
+) -> tuple[bytes | None, int | None, TaskError | None, bool]:
+    """TaskInfo's result, result_ttl_ms, error and cancel_requested from the optional fields."""
+    if not header:
+        return None, result_ttl_ms, None, False
+    failure = header.get("failure")
+    error = None
+    if failure is not None:
+        detail = json.loads(failure)
+        error = TaskError(str(detail["type"]), str(detail["message"]), str(detail["traceback"]))
+    return header.get("result"), result_ttl_ms, error, "cancel" in header
+
+
+def encode_error(error: TaskError) -> bytes:
+    """The `failure` field of a dead task (JSON; read back by `_optional_info`)."""
+    detail = {"type": error.type, "message": error.message, "traceback": error.traceback}
+    return json.dumps(detail, separators=(",", ":")).encode()
 
 
 def optional_fields(record: bytes) -> tuple[dict[str, bytes], dict[str, bytes]]:

@@ -29,6 +29,9 @@ local HEADER =
 -- parse() gives their values as h.opt[name]; build() writes those set. Adding a field is one
 -- line here and one in record.py's OPTIONAL (docs/architecture.md, "How to add a field").
 local OPTIONAL = {
+  {'R', 'result'},   -- a completed task's return value (ack)
+  {'F', 'failure'},  -- a dead task's error: type, message, traceback as JSON (fail)
+  {'C', 'cancel'},   -- cancel requested while active (cancel); the holder stops the task
 }
 local NAME_OF = {}
 for _, f in ipairs(OPTIONAL) do NAME_OF[f[1]] = f[2] end
@@ -194,8 +197,9 @@ local function pending_sid(rec)
 end
 
 -- An active record's completed record (ended now, sid and consumer cleared, the rest kept,
--- optional fields byte for byte), and the sid, priority, unique key and envelope position (in
--- `rec`) the ack needs; nil when `rec` is not an active record.
+-- optional fields byte for byte), and the sid, priority, unique key, optional part (the
+-- `,<tag><len>` entries: '' for none) and envelope position (in `rec`) the ack needs; nil when
+-- `rec` is not an active record.
 local ACTIVE =
   '^a(%d*),(%d*),(%d*),%d*,(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*)([,%a%d]*);()'
 local function completed(rec, now)
@@ -217,7 +221,7 @@ local function completed(rec, now)
   end
   local new = 'c' .. r .. ',' .. d .. ',' .. st .. ',' .. now .. ',' .. due .. ',' .. mr .. ','
     .. pr .. ',,,' .. el .. ',' .. ul .. part .. ';' .. string.sub(rec, after_consumer)
-  return new, sid, tonumber(pr) or 0, unique, env_at
+  return new, sid, tonumber(pr) or 0, unique, part, env_at
 end
 
 -- The task type an envelope names (the one envelope field Lua reads, for the per-minute history
@@ -350,4 +354,20 @@ local function call_chunked(name, key, items, extra)
       redis.call(name, key, unpack(items, first, last))
     end
   end
+end
+
+-- Tell waiters (pub/sub `channel`, '' for none) that these task ids ended: one message, the ids
+-- separated by spaces. A hint only: a waiter reads the record itself.
+local function publish_ended(channel, ids)
+  if channel ~= '' and ids[1] then redis.call('PUBLISH', channel, table.concat(ids, ' ')) end
+end
+
+-- End an active task (parsed into `h`, taken out of its stream and leases) as cancelled: its
+-- cancel was requested while it ran (cancel.lua); never retried, never dead.
+local function end_cancelled(h, id, now, tasks, cancelled, unique, unique_exp)
+  release_unique(unique, unique_exp, h.unique, id)
+  h.state, h.ended, h.due, h.sid, h.consumer = 'x', now, '', '', ''
+  h.opt.cancel = nil
+  redis.call('HSET', tasks, id, build(h))
+  redis.call('ZADD', cancelled, now, id)
 end
