@@ -10,6 +10,8 @@ The class is built in layers, one module each, every layer using the ones before
 - transitions.py: every transition but fetch (`enqueue`, `ack`, `fail`, `release`, `claim_stale`,
   `promote`, `cancel`, `delete`, `requeue_dead`, `purge`, `pause`, ...);
 - fetching.py: the multi-queue fetch and its idle-queue cache, and `wait_schedule_change`;
+- schedules.py: periodic schedules (`put_schedule`, `remove_schedule`, `list_schedules`,
+  `fire_schedule`);
 
 and this module: the constructor (which sets the state of every layer), `from_url` and `aclose`.
 """
@@ -20,8 +22,9 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from strego.backends.base import Clock
-from strego.backends.redis.fetching import IDLE_RECHECK_S, Fetching, IdleQueues
+from strego.backends.redis.fetching import IDLE_RECHECK_S, IdleQueues
 from strego.backends.redis.keys import Keys, queues_key
+from strego.backends.redis.schedules import Schedules
 from strego.backends.redis.transport import ClosedTransport, Transport
 
 if TYPE_CHECKING:
@@ -33,7 +36,7 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
-class RedisBackend(Fetching):
+class RedisBackend(Schedules):
     """A backend storing tasks in Redis. Give it a `redis.asyncio.Redis` client (created with
     ``decode_responses=False`` or not: replies are read raw either way) or any `Transport`."""
 
