@@ -118,9 +118,7 @@ async def test_remove_refuses_an_invalid_id(backend: Backend) -> None:
         await backend.remove_schedule("no:colons")
 
 
-async def test_fire_enqueues_the_tick_task_and_advances(
-    backend: Backend, clock: FakeClock
-) -> None:
+async def test_fire_enqueues_the_tick_task_and_advances(backend: Backend, clock: FakeClock) -> None:
     tick = clock() + SECOND
     info = await backend.put_schedule(definition(priority=4, max_retry=7), tick)
     clock.advance(SECOND + 250)  # found a little late: the tick is what counts
@@ -161,9 +159,7 @@ async def test_a_fire_on_an_old_view_is_stale(backend: Backend, clock: FakeClock
     assert await backend.fire_schedule(info, tick, tick + SECOND) is FireResult.FIRED
     # the same view again (a second server that read it at the same time): nothing
     assert await backend.fire_schedule(info, tick, tick + SECOND) is FireResult.STALE
-    assert await backend.fire_schedule(info, tick + SECOND, tick + 2 * SECOND) is (
-        FireResult.STALE
-    )
+    assert await backend.fire_schedule(info, tick + SECOND, tick + 2 * SECOND) is (FireResult.STALE)
     assert await ids_in(backend, TaskState.PENDING) == [f"s:{tick}"]
     # a view of another revision: nothing either
     current = await stored(backend)
@@ -213,9 +209,7 @@ async def test_a_dead_tick_does_not_block_the_next(backend: Backend, clock: Fake
     assert await backend.fail("q", got.id, "c1", "boom", retry_in_ms=None) == TaskState.DEAD
     clock.advance(SECOND)
     info = attrs.evolve(info, next_ms=tick + SECOND)
-    assert await backend.fire_schedule(info, tick + SECOND, tick + 2 * SECOND) is (
-        FireResult.FIRED
-    )
+    assert await backend.fire_schedule(info, tick + SECOND, tick + 2 * SECOND) is (FireResult.FIRED)
     assert await state_of(backend, f"s:{tick}") == TaskState.DEAD
     assert await state_of(backend, f"s:{tick + SECOND}") == TaskState.PENDING
 
