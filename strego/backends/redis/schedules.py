@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from strego.backends.base import FireResult, ScheduleDefinition, ScheduleInfo, ScheduleList
-from strego.backends.redis.core import _pairs, _str
+from strego.backends.redis.core import _pairs, _str, log
 from strego.backends.redis.fetching import Fetching
 from strego.backends.redis.keys import schedules_key
 from strego.backends.redis.record import encode_envelope
@@ -138,14 +138,25 @@ class Schedules(Fetching):
             k = self.keys(queue)
             calls.append(Command(("HMGET", k.crons, *ids), idempotent=True))
             calls.append(Command(("HMGET", k.cron_defs, *ids), idempotent=True))
-        replies = await self._pipeline(calls) if calls else []
+        replies = await self._send(calls) if calls else []
         found: list[ScheduleInfo] = []
-        for i, ids in enumerate(by_queue.values()):
+        for i, (queue, ids) in enumerate(by_queue.items()):
             states, defs = replies[2 * i], replies[2 * i + 1]
+            for reply in (states, defs):
+                if isinstance(reply, BaseException) and not isinstance(reply, ForeignKeyError):
+                    raise reply
+            error = next((r for r in (states, defs) if isinstance(r, ForeignKeyError)), None)
+            if error is not None:
+                # one queue's foreign keys must not stop every schedule from firing
+                log.error("schedules of queue %s skipped: %s", queue, error)
+                continue
             for schedule_id, state, raw in zip(ids, states, defs, strict=True):
                 if state is None or raw is None:
                     continue  # removed, or moved to another queue, since the index was read
-                found.append(decode_state(decode_definition(schedule_id, raw), state))
+                try:
+                    found.append(decode_state(decode_definition(schedule_id, raw), state))
+                except (UnreadableRecordError, ValueError) as exc:
+                    log.error("schedule %s skipped: %s", schedule_id, exc)
         found.sort(key=lambda s: s.id)
         return ScheduleList(now, found)
 
