@@ -13,7 +13,14 @@ from typing import Any, Self
 
 import anyio
 
-from strego.backends.base import Backend, ConsumerInfo, MinuteCount, QueueInfo, TaskPage
+from strego.backends.base import (
+    Backend,
+    ConsumerInfo,
+    MinuteCount,
+    QueueInfo,
+    ScheduleInfo,
+    TaskPage,
+)
 from strego.errors import (
     DecodeError,
     InvalidTaskError,
@@ -327,6 +334,20 @@ class Client:
 
     async def resume(self, queue: str) -> None:
         await self.backend.resume(validate_queue_name(queue))
+
+    # -- periodic schedules -------------------------------------------------------------------
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every stored periodic schedule (see `Server.cron`), sorted by id: its definition, next
+        tick (`next_ms`), last tick fired (`last_fire_ms`) and that tick's task id
+        (`last_task_id`)."""
+        return (await self.backend.list_schedules()).schedules
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove a stored schedule: no tick of it fires afterwards, on any server (a server that
+        defines it stores it again when it next starts). Its tasks stay. False if there was
+        none."""
+        return await self.backend.remove_schedule(schedule_id)
 
 
 def _queue_or_none(queue: str | None) -> str | None:

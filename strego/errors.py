@@ -23,6 +23,11 @@ class InvalidCursorError(InvalidTaskError):
     """A `list_tasks` cursor is malformed or belongs to a listing of another state."""
 
 
+class InvalidScheduleError(InvalidTaskError):
+    """A periodic schedule is invalid (its id, cron expression, interval, time zone, catch-up
+    policy or task template). Nothing was written."""
+
+
 class InvalidQueueNameError(InvalidTaskError):
     """A queue name is empty, too long, or uses characters outside the documented charset."""
 

@@ -10,6 +10,7 @@ Inside one server (one anyio task group):
     recovery ┘   (claim_stale of dead servers)   └─ runner N ─┘   (fail goes straight to backend)
     lease keeper: renews every held task's lease      scheduler: promote scheduled/retry tasks
     cancel watcher: cancel requests (pub/sub; the lease keeper's renewals report them too)
+    periodic: fires the due ticks of stored schedules (strego/periodic.py), when it runs
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import socket
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -32,17 +34,21 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from strego.backends.base import AckItem, Backend
+from strego.backends.base import AckItem, Backend, ScheduleDefinition
+from strego.client import Client
+from strego.cron import Catchup, Ticks, check_catchup, check_schedule_id
+from strego.errors import InvalidScheduleError
 from strego.execution import Failure, TaskExecution, describe_exception, error_detail
 from strego.failure_log import FailureLog
 from strego.handlers import Registry, reset_current_task, set_current_task
 from strego.handoff import AckQueue, Buffer, Slots, wait_any
 from strego.lease import LeaseKeeper
+from strego.periodic import Periodic
 from strego.queue_order import QueueOrder, QueuesSpec
 from strego.retry import ExponentialBackoff, RetryDelay
 from strego.scheduler import Scheduler
 from strego.serializers import Serializer, default_serializers
-from strego.task import TaskInfo, TaskState
+from strego.task import Task, TaskInfo, TaskState
 
 # describe_exception is part of this module's API (defined in strego/execution.py)
 __all__ = ["Server", "ServerStats", "consumer_name", "default_serializers", "describe_exception"]
@@ -118,6 +124,8 @@ class Server(TaskExecution):
     - `serializers` (JSON, and msgpack when installed): how payloads are decoded, by the encoding
       name stored with each task.
     - `name`: the consumer name (default ``hostname:pid:random``); must be unique per server.
+    - `fire_schedules` (None): whether this server runs the periodic loop, which fires the due
+      ticks of every schedule stored in the backend (see `cron`). None: when it defines one.
 
     Run it with ``await server.run()`` (until `stop()`, SIGINT or SIGTERM) or ``async with
     server:`` (in the background for the block). The server does not close its backend.
@@ -139,6 +147,7 @@ class Server(TaskExecution):
         default_timeout: float | None = None,
         serializers: Iterable[Serializer] | None = None,
         name: str | None = None,
+        fire_schedules: bool | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
@@ -179,6 +188,10 @@ class Server(TaskExecution):
         }
         self.name = name or consumer_name()
         self.registry = Registry()
+        self.fire_schedules = fire_schedules
+        #: the schedules this server defines (`cron`), by id
+        self.schedules: dict[str, ScheduleDefinition] = {}
+        self.periodic: Periodic | None = None
         self.stats = ServerStats()
         self._stop_requested = False
         self._running = False
@@ -208,6 +221,45 @@ class Server(TaskExecution):
             return func
 
         return register
+
+    def cron(
+        self,
+        schedule: str | timedelta,
+        task: Task,
+        *,
+        id: str,
+        tz: str = "UTC",
+        catchup: Catchup = "latest",
+    ) -> ScheduleDefinition:
+        """Enqueue `task` at every tick of `schedule`: a cron expression (five fields, in time
+        zone `tz`; daylight saving time is handled as Debian's cron does) or a `timedelta`
+        interval (ticks at whole multiples of it since the epoch). Each tick's task has the id
+        ``<id>:<tick ms>`` and is enqueued exactly once, whichever servers run; `task` is the
+        template (its type, queue, payload and options; no id, no unique key, no
+        process_at/process_in).
+
+        The schedule is stored in the backend when the server starts (replacing a different one
+        of the same id, whose next tick is then computed from now), so every server running
+        the periodic loop fires it and `Client.schedules()` lists it. Ticks missed while no
+        server ran: `catchup` "latest" (fire the latest once), "all" (fire each, at most
+        `strego.cron.MAX_CATCHUP`), "none" (skip them; fire a tick only when on time). Call
+        before the server runs. Invalid input raises InvalidScheduleError."""
+        if self._running:
+            raise RuntimeError("define schedules before the server runs")
+        check_schedule_id(id)
+        if id in self.schedules:
+            raise InvalidScheduleError(f"schedule {id!r} is defined twice")
+        ticks = Ticks.parse(schedule, tz)
+        if not isinstance(task, Task):
+            raise InvalidScheduleError(f"expected a strego.Task, not {type(task).__name__}")
+        if task.id is not None:
+            raise InvalidScheduleError("a periodic task takes no id: each tick's is <id>:<tick ms>")
+        message = Client(self.backend).message(task)
+        definition = ScheduleDefinition(
+            id, ticks.spec, tz, check_catchup(catchup), attrs.evolve(message, id=id, created_ms=0)
+        )
+        self.schedules[id] = definition
+        return definition
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -296,6 +348,11 @@ class Server(TaskExecution):
         scheduler = Scheduler(
             self.backend, self.queues, consumer_idle=max(300.0, 10 * self.claim_stale_after)
         )
+        upkeep_loops = [self._lease.run, scheduler.run, self._watch_cancel_requests]
+        fire = self.fire_schedules
+        if fire or (fire is None and self.schedules):
+            self.periodic = Periodic(self.backend, list(self.schedules.values()))
+            upkeep_loops.append(self.periodic.run)
         # buffer: fetched tasks (up to `prefetch` beyond the running ones), and stale ones claimed
         # while a fetch is out (at most concurrency more, by the slot accounting)
         buffer = self._buffer = Buffer()
@@ -312,11 +369,7 @@ class Server(TaskExecution):
         )
         try:
             async with anyio.create_task_group() as tg:
-                upkeep = await tg.start(
-                    self._group_of,
-                    [self._lease.run, scheduler.run, self._watch_cancel_requests],
-                    upkeep_done,
-                )
+                upkeep = await tg.start(self._group_of, upkeep_loops, upkeep_done)
                 await tg.start(self._group_of, [self._ack_loop], acker_done)
                 await tg.start(self._group_of, [self._runner] * self.concurrency, runners_done)
                 intake = await tg.start(

@@ -15,6 +15,7 @@ import redis.asyncio
 
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message
+from strego.backends.base import FireResult, ScheduleDefinition
 from strego.backends.cursor import encode_cursor
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.keys import SCRIPT_KEYS, STREAMS, Keys
@@ -246,6 +247,11 @@ async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:
     await backend.enqueue(message("late"))
     [late] = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
     assert await backend.ack("q", late.id, "c1")
+    cron = ScheduleDefinition("s", "every 1000ms", "UTC", "latest", message("s"))
+    info = await backend.put_schedule(cron, clock())
+    assert await backend.fire_schedule(info, clock(), clock() + 1000) is FireResult.FIRED
+    await backend.list_schedules()
+    await backend.remove_schedule("s")
 
 
 # -- NOSCRIPT ------------------------------------------------------------------------------------

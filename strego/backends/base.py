@@ -36,6 +36,11 @@ the tasks of each queue that completed, failed and went to retry, or went to dea
 the backend's clock, in total and per task type; `throughput` reads them. A minute is kept while
 its start is less than `stats_retention_ms` ago (a backend constructor setting, default 24 h):
 older minutes read as zero at once and are removed, a bounded number at a time, by later counts.
+Schedules. A periodic schedule (`ScheduleDefinition`: a cron expression or an interval, and the
+task each tick enqueues) is stored with its state: a revision that moves whenever the definition
+changes, the next tick due, and the last tick fired with its task's id. `fire_schedule` is the one
+transition of that state, conditional on the caller's view, so any number of servers may run the
+loop with no leader and no lock: each tick fires exactly once.
 
 Leases. Fetching or claiming a task gives the consumer a lease until now + `lease_ms` (an argument
 of each call: the server decides how long its leases last). `renew` extends leases; `claim_stale`
@@ -51,13 +56,15 @@ task then ends cancelled by the holder's `ack` or `fail`, never completed, retri
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 import attrs
 
-from strego.errors import InvalidTaskError, StregoError
+from strego.cron import Catchup, Ticks, check_catchup, check_schedule_id
+from strego.errors import InvalidScheduleError, InvalidTaskError, StregoError
 from strego.message import TaskMessage
 from strego.task import TaskError, TaskInfo, TaskState
 
@@ -179,6 +186,73 @@ class TaskPage:
 
     tasks: list[TaskInfo]
     next_cursor: str | None
+
+
+def _check_template(_: object, __: object, m: TaskMessage) -> None:
+    if m.unique_key is not None:
+        # a unique key held by an earlier tick's task would refuse the next tick's
+        raise InvalidScheduleError("a periodic task takes no unique_key")
+    if m.process_at_ms is not None or m.process_in_ms is not None:
+        raise InvalidScheduleError("a periodic task is due at its tick: no process_at/process_in")
+
+
+@attrs.frozen
+class ScheduleDefinition:
+    """A periodic schedule: `spec` a cron expression (in time zone `tz`) or ``every <n>ms`` (see
+    `strego.cron.Ticks`), `catchup` what to do with ticks missed while no server ran
+    (`strego.cron.plan`), and `template` the task each tick enqueues (its `id` and `created_ms`
+    are replaced by the tick's: id ``<schedule id>:<tick ms>``, created at the tick). Checked when
+    built: an invalid one raises InvalidScheduleError."""
+
+    id: str = attrs.field(validator=lambda _, __, v: check_schedule_id(v))
+    spec: str
+    tz: str
+    catchup: Catchup = attrs.field(validator=lambda _, __, v: check_catchup(v))
+    template: TaskMessage = attrs.field(validator=_check_template)
+    ticks: Ticks = attrs.field(init=False, eq=False, repr=False)
+
+    @ticks.default
+    def _ticks(self) -> Ticks:
+        return Ticks(self.spec, self.tz)
+
+
+@attrs.frozen
+class ScheduleInfo:
+    """A stored schedule and its state. `revision` moves whenever the definition changes;
+    `next_ms` is the next tick to fire; `last_fire_ms` the last tick fired (None before the
+    first), whose task is `last_task_id`."""
+
+    definition: ScheduleDefinition
+    revision: int
+    next_ms: int
+    last_fire_ms: int | None = None
+    last_task_id: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.definition.id
+
+    @property
+    def queue(self) -> str:
+        return self.definition.template.queue
+
+
+@attrs.frozen
+class ScheduleList:
+    """Every stored schedule, by id, and the backend's time when they were read."""
+
+    now_ms: int
+    schedules: list[ScheduleInfo]
+
+
+class FireResult(enum.StrEnum):
+    #: the tick's task was enqueued (or, asked to skip, not) and the schedule advanced
+    FIRED = "fired"
+    #: the schedule no longer holds that tick at that revision (another server fired it, it was
+    #: changed or removed): nothing changed
+    STALE = "stale"
+    #: the tick is still ahead by the backend's clock: nothing changed
+    EARLY = "early"
 
 
 def check_limit(limit: int) -> None:
@@ -487,6 +561,41 @@ class Backend(Protocol):
         a bounded batch of the queue's consumers per call (Redis: about 100), each call going on
         where the last one stopped, so an idle consumer may be forgotten only by a later call;
         calls repeated as often as the batches go round forget every one."""
+        ...
+
+    # -- periodic schedules -----------------------------------------------------------------------
+
+    async def put_schedule(self, definition: ScheduleDefinition, next_ms: int) -> ScheduleInfo:
+        """Store a schedule, returning it as stored. When the same definition is stored already,
+        nothing changes (`next_ms` is ignored: the schedule keeps its place, so every server may
+        put its schedules as it starts). Otherwise (new or changed) the definition is stored
+        with the revision moved on (1 for a new one) and `next_ms` as its next tick; the last
+        fire and last task id of a changed one are kept. A schedule id is unique across queues:
+        a definition moved to another queue leaves its old one."""
+        ...
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove a schedule: no tick of it fires after this returns (a fire that saw it gets
+        STALE). Tasks it already enqueued stay. False when there was none."""
+        ...
+
+    async def list_schedules(self) -> ScheduleList:
+        """Every schedule, sorted by id, with the backend's time. A bounded read only as long as
+        schedules are few (each is defined in code): it reads them all."""
+        ...
+
+    async def fire_schedule(
+        self, schedule: ScheduleInfo, tick_ms: int, next_ms: int, *, enqueue: bool = True
+    ) -> FireResult:
+        """Fire one tick of a schedule, in one step: if the stored schedule still has the
+        revision and the next tick (`next_ms` of `schedule`) the caller saw, and `tick_ms` is
+        not after now by the backend's clock, enqueue the tick's task (pending, id
+        ``<schedule id>:<tick_ms>``; when `enqueue` is False nothing is enqueued: the tick is
+        skipped), and set the schedule's next tick to `next_ms` (and, when it enqueued, its last
+        fire and last task to this tick's). An id that exists already (the tick fired before the
+        schedule was put again) is not enqueued twice; the schedule still advances. Otherwise
+        nothing changes: STALE (the schedule moved on, changed or is gone) or EARLY (the tick is
+        ahead)."""
         ...
 
     async def aclose(self) -> None:

@@ -20,6 +20,7 @@ skipped when it reaches the top.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections import OrderedDict
@@ -38,9 +39,13 @@ from strego.backends.base import (
     AckItem,
     Clock,
     ConsumerInfo,
+    FireResult,
     MinuteCount,
     QueueInfo,
     Renewal,
+    ScheduleDefinition,
+    ScheduleInfo,
+    ScheduleList,
     TaskPage,
     check_limit,
     check_minutes,
@@ -51,6 +56,7 @@ from strego.backends.base import (
 from strego.backends.cursor import Part, decode_cursor, encode_cursor
 from strego.backends.watch import Watch
 from strego.clock import wall_clock_ms
+from strego.cron import check_schedule_id, tick_task_id
 from strego.errors import (
     BackendClosedError,
     DuplicateTaskError,
@@ -197,6 +203,8 @@ class MemoryBackend:
         self._ended_watches: dict[tuple[str, str], set[Watch]] = {}
         self._cancel_watches: dict[str, set[Watch]] = {}
         self._closed = False
+        #: schedule id -> the schedule as stored (ScheduleInfo is immutable: replaced whole)
+        self._schedules: dict[str, ScheduleInfo] = {}
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -822,6 +830,60 @@ class MemoryBackend:
         for name in removed:
             del q.consumers[name]
         return removed
+
+    # -- periodic schedules -----------------------------------------------------------------------
+
+    async def put_schedule(self, definition: ScheduleDefinition, next_ms: int) -> ScheduleInfo:
+        await anyio.lowlevel.checkpoint()
+        self._now()
+        old = self._schedules.get(definition.id)
+        if old is not None and old.definition == definition:
+            return old
+        if old is None:
+            new = ScheduleInfo(definition, 1, next_ms)
+        else:
+            new = attrs.evolve(
+                old, definition=definition, revision=old.revision + 1, next_ms=next_ms
+            )
+        self._schedules[definition.id] = new
+        return new
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        self._now()
+        return self._schedules.pop(check_schedule_id(schedule_id), None) is not None
+
+    async def list_schedules(self) -> ScheduleList:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        return ScheduleList(now, [self._schedules[k] for k in sorted(self._schedules)])
+
+    async def fire_schedule(
+        self, schedule: ScheduleInfo, tick_ms: int, next_ms: int, *, enqueue: bool = True
+    ) -> FireResult:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        stored = self._schedules.get(schedule.id)
+        if (
+            stored is None
+            or stored.revision != schedule.revision
+            or stored.next_ms != schedule.next_ms
+        ):
+            return FireResult.STALE
+        if tick_ms > now:
+            return FireResult.EARLY
+        if not enqueue:
+            self._schedules[schedule.id] = attrs.evolve(stored, next_ms=next_ms)
+            return FireResult.FIRED
+        task_id = tick_task_id(schedule.id, tick_ms)
+        message = attrs.evolve(stored.definition.template, id=task_id, created_ms=tick_ms)
+        # an id taken: fired before this schedule was put again; once is enough
+        with contextlib.suppress(TaskIdConflictError):
+            self._enqueue(message, now)
+        self._schedules[schedule.id] = attrs.evolve(
+            stored, next_ms=next_ms, last_fire_ms=tick_ms, last_task_id=task_id
+        )
+        return FireResult.FIRED
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()

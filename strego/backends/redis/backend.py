@@ -11,6 +11,8 @@ The class is built in layers, one module each, every layer using the ones before
 - transitions.py: every transition but fetch (`enqueue`, `ack`, `fail`, `release`, `claim_stale`,
   `promote`, `cancel`, `delete`, `run_now`, `requeue_dead`, `purge`, `pause`, ...);
 - fetching.py: the multi-queue fetch and its idle-queue cache, and `wait_schedule_change`;
+- schedules.py: periodic schedules (`put_schedule`, `remove_schedule`, `list_schedules`,
+  `fire_schedule`);
 
 and this module: the constructor (which sets the state of every layer), `from_url`, `aclose`,
 and the watches (`watch_ended`, `watch_cancel_requests`) on the pub/sub `Notifier` (notify.py).
@@ -24,9 +26,10 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from strego.backends.base import STATS_RETENTION_MS, Clock, check_stats_retention
-from strego.backends.redis.fetching import IDLE_RECHECK_S, Fetching, IdleQueues
+from strego.backends.redis.fetching import IDLE_RECHECK_S, IdleQueues
 from strego.backends.redis.keys import Keys, queues_key
 from strego.backends.redis.notify import Notifier, PubSubConnection
+from strego.backends.redis.schedules import Schedules
 from strego.backends.redis.transport import ClosedTransport, Transport
 from strego.backends.watch import Watch
 
@@ -39,7 +42,7 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
-class RedisBackend(Fetching):
+class RedisBackend(Schedules):
     """A backend storing tasks in Redis. Give it a `redis.asyncio.Redis` client (created with
     ``decode_responses=False`` or not: replies are read raw either way) or any `Transport`."""
 

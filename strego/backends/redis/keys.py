@@ -18,6 +18,12 @@ def queues_key(prefix: str) -> str:
     return f"{prefix}:{LAYOUT_VERSION}:queues"
 
 
+def schedules_key(prefix: str) -> str:
+    """The global index of periodic schedules: a hash, schedule id -> its queue (whose `crons`
+    and `cron_defs` hold it)."""
+    return f"{prefix}:{LAYOUT_VERSION}:schedules"
+
+
 def schema_key(prefix: str) -> str:
     """The global hash holding the data's record version (field ``record``; see migrate.py)."""
     return f"{prefix}:{LAYOUT_VERSION}:schema"
@@ -59,6 +65,9 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "list_active": (STREAMS, "tasks"),
     "list_sorted": ("tasks", LISTED),
     "oldest_pending": (STREAMS,),
+    "put_schedule": ("crons", "cron_defs"),
+    "remove_schedule": ("crons", "cron_defs"),
+    "fire_schedule": (STREAMS, "tasks", "crons", "ready"),
 }  # fmt: skip
 
 
@@ -76,8 +85,8 @@ class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
     __slots__ = (
-        "_scripts", "cancel_channel", "cancelled", "completed", "consumers", "dead",
-        "ended_channel", "history", "history_index", "leases", "paused", "queue", "ready",
+        "_scripts", "cancel_channel", "cancelled", "completed", "consumers", "cron_defs", "crons",
+        "dead", "ended_channel", "history", "history_index", "leases", "paused", "queue", "ready",
         "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
     )  # fmt: skip
 
@@ -96,6 +105,10 @@ class Keys:
         self.consumers = base + "consumers"  #: hash: consumer name -> last seen ms
         self.paused = base + "paused"  #: string: exists while the queue is paused
         self.signal = base + "signal"  #: capped stream: an earlier due time was added
+        #: hash: schedule id -> 'revision,next tick ms,last fire ms,last task id' (scripts own it)
+        self.crons = base + "crons"
+        #: hash: schedule id -> its definition (JSON only Python reads)
+        self.cron_defs = base + "cron_defs"
         #: string: a counter INCRed whenever tasks become pending (or the queue is resumed), so a
         #: fetcher that found the queue idle can tell from one MGET whether to look at it again
         self.ready = base + "ready"
@@ -135,6 +148,6 @@ class Keys:
         fixed = (
             self.tasks, self.scheduled, self.retry, self.dead, self.completed, self.cancelled,
             self.leases, self.unique, self.unique_exp, self.consumers, self.paused, self.signal,
-            self.ready, self.history, self.history_index,
+            self.ready, self.history, self.history_index, self.crons, self.cron_defs,
         )  # fmt: skip
         return fixed + self.streams
