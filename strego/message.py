@@ -32,6 +32,9 @@ class TaskMessage:
     #: instead of process_at_ms: scheduled this long after the backend stores it, by the
     #: backend's clock (not the producer's, which may be off)
     process_in_ms: int | None = None
+    #: propagation headers (trace context, baggage) written once at creation by the client's
+    #: middleware; kept unchanged through retries and dead-letter requeues
+    headers: dict[str, str] = attrs.field(factory=dict)
 
     def due_ms(self, now: int) -> int | None:
         """When the task is due by a backend whose clock reads `now`: None for at once."""
@@ -45,7 +48,7 @@ class TaskMessage:
             return TaskInfo(
                 self.id, self.type, self.queue, state, self.payload, self.encoding,
                 self.max_retry, self.priority, self.timeout_ms, self.labels, self.unique_key,
-                0, 0, self.created_ms,
+                0, 0, self.created_ms, None, None, None, None, None, None, self.headers,
             )  # fmt: skip
         return TaskInfo(
             id=self.id,
@@ -60,6 +63,7 @@ class TaskMessage:
             labels=self.labels,
             unique_key=self.unique_key,
             created_ms=self.created_ms,
+            headers=self.headers,
             **fields,  # type: ignore[arg-type]
         )
 

@@ -37,6 +37,8 @@ from strego.failure_log import FailureLog
 from strego.handlers import Registry, reset_current_task, set_current_task
 from strego.handoff import AckQueue, Buffer, Slots, wait_any
 from strego.lease import LeaseKeeper
+from strego.logs import task_extra
+from strego.middleware import Attempt, MiddlewareChain, Outcome
 from strego.queue_order import QueueOrder, QueuesSpec
 from strego.retry import ExponentialBackoff, RetryDelay
 from strego.scheduler import Scheduler
@@ -82,6 +84,10 @@ class ServerStats:
     claimed: int = 0  #: stale tasks taken over from dead servers
 
 
+#: The outcome of a failed attempt, by the state `fail` left the task in (else LOST).
+_OUTCOMES = {TaskState.RETRY: Outcome.RETRIED, TaskState.DEAD: Outcome.DEAD}
+
+
 class Server(TaskExecution):
     """Runs handlers for the tasks of its queues.
 
@@ -112,6 +118,7 @@ class Server(TaskExecution):
     - `serializers` (JSON, and msgpack when installed): how payloads are decoded, by the encoding
       name stored with each task.
     - `name`: the consumer name (default ``hostname:pid:random``); must be unique per server.
+    - `middleware` (none): hooks called around each attempt, in order (strego/middleware.py).
 
     Run it with ``await server.run()`` (until `stop()`, SIGINT or SIGTERM) or ``async with
     server:`` (in the background for the block). The server does not close its backend.
@@ -133,6 +140,7 @@ class Server(TaskExecution):
         default_timeout: float | None = None,
         serializers: Iterable[Serializer] | None = None,
         name: str | None = None,
+        middleware: Sequence[object] = (),
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
@@ -173,6 +181,7 @@ class Server(TaskExecution):
         }
         self.name = name or consumer_name()
         self.registry = Registry()
+        self.middleware = MiddlewareChain(middleware)
         self.stats = ServerStats()
         self._stop_requested = False
         self._running = False
@@ -459,11 +468,19 @@ class Server(TaskExecution):
         debug = self._debug
         if debug:
             attempt = info.retried + 1
-            log.debug("start %s %s (queue %s, attempt %d)", info.type, info.id, info.queue, attempt)
+            log.debug(
+                "start %s %s (queue %s, attempt %d)",
+                *(info.type, info.id, info.queue, attempt),
+                extra=task_extra(info),
+            )
             started = anyio.current_time()
+        hooks = self.middleware if self.middleware.attempts else None
+        hooked: Attempt | None = None
         token = set_current_task(info)
         self._handler_scopes[key] = scope
         try:
+            if hooks is not None:
+                hooked = await hooks.start_attempt(info, self.name)
             failure = await self._execute(info, handler)
         except BaseException:
             # shutdown cancelled the handler, or the whole server is being cancelled: give the
@@ -472,6 +489,9 @@ class Server(TaskExecution):
             await self._release(
                 [info], "cancelled at shutdown" if scope.cancel_called else "cancelled"
             )
+            if hooks is not None and hooked is not None:
+                with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+                    await hooks.end_attempt(hooked, Outcome.CANCELLED, None)
             raise
         finally:
             reset_current_task(token)
@@ -479,12 +499,19 @@ class Server(TaskExecution):
         if failure is None:
             if debug:
                 elapsed = anyio.current_time() - started
-                log.debug("done %s %s in %.3fs", info.type, info.id, elapsed)
+                log.debug(
+                    "done %s %s in %.3fs", info.type, info.id, elapsed, extra=task_extra(info)
+                )
             self._acks.put(info)
+            if hooked is not None:
+                await self.middleware.end_attempt(hooked, Outcome.COMPLETED, None)
             return
-        await self._fail(info, failure)
+        state = await self._fail(info, failure)
+        if hooked is not None:
+            outcome = Outcome.LOST if state is None else _OUTCOMES.get(state, Outcome.LOST)
+            await self.middleware.end_attempt(hooked, outcome, failure.exception)
 
-    async def _fail(self, info: TaskInfo, failure: Failure) -> None:
+    async def _fail(self, info: TaskInfo, failure: Failure) -> TaskState | None:
         retry_in_ms = None
         if failure.retry:
             delay = self._retry_delay_of(info, failure)
@@ -496,8 +523,10 @@ class Server(TaskExecution):
             )
         except Exception as exc:
             # it stays active under our name: once its lease expires it is claimed and run again
-            log.warning("recording the failure of task %s failed: %s", info.id, exc)
-            return
+            log.warning(
+                "recording the failure of task %s failed: %s", info.id, exc, extra=task_extra(info)
+            )
+            return None
         finally:
             self._lease.drop(info.queue, info.id)
         if state is TaskState.RETRY:
@@ -513,7 +542,9 @@ class Server(TaskExecution):
             info.retried + 1,
             first_line,
             state or "not active",
+            extra=task_extra(info),
         )
+        return state
 
     # -- acks -----------------------------------------------------------------------------------
 
@@ -540,7 +571,9 @@ class Server(TaskExecution):
             self._lease.drop(info.queue, info.id)
             self.stats.processed += 1
             if not acked:
-                log.debug("ack of task %s found it no longer active", info.id)
+                log.debug(
+                    "ack of task %s found it no longer active", info.id, extra=task_extra(info)
+                )
 
     # -- giving tasks back ----------------------------------------------------------------------
 

@@ -252,6 +252,8 @@ class TaskInfo:
     last_error: str | None = None
     #: the consumer that holds an active task
     consumer: str | None = None
+    #: propagation headers (trace context, baggage) set by the client's middleware at enqueue
+    headers: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def created_at(self) -> datetime:

@@ -36,6 +36,8 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
+import attrs
+
 from strego.errors import UnreadableRecordError
 from strego.ids import ID_LENGTH, id_time_ms, time_prefix
 from strego.message import TaskMessage
@@ -68,7 +70,9 @@ DEFAULT_ENCODING = "json"
 #: Adding a field is one line here and one there (docs/architecture.md, "How to add a field").
 OPTIONAL: dict[bytes, str] = {}
 #: The optional envelope fields: tag -> name. Python alone writes and reads the envelope.
-ENVELOPE_OPTIONAL: dict[bytes, str] = {}
+ENVELOPE_OPTIONAL: dict[bytes, str] = {
+    b"h": "headers",  # propagation headers (trace context, baggage): a JSON object of strings
+}
 _TAG = re.compile(rb"[A-Za-z][0-9]*")
 
 
@@ -102,7 +106,11 @@ def _opt_values(
 
 def encode_envelope(message: TaskMessage, optional: Mapping[str, bytes] | None = None) -> bytes:
     """The immutable part of a task, as the enqueue script stores it after the header, with
-    the `optional` fields given (by name, from ENVELOPE_OPTIONAL)."""
+    the `optional` fields given (by name, from ENVELOPE_OPTIONAL); the message's headers are
+    one of them when it has any."""
+    if message.headers:
+        optional = {**(optional or {}), "headers": encode_headers(message.headers)}
+        message = attrs.evolve(message, headers={})
     if optional:
         return _with_optional(encode_envelope(message), optional)
     kind = message.type.encode()
@@ -122,6 +130,20 @@ def encode_envelope(message: TaskMessage, optional: Mapping[str, bytes] | None =
         return b"".join((head.encode(), kind, encoding, labels, message.payload))
     head = f"{created},{timeout},{len(kind)},{encoding_len},;"
     return b"".join((head.encode(), kind, encoding, message.payload))
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    return json.dumps(headers, separators=(",", ":")).encode()
+
+
+def decode_headers(value: bytes) -> dict[str, str]:
+    """The headers envelope field (ValueError unless a JSON object of strings)."""
+    headers = json.loads(value)
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ValueError("the headers field is not a JSON object of strings")
+    return headers
 
 
 def _with_optional(envelope: bytes, optional: Mapping[str, bytes]) -> bytes:
@@ -233,8 +255,11 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         encoding_end, encoding = type_end, DEFAULT_ENCODING
     labels_end = encoding_end + int(ll) if ll else encoding_end
     payload_at = labels_end
-    if len(env_fields) > 5:  # optional envelope fields: none known to TaskInfo yet
-        _, payload_at = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
+    headers = {}
+    if len(env_fields) > 5:  # optional envelope fields
+        env_opt, payload_at = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
+        if "headers" in env_opt:
+            headers = decode_headers(env_opt["headers"])
     created_ms = int(created) if created else id_time_ms(task_id)
     if created_ms is None:
         raise ValueError("no created time, and the task id does not start with one")
@@ -262,6 +287,7 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         if error_end > consumer_end
         else None,
         record[pos:consumer_end].decode(errors="replace") if consumer_end > pos else None,
+        headers,
     )
 
 
