@@ -54,7 +54,10 @@ def scrape_until_done(port: int) -> dict[Any, float]:
         assert reply.headers["content-type"].startswith("text/plain")
         last = samples(reply.text)
         got = {o: total(last, "strego_task_attempts_total", outcome=o) for o in EXPECTED_ATTEMPTS}
-        done = total(last, "strego_queue_tasks", queue="default", state="completed") == 8
+        done = all(
+            total(last, "strego_queue_tasks", queue="default", state=state) == n
+            for state, n in (("completed", 8), ("dead", 2), ("pending", 0), ("retry", 0))
+        )
         if got == EXPECTED_ATTEMPTS and total(last, "strego_tasks_in_progress") == 0 and done:
             return last
         time.sleep(0.05)
