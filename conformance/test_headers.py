@@ -43,6 +43,7 @@ async def test_no_headers_reads_as_empty(backend: Backend) -> None:
 async def test_headers_survive_retry_dead_and_requeue(backend: Backend, clock: FakeClock) -> None:
     await backend.enqueue(attrs.evolve(message("h", max_retry=1), headers=HEADERS))
     [first] = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
+    assert first.headers == HEADERS
     assert await backend.fail("q", "h", "c1", "boom", retry_in_ms=10) == TaskState.RETRY
     clock.advance(10)
     await backend.promote(["q"])

@@ -138,7 +138,9 @@ async def test_parent_mode_and_nested_spans(anyio_backend: Any) -> None:
     spans: dict[str, list[ReadableSpan]] = {}
     for span in exporter.get_finished_spans():
         spans.setdefault(span.name, []).append(span)
-    send1 = next(s for s in spans["send default"] if s.attributes["messaging.message.id"] == first.id)
+    send1 = next(
+        s for s in spans["send default"] if s.attributes["messaging.message.id"] == first.id
+    )
     process1 = next(
         s for s in spans["process default"] if s.attributes["messaging.message.id"] == first.id
     )
@@ -157,7 +159,9 @@ async def test_parent_mode_and_nested_spans(anyio_backend: Any) -> None:
 @pytest.mark.anyio
 async def test_enqueue_refused_marks_the_span(anyio_backend: Any) -> None:
     provider, exporter = in_memory()
-    client = strego.Client(MemoryBackend(), middleware=[TracingMiddleware(tracer_provider=provider)])
+    client = strego.Client(
+        MemoryBackend(), middleware=[TracingMiddleware(tracer_provider=provider)]
+    )
     await client.enqueue(strego.Task("t", id="same"))
     with pytest.raises(strego.errors.TaskIdConflictError):
         await client.enqueue(strego.Task("t", id="same"))

@@ -205,7 +205,7 @@ async def test_collector_reads_at_most_max_queues_and_covers_all(anyio_backend: 
     for i in range(25):
         await client.enqueue(strego.Task("t", queue=f"q{i}"))
     collector = BackendCollector(backend, max_queues=10, max_age=0)
-    for scrape in range(3):
+    for _ in range(3):
         before = backend.reads
         await collector.refresh()
         assert backend.reads - before == 10
