@@ -16,7 +16,9 @@
 
 - `BackendCollector`: what the backend holds, read at scrape time with bounded cost:
   ``strego_queue_tasks{queue,state}``, ``strego_queue_paused{queue}``,
-  ``strego_queue_oldest_pending_age_seconds{queue}`` (age of the next task to run), and
+  ``strego_queue_oldest_pending_age_seconds{queue}`` (age of the next task to run, since its
+  creation), ``strego_queue_ended_per_minute{queue,state}`` (tasks completed, dead or cancelled
+  in the last minute), and
   ``strego_collector_queues`` (queues known). One scrape lists the queues and reads at most
   `max_queues` of them (the least recently read first, so every queue is covered within
   ``ceil(queues / max_queues)`` scrapes; the others show their last reading); a scrape within
@@ -41,7 +43,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from strego.backends.base import Backend
+from strego.backends.base import Backend, QueueInfo
 from strego.middleware import Attempt, EnqueueCall, Middleware
 from strego.task import TaskState
 
@@ -120,6 +122,13 @@ class MetricsMiddleware(Middleware):
         self.attempts.labels(info.queue, info.type, str(attempt.outcome)).inc()
 
 
+@attrs.frozen
+class _Reading:
+    at: float  #: anyio.current_time() of the reading
+    info: QueueInfo
+    oldest_pending_age: float | None
+
+
 class BackendCollector:
     """Queue metrics read from a backend. Give it to `render`, `metrics_app` or `serve`, which
     refresh it before each exposition; or register it in a registry (it is a prometheus-client
@@ -144,8 +153,8 @@ class BackendCollector:
         self.max_age = max_age
         self._lock = anyio.Lock()
         self._read_at = -math.inf
-        #: queue -> (when read, counts, paused, oldest pending age or None)
-        self._readings: dict[str, tuple[float, dict[TaskState, int], bool, float | None]] = {}
+        #: queue -> its last reading
+        self._readings: dict[str, _Reading] = {}
         self._known = 0
 
     async def refresh(self) -> None:
@@ -169,7 +178,7 @@ class BackendCollector:
         for gone in [q for q in self._readings if q not in listed]:
             del self._readings[gone]
         # never read first, then the least recently read
-        chosen = sorted(names, key=lambda q: self._readings.get(q, (-math.inf,))[0])
+        chosen = sorted(names, key=lambda q: r.at if (r := self._readings.get(q)) else -math.inf)
         now = anyio.current_time()
         wall_ms = self.backend.clock()
         for queue in chosen[: self.max_queues]:
@@ -179,7 +188,7 @@ class BackendCollector:
                 page = await self.backend.list_tasks(queue, TaskState.PENDING, limit=1)
                 if page.tasks:
                     oldest = max(0.0, (wall_ms - page.tasks[0].created_ms) / 1000)
-            self._readings[queue] = (now, dict(info.counts), info.paused, oldest)
+            self._readings[queue] = _Reading(now, info, oldest)
 
     def describe(self) -> list[Metric]:
         return []  # its metrics depend on the backend: not checked for clashes at register
@@ -196,14 +205,23 @@ class BackendCollector:
             "Age of the next pending task to run.",
             labels=("queue",),
         )
-        for queue, (_, counts, is_paused, age) in sorted(self._readings.items()):
+        ended = GaugeMetricFamily(
+            "strego_queue_ended_per_minute",
+            "Tasks that ended (completed, dead, cancelled) in the last minute, per queue.",
+            labels=("queue", "state"),
+        )
+        for queue, reading in sorted(self._readings.items()):
+            info = reading.info
             for state in TaskState:
-                tasks.add_metric((queue, str(state)), counts.get(state, 0))
-            paused.add_metric((queue,), 1 if is_paused else 0)
+                tasks.add_metric((queue, str(state)), info.counts.get(state, 0))
+            for state, count in info.ended_last_minute.items():
+                ended.add_metric((queue, str(state)), count)
+            paused.add_metric((queue,), 1 if info.paused else 0)
+            age = reading.oldest_pending_age
             oldest.add_metric((queue,), 0 if age is None else age)
         known = GaugeMetricFamily("strego_collector_queues", "Queues the collector reports.")
         known.add_metric((), self._known)
-        return [tasks, paused, oldest, known]
+        return [tasks, ended, paused, oldest, known]
 
 
 async def render(

@@ -70,6 +70,8 @@ def check_queue_metrics(found: dict[Any, float]) -> None:
     assert total(found, "strego_queue_tasks", queue="default", state="dead") == 2
     assert total(found, "strego_queue_tasks", queue="default", state="pending") == 0
     assert total(found, "strego_queue_paused", queue="default") == 0
+    assert total(found, "strego_queue_ended_per_minute", queue="default", state="completed") == 8
+    assert total(found, "strego_queue_ended_per_minute", queue="default", state="dead") == 2
     assert total(found, "strego_collector_queues") == 1
 
 
@@ -245,3 +247,21 @@ async def test_collector_redis_cost_is_bounded_with_1000_queues(
     finally:
         admin.close()
         await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_collector_paused_and_oldest_pending_age(anyio_backend: Any) -> None:
+    now = [1_767_225_600_000]
+    backend = MemoryBackend(clock=lambda: now[0])
+    client = strego.Client(backend)
+    await client.enqueue(strego.Task("t", queue="old"))
+    now[0] += 90_000
+    await client.enqueue(strego.Task("t", queue="old"))
+    await client.enqueue(strego.Task("t", queue="idle"))
+    await client.pause("idle")
+    now[0] += 10_000
+    body, _ = await render(CollectorRegistry(), BackendCollector(backend))
+    found = samples(body.decode())
+    assert total(found, "strego_queue_oldest_pending_age_seconds", queue="old") == 100
+    assert total(found, "strego_queue_paused", queue="idle") == 1
+    assert total(found, "strego_queue_paused", queue="old") == 0

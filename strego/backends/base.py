@@ -64,6 +64,9 @@ class QueueInfo:
     name: str
     paused: bool
     counts: dict[TaskState, int]
+    #: tasks that entered each ended state (completed, dead, cancelled) during the last minute by
+    #: the backend's clock, among those still retained (the rate metrics' source)
+    ended_last_minute: dict[TaskState, int] = attrs.field(factory=dict)
 
 
 #: The most tasks one `list_tasks` page holds.
@@ -280,7 +283,9 @@ class Backend(Protocol):
         ...
 
     async def queue_info(self, queue: str) -> QueueInfo:
-        """Paused flag and the count of tasks in each state (every TaskState present as a key)."""
+        """Paused flag, the count of tasks in each state (every TaskState present as a key), and
+        of those that ended in the last minute (`ended_last_minute`: completed, dead and
+        cancelled present as keys)."""
         ...
 
     async def list_tasks(

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 _WAITING = (TaskState.SCHEDULED, TaskState.RETRY)
 _ENDED = (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.DEAD)
+#: The window of QueueInfo.ended_last_minute.
+MINUTE_MS = 60_000
 _CANCELLABLE = (TaskState.SCHEDULED, TaskState.PENDING, TaskState.RETRY)
 #: Listed in fetch order: (-priority, entry, id); the other states by (time, id).
 _FETCH_ORDER = (TaskState.PENDING, TaskState.ACTIVE)
@@ -585,9 +587,15 @@ class MemoryBackend:
 
     async def queue_info(self, queue: str) -> QueueInfo:
         await anyio.lowlevel.checkpoint()
-        q = self._queue(queue, self._now())
+        now = self._now()
+        q = self._queue(queue, now)
         counts = {state: len(q.by_state[state]) for state in TaskState}
-        return QueueInfo(name=queue, paused=q.paused, counts=counts)
+        # ended tasks are indexed by (end time, id): one bisection per state
+        recent = {
+            s: min(counts[s], len(q.index[s]) - q.index[s].bisect_left((now - MINUTE_MS, "")))
+            for s in _ENDED
+        }
+        return QueueInfo(name=queue, paused=q.paused, counts=counts, ended_last_minute=recent)
 
     async def list_tasks(
         self, queue: str, state: TaskState, *, cursor: str | None = None, limit: int = 100

@@ -23,6 +23,8 @@ from strego.task import MAX_PRIORITY, TaskInfo, TaskState
 #: of list_tasks takes several calls (MAX_SCAN entries in all), each of them short.
 LIST_BATCH = 250
 
+#: The window of QueueInfo.ended_last_minute.
+MINUTE_MS = 60_000
 _RETAINED = {
     TaskState.COMPLETED: "completed",
     TaskState.CANCELLED: "cancelled",
@@ -94,9 +96,14 @@ class Reads(ForeignKeys):
                 Command(("ZCOUNT", getattr(k, _RETAINED[s]), self._live_from(s, now), "+inf"))
                 for s in _RETAINED
             ),
+            *(
+                Command(("ZCOUNT", getattr(k, _RETAINED[s]), now - MINUTE_MS, "+inf"))
+                for s in _RETAINED
+            ),
             *(Command(("XLEN", s)) for s in k.streams),
         ]
         r = await self._pipeline(calls)
+        recent = {s: min(r[7 + i], r[4 + i]) for i, s in enumerate(_RETAINED)}
         counts = {
             TaskState.SCHEDULED: r[1],
             TaskState.RETRY: r[2],
@@ -105,9 +112,10 @@ class Reads(ForeignKeys):
             TaskState.CANCELLED: r[5],
             TaskState.DEAD: r[6],
             # every stream entry is a pending task or an active one (until it leaves active)
-            TaskState.PENDING: max(0, sum(r[7:]) - r[3]),
+            TaskState.PENDING: max(0, sum(r[10:]) - r[3]),
         }
-        return QueueInfo(name=queue, paused=bool(r[0]), counts={s: counts[s] for s in TaskState})
+        counts = {s: counts[s] for s in TaskState}
+        return QueueInfo(name=queue, paused=bool(r[0]), counts=counts, ended_last_minute=recent)
 
     async def _records(self, queue: str, ids: Sequence[bytes]) -> list[TaskInfo]:
         if not ids:
