@@ -117,9 +117,11 @@ class Middleware:
 
 _HOOKS = ("before_enqueue", "after_enqueue", "before_attempt", "after_attempt")
 Hook = Callable[[Any], Any]
+#: A hook, and whether it is a coroutine function (else its result is awaited if awaitable).
+Bound = tuple[Hook, bool]
 
 
-def _hooks(items: Iterable[object], name: str) -> tuple[Hook, ...]:
+def _hooks(items: Iterable[object], name: str) -> tuple[Bound, ...]:
     """The bound `name` hooks of `items` that do something (no-op defaults left out)."""
     found = []
     for item in items:
@@ -128,7 +130,7 @@ def _hooks(items: Iterable[object], name: str) -> tuple[Hook, ...]:
             continue
         if not callable(hook):
             raise TypeError(f"middleware {item!r}: {name} is not callable")
-        found.append(hook)
+        found.append((hook, inspect.iscoroutinefunction(hook)))
     return tuple(found)
 
 
@@ -209,11 +211,14 @@ def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
     return clean
 
 
-async def _run(hooks: tuple[Hook, ...], argument: object) -> None:
-    for hook in hooks:
+async def _run(hooks: tuple[Bound, ...], argument: object) -> None:
+    for hook, is_async in hooks:
         try:
+            if is_async:
+                await hook(argument)
+                continue
             result = hook(argument)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
         except anyio.get_cancelled_exc_class():
             raise  # the runtime cancelling the enqueue or the attempt: as without middleware
