@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 import attrs
 
+from strego.logs import task_extra
 from strego.message import TaskMessage
 from strego.task import TaskInfo
 
@@ -211,7 +212,7 @@ def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
     return clean
 
 
-async def _run(hooks: tuple[Bound, ...], argument: object) -> None:
+async def _run(hooks: tuple[Bound, ...], argument: EnqueueCall | Attempt) -> None:
     for hook, is_async in hooks:
         try:
             if is_async:
@@ -223,7 +224,8 @@ async def _run(hooks: tuple[Bound, ...], argument: object) -> None:
         except anyio.get_cancelled_exc_class():
             raise  # the runtime cancelling the enqueue or the attempt: as without middleware
         except Exception:
-            log.exception("middleware hook %s raised; ignored", _name(hook))
+            task = argument.message if isinstance(argument, EnqueueCall) else argument.info
+            log.exception("middleware hook %s raised; ignored", _name(hook), extra=task_extra(task))
 
 
 def _name(hook: Hook) -> str:

@@ -6,9 +6,9 @@ Attributes follow the messaging semantic conventions of OpenTelemetry Semantic C
 **v1.28.0** (`SEMCONV_VERSION`, also the tracer's schema URL): ``messaging.system`` is
 ``"strego"``, ``messaging.destination.name`` the queue, ``messaging.message.id`` the task id,
 ``messaging.operation.type``/``.name`` ``send`` or ``process``, ``messaging.consumer.group.name``
-the queue's consumer group (``strego``), ``messaging.client.id`` the server's consumer name, and
-``error.type`` the exception's class on a failed attempt. strego adds ``strego.task.type``,
-``strego.task.attempt`` and ``strego.task.outcome``.
+the consumer group (``strego``, the Redis backend's default `group`), ``messaging.client.id``
+the server's consumer name, and ``error.type`` the exception's class on a failed attempt.
+strego adds ``strego.task.type``, ``strego.task.attempt`` and ``strego.task.outcome``.
 
 The producer's context (``traceparent``, ``tracestate``, ``baggage``, by the globally configured
 propagator) is stored in the task's headers once, at enqueue, never in its payload: every attempt,
@@ -40,15 +40,21 @@ CONSUMER_GROUP = "strego"
 class TracingMiddleware(Middleware):
     """Producer and consumer spans; give the same instance (or two alike) to `Client` and
     `Server`. `tracer_provider` defaults to the global one; `parent=True` makes consumer spans
-    children of the producer span instead of linking to it."""
+    children of the producer span instead of linking to it; `consumer_group` is the Redis
+    backend's `group` option when it is not the default."""
 
     def __init__(
-        self, *, tracer_provider: trace.TracerProvider | None = None, parent: bool = False
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        parent: bool = False,
+        consumer_group: str = CONSUMER_GROUP,
     ) -> None:
         self.tracer = trace.get_tracer(
             "strego", __version__, tracer_provider=tracer_provider, schema_url=SCHEMA_URL
         )
         self.parent = parent
+        self.consumer_group = consumer_group
 
     def before_enqueue(self, call: EnqueueCall) -> None:
         m = call.message
@@ -100,7 +106,7 @@ class TracingMiddleware(Middleware):
                 "messaging.operation.name": "process",
                 "messaging.destination.name": info.queue,
                 "messaging.message.id": info.id,
-                "messaging.consumer.group.name": CONSUMER_GROUP,
+                "messaging.consumer.group.name": self.consumer_group,
                 "messaging.client.id": attempt.consumer,
                 "strego.task.type": info.type,
                 "strego.task.attempt": attempt.attempt,

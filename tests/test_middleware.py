@@ -143,6 +143,9 @@ async def test_raising_hooks_lose_nothing_and_run_nothing_twice(
         "before_enqueue", "after_enqueue", "before_attempt", "after_attempt"
     )} <= raised  # fmt: skip
     assert all(r.exc_info for r in caplog.records)
+    assert all(r.task_type == "t" for r in caplog.records)  # type: ignore[attr-defined]
+    attempts = {r.attempt for r in caplog.records}  # type: ignore[attr-defined]
+    assert attempts == {0, 1, 2}  # enqueue, first and second attempts
 
 
 async def test_attempt_timings_and_outcomes(anyio_backend: Any) -> None:
