@@ -33,7 +33,10 @@ def main() -> None:
     server = None if a.url else start_redis_server()
     url = a.url or server.url  # type: ignore[union-attr]
     try:
-        print(f"{'setup':<16} {'plain/s':>9} {'on/s':>9} {'ratio':>6} {'on+SDK/s':>9} {'ratio':>6}")
+        print(
+            f"{'setup':<16} {'plain/s':>9} {'on/s':>9} {'ratio':>6} {'on+SDK/s':>9} {'ratio':>6}"
+            f"   CPU ratios: {'on':>5} {'on+SDK':>7}"
+        )
         for name in a.setups.split(","):
             setup = make_setup(name, url)
 
@@ -48,7 +51,9 @@ def main() -> None:
             print(
                 f"{name:<16} {r['process_plain_per_s']:>9,.0f} "
                 f"{r['process_observed_per_s']:>9,.0f} {r['observed_vs_plain']:>6.2f} "
-                f"{r['process_observed_sdk_per_s']:>9,.0f} {r['observed_sdk_vs_plain']:>6.2f}",
+                f"{r['process_observed_sdk_per_s']:>9,.0f} {r['observed_sdk_vs_plain']:>6.2f}"
+                f"               {r['observed_vs_plain_cpu']:>5.2f} "
+                f"{r['observed_sdk_vs_plain_cpu']:>7.2f}",
                 flush=True,
             )
     finally:

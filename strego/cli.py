@@ -176,11 +176,17 @@ def _metrics_server(
         from strego import prometheus
     except ImportError as exc:
         raise SystemExit(f"--metrics-port needs strego[prometheus]: {exc}") from exc
-    if not any(isinstance(m, prometheus.MetricsMiddleware) for m in server.middleware.items):
-        server.middleware = server.middleware.with_(prometheus.MetricsMiddleware())
+    found = [m for m in server.middleware.items if isinstance(m, prometheus.MetricsMiddleware)]
+    if not found:
+        found.append(prometheus.MetricsMiddleware())
+        server.middleware = server.middleware.with_(found[0])
     collector = prometheus.BackendCollector(server.backend, queues=server.queues)
     return functools.partial(
-        prometheus.serve, args.metrics_port, host=args.metrics_host, collector=collector
+        prometheus.serve,
+        args.metrics_port,
+        host=args.metrics_host,
+        registry=found[0].registry or prometheus.REGISTRY,
+        collector=collector,
     )
 
 

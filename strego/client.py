@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
+
 from strego.backends.base import Backend, ConsumerInfo, QueueInfo, TaskPage
 from strego.errors import InvalidTaskError, PayloadTooLargeError, StregoError
 from strego.ids import new_task_id
@@ -170,9 +172,10 @@ class Client:
         calls = [await chain.start_enqueue(m) for m in messages]
         try:
             results = await self.backend.enqueue_many([c.message for c in calls])
-        except Exception as exc:
-            for call in calls:
-                await chain.end_enqueue(call, None, exc)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):  # a cancelled call ends its hooks too
+                for call in calls:
+                    await chain.end_enqueue(call, None, exc)
             raise
         for call, result in zip(calls, results, strict=True):
             if isinstance(result, TaskInfo):

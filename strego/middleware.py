@@ -180,8 +180,10 @@ class MiddlewareChain:
         call = await self.start_enqueue(message)
         try:
             info = await store(call.message)
-        except Exception as exc:
-            await self.end_enqueue(call, None, exc)
+        except BaseException as exc:
+            # a cancelled enqueue too: every before_enqueue gets its after_enqueue
+            with anyio.CancelScope(shield=True):
+                await self.end_enqueue(call, None, exc)
             raise
         await self.end_enqueue(call, info, None)
         return info

@@ -96,6 +96,7 @@ class MetricsMiddleware(Middleware):
     def __init__(
         self, *, registry: CollectorRegistry | None = REGISTRY, buckets: Sequence[float] = BUCKETS
     ) -> None:
+        self.registry = registry
         bounds = sorted(float(b) for b in buckets if b != math.inf)
         if not bounds:
             raise ValueError("give at least one finite bucket bound")
@@ -344,6 +345,17 @@ async def serve(
 
 
 async def _answer(
+    stream: anyio.abc.SocketStream,
+    registry: CollectorRegistry,
+    collector: BackendCollector | None,
+) -> None:
+    try:
+        await _exchange(stream, registry, collector)
+    except Exception as exc:  # one scrape gone wrong never stops the server it runs in
+        log.warning("serving metrics failed: %s", exc)
+
+
+async def _exchange(
     stream: anyio.abc.SocketStream,
     registry: CollectorRegistry,
     collector: BackendCollector | None,

@@ -3,6 +3,7 @@ real `strego worker` subprocess; the backend collector's cost is bounded."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -10,13 +11,14 @@ import anyio
 import httpx
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import strego
 from strego.backends.memory import MemoryBackend
 from strego.backends.redis import RedisBackend
-from strego.prometheus import BackendCollector, MetricsMiddleware, metrics_app, render
+from strego.middleware import Attempt
+from strego.prometheus import BackendCollector, MetricsMiddleware, metrics_app, render, serve
 from strego.task import TaskState
 from tests.obs_support import free_port, worker
 from tests.obs_worker import SEED
@@ -266,3 +268,58 @@ async def test_collector_paused_and_oldest_pending_age(anyio_backend: Any) -> No
     assert total(found, "strego_queue_oldest_pending_age_seconds", queue="old") == 100
     assert total(found, "strego_queue_paused", queue="idle") == 1
     assert total(found, "strego_queue_paused", queue="old") == 0
+
+
+@pytest.mark.anyio
+async def test_serve_answers_scrapes_and_survives_bad_clients(anyio_backend: Any) -> None:
+    registry = CollectorRegistry()
+    metrics = MetricsMiddleware(registry=registry)
+    backend = MemoryBackend()
+    await strego.Client(backend, middleware=[metrics]).enqueue(strego.Task("t"))
+    async with anyio.create_task_group() as group:
+        port = await group.start(
+            functools.partial(
+                serve, 0, host="127.0.0.1", registry=registry, collector=BackendCollector(backend)
+            )
+        )
+        # a client that leaves at once, and one that sends garbage
+        async with await anyio.connect_tcp("127.0.0.1", port):
+            pass
+        async with await anyio.connect_tcp("127.0.0.1", port) as raw:
+            await raw.send(b"\x00\xff nonsense\r\n\r\n")
+            assert (await raw.receive()).startswith(b"HTTP/1.1 404")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            assert (await http.get("/other")).status_code == 404
+            reply = await http.get("/metrics")
+        group.cancel_scope.cancel()
+    assert reply.status_code == 200
+    found = samples(reply.text)
+    assert total(found, "strego_tasks_enqueued_total", queue="default", task_type="t") == 1
+    assert total(found, "strego_queue_tasks", queue="default", state="pending") == 1
+
+
+def test_histograms_match_prometheus_client() -> None:
+    from prometheus_client import Histogram
+
+    values = [0.0, 0.005, 0.0051, 0.3, 1.0, 7.0, 10_000.0]
+    registry = CollectorRegistry()
+    metrics = MetricsMiddleware(registry=registry, buckets=(0.005, 0.5, 1, 10))
+    their_registry = CollectorRegistry()
+    reference = Histogram(
+        "strego_task_wait_seconds",
+        "x",
+        ("queue", "task_type"),
+        buckets=(0.005, 0.5, 1, 10),
+        registry=their_registry,
+    )
+    info = strego.TaskInfo("i", "t", "q", TaskState.ACTIVE, b"", "json", 3, started_ms=1)
+    for v in values:
+        metrics.before_attempt(Attempt(info, "c", 0.0, wait=v))
+        reference.labels("q", "t").observe(v)
+    ours = {k: v for k, v in samples(registry_text(registry)).items() if "wait" in k[0]}
+    theirs = {
+        k: v
+        for k, v in samples(generate_latest(their_registry).decode()).items()
+        if not k[0].endswith("_created")
+    }
+    assert ours == theirs
