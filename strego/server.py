@@ -489,9 +489,9 @@ class Server(TaskExecution):
             await self._release(
                 [info], "cancelled at shutdown" if scope.cancel_called else "cancelled"
             )
-            if hooks is not None and hooked is not None:
+            if hooked is not None:  # the hooks' end, even while cancelled
                 with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
-                    await hooks.end_attempt(hooked, Outcome.CANCELLED, None)
+                    await self.middleware.end_attempt(hooked, Outcome.CANCELLED, None)
             raise
         finally:
             reset_current_task(token)
