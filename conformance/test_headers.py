@@ -9,6 +9,7 @@ import pytest
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message
 from strego.backends.base import Backend
+from strego.errors import InvalidTaskError
 from strego.task import TaskState
 
 pytestmark = pytest.mark.anyio
@@ -59,3 +60,10 @@ async def test_headers_survive_retry_dead_and_requeue(backend: Backend, clock: F
     clock.advance(LEASE_MS + 1)
     [claimed] = await backend.claim_stale(["q"], "c3", 1, lease_ms=LEASE_MS, max_deliveries=9)
     assert claimed.id == "h" and claimed.headers == HEADERS
+
+
+def test_headers_that_are_not_strings_are_refused() -> None:
+    with pytest.raises(InvalidTaskError):
+        attrs.evolve(message("h"), headers={"traceparent": 1})
+    with pytest.raises(InvalidTaskError):
+        attrs.evolve(message("h"), headers=[("a", "b")])
