@@ -124,10 +124,10 @@ async def throughput(setup: Setup, n: int, concurrency: int) -> dict[str, float]
 def observability_middleware(sdk: bool) -> list[object]:
     """Both extras on: Prometheus metrics in a registry of their own, and OpenTelemetry spans,
     either through the API alone (no SDK configured: what strego[otel] itself costs) or through
-    the SDK recording every span (each ended and handed to a span processor that exports to
+    the SDK recording every span (a BatchSpanProcessor, as in production, exporting to
     nowhere: the SDK's cost without a network's)."""
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
     from prometheus_client import CollectorRegistry
 
     from strego.otel import TracingMiddleware
@@ -140,7 +140,7 @@ def observability_middleware(sdk: bool) -> list[object]:
     provider = None
     if sdk:
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(Nowhere()))
+        provider.add_span_processor(BatchSpanProcessor(Nowhere()))
     return [
         MetricsMiddleware(registry=CollectorRegistry()),
         TracingMiddleware(tracer_provider=provider),

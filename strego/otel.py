@@ -33,6 +33,8 @@ __all__ = ["SEMCONV_VERSION", "TracingMiddleware"]
 #: The version of the semantic conventions these spans follow.
 SEMCONV_VERSION = "1.28.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+#: The global tracer providers of an application that configured no SDK.
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 #: The consumer group every strego server of a queue reads through.
 CONSUMER_GROUP = "strego"
 
@@ -55,6 +57,7 @@ class TracingMiddleware(Middleware):
         )
         self.parent = parent
         self.consumer_group = consumer_group
+        self._explicit = tracer_provider is not None
 
     def before_enqueue(self, call: EnqueueCall) -> None:
         m = call.message
@@ -83,8 +86,14 @@ class TracingMiddleware(Middleware):
             span.set_status(trace.StatusCode.ERROR, str(call.error))
         span.end()
 
+    def _no_sdk(self) -> bool:
+        """No tracer provider given and no SDK configured globally: spans would record nothing."""
+        return not self._explicit and isinstance(trace.get_tracer_provider(), _NO_SDK)
+
     def before_attempt(self, attempt: Attempt) -> None:
         info = attempt.info
+        if not info.headers and self._no_sdk():
+            return  # nothing to record and no context to pass on: spare the attempt the work
         carried = propagate.extract(info.headers) if info.headers else context.Context()
         producer = trace.get_current_span(carried).get_span_context()
         links: list[trace.Link] = []

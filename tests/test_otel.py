@@ -168,3 +168,30 @@ async def test_enqueue_refused_marks_the_span(anyio_backend: Any) -> None:
     ok, refused = exporter.get_finished_spans()
     assert ok.status.is_ok and "error.type" not in (ok.attributes or {})
     assert refused.attributes["error.type"] == "strego.errors.TaskIdConflictError"
+
+
+@pytest.mark.anyio
+async def test_without_an_sdk_baggage_still_travels(anyio_backend: Any) -> None:
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # no SDK set
+    tracing = TracingMiddleware()
+    backend = MemoryBackend()
+    client = strego.Client(backend, middleware=[tracing])
+    server = make_server(backend, middleware=[tracing])
+    seen: dict[str, object] = {}
+
+    @server.handler("t")
+    async def handle(task: strego.Task) -> None:
+        assert task.id is not None
+        seen[task.id] = baggage.get_baggage("k")
+
+    token = context.attach(baggage.set_baggage("k", "v"))
+    try:
+        carried = await client.enqueue(strego.Task("t"))
+    finally:
+        context.detach(token)
+    bare = await client.enqueue(strego.Task("t"))
+    assert set(carried.headers) == {"baggage"}  # no span to name without an SDK
+    assert bare.headers == {}
+    async with server:
+        await eventually(lambda: len(seen) == 2, "both tasks")
+    assert seen == {carried.id: "v", bare.id: None}
