@@ -47,8 +47,10 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "process_observed_sdk_per_s": ("-", None),
     "observed_vs_plain": (">= 0.8", lambda v: v >= 0.8),
     "observed_sdk_vs_plain": ("-", None),
+    "observed_sdk_10_vs_plain": ("-", None),
     "observed_vs_plain_cpu": ("-", None),
     "observed_sdk_vs_plain_cpu": ("-", None),
+    "observed_sdk_10_vs_plain_cpu": ("-", None),
 }
 #: the steps measured `--repeat` times (medians kept): their short runs vary most
 REPEATED = ("throughput", "enqueue_one_by_one", "under_load", "observed_throughput")

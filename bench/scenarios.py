@@ -121,13 +121,14 @@ async def throughput(setup: Setup, n: int, concurrency: int) -> dict[str, float]
     return out
 
 
-def observability_middleware(sdk: bool) -> list[object]:
+def observability_middleware(sdk: bool, sampled: float = 1.0) -> list[object]:
     """Both extras on: Prometheus metrics in a registry of their own, and OpenTelemetry spans,
     either through the API alone (no SDK configured: what strego[otel] itself costs) or through
     the SDK recording every span (a BatchSpanProcessor, as in production, exporting to
-    nowhere: the SDK's cost without a network's)."""
+    nowhere: the SDK's cost without a network's), keeping the `sampled` share of the traces."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     from prometheus_client import CollectorRegistry
 
     from strego.otel import TracingMiddleware
@@ -139,7 +140,7 @@ def observability_middleware(sdk: bool) -> list[object]:
 
     provider = None
     if sdk:
-        provider = TracerProvider()
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampled)))
         provider.add_span_processor(BatchSpanProcessor(Nowhere()))
     return [
         MetricsMiddleware(registry=CollectorRegistry()),
@@ -157,6 +158,7 @@ async def observed_throughput(setup: Setup, n: int, concurrency: int) -> dict[st
     for label, middleware in (
         ("observed", observability_middleware(sdk=False)),
         ("observed_sdk", observability_middleware(sdk=True)),
+        ("observed_sdk_10", observability_middleware(sdk=True, sampled=0.1)),
         ("plain", []),
     ):
         backend = setup.backend()
@@ -173,8 +175,10 @@ async def observed_throughput(setup: Setup, n: int, concurrency: int) -> dict[st
         "process_plain_per_s": out["plain"],
         "observed_vs_plain": out["observed"] / out["plain"],
         "observed_sdk_vs_plain": out["observed_sdk"] / out["plain"],
+        "observed_sdk_10_vs_plain": out["observed_sdk_10"] / out["plain"],
         "observed_vs_plain_cpu": cpu["observed"] / cpu["plain"],
         "observed_sdk_vs_plain_cpu": cpu["observed_sdk"] / cpu["plain"],
+        "observed_sdk_10_vs_plain_cpu": cpu["observed_sdk_10"] / cpu["plain"],
     }
 
 
