@@ -32,6 +32,7 @@ from strego.errors import (
 )
 from strego.ids import new_task_id
 from strego.message import TaskMessage
+from strego.middleware import MiddlewareChain
 from strego.serializers import (
     RAW_ENCODING,
     JsonSerializer,
@@ -59,6 +60,7 @@ class Client:
       stored as they are, with encoding ``"raw"``.
     - `max_payload_bytes` (default 1 MiB): a larger serialized payload raises
       PayloadTooLargeError.
+    - `middleware` (none): hooks called around each enqueue, in order (strego/middleware.py).
 
     Who closes the backend: a client closes only a backend it created. ``Client(backend)`` does
     not own `backend` (several clients and servers may share it): leaving ``async with
@@ -73,6 +75,7 @@ class Client:
         *,
         serializer: Serializer | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        middleware: Sequence[object] = (),
     ) -> None:
         if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int):
             raise TypeError(f"max_payload_bytes must be an int, not {max_payload_bytes!r}")
@@ -86,6 +89,7 @@ class Client:
         #: the serializers results may be stored with, by name (this client's first)
         self._serializers = {s.name: s for s in default_serializers()}
         self._serializers[self.serializer.name] = self.serializer
+        self.middleware = MiddlewareChain(middleware)
         #: whether `aclose` closes the backend (only one this client created)
         self.owns_backend = False
 
@@ -96,6 +100,7 @@ class Client:
         *,
         serializer: Serializer | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        middleware: Sequence[object] = (),
         **backend_options: Any,
     ) -> Client:
         """A client on a RedisBackend of its own for `url` (`backend_options` go to
@@ -106,6 +111,7 @@ class Client:
             RedisBackend.from_url(url, **backend_options),
             serializer=serializer,
             max_payload_bytes=max_payload_bytes,
+            middleware=middleware,
         )
         client.owns_backend = True
         return client
@@ -166,6 +172,8 @@ class Client:
         """Store one task. Raises InvalidTaskError (and its subclasses SerializationError,
         PayloadTooLargeError) before anything is written, DuplicateTaskError when its unique key
         is held, TaskIdConflictError when its id exists."""
+        if self.middleware.enqueues:
+            return await self.middleware.enqueue(self.message(task), self.backend.enqueue)
         return await self.backend.enqueue(self.message(task))
 
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[TaskInfo | StregoError]:
@@ -182,7 +190,29 @@ class Client:
         messages = [self.message(task) for task in tasks]
         if not messages:
             return []
+        if self.middleware.enqueues:
+            return await self._enqueue_many_hooked(messages)
         return await self.backend.enqueue_many(messages)
+
+    async def _enqueue_many_hooked(
+        self, messages: list[TaskMessage]
+    ) -> list[TaskInfo | StregoError]:
+        """enqueue_many between each task's enqueue hooks (strego/middleware.py)."""
+        chain = self.middleware
+        calls = [await chain.start_enqueue(m) for m in messages]
+        try:
+            results = await self.backend.enqueue_many([c.message for c in calls])
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):  # a cancelled call ends its hooks too
+                for call in calls:
+                    await chain.end_enqueue(call, None, exc)
+            raise
+        for call, result in zip(calls, results, strict=True):
+            if isinstance(result, TaskInfo):
+                await chain.end_enqueue(call, result, None)
+            else:
+                await chain.end_enqueue(call, None, result)
+        return results
 
     async def get_task(self, task_id: str, queue: str | None = None) -> TaskInfo | None:
         """One task by id (every queue is searched when `queue` is None), or None."""

@@ -21,6 +21,7 @@ import attrs
 from strego.error_text import exception_message, exception_text
 from strego.errors import DecodeError, SkipRetry
 from strego.handlers import Handler
+from strego.logs import task_extra
 from strego.retry import ExponentialBackoff, RetryDelay
 from strego.serializers import RAW_ENCODING, Serializer
 from strego.task import MAX_SECONDS, TaskError, TaskInfo
@@ -193,7 +194,11 @@ class TaskExecution:
         try:
             delay = self.retry_delay(info.retried, failure.exception, info)
         except BaseException as exc:  # a sync call: no cancellation can come from it
-            log.warning("retry_delay raised %s; using the default backoff", describe_exception(exc))
+            log.warning(
+                "retry_delay raised %s; using the default backoff",
+                describe_exception(exc),
+                extra=task_extra(info),
+            )
         else:
             seconds = math.nan
             if isinstance(delay, numbers.Real) and not isinstance(delay, bool):
@@ -205,5 +210,6 @@ class TaskExecution:
                 "retry_delay returned %s, not a number of seconds up to 100 years; using the"
                 " default backoff",
                 _safe_repr(delay),
+                extra=task_extra(info),
             )
         return ExponentialBackoff()(info.retried, failure.exception, info)

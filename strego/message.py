@@ -10,6 +10,14 @@ from strego.errors import InvalidTaskError
 from strego.task import TaskInfo, TaskState
 
 
+def _check_headers(_: object, __: object, value: object) -> None:
+    """Headers are str -> str (else InvalidTaskError, before a backend writes anything)."""
+    if not isinstance(value, dict) or (
+        value and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    ):
+        raise InvalidTaskError(f"headers must be a dict of str to str, not {value!r}")
+
+
 @attrs.frozen
 class TaskMessage:
     """Everything a backend stores about a task at enqueue. Built by the client from a `Task`
@@ -34,6 +42,9 @@ class TaskMessage:
     process_in_ms: int | None = None
     #: how long the handler's return value is kept (ms); None: the default (DEFAULT_RESULT_TTL)
     result_ttl_ms: int | None = None
+    #: propagation headers (trace context, baggage) written once at creation by the client's
+    #: middleware; kept unchanged through retries and dead-letter requeues
+    headers: dict[str, str] = attrs.field(factory=dict, validator=_check_headers)
 
     def due_ms(self, now: int) -> int | None:
         """When the task is due by a backend whose clock reads `now`: None for at once."""
@@ -49,7 +60,8 @@ class TaskMessage:
             return TaskInfo(
                 self.id, self.type, self.queue, state, self.payload, self.encoding,
                 self.max_retry, self.priority, self.timeout_ms, self.labels, self.unique_key,
-                0, 0, self.created_ms,
+                0, 0, self.created_ms, None, None, None, None, None, None, None, None, None, False,
+                self.headers,
             )  # fmt: skip
         return TaskInfo(
             id=self.id,
@@ -65,6 +77,7 @@ class TaskMessage:
             unique_key=self.unique_key,
             created_ms=self.created_ms,
             result_ttl_ms=self.result_ttl_ms,
+            headers=self.headers,
             **fields,  # type: ignore[arg-type]
         )
 

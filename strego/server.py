@@ -43,6 +43,8 @@ from strego.failure_log import FailureLog
 from strego.handlers import Registry, reset_current_task, set_current_task
 from strego.handoff import AckQueue, Buffer, Slots, wait_any
 from strego.lease import LeaseKeeper
+from strego.logs import task_extra
+from strego.middleware import Attempt, MiddlewareChain, Outcome
 from strego.periodic import Periodic
 from strego.queue_order import QueueOrder, QueuesSpec
 from strego.retry import ExponentialBackoff, RetryDelay
@@ -94,6 +96,14 @@ class ServerStats:
     claimed: int = 0  #: stale tasks taken over from dead servers
 
 
+#: The outcome of a failed attempt, by the state `fail` left the task in (else LOST).
+_OUTCOMES = {
+    TaskState.RETRY: Outcome.RETRIED,
+    TaskState.DEAD: Outcome.DEAD,
+    TaskState.CANCELLED: Outcome.CANCELLED,
+}
+
+
 class Server(TaskExecution):
     """Runs handlers for the tasks of its queues.
 
@@ -126,6 +136,7 @@ class Server(TaskExecution):
     - `name`: the consumer name (default ``hostname:pid:random``); must be unique per server.
     - `fire_schedules` (None): whether this server runs the periodic loop, which fires the due
       ticks of every schedule stored in the backend (see `cron`). None: when it defines one.
+    - `middleware` (none): hooks called around each attempt, in order (strego/middleware.py).
 
     Run it with ``await server.run()`` (until `stop()`, SIGINT or SIGTERM) or ``async with
     server:`` (in the background for the block). The server does not close its backend.
@@ -148,6 +159,7 @@ class Server(TaskExecution):
         serializers: Iterable[Serializer] | None = None,
         name: str | None = None,
         fire_schedules: bool | None = None,
+        middleware: Sequence[object] = (),
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
@@ -192,6 +204,7 @@ class Server(TaskExecution):
         #: the schedules this server defines (`cron`), by id
         self.schedules: dict[str, ScheduleDefinition] = {}
         self.periodic: Periodic | None = None
+        self.middleware = MiddlewareChain(middleware)
         self.stats = ServerStats()
         self._stop_requested = False
         self._running = False
@@ -545,18 +558,26 @@ class Server(TaskExecution):
         debug = self._debug
         if debug:
             attempt = info.retried + 1
-            log.debug("start %s %s (queue %s, attempt %d)", info.type, info.id, info.queue, attempt)
+            log.debug(
+                "start %s %s (queue %s, attempt %d)",
+                *(info.type, info.id, info.queue, attempt),
+                extra=task_extra(info),
+            )
             started = anyio.current_time()
         if info.cancel_requested or (self._cancel_requested and key in self._cancel_requested):
             # asked to stop before it started (released or claimed with the request): never run
             await self._end_cancelled(info)
             return
+        hooks = self.middleware if self.middleware.attempts else None
+        hooked: Attempt | None = None
         token = set_current_task(info)
         self._handler_scopes[key] = scope
         in_thread = handler is not None and not handler.is_async
         if in_thread:
             self._in_threads.add(key)
         try:
+            if hooks is not None:
+                hooked = await hooks.start_attempt(info, self.name)
             failure, value = await self._execute(info, handler)
         except BaseException:
             del self._handler_scopes[key]
@@ -566,12 +587,15 @@ class Server(TaskExecution):
                 # task ends cancelled
                 with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
                     await self._end_cancelled(info)
-                raise
-            # shutdown cancelled the handler, or the whole server is being cancelled: give the
-            # task back rather than wait for its lease
-            await self._release(
-                [info], "cancelled at shutdown" if scope.cancel_called else "cancelled"
-            )
+            else:
+                # shutdown cancelled the handler, or the whole server is being cancelled: give
+                # the task back rather than wait for its lease
+                await self._release(
+                    [info], "cancelled at shutdown" if scope.cancel_called else "cancelled"
+                )
+            if hooked is not None:  # the hooks' end, even while cancelled
+                with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+                    await self.middleware.end_attempt(hooked, Outcome.CANCELLED, None)
             raise
         finally:
             reset_current_task(token)
@@ -582,22 +606,34 @@ class Server(TaskExecution):
             # the handler ended before the request stopped it (a sync one in its thread): the
             # backend ends it cancelled all the same, as the request came first
             await self._end_cancelled(info)
+            if hooked is not None:
+                await self.middleware.end_attempt(hooked, Outcome.CANCELLED, None)
             return
         if failure is None:
             if debug:
                 elapsed = anyio.current_time() - started
-                log.debug("done %s %s in %.3fs", info.type, info.id, elapsed)
+                log.debug(
+                    "done %s %s in %.3fs", info.type, info.id, elapsed, extra=task_extra(info)
+                )
             if value is not None and info.result_ttl_ms != 0:
                 try:
                     self._results[key] = self._encode_result(info, value)
                 except Exception as exc:
                     text = describe_exception(exc)
-                    error = f"the handler's return value cannot be stored: {text}"
-                    await self._fail(info, Failure(error, retry=False, exception=exc))
-                    return
-            self._acks.put(info)
-            return
-        await self._fail(info, failure)
+                    failure = Failure(
+                        f"the handler's return value cannot be stored: {text}",
+                        retry=False,
+                        exception=exc,
+                    )
+            if failure is None:
+                self._acks.put(info)
+                if hooked is not None:
+                    await self.middleware.end_attempt(hooked, Outcome.COMPLETED, None)
+                return
+        state = await self._fail(info, failure)
+        if hooked is not None:
+            outcome = Outcome.LOST if state is None else _OUTCOMES.get(state, Outcome.LOST)
+            await self.middleware.end_attempt(hooked, outcome, failure.exception)
 
     # -- cancel requests ------------------------------------------------------------------------
 
@@ -660,7 +696,7 @@ class Server(TaskExecution):
                 failures.failed(exc, retry_in=FETCH_RETRY_S)
                 await anyio.sleep(FETCH_RETRY_S)
 
-    async def _fail(self, info: TaskInfo, failure: Failure) -> None:
+    async def _fail(self, info: TaskInfo, failure: Failure) -> TaskState | None:
         retry_in_ms = None
         if failure.retry:
             delay = self._retry_delay_of(info, failure)
@@ -680,8 +716,10 @@ class Server(TaskExecution):
             )
         except Exception as exc:
             # it stays active under our name: once its lease expires it is claimed and run again
-            log.warning("recording the failure of task %s failed: %s", info.id, exc)
-            return
+            log.warning(
+                "recording the failure of task %s failed: %s", info.id, exc, extra=task_extra(info)
+            )
+            return None
         finally:
             self._lease.drop(info.queue, info.id)
             if self._cancel_requested:  # a request that came after the handler ended
@@ -699,7 +737,9 @@ class Server(TaskExecution):
             info.retried + 1,
             first_line,
             state or "not active",
+            extra=task_extra(info),
         )
+        return state
 
     # -- acks -----------------------------------------------------------------------------------
 
@@ -741,7 +781,9 @@ class Server(TaskExecution):
             self._lease.drop(info.queue, info.id)
             self.stats.processed += 1
             if not acked:
-                log.debug("ack of task %s found it no longer active", info.id)
+                log.debug(
+                    "ack of task %s found it no longer active", info.id, extra=task_extra(info)
+                )
 
     # -- giving tasks back ----------------------------------------------------------------------
 

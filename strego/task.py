@@ -285,6 +285,8 @@ class TaskInfo:
     error: TaskError | None = None
     #: `cancel` was asked for while the task was active: its server stops it
     cancel_requested: bool = False
+    #: propagation headers (trace context, baggage) set by the client's middleware at enqueue
+    headers: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def created_at(self) -> datetime:

@@ -121,6 +121,9 @@ class QueueInfo:
     paused: bool
     counts: dict[TaskState, int]
     oldest_pending_age_ms: int | None = None
+    #: tasks that entered each ended state (completed, dead, cancelled) during the last minute by
+    #: the backend's clock, among those still retained (the rate metrics' source)
+    ended_last_minute: dict[TaskState, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -504,9 +507,10 @@ class Backend(Protocol):
         ...
 
     async def queue_info(self, queue: str) -> QueueInfo:
-        """Paused flag, the count of tasks in each state (every TaskState present as a key) and
-        the age of the oldest pending task (see `QueueInfo`), at bounded cost however many tasks
-        the queue holds."""
+        """Paused flag, the count of tasks in each state (every TaskState present as a key), the
+        age of the oldest pending task (see `QueueInfo`), and the count of those that ended in
+        the last minute (`ended_last_minute`: completed, dead and cancelled present as keys), at
+        bounded cost however many tasks the queue holds."""
         ...
 
     async def throughput(

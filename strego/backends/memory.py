@@ -735,11 +735,17 @@ class MemoryBackend:
         # each priority's first pending task became pending first: at most 11 to look at
         firsts = [next(iter(level.values())) for level in q.pending.values() if level]
         since = [rec.pending_since_ms for rec in firsts]
+        # ended tasks are indexed by (end time, id): one bisection per state
+        recent = {
+            s: min(counts[s], len(q.index[s]) - q.index[s].bisect_left((now - MINUTE_MS, "")))
+            for s in _ENDED
+        }
         return QueueInfo(
             name=queue,
             paused=q.paused,
             counts=counts,
             oldest_pending_age_ms=max(0, now - min(since)) if since else None,
+            ended_last_minute=recent,
         )
 
     async def throughput(

@@ -105,12 +105,17 @@ class Reads(ForeignKeys):
                 Command(("ZCOUNT", getattr(k, _RETAINED[s]), self._live_from(s, now), "+inf"))
                 for s in _RETAINED
             ),
+            *(
+                Command(("ZCOUNT", getattr(k, _RETAINED[s]), now - MINUTE_MS, "+inf"))
+                for s in _RETAINED
+            ),
             *(Command(("XLEN", s)) for s in k.streams),
             self._call(
                 "oldest_pending", k.script_keys("oldest_pending"), (self._now(), self.group)
             ),
         ]
         r = await self._pipeline(calls)
+        recent = {s: min(r[7 + i], r[4 + i]) for i, s in enumerate(_RETAINED)}
         counts = {
             TaskState.SCHEDULED: r[1],
             TaskState.RETRY: r[2],
@@ -119,7 +124,7 @@ class Reads(ForeignKeys):
             TaskState.CANCELLED: r[5],
             TaskState.DEAD: r[6],
             # every stream entry is a pending task or an active one (until it leaves active)
-            TaskState.PENDING: max(0, sum(r[7:-1]) - r[3]),
+            TaskState.PENDING: max(0, sum(r[10:-1]) - r[3]),
         }
         age = int(r[-1])
         return QueueInfo(
@@ -127,6 +132,7 @@ class Reads(ForeignKeys):
             paused=bool(r[0]),
             counts={s: counts[s] for s in TaskState},
             oldest_pending_age_ms=None if age < 0 else age,
+            ended_last_minute=recent,
         )
 
     async def throughput(

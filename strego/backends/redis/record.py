@@ -36,6 +36,8 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
+import attrs
+
 from strego.errors import UnreadableRecordError
 from strego.ids import ID_LENGTH, id_time_ms, time_prefix
 from strego.message import TaskMessage
@@ -68,7 +70,10 @@ DEFAULT_ENCODING = "json"
 #: Adding a field is one line here and one there (docs/architecture.md, "How to add a field").
 OPTIONAL: dict[bytes, str] = {b"R": "result", b"F": "failure", b"C": "cancel"}
 #: The optional envelope fields: tag -> name. Python alone writes and reads the envelope.
-ENVELOPE_OPTIONAL: dict[bytes, str] = {b"T": "result_ttl"}
+ENVELOPE_OPTIONAL: dict[bytes, str] = {
+    b"T": "result_ttl",
+    b"h": "headers",  # propagation headers (trace context, baggage): a JSON object of strings
+}
 _TAG = re.compile(rb"[A-Za-z][0-9]*")
 
 
@@ -102,7 +107,16 @@ def _opt_values(
 
 def encode_envelope(message: TaskMessage, optional: Mapping[str, bytes] | None = None) -> bytes:
     """The immutable part of a task, as the enqueue script stores it after the header, with
-    the `optional` fields given (by name, from ENVELOPE_OPTIONAL)."""
+    the `optional` fields given (by name, from ENVELOPE_OPTIONAL); the message's result_ttl and
+    headers are among them when it sets them."""
+    if message.headers or message.result_ttl_ms is not None:
+        extra = {} if optional is None else dict(optional)
+        if message.headers:
+            extra["headers"] = encode_headers(message.headers)
+        if message.result_ttl_ms is not None:
+            extra["result_ttl"] = str(message.result_ttl_ms).encode()
+        optional = extra
+        message = attrs.evolve(message, headers={}, result_ttl_ms=None)
     if optional:
         return _with_optional(encode_envelope(message), optional)
     kind = message.type.encode()
@@ -122,6 +136,20 @@ def encode_envelope(message: TaskMessage, optional: Mapping[str, bytes] | None =
         return b"".join((head.encode(), kind, encoding, labels, message.payload))
     head = f"{created},{timeout},{len(kind)},{encoding_len},;"
     return b"".join((head.encode(), kind, encoding, message.payload))
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    return json.dumps(headers, separators=(",", ":")).encode()
+
+
+def decode_headers(value: bytes) -> dict[str, str]:
+    """The headers envelope field (ValueError unless a JSON object of strings)."""
+    headers = json.loads(value)
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ValueError("the headers field is not a JSON object of strings")
+    return headers
 
 
 def _with_optional(envelope: bytes, optional: Mapping[str, bytes]) -> bytes:
@@ -235,10 +263,13 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     labels_end = encoding_end + int(ll) if ll else encoding_end
     payload_at = labels_end
     result_ttl_ms = None
-    if len(env_fields) > 5:  # optional envelope fields (result_ttl)
+    headers = {}
+    if len(env_fields) > 5:  # optional envelope fields (result_ttl, headers)
         env_opt, payload_at = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
         if "result_ttl" in env_opt:
             result_ttl_ms = int(env_opt["result_ttl"])
+        if "headers" in env_opt:
+            headers = decode_headers(env_opt["headers"])
     created_ms = int(created) if created else id_time_ms(task_id)
     if created_ms is None:
         raise ValueError("no created time, and the task id does not start with one")
@@ -266,9 +297,14 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         if error_end > consumer_end
         else None,
         record[pos:consumer_end].decode(errors="replace") if consumer_end > pos else None,
-        *(() if header_opt is None and result_ttl_ms is None
+        *(_NO_OPTIONAL if header_opt is None and result_ttl_ms is None
           else _optional_info(header_opt, result_ttl_ms)),
+        headers,
     )  # fmt: skip
+
+
+#: TaskInfo's result, result_ttl_ms, error and cancel_requested when no optional field is set
+_NO_OPTIONAL = (None, None, None, False)
 
 
 def _optional_info(

@@ -143,11 +143,7 @@ class Transitions(Reads):
                 )
             else:
                 opts = ""
-            if m.result_ttl_ms is None:
-                args += (m.id, opts, encode_envelope(m))
-            else:
-                envelope = encode_envelope(m, {"result_ttl": str(m.result_ttl_ms).encode()})
-                args += (m.id, opts, envelope)
+            args += (m.id, opts, encode_envelope(m))
         return self._call("enqueue", keys, args)
 
     @staticmethod
