@@ -56,4 +56,5 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.api = api  # the UI (and tests) reach the shared reads here
+    app.state.ui = ui
     return app

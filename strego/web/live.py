@@ -25,13 +25,15 @@ Read = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
 def _history(row: dict[str, Any]) -> dict[str, list[int]] | None:
-    """Processed and failed per minute, from the API's per-minute counts when it has them."""
-    minutes = row.get("per_minute")
-    if not isinstance(minutes, list) or not minutes:
+    """Processed and failed (to retry or dead) per minute, from the API's per-minute columns when
+    the backend counts them."""
+    history = row.get("history")
+    if not isinstance(history, dict) or not history.get("completed"):
         return None
+    failed, dead = history.get("failed", []), history.get("dead", [])
     return {
-        "processed": [int(m.get("completed", 0)) for m in minutes],
-        "failed": [int(m.get("failed", 0)) + int(m.get("dead", 0)) for m in minutes],
+        "processed": list(history["completed"]),
+        "failed": [f + d for f, d in zip(failed, dead, strict=False)],
     }
 
 
