@@ -136,6 +136,14 @@ async def _resume(backend: Backend, clock: FakeClock, queue: str) -> None:
     await backend.resume(queue)
 
 
+async def _schedule_far(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await backend.enqueue(message("t-run-now", queue=queue, process_at_ms=clock() + 3_600_000))
+
+
+async def _run_now(backend: Backend, clock: FakeClock, queue: str) -> None:
+    assert await backend.run_now("t-run-now", queue)
+
+
 WAYS = [
     Way("enqueue", "t-enqueue", _nothing, _enqueue),
     Way("scheduled-due", "t-promote", _schedule, _come_due),
@@ -143,6 +151,7 @@ WAYS = [
     Way("retry-due", "t-retry", _fail_for_retry, _come_due),
     Way("requeue-dead", "t-requeue", _kill, _requeue),
     Way("resume", "t-resume", _enqueue_paused, _resume),
+    Way("run-now", "t-run-now", _schedule_far, _run_now),
 ]
 
 #: the idle queues come first: each fetch must look at them before it takes from "busy"

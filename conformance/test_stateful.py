@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 
 from conformance.clock import FakeClock
 from conformance.helpers import list_all, message
-from strego.backends.base import Backend
+from strego.backends.base import MINUTE_MS, Backend
 from strego.errors import DuplicateTaskError, TaskIdConflictError, TaskNotFoundError
 from strego.task import TaskState
 
@@ -78,6 +78,12 @@ class Model:
         #: the queues `queues()` lists: enqueued to since the last purge that emptied them
         self.listed: set[str] = set()
         self.paused: set[str] = set()
+        #: (queue, minute start) -> [completed, failed to retry, dead] (`throughput`)
+        self.history: dict[tuple[str, int], list[int]] = {}
+
+    def count(self, task: ModelTask, kind: int) -> None:
+        now = self.clock()
+        self.history.setdefault((task.queue, now - now % MINUTE_MS), [0, 0, 0])[kind] += 1
 
     def holder(self, queue: str, key: str) -> str | None:
         lock = self.unique.get((queue, key))
@@ -239,6 +245,7 @@ class BackendMachine(RuleBasedStateMachine):
         assert done == (task is not None and task.state == TaskState.ACTIVE)
         if task is not None and done:
             self.model.end(task, TaskState.COMPLETED)
+            self.model.count(task, 0)
 
     @precondition(lambda self: self.has(TaskState.ACTIVE))
     @rule(index=st.integers(0, 1_000), retry=st.booleans())
@@ -266,8 +273,10 @@ class BackendMachine(RuleBasedStateMachine):
                 retry_at,
                 None,
             )
+            self.model.count(task, 1)
         else:
             self.model.end(task, TaskState.DEAD)
+            self.model.count(task, 2)
         assert result == task.state
 
     @rule(consumer=st.sampled_from(CONSUMERS), queue=st.sampled_from(QUEUES))
@@ -340,6 +349,18 @@ class BackendMachine(RuleBasedStateMachine):
             self.call(self.backend.resume, queue)
             self.model.paused.discard(queue)
 
+    @rule(index=st.integers(0, 1_000), by_id_only=st.booleans())
+    def run_now(self, index: int, by_id_only: bool) -> None:
+        task = self.pick(index)
+        if task is None:
+            with pytest.raises(TaskNotFoundError):
+                self.call(self.backend.run_now, "ghost")
+            return
+        done = self.call(self.backend.run_now, task.id, None if by_id_only else task.queue)
+        assert done == (task.state in (TaskState.SCHEDULED, TaskState.RETRY))
+        if done:
+            self.model.to_pending(task)
+
     @precondition(lambda self: self.has(TaskState.DEAD))
     @rule(index=st.integers(0, 1_000))
     def requeue_dead(self, index: int) -> None:
@@ -399,6 +420,7 @@ class BackendMachine(RuleBasedStateMachine):
         for task in stale:
             if task.deliveries >= max_deliveries:
                 self.model.end(task, TaskState.DEAD)
+                self.model.count(task, 2)
             else:
                 self.model.activate(task, consumer)
 
@@ -411,6 +433,14 @@ class BackendMachine(RuleBasedStateMachine):
             assert info.paused == (queue in self.model.paused), queue
             for state in TaskState:
                 assert info.counts[state] == len(self.model.in_state(queue, state)), (queue, state)
+
+    @invariant()
+    def history_agrees(self) -> None:
+        # a run lasts less than an hour of the clock: the default 60 minutes hold all of it
+        for queue in QUEUES:
+            history = self.call(self.backend.throughput, queue)
+            expected = [self.model.history.get((queue, m.minute_ms), [0, 0, 0]) for m in history]
+            assert [[m.completed, m.failed, m.dead] for m in history] == expected, queue
 
     @invariant()
     def queues_agree(self) -> None:

@@ -1,4 +1,5 @@
-"""The `strego` command: `strego demo`, `strego worker module:server` and `strego migrate`."""
+"""The `strego` command: `strego demo`, `strego worker module:server`, `strego migrate`, and the
+operator commands (`strego queues`, `tasks`, ..., `web`: strego.commands)."""
 
 from __future__ import annotations
 
@@ -249,6 +250,10 @@ def parser() -> argparse.ArgumentParser:
         "--batch", type=_batch, default=1000, help="records per HSCAN batch (1-1000, default 1000)"
     )
     migrate.set_defaults(run=_migrate)
+
+    from strego.commands import add_commands  # queues, tasks, ..., web
+
+    add_commands(commands)
     return root
 
 

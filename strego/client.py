@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from strego.backends.base import Backend, ConsumerInfo, QueueInfo, TaskPage
+from strego.backends.base import Backend, ConsumerInfo, MinuteCount, QueueInfo, TaskPage
 from strego.errors import InvalidTaskError, PayloadTooLargeError, StregoError
 from strego.ids import new_task_id
 from strego.message import TaskMessage
@@ -162,6 +162,13 @@ class Client:
         no task has this id (in `queue`, or in any queue when None)."""
         return await self.backend.cancel(task_id, _queue_or_none(queue))
 
+    async def run_now(self, task_id: str, queue: str | None = None) -> bool:
+        """Run a scheduled or retry task now: it becomes pending at once (keeping its retry
+        count). True if it was moved; False if it is in another state (pending, running or
+        finished). Raises TaskNotFoundError when no task has this id (in `queue`, or in any
+        queue when None)."""
+        return await self.backend.run_now(task_id, _queue_or_none(queue))
+
     async def delete(self, task_id: str, queue: str | None = None) -> bool:
         """Remove a task that is not running (scheduled, pending, retry, dead, completed or
         cancelled) with its unique key. True if it was removed; False if it is running. Raises
@@ -175,8 +182,18 @@ class Client:
         return await self.backend.queues()
 
     async def queue_info(self, queue: str) -> QueueInfo:
-        """Paused flag and the number of tasks in each state."""
+        """Paused flag, the number of tasks in each state and the age of the oldest pending
+        task."""
         return await self.backend.queue_info(validate_queue_name(queue))
+
+    async def throughput(
+        self, queue: str, *, minutes: int = 60, task_type: str | None = None
+    ) -> list[MinuteCount]:
+        """Completed, failed (to retry) and dead tasks per minute, the last `minutes` minutes
+        (1..1440) oldest first, ending with the current one; only `task_type`'s when given."""
+        return await self.backend.throughput(
+            validate_queue_name(queue), minutes=minutes, task_type=task_type
+        )
 
     async def list_tasks(
         self, queue: str, state: TaskState, *, cursor: str | None = None, limit: int = 100

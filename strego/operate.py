@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import anyio
 
-from strego.backends.base import Backend, ConsumerInfo, QueueInfo
+from strego.backends.base import Backend, ConsumerInfo, MinuteCount, QueueInfo
 from strego.errors import InvalidTaskError, StregoError, TaskNotFoundError
 from strego.task import TaskInfo, TaskState, validate_queue_name
 
@@ -76,8 +76,19 @@ async def require_queue(backend: Backend, queue: str) -> str:
 
 
 async def overview(backend: Backend) -> list[QueueInfo]:
-    """Every queue's counts and paused flag, by name."""
+    """Every queue's counts, paused flag and oldest pending age, by name."""
     return await each(await backend.queues(), backend.queue_info)
+
+
+async def history(
+    backend: Backend, queues: Sequence[str], minutes: int = 60
+) -> list[list[MinuteCount]]:
+    """Each queue's per-minute counts over the last `minutes`."""
+
+    async def of(queue: str) -> list[MinuteCount]:
+        return await backend.throughput(queue, minutes=minutes)
+
+    return await each(queues, of)
 
 
 async def consumers(backend: Backend) -> list[ConsumerInfo]:
@@ -99,10 +110,11 @@ async def _refused(backend: Backend, task_id: str, action: str, allowed: str) ->
     return TaskStateError(task_id, None if task is None else task.state, action, allowed)
 
 
-async def requeue_task(backend: Backend, task_id: str) -> None:
-    """A dead task back to pending."""
-    task = await find_task(backend, task_id)
-    if task.state is not TaskState.DEAD or not await backend.requeue_dead(task.queue, task_id):
+async def requeue_task(backend: Backend, task_id: str, queue: str | None = None) -> None:
+    """A dead task (of `queue`, when given) back to pending."""
+    if queue is None:
+        queue = (await find_task(backend, task_id)).queue
+    if not await backend.requeue_dead(queue, task_id):
         raise await _refused(backend, task_id, "requeued", "dead")
 
 
@@ -114,6 +126,12 @@ async def cancel_task(backend: Backend, task_id: str) -> None:
 async def delete_task(backend: Backend, task_id: str) -> None:
     if not await backend.delete(task_id):
         raise await _refused(backend, task_id, "deleted", "inactive")
+
+
+async def run_task(backend: Backend, task_id: str) -> None:
+    """A scheduled or retry task runs now (becomes pending)."""
+    if not await backend.run_now(task_id):
+        raise await _refused(backend, task_id, "run now", "scheduled or retry")
 
 
 def purge_states(names: Sequence[str]) -> list[TaskState]:

@@ -12,7 +12,8 @@ import base64
 import json
 from typing import Any
 
-from strego.backends.base import ConsumerInfo, QueueInfo
+from strego.backends.base import ConsumerInfo, MinuteCount, QueueInfo
+from strego.server import parse_consumer_name
 from strego.task import TaskInfo, TaskState
 
 #: The payload bytes shown of one task (the whole is downloadable by the API).
@@ -77,18 +78,44 @@ def task_view(task: TaskInfo, *, payload_limit: int = PAYLOAD_LIMIT) -> dict[str
     }
 
 
-def queue_view(info: QueueInfo) -> dict[str, Any]:
+def history_view(minutes: list[MinuteCount]) -> dict[str, Any]:
+    """Per-minute counts as columns (oldest minute first), and their sums: an hour of a hundred
+    queues stays a small document."""
     return {
-        "name": info.name,
-        "paused": info.paused,
-        "counts": {state.value: info.counts.get(state, 0) for state in STATES},
+        "start_ms": minutes[0].minute_ms if minutes else None,
+        "minute_ms": 60_000,
+        "completed": [m.completed for m in minutes],
+        "failed": [m.failed for m in minutes],
+        "dead": [m.dead for m in minutes],
+        "total": {
+            "completed": sum(m.completed for m in minutes),
+            "failed": sum(m.failed for m in minutes),
+            "dead": sum(m.dead for m in minutes),
+        },
     }
 
 
+def queue_view(info: QueueInfo, history: list[MinuteCount] | None = None) -> dict[str, Any]:
+    view = {
+        "name": info.name,
+        "paused": info.paused,
+        "counts": {state.value: info.counts.get(state, 0) for state in STATES},
+        "oldest_pending_age_ms": info.oldest_pending_age_ms,
+    }
+    if history is not None:
+        view["history"] = history_view(history)
+    return view
+
+
 def consumer_view(consumer: ConsumerInfo) -> dict[str, Any]:
+    """A consumer, with the host and pid its name gives when it is a default name
+    (``hostname:pid:random``), else null."""
+    host_pid = parse_consumer_name(consumer.name)
     return {
         "name": consumer.name,
         "queue": consumer.queue,
+        "host": None if host_pid is None else host_pid[0],
+        "pid": None if host_pid is None else host_pid[1],
         "idle_ms": consumer.idle_ms,
         "held": list(consumer.held),
     }

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import secrets
 import signal
 import socket
@@ -66,8 +67,20 @@ def default_serializers() -> list[Serializer]:
 
 
 def consumer_name() -> str:
-    """hostname:pid:random, unique per server instance."""
+    """hostname:pid:random, unique per server instance (`parse_consumer_name` reads it back)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+_DEFAULT_NAME = re.compile(r"(?P<host>[^:]+):(?P<pid>[0-9]{1,10}):[0-9a-f]{8}")
+
+
+def parse_consumer_name(name: str) -> tuple[str, int] | None:
+    """The (host, pid) of a consumer named by default (`consumer_name`: ``hostname:pid:random``),
+    or None for a name of another shape (a name chosen by hand is not guessed at)."""
+    found = _DEFAULT_NAME.fullmatch(name)
+    if found is None:
+        return None
+    return found["host"], int(found["pid"])
 
 
 @attrs.define

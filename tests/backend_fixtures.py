@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import attrs
 import pytest
 
-from strego.backends.base import Backend, Clock
+from strego.backends.base import STATS_RETENTION_MS, Backend, Clock
 from strego.backends.memory import MemoryBackend
 
 
@@ -24,7 +24,12 @@ class BackendFactory(Protocol):
     """What `make_backend` returns: a fresh, empty backend on `clock`, closed on exit."""
 
     def __call__(
-        self, *, clock: Clock, completed_ttl_ms: int = ..., dead_ttl_ms: int = ...
+        self,
+        *,
+        clock: Clock,
+        completed_ttl_ms: int = ...,
+        dead_ttl_ms: int = ...,
+        stats_retention_ms: int = ...,
     ) -> AbstractAsyncContextManager[Backend]: ...
 
 
@@ -38,10 +43,17 @@ class BackendKind:
 def _memory(request: pytest.FixtureRequest) -> BackendFactory:
     @contextlib.asynccontextmanager
     async def factory(
-        *, clock: Clock, completed_ttl_ms: int = 3_600_000, dead_ttl_ms: int = 604_800_000
+        *,
+        clock: Clock,
+        completed_ttl_ms: int = 3_600_000,
+        dead_ttl_ms: int = 604_800_000,
+        stats_retention_ms: int = STATS_RETENTION_MS,
     ) -> AsyncIterator[Backend]:
         backend = MemoryBackend(
-            clock=clock, completed_ttl_ms=completed_ttl_ms, dead_ttl_ms=dead_ttl_ms
+            clock=clock,
+            completed_ttl_ms=completed_ttl_ms,
+            dead_ttl_ms=dead_ttl_ms,
+            stats_retention_ms=stats_retention_ms,
         )
         try:
             yield backend
@@ -56,7 +68,11 @@ def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
 
     @contextlib.asynccontextmanager
     async def factory(
-        *, clock: Clock, completed_ttl_ms: int = 3_600_000, dead_ttl_ms: int = 604_800_000
+        *,
+        clock: Clock,
+        completed_ttl_ms: int = 3_600_000,
+        dead_ttl_ms: int = 604_800_000,
+        stats_retention_ms: int = STATS_RETENTION_MS,
     ) -> AsyncIterator[Backend]:
         from strego.backends.redis import RedisBackend
 
@@ -66,6 +82,7 @@ def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
             clock=clock,
             completed_ttl_ms=completed_ttl_ms,
             dead_ttl_ms=dead_ttl_ms,
+            stats_retention_ms=stats_retention_ms,
         )
         try:
             yield backend

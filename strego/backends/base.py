@@ -8,6 +8,7 @@ States and places. A task accepted by `enqueue` is at every instant in exactly o
         |                     ^  ^                     |  \\--fail--> retry --promote--> pending
         |                     |  '-----release---------'   \\--fail--> dead --requeue--> pending
         '--cancel--> cancelled <--cancel-- pending, retry
+    scheduled, retry --run_now--> pending
 
 `delete` removes a task in any state but active; `purge` removes many (never active ones). A call
 by id on an id that no task has (or whose retention ended) raises `TaskNotFoundError`; one on a
@@ -27,6 +28,12 @@ the processed marker. Dead tasks are kept for `dead_ttl_ms`. When retention ends
 Expired entries are removed by `promote` (which the server's scheduler calls often) and need not be
 removed the instant they expire, but reads never report an expired unique key as held, and an
 expired marker is treated as absent.
+
+History. `ack`, `fail` and `claim_stale` (when it sends a task to dead) count, in the same step,
+the tasks of each queue that completed, failed and went to retry, or went to dead, per minute of
+the backend's clock, in total and per task type; `throughput` reads them. A minute is kept while
+its start is less than `stats_retention_ms` ago (a backend constructor setting, default 24 h):
+older minutes read as zero at once and are removed, a bounded number at a time, by later counts.
 
 Leases. Fetching or claiming a task gives the consumer a lease until now + `lease_ms` (an argument
 of each call: the server decides how long its leases last). `renew` extends leases; `claim_stale`
@@ -61,9 +68,67 @@ class ConsumerInfo:
 
 @attrs.frozen
 class QueueInfo:
+    """A queue's paused flag, its count of tasks in each state, and the age of its oldest
+    pending task: how long ago (ms, by the backend's clock) that task last became pending
+    (enqueued due now, promoted when due, released, requeued from dead, or made to run now), so
+    a task that waited scheduled counts from its promotion, not from its creation; None when no
+    task is pending. A queue's latency: how long the next task to start has waited for a
+    worker."""
+
     name: str
     paused: bool
     counts: dict[TaskState, int]
+    oldest_pending_age_ms: int | None = None
+
+
+@attrs.frozen
+class MinuteCount:
+    """What happened in a queue in one minute (`throughput`): tasks that completed, runs that
+    failed and went to retry, and tasks that went to dead (by `fail` or `claim_stale`)."""
+
+    #: the start of the minute, epoch ms by the backend's clock (a multiple of 60 000)
+    minute_ms: int
+    completed: int
+    #: attempts that failed and went to retry
+    failed: int
+    dead: int
+
+
+#: How long per-minute counts are kept by default (24 h), and the most minutes one
+#: `throughput` call returns.
+STATS_RETENTION_MS = 86_400_000
+MINUTE_MS = 60_000
+MAX_MINUTES = 1440
+
+
+def check_minutes(minutes: int) -> None:
+    """Refuse a `throughput` length outside 1..MAX_MINUTES (InvalidTaskError)."""
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= MAX_MINUTES:
+        raise InvalidTaskError(f"minutes must be an int from 1 to {MAX_MINUTES}, not {minutes!r}")
+
+
+def check_stats_retention(retention_ms: int) -> None:
+    """Refuse a `stats_retention_ms` that is not an int of at least one minute."""
+    if (
+        isinstance(retention_ms, bool)
+        or not isinstance(retention_ms, int)
+        or retention_ms < MINUTE_MS
+    ):
+        raise InvalidTaskError(
+            f"stats_retention_ms must be an int of at least {MINUTE_MS}, not {retention_ms!r}"
+        )
+
+
+def minute_of(now_ms: int) -> int:
+    """The start of the minute `now_ms` falls in."""
+    return now_ms - now_ms % MINUTE_MS
+
+
+def first_kept_minute(now_ms: int, retention_ms: int) -> int:
+    """The oldest minute still within the retention window: the first whose start is after
+    now - retention_ms."""
+    cutoff = now_ms - retention_ms
+    return minute_of(cutoff) + MINUTE_MS
 
 
 #: The most tasks one `list_tasks` page holds.
@@ -98,6 +163,8 @@ class Backend(Protocol):
     completed_ttl_ms: int
     #: How long dead tasks are kept.
     dead_ttl_ms: int
+    #: How long per-minute counts (`throughput`) are kept (default STATS_RETENTION_MS, 24 h).
+    stats_retention_ms: int
     #: Names of optional features this backend has (none are defined yet).
     capabilities: frozenset[str]
 
@@ -240,6 +307,13 @@ class Backend(Protocol):
         as `cancel` does. The queue stays listed by `queues`."""
         ...
 
+    async def run_now(self, task_id: str, queue: str | None = None) -> bool:
+        """Make a scheduled or retry task pending at once, as if its due time had come: it keeps
+        its retried count and everything else, and is fetched like any pending task. Returns
+        False, changing nothing, for a task in any other state (already pending, active or
+        ended). Raises `TaskNotFoundError` for an unknown id, as `cancel` does."""
+        ...
+
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
         """Move one dead task back to pending with retried = 0, in one step by id. False if that
         task is not dead (so two concurrent requeues of one task move it once); raises
@@ -280,7 +354,21 @@ class Backend(Protocol):
         ...
 
     async def queue_info(self, queue: str) -> QueueInfo:
-        """Paused flag and the count of tasks in each state (every TaskState present as a key)."""
+        """Paused flag, the count of tasks in each state (every TaskState present as a key) and
+        the age of the oldest pending task (see `QueueInfo`), at bounded cost however many tasks
+        the queue holds."""
+        ...
+
+    async def throughput(
+        self, queue: str, *, minutes: int = 60, task_type: str | None = None
+    ) -> list[MinuteCount]:
+        """The queue's history per minute: exactly `minutes` entries (1..MAX_MINUTES, else
+        InvalidTaskError before anything is read), oldest first, the last one the current minute
+        by the backend's clock (still counting), zeros for minutes where nothing happened or
+        that are past `stats_retention_ms`. With `task_type`, only the tasks of that type. Counted
+        by the transitions themselves (`ack`, `fail`, `claim_stale` sending a task to dead) in the
+        same atomic step, so the counts are the real outcomes: an ack that returns False counts
+        nothing. Bounded work (Redis: one round trip)."""
         ...
 
     async def list_tasks(

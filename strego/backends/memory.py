@@ -9,7 +9,10 @@ waiting. Data lives per queue:
 - `due`: a heap of scheduled and retry tasks by due time;
 - `expiry`: a heap of completed, cancelled and dead tasks by the end of their retention;
 - `index`: per state, the tasks' listing positions in a sorted list, so a `list_tasks` page is a
-  bisect from its cursor, not a walk from the first task.
+  bisect from its cursor, not a walk from the first task;
+- `stats`: per minute (in the order the minutes came), the counts `throughput` reads, in total
+  and per task type; minutes past `stats_retention_ms` are dropped from the front as new ones
+  come.
 
 The heaps are cleaned lazily: an entry whose record has since moved (its `seq` changed) or gone is
 skipped when it reaches the top.
@@ -28,7 +31,20 @@ import anyio.lowlevel
 import attrs
 from sortedcontainers import SortedList
 
-from strego.backends.base import Clock, ConsumerInfo, QueueInfo, TaskPage, check_limit
+from strego.backends.base import (
+    MINUTE_MS,
+    STATS_RETENTION_MS,
+    Clock,
+    ConsumerInfo,
+    MinuteCount,
+    QueueInfo,
+    TaskPage,
+    check_limit,
+    check_minutes,
+    check_stats_retention,
+    first_kept_minute,
+    minute_of,
+)
 from strego.backends.cursor import Part, decode_cursor, encode_cursor
 from strego.clock import wall_clock_ms
 from strego.errors import (
@@ -78,6 +94,8 @@ class _Record:
     #: set each time the task becomes pending (like a stream entry id): it orders pending tasks
     #: and, kept while the task is active (a claim too), active ones
     entry: int = 0
+    #: when it last became pending (clock ms): QueueInfo.oldest_pending_age_ms
+    pending_since_ms: int = 0
     #: its position in its state's listing index, None while in no index
     listing_key: _Key | None = None
 
@@ -112,6 +130,11 @@ class _UniqueLock:
     expires_ms: int | None
 
 
+#: The counts of one minute, by task type (None: every type): [completed, failed, dead].
+_Minute = dict[str | None, list[int]]
+_COMPLETED, _FAILED, _DEAD = 0, 1, 2
+
+
 @attrs.define(eq=False)
 class _Queue:
     name: str
@@ -131,11 +154,14 @@ class _Queue:
     unique: dict[str, _UniqueLock] = attrs.Factory(dict)
     #: consumer name -> when it last fetched, acked, renewed or claimed (clock ms)
     consumers: dict[str, int] = attrs.Factory(dict)
+    #: minute start (clock ms) -> its counts, oldest minute first
+    stats: dict[int, _Minute] = attrs.Factory(dict)
 
 
 class MemoryBackend:
     """An in-process backend. `clock` returns epoch ms (wall time by default); completed and
-    cancelled tasks are kept `completed_ttl_ms`, dead tasks `dead_ttl_ms`."""
+    cancelled tasks are kept `completed_ttl_ms`, dead tasks `dead_ttl_ms`, per-minute counts
+    `stats_retention_ms`."""
 
     def __init__(
         self,
@@ -143,10 +169,13 @@ class MemoryBackend:
         clock: Clock | None = None,
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 7 * 86_400_000,
+        stats_retention_ms: int = STATS_RETENTION_MS,
     ) -> None:
+        check_stats_retention(stats_retention_ms)
         self.clock: Clock = clock if clock is not None else wall_clock_ms
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
+        self.stats_retention_ms = stats_retention_ms
         self.capabilities: frozenset[str] = frozenset()
         self._queues: dict[str, _Queue] = {}
         self._seq = itertools.count(1)
@@ -197,6 +226,7 @@ class MemoryBackend:
         if state == TaskState.PENDING:
             rec.next_run_ms = None
             rec.entry = rec.seq
+            rec.pending_since_ms = now
             q.pending.setdefault(rec.message.priority, OrderedDict())[rec.id] = rec
             self._notify_arrival()
         elif state in _WAITING:
@@ -266,6 +296,19 @@ class MemoryBackend:
     def _touch(self, q: _Queue, consumer: str, now: int) -> None:
         q.consumers[consumer] = now
 
+    def _count(self, q: _Queue, rec: _Record, kind: int, now: int) -> None:
+        """Count an outcome in this minute's history (in the transition's step, as Redis does),
+        dropping the minutes that left the retention window (each minute once: bounded)."""
+        first = first_kept_minute(now, self.stats_retention_ms)
+        while q.stats:
+            oldest = next(iter(q.stats))
+            if oldest >= first:
+                break
+            del q.stats[oldest]
+        minute = q.stats.setdefault(minute_of(now), {})
+        for key in (None, rec.message.type):
+            minute.setdefault(key, [0, 0, 0])[kind] += 1
+
     def _enqueue(self, message: TaskMessage, now: int) -> TaskInfo:
         q = self._queue(message.queue, now)
         q.listed = True  # even when refused, as Redis's registry SADD is not conditional
@@ -323,11 +366,13 @@ class MemoryBackend:
             return False
         rec.completed_ms = now
         self._place(q, rec, TaskState.COMPLETED, now)
+        self._count(q, rec, _COMPLETED, now)
         return True
 
     def _to_dead(self, q: _Queue, rec: _Record, error: str, now: int) -> None:
         rec.last_error = error
         self._place(q, rec, TaskState.DEAD, now)
+        self._count(q, rec, _DEAD, now)
 
     # -- producing ------------------------------------------------------------------------------
 
@@ -400,6 +445,7 @@ class MemoryBackend:
             rec.retried += 1
             rec.next_run_ms = now + max(0, retry_in_ms)
             self._place(q, rec, TaskState.RETRY, now)
+            self._count(q, rec, _FAILED, now)
         else:
             self._to_dead(q, rec, error, now)
         return rec.state
@@ -512,6 +558,15 @@ class MemoryBackend:
         self._delete(q, rec)  # its heap entries go stale (skipped when they reach the top)
         return True
 
+    async def run_now(self, task_id: str, queue: str | None = None) -> bool:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q, rec = self._found(task_id, queue, now)
+        if rec.state not in _WAITING:
+            return False
+        self._place(q, rec, TaskState.PENDING, now)  # its due-heap entry goes stale
+        return True
+
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
         await anyio.lowlevel.checkpoint()
         now = self._now()
@@ -585,9 +640,34 @@ class MemoryBackend:
 
     async def queue_info(self, queue: str) -> QueueInfo:
         await anyio.lowlevel.checkpoint()
-        q = self._queue(queue, self._now())
+        now = self._now()
+        q = self._queue(queue, now)
         counts = {state: len(q.by_state[state]) for state in TaskState}
-        return QueueInfo(name=queue, paused=q.paused, counts=counts)
+        # each priority's first pending task became pending first: at most 11 to look at
+        firsts = [next(iter(level.values())) for level in q.pending.values() if level]
+        since = [rec.pending_since_ms for rec in firsts]
+        return QueueInfo(
+            name=queue,
+            paused=q.paused,
+            counts=counts,
+            oldest_pending_age_ms=max(0, now - min(since)) if since else None,
+        )
+
+    async def throughput(
+        self, queue: str, *, minutes: int = 60, task_type: str | None = None
+    ) -> list[MinuteCount]:
+        await anyio.lowlevel.checkpoint()
+        check_minutes(minutes)
+        now = self._now()
+        q = self._queue(queue, now)
+        first = first_kept_minute(now, self.stats_retention_ms)
+        last = minute_of(now)
+        out = []
+        for minute_ms in range(last - (minutes - 1) * MINUTE_MS, last + MINUTE_MS, MINUTE_MS):
+            counts = q.stats.get(minute_ms, {}).get(task_type) if minute_ms >= first else None
+            c, f, d = counts if counts is not None else (0, 0, 0)
+            out.append(MinuteCount(minute_ms=minute_ms, completed=c, failed=f, dead=d))
+        return out
 
     async def list_tasks(
         self, queue: str, state: TaskState, *, cursor: str | None = None, limit: int = 100

@@ -1,9 +1,11 @@
 -- ack: active -> completed, writing the processed marker (the `completed` entry) and releasing
--- the unique key in the same step. Completes the task whoever holds it.
--- KEYS: streams, tasks, leases, completed, unique, unique_exp, consumers
--- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4.. task ids
+-- the unique key in the same step, and counting the completions in the per-minute history.
+-- Completes the task whoever holds it.
+-- KEYS: streams, tasks, leases, completed, unique, unique_exp, consumers, history, history_index
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 history retention ms, 5.. task ids
 -- Returns one 1 (completed by this call) or 0 (not active: nothing changed) per id.
 --#include lib/record.lua
+--#include lib/history.lua
 
 local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('HSET', K.consumers, ARGV[3], now)
@@ -11,13 +13,17 @@ redis.call('HSET', K.consumers, ARGV[3], now)
 local out, done, sids = {}, {}, {}
 -- n tasks completed: records {id, record, ...}, ids, markers {now, id, ...}
 local records, ids, markers, n = {}, {}, {}, 0
-for i = 4, #ARGV do
+local by_type = {}  -- completions per task type
+for i = 5, #ARGV do
   local id = ARGV[i]
-  local rec, sid, priority, unique
+  local old, rec, sid, priority, unique, env_at
   if not done[id] then
-    rec, sid, priority, unique = completed(redis.call('HGET', K.tasks, id), now)
+    old = redis.call('HGET', K.tasks, id)
+    rec, sid, priority, unique, env_at = completed(old, now)
   end
   if rec then
+    local task_type = envelope_type(old, env_at)
+    if task_type then by_type[task_type] = (by_type[task_type] or 0) + 1 end
     done[id] = true
     if sid ~= '' then
       local list = sids[priority] or {}
@@ -29,9 +35,9 @@ for i = 4, #ARGV do
     markers[2 * n + 1], markers[2 * n + 2] = now, id
     n = n + 1
     ids[n] = id
-    out[i - 3] = 1
+    out[i - 4] = 1
   else
-    out[i - 3] = 0
+    out[i - 4] = 0
   end
 end
 for prio, list in pairs(sids) do
@@ -44,4 +50,5 @@ end
 call_chunked('ZREM', K.leases, ids)
 call_chunked('HSET', K.tasks, records)
 call_chunked('ZADD', K.completed, markers)
+count_outcomes(K.history, K.history_index, now, ARGV[4], 'c', n, by_type)
 return out

@@ -4,16 +4,19 @@
 -- however many fresh ones there are. Bounded work: besides the `count` tasks it claims, a call
 -- settles at most 1,000 stale entries otherwise (to dead, or dropped), and walks at most 1,000
 -- pending-list entries looking for the entries of unreadable records; the next call goes on.
--- KEYS: streams, tasks, leases, dead, consumers
+-- Tasks sent to dead are counted in the per-minute history.
+-- KEYS: streams, tasks, leases, dead, consumers, history, history_index
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 count, 5 lease_ms, 6 max_deliveries,
---       7 the error recorded for a task that exceeded max_deliveries
+--       7 the error recorded for a task that exceeded max_deliveries, 8 history retention ms
 -- Returns {id, record, ...} of the claimed tasks.
 --#include lib/record.lua
+--#include lib/history.lua
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 local need, max_deliveries = tonumber(ARGV[4]), tonumber(ARGV[6])
 redis.call('HSET', K.consumers, consumer, now)
 local lease_until = add_ms(now, ARGV[5])
 local out, seen = {}, {}
+local died, died_by_type = 0, {}  -- sent to dead, for the history
 -- what is left of the bounds: stale entries settled otherwise than claimed, pending-list entries
 local settle, pel = 1000, 1000
 while need > 0 and settle > 0 do
@@ -40,6 +43,9 @@ while need > 0 and settle > 0 do
       h.state, h.ended, h.sid, h.consumer, h.error = 'd', now, '', '', ARGV[7]
       redis.call('ZADD', K.dead, now, id)
       redis.call('HSET', K.tasks, id, build(h))
+      died = died + 1
+      local task_type = envelope_type(h.env, 1)
+      if task_type then died_by_type[task_type] = (died_by_type[task_type] or 0) + 1 end
     else
       if h.sid ~= '' and redis.call('EXISTS', stream) == 1 then
         redis.call('XCLAIM', stream, group, consumer, 0, h.sid, 'JUSTID')
@@ -54,4 +60,5 @@ while need > 0 and settle > 0 do
   end
   if not fresh then break end
 end
+count_outcomes(K.history, K.history_index, now, ARGV[8], 'd', died, died_by_type)
 return out

@@ -1,9 +1,13 @@
 -- fail: active -> retry (due retry_in_ms from now, retried + 1) when a retry is asked for and retries are
--- left, else active -> dead. The error becomes last_error either way.
--- KEYS: streams, tasks, leases, scheduled, retry, dead, signal, consumers
--- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 task id, 5 error, 6 retry_in_ms ('' = no retry)
+-- left, else active -> dead. The error becomes last_error either way; the outcome is counted in
+-- the per-minute history.
+-- KEYS: streams, tasks, leases, scheduled, retry, dead, signal, consumers, history,
+--       history_index
+-- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 task id, 5 error, 6 retry_in_ms ('' = no retry),
+--       7 history retention ms
 -- Returns the new state letter ('r' or 'd'), or '' when the task is not active (no change).
 --#include lib/record.lua
+--#include lib/history.lua
 local now, group, id, retry_in = clock(ARGV[1]), ARGV[2], ARGV[4], ARGV[6]
 redis.call('HSET', K.consumers, ARGV[3], now)
 local h = parse(redis.call('HGET', K.tasks, id))
@@ -21,4 +25,7 @@ else
   redis.call('ZADD', K.dead, now, id)
 end
 redis.call('HSET', K.tasks, id, build(h))
+local task_type = envelope_type(h.env, 1)
+count_outcomes(K.history, K.history_index, now, ARGV[7], h.state == 'r' and 'f' or 'd', 1,
+  task_type and {[task_type] = 1} or {})
 return h.state

@@ -6,34 +6,41 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from strego import operate
-from strego.backends.base import MAX_PAGE, Backend, QueueInfo
+from strego.backends.base import MAX_MINUTES, MAX_PAGE, Backend
 from strego.errors import InvalidTaskError
-from strego.report import LIST_PAYLOAD_LIMIT, consumer_view, queue_view, task_view
+from strego.report import LIST_PAYLOAD_LIMIT, consumer_view, dumps, queue_view, task_view
 from strego.task import TaskState
 from strego.web.openapi import document
 from strego.web.responses import JsonResponse
 from strego.web.shared import Shared
 
+#: The minutes of per-minute history a queue's summary shows.
+HISTORY_MINUTES = 60
 #: Tasks per page when `limit` is not given.
 DEFAULT_LIMIT = 50
 
 
-def _limit(request: Request) -> int:
-    text = request.query_params.get("limit")
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
     if text is None:
-        return DEFAULT_LIMIT
+        return default
     try:
-        limit = int(text)
+        value = int(text)
     except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidTaskError(f"limit must be a whole number from 1 to {MAX_PAGE}")
-    return limit
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidTaskError(f"{name} must be a whole number from {low} to {high}")
+    return value
+
+
+def _limit(request: Request) -> int:
+    return _int(request, "limit", DEFAULT_LIMIT, 1, MAX_PAGE)
 
 
 def _state(request: Request) -> TaskState:
@@ -44,14 +51,27 @@ def _state(request: Request) -> TaskState:
         raise InvalidTaskError(f"no state {text!r}") from None
 
 
+@attrs.frozen
+class Snapshot:
+    """A shared read: its data (for whoever builds on it) and its JSON answer, encoded once for
+    every poller that gets it."""
+
+    data: list[dict[str, Any]]
+    body: bytes
+
+
+def _snapshot(key: str, data: list[dict[str, Any]]) -> Snapshot:
+    return Snapshot(data, dumps({key: data}))
+
+
 class Api:
     """The routes, bound to one backend and the reads shared by every caller."""
 
     def __init__(self, backend: Backend, *, snapshot_interval_s: float = 1.0) -> None:
         self.backend = backend
         #: every queue's summary, read once per interval whatever the number of pollers
-        self.overview: Shared[list[dict[str, Any]]] = Shared(self._overview, snapshot_interval_s)
-        self.workers: Shared[list[dict[str, Any]]] = Shared(self._workers, snapshot_interval_s)
+        self.overview: Shared[Snapshot] = Shared(self._overview, snapshot_interval_s)
+        self.workers: Shared[Snapshot] = Shared(self._workers, snapshot_interval_s)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -68,6 +88,7 @@ class Api:
             Route("/tasks/{id}/payload", self.payload),
             Route("/tasks/{id}/requeue", self.requeue_task, methods=["POST"]),
             Route("/tasks/{id}/cancel", self.cancel_task, methods=["POST"]),
+            Route("/tasks/{id}/run", self.run_task, methods=["POST"]),
             Route("/workers", self.list_workers),
         ]
 
@@ -78,27 +99,30 @@ class Api:
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def _queue_summary(self, info: QueueInfo) -> dict[str, Any]:
-        return queue_view(info)
-
-    async def _overview(self) -> list[dict[str, Any]]:
+    async def _overview(self) -> Snapshot:
         infos = await operate.overview(self.backend)
-        return await operate.each(infos, self._queue_summary)
+        history = await operate.history(self.backend, [i.name for i in infos], HISTORY_MINUTES)
+        views = [queue_view(i, h) for i, h in zip(infos, history, strict=True)]
+        return _snapshot("queues", views)
 
-    async def _workers(self) -> list[dict[str, Any]]:
+    async def _workers(self) -> Snapshot:
         found = await operate.consumers(self.backend)
-        return [consumer_view(c) for c in found]
+        return _snapshot("workers", [consumer_view(c) for c in found])
 
     async def openapi(self, request: Request) -> Response:
         # within the API's mount, root_path is the app's mount point and /api/v1
         return JsonResponse(document(request.scope.get("root_path", "")))
 
     async def list_queues(self, request: Request) -> Response:
-        return JsonResponse({"queues": await self.overview.get()})
+        return JsonResponse.encoded((await self.overview.get()).body)
 
     async def get_queue(self, request: Request) -> Response:
         queue = await operate.require_queue(self.backend, request.path_params["queue"])
-        return JsonResponse(await self._queue_summary(await self.backend.queue_info(queue)))
+        minutes = _int(request, "minutes", HISTORY_MINUTES, 1, MAX_MINUTES)
+        task_type = request.query_params.get("type") or None
+        info = await self.backend.queue_info(queue)
+        history = await self.backend.throughput(queue, minutes=minutes, task_type=task_type)
+        return JsonResponse(queue_view(info, history))
 
     async def list_tasks(self, request: Request) -> Response:
         state, limit = _state(request), _limit(request)
@@ -133,7 +157,7 @@ class Api:
         )
 
     async def list_workers(self, request: Request) -> Response:
-        return JsonResponse({"workers": await self.workers.get()})
+        return JsonResponse.encoded((await self.workers.get()).body)
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -143,6 +167,7 @@ class Api:
             "requeue": operate.requeue_task,
             "cancel": operate.cancel_task,
             "delete": operate.delete_task,
+            "run": operate.run_task,
         }[action]
         try:
             await done(self.backend, task_id)
@@ -157,6 +182,9 @@ class Api:
 
     async def cancel_task(self, request: Request) -> Response:
         return await self._task_action(request, "cancel")
+
+    async def run_task(self, request: Request) -> Response:
+        return await self._task_action(request, "run")
 
     async def delete_task(self, request: Request) -> Response:
         return await self._task_action(request, "delete")

@@ -10,11 +10,13 @@ from collections.abc import Collection
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import BaseRoute, Mount
 
 from strego.backends.base import Backend
 from strego.web.api import Api
 from strego.web.csrf import CsrfGuard
+from strego.web.prefix import FullPath
 from strego.web.responses import EXCEPTION_HANDLERS
 from strego.web.security import AuthHook, Guard
 from strego.web.ui import UI
@@ -30,14 +32,18 @@ def create_app(
     auth: AuthHook | None = None,
     basic_auth: tuple[str, str] | None = None,
     origins: Collection[str] = (),
+    allowed_hosts: Collection[str] | None = None,
     snapshot_interval_s: float = 1.0,
 ) -> Starlette:
     """The web app on `backend`. Read-only unless `readonly=False` (every mutation answers 405
     otherwise). `auth` is called with each request and refuses it (403) by returning false;
     `basic_auth=(user, password)` asks for HTTP Basic credentials (401). A mutation from a page of
     another origin is refused (403) unless its origin is in `origins` (e.g. the public origin a
-    Host-rewriting proxy serves). `snapshot_interval_s`: the overview (queues, workers) is read
-    from the backend at most once per interval, however many clients poll it."""
+    Host-rewriting proxy serves). `allowed_hosts` (host names, no port) refuses (400) a request
+    whose Host header names another: against DNS rebinding, where a page of another site reaches
+    a server on localhost under its own name (and so its own origin). `snapshot_interval_s`: the
+    overview (queues, workers) is read from the backend at most once per interval, however many
+    clients poll it."""
     if basic_auth is not None and (
         not isinstance(basic_auth, tuple)
         or len(basic_auth) != 2
@@ -50,6 +56,12 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
+            *(
+                [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
+                if allowed_hosts is not None
+                else []
+            ),
+            Middleware(FullPath),
             Middleware(Guard, readonly=readonly, auth=auth, basic_auth=basic_auth, origins=origins),
             Middleware(CsrfGuard),  # a browser's mutation needs the UI page's token
         ],

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from strego import __version__
-from strego.backends.base import MAX_PAGE
+from strego.backends.base import MAX_MINUTES, MAX_PAGE
 from strego.task import TaskState
 
 _STATES = [s.value for s in TaskState]
@@ -63,6 +63,27 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "paused": {"type": "boolean"},
             "counts": _ref("Counts"),
+            "oldest_pending_age_ms": {
+                **_NULLABLE_INT,
+                "description": "how long the next task to start has waited (null: none pending)",
+            },
+            "history": _ref("History"),
+        },
+    },
+    "History": {
+        "type": "object",
+        "description": "per-minute counts (the last hour unless asked), oldest minute first",
+        "properties": {
+            "start_ms": {**_NULLABLE_INT, "description": "the first minute's start"},
+            "minute_ms": {"const": 60000},
+            "completed": {"type": "array", "items": {"type": "integer"}},
+            "failed": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "runs that failed and went to retry",
+            },
+            "dead": {"type": "array", "items": {"type": "integer"}},
+            "total": {"type": "object"},
         },
     },
     "Payload": {
@@ -114,6 +135,8 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string"},
             "queue": {"type": "string"},
+            "host": {**_NULLABLE_STR, "description": "from a default name host:pid:random"},
+            "pid": _NULLABLE_INT,
             "idle_ms": {"type": "integer"},
             "held": {"type": "array", "items": {"type": "string"}},
         },
@@ -145,7 +168,7 @@ _PATHS: dict[str, Any] = {
     },
     "/queues": {
         "get": {
-            "summary": "every queue: counts per state, paused",
+            "summary": "every queue: counts per state, paused, oldest pending age, last hour",
             "responses": {
                 "200": _json(
                     {
@@ -160,9 +183,17 @@ _PATHS: dict[str, Any] = {
     },
     "/queues/{queue}": {
         "get": {
-            "summary": "one queue",
-            "parameters": [_QUEUE],
-            "responses": {"200": _json(_ref("Queue"), "the queue"), **_errors(404, 503)},
+            "summary": "one queue; its history over `minutes`, of one task `type` if given",
+            "parameters": [
+                _QUEUE,
+                {
+                    "name": "minutes",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES},
+                },
+                {"name": "type", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _json(_ref("Queue"), "the queue"), **_errors(400, 404, 503)},
         }
     },
     "/queues/{queue}/tasks": {
@@ -238,6 +269,9 @@ _PATHS: dict[str, Any] = {
         "post": _action(
             "cancel a scheduled, pending or retry task", [_TASK], "TaskAction", 404, 409
         )
+    },
+    "/tasks/{id}/run": {
+        "post": _action("a scheduled or retry task runs now", [_TASK], "TaskAction", *_409)
     },
     "/workers": {
         "get": {

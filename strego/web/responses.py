@@ -25,6 +25,11 @@ class JsonResponse(Response):
     def render(self, content: Any) -> bytes:
         return dumps(content)
 
+    @classmethod
+    def encoded(cls, body: bytes) -> Response:
+        """An answer of JSON encoded already (by `dumps`)."""
+        return Response(body, media_type=cls.media_type, headers={"cache-control": "no-store"})
+
 
 def error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
     return JsonResponse({"error": code, "message": message, **extra}, status)

@@ -36,8 +36,10 @@ class Shared(Generic[T]):
         self._value: T | None = None
         self._at = -math.inf
         self._run: _Run[T] | None = None
-        #: how many reads were made (a test facility: how much backend work the callers caused)
+        #: how many reads were made, and how many callers wait for one now (test facilities: how
+        #: much backend work the callers caused)
         self.reads = 0
+        self.waiting = 0
 
     def invalidate(self) -> None:
         self._at = -math.inf
@@ -50,7 +52,11 @@ class Shared(Generic[T]):
             run = self._run
             if run is None:
                 return await self._read_now()
-            await run.done.wait()
+            self.waiting += 1
+            try:
+                await run.done.wait()
+            finally:
+                self.waiting -= 1
             if run.error is not None:
                 raise run.error
             if not run.abandoned:

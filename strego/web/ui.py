@@ -102,7 +102,7 @@ class UI:
         self.api = api
         self.backend: Backend = api.backend
         self.readonly = readonly
-        self.live = LiveOverview(api.overview.get, api.workers.get, api.overview.max_age_s)
+        self.live = LiveOverview(self._queues, self._workers, api.overview.max_age_s)
         self.env = _environment()
         # "run now" needs the API's /run route (a backend with `run_now`)
         paths = {getattr(route, "path", None) for route in api.routes()}
@@ -112,12 +112,18 @@ class UI:
             if action != "run" or "/tasks/{id}/run" in paths
         }
 
+    async def _queues(self) -> list[dict[str, Any]]:
+        return (await self.api.overview.get()).data
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        return (await self.api.workers.get()).data
+
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/", self.overview, name="ui-overview"),
             Route("/queues/{queue}", self.queue, name="ui-queue"),
             Route("/jump", self.jump, name="ui-jump"),
-            Route("/tasks/{task_id}", self.task, name="ui-task"),
+            Route("/tasks/{id}", self.task, name="ui-task"),
             Route("/workers", self.workers, name="ui-workers"),
             Route("/ui/events", self.events, name="ui-events"),
             Route("/ui/overview.json", self.overview_json, name="ui-overview-json"),
@@ -225,7 +231,7 @@ class UI:
         return RedirectResponse(f"{base}/tasks/{quote(task_id, safe='')}", status_code=303)
 
     async def _task(self, request: Request) -> TaskInfo | None:
-        task_id = request.path_params["task_id"]
+        task_id = request.path_params["id"]
         if not TASK_ID_PATTERN.fullmatch(task_id):
             return None
         return await self.backend.get_task(task_id)
@@ -233,7 +239,7 @@ class UI:
     async def task(self, request: Request) -> Response:
         task = await self._task(request)
         if task is None:
-            return self.not_found(request, f"task {request.path_params['task_id']!r}")
+            return self.not_found(request, f"task {request.path_params['id']!r}")
         return self.render(
             request,
             "task.html",
@@ -246,7 +252,7 @@ class UI:
 
     async def workers(self, request: Request) -> Response:
         by_name: dict[str, dict[str, Any]] = {}
-        for c in await self.api.workers.get():
+        for c in await self._workers():
             row = by_name.setdefault(c["name"], {"name": c["name"], "queues": [], "held": []})
             held = len(c["held"])
             row["queues"].append({"queue": c["queue"], "idle_ms": c["idle_ms"], "held": held})

@@ -6,9 +6,10 @@ The class is built in layers, one module each, every layer using the ones before
 
 - core.py: the shared calls (`keys`, `_now`, `_read_now`, `_run`, `_pipeline`);
 - foreign.py: foreign-key isolation (`_foreign`, `_skip_foreign`, `_isolate`);
-- reads.py: inspection (`queues`, `queue_info`, `list_tasks`, `get_task`, `consumers`, `held_by`);
+- reads.py: inspection (`queues`, `queue_info`, `throughput`, `list_tasks`, `get_task`,
+  `consumers`, `held_by`);
 - transitions.py: every transition but fetch (`enqueue`, `ack`, `fail`, `release`, `claim_stale`,
-  `promote`, `cancel`, `delete`, `requeue_dead`, `purge`, `pause`, ...);
+  `promote`, `cancel`, `delete`, `run_now`, `requeue_dead`, `purge`, `pause`, ...);
 - fetching.py: the multi-queue fetch and its idle-queue cache, and `wait_schedule_change`;
 
 and this module: the constructor (which sets the state of every layer), `from_url` and `aclose`.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from strego.backends.base import Clock
+from strego.backends.base import STATS_RETENTION_MS, Clock, check_stats_retention
 from strego.backends.redis.fetching import IDLE_RECHECK_S, Fetching, IdleQueues
 from strego.backends.redis.keys import Keys, queues_key
 from strego.backends.redis.transport import ClosedTransport, Transport
@@ -48,7 +49,9 @@ class RedisBackend(Fetching):
         clock: Clock | None = None,
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 7 * 86_400_000,
+        stats_retention_ms: int = STATS_RETENTION_MS,
     ) -> None:
+        check_stats_retention(stats_retention_ms)
         if hasattr(client_or_transport, "run_script"):
             self.transport: Transport = cast("Transport", client_or_transport)
         else:
@@ -68,6 +71,8 @@ class RedisBackend(Fetching):
         self._time_measured = float("-inf")
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
+        #: how long the per-minute history (`throughput`) is kept
+        self.stats_retention_ms = stats_retention_ms
         self._keys: dict[str, Keys] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing

@@ -55,6 +55,7 @@ class RedisCore:
     _time_measured: float
     completed_ttl_ms: int
     dead_ttl_ms: int
+    stats_retention_ms: int
     _keys: dict[str, Keys]
     _registry: str
     _first_call_checked: bool

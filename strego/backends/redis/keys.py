@@ -37,23 +37,27 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
                 "completed", "dead", "cancelled", "ready"),
     "fetch": (STREAMS, "tasks", "leases", "consumers", "paused", "dead", "ready"),
     "peek": (STREAMS, "consumers", "paused", "ready"),
-    "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers"),
-    "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers"),
+    "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers",
+            "history", "history_index"),
+    "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers",
+             "history", "history_index"),
     "release": (STREAMS, "tasks", "leases", "consumers", "ready"),
     "renew": ("tasks", "leases", "consumers"),
-    "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers"),
+    "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers", "history", "history_index"),
     "promote": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
                 "unique", "unique_exp", "signal", "ready"),
     "cancel": (STREAMS, "tasks", "scheduled", "retry", "cancelled", "unique", "unique_exp"),
     "delete": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
                "unique", "unique_exp"),
     "requeue_dead": (STREAMS, "tasks", "dead", "ready"),
+    "run_now": (STREAMS, "tasks", "scheduled", "retry", "ready"),
     "purge": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
               "unique", "unique_exp"),
     "remove_idle_consumers": (STREAMS, "consumers"),
     "list_pending": (STREAMS, "tasks"),
     "list_active": (STREAMS, "tasks"),
     "list_sorted": ("tasks", LISTED),
+    "oldest_pending": (STREAMS,),
 }  # fmt: skip
 
 
@@ -71,8 +75,9 @@ class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
     __slots__ = (
-        "_scripts", "cancelled", "completed", "consumers", "dead", "leases", "paused", "queue",
-        "ready", "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
+        "_scripts", "cancelled", "completed", "consumers", "dead", "history", "history_index",
+        "leases", "paused", "queue", "ready", "retry", "scheduled", "signal", "streams", "tasks",
+        "unique", "unique_exp",
     )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -93,6 +98,10 @@ class Keys:
         #: string: a counter INCRed whenever tasks become pending (or the queue is resumed), so a
         #: fetcher that found the queue idle can tell from one MGET whether to look at it again
         self.ready = base + "ready"
+        #: hash: per-minute counts `<minute><kind>[:<type>]` -> n (lib/history.lua), and zset:
+        #: each of its fields -> its minute, so the minutes past retention are found and removed
+        self.history = base + "history"
+        self.history_index = base + "history_index"
         #: one stream of task ids per priority (index = priority), with the consumer group
         self.streams: tuple[str, ...] = tuple(f"{base}p{p}" for p in PRIORITIES)
         #: each script's KEYS, built once
@@ -120,6 +129,6 @@ class Keys:
         fixed = (
             self.tasks, self.scheduled, self.retry, self.dead, self.completed, self.cancelled,
             self.leases, self.unique, self.unique_exp, self.consumers, self.paused, self.signal,
-            self.ready,
+            self.ready, self.history, self.history_index,
         )  # fmt: skip
         return fixed + self.streams

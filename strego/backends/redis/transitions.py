@@ -185,7 +185,8 @@ class Transitions(Reads):
                 self._call(
                     "ack",
                     k.script_keys("ack"),
-                    (now, self.group, consumer, *(items[i][1] for i in indexes)),
+                    (now, self.group, consumer, self.stats_retention_ms,
+                     *(items[i][1] for i in indexes)),
                 )
             )  # fmt: skip
         replies = await self._pipeline(calls)
@@ -203,7 +204,7 @@ class Transitions(Reads):
             "fail",
             k.script_keys("fail"),
             (self._now(), self.group, consumer, task_id, error,
-             "" if retry_in_ms is None else max(0, retry_in_ms)),
+             "" if retry_in_ms is None else max(0, retry_in_ms), self.stats_retention_ms),
         )  # fmt: skip
         return {b"r": TaskState.RETRY, b"d": TaskState.DEAD}.get(letter)
 
@@ -268,7 +269,7 @@ class Transitions(Reads):
                     "claim_stale",
                     k.script_keys("claim_stale"),
                     (self._now(), self.group, consumer, count - len(out), lease_ms,
-                     max_deliveries, error),
+                     max_deliveries, error, self.stats_retention_ms),
                 )  # fmt: skip
             except ForeignKeyError as exc:
                 errors.append((queue, await self._foreign(queue, exc)))
@@ -346,6 +347,13 @@ class Transitions(Reads):
         if done == -1:
             raise TaskNotFoundError(task_id)
         return bool(done == 1)
+
+    async def run_now(self, task_id: str, queue: str | None = None) -> bool:
+        queue = await self._located(task_id, queue)
+        done = await self._run(
+            "run_now", self.keys(queue).script_keys("run_now"), (self._now(), self.group, task_id)
+        )
+        return done == 1 or await self._refused(task_id, queue)
 
     async def _requeue(
         self, queue: str, task_ids: Sequence[str], until: Arg = ""
