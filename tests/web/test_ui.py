@@ -254,3 +254,28 @@ def test_payload_view() -> None:
     long = payload_view("é".encode() * SHOW_LIMIT)  # a character cut in two at the limit
     assert long.truncated and long.kind == "text" and long.size == 2 * SHOW_LIMIT
     assert long.text == "é" * (SHOW_LIMIT // 2)
+
+
+async def test_time_filter(backend: MemoryBackend) -> None:
+    async with client(create_app(backend)) as http:
+        since_past = await http.get(
+            "/queues/mail", params={"type": "act", "from": "2000-01-01T00:00:00"}
+        )
+        since_future = await http.get("/queues/mail", params={"from": "2999-01-01T00:00"})
+        until_past = await http.get("/queues/mail", params={"to": "2000-01-01T00:00"})
+    assert len(re.findall(r'data-task="', since_past.text)) == 4
+    assert 'data-task="' not in since_future.text and 'data-task="' not in until_past.text
+    assert 'value="2999-01-01T00:00"' in since_future.text  # the filter stays in its field
+
+
+async def test_pages_are_behind_the_same_gate(backend: MemoryBackend) -> None:
+    app = create_app(
+        backend, basic_auth=("admin", "s3cret"), auth=lambda r: "x-no" not in r.headers
+    )
+    async with client(app) as http:
+        assert (await http.get("/")).status_code == 401
+        assert (await http.get("/ui/overview.json")).status_code == 401
+        ok = await http.get("/", auth=("admin", "s3cret"))
+        assert ok.status_code == 200
+        refused = await http.get("/workers", auth=("admin", "s3cret"), headers={"x-no": "1"})
+        assert refused.status_code == 403
