@@ -1,10 +1,12 @@
 -- lib/clock.lua: the one clock every script judges time by (included when scripts are loaded).
 
+-- The time a test injected, once clock() has seen it (push() stamps stream entries with it);
+-- nil in production.
+local injected_now = nil
+
 -- The backend's clock (docs/architecture.md, invariant 7): Redis TIME in epoch ms, read inside
 -- the script, so every lease, expiry and due time is judged by one clock whatever the callers'
 -- host clocks say. `injected` is ARGV's `now`: '' in production; a test's fake clock otherwise.
--- the injected time, when a test injects one (push() stamps stream entries with it)
-local injected_now = nil
 local function clock(injected)
   if injected ~= '' then
     injected_now = injected
