@@ -16,10 +16,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from strego import operate
 from strego.backends.base import MAX_SCAN, Backend
 from strego.errors import InvalidCursorError
+from strego.operate import QueueNotFoundError
 from strego.report import dumps
-from strego.task import TASK_ID_PATTERN, TaskInfo, TaskState, validate_queue_name
+from strego.task import TASK_ID_PATTERN, TaskInfo, TaskState
 from strego.web import csrf
 from strego.web.api import Api
 from strego.web.live import LiveOverview
@@ -104,13 +106,6 @@ class UI:
         self.readonly = readonly
         self.live = LiveOverview(self._queues, self._workers, api.overview.max_age_s)
         self.env = _environment()
-        # "run now" needs the API's /run route (a backend with `run_now`)
-        paths = {getattr(route, "path", None) for route in api.routes()}
-        self.task_actions = {
-            action: states
-            for action, states in TASK_ACTIONS.items()
-            if action != "run" or "/tasks/{id}/run" in paths
-        }
 
     async def _queues(self) -> list[dict[str, Any]]:
         return (await self.api.overview.get()).data
@@ -152,7 +147,8 @@ class UI:
 
     async def overview_json(self, request: Request) -> Response:
         snapshot = await self.live.current()
-        return Response(dumps(snapshot), media_type="application/json", headers=SECURITY_HEADERS)
+        headers = dict(SECURITY_HEADERS, **{"Cache-Control": "no-store"})
+        return Response(dumps(snapshot), media_type="application/json", headers=headers)
 
     async def events(self, request: Request) -> Response:
         headers = dict(SECURITY_HEADERS, **{"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -163,10 +159,8 @@ class UI:
     async def queue(self, request: Request) -> Response:
         name = request.path_params["queue"]
         try:
-            validate_queue_name(name)
-        except Exception:
-            return self.not_found(request, f"queue {name!r}")
-        if name not in await self.backend.queues():
+            await operate.require_queue(self.backend, name)
+        except QueueNotFoundError:
             return self.not_found(request, f"queue {name!r}")
         params = request.query_params
         try:
@@ -219,7 +213,7 @@ class UI:
             first_url=first_url,
             paged=bool(params.get("cursor")),
             error=error,
-            actions=self.task_actions,
+            actions=TASK_ACTIONS,
             now_ms=self.backend.clock(),
         )
 
@@ -246,7 +240,7 @@ class UI:
             title=f"Task {task.id}",
             task=task,
             payload=payload_view(task.payload),
-            actions=[a for a, states in self.task_actions.items() if task.state in states],
+            actions=[a for a, states in TASK_ACTIONS.items() if task.state in states],
             now_ms=self.backend.clock(),
         )
 
