@@ -281,15 +281,16 @@ def test_pages_render_with_hostile_data_as_text(
 
 def test_actions_change_state(server: Server, page: Watched) -> None:
     p = page.page
-    for task_id, action, after in [
-        ("t-sched-0", "cancel", "cancelled"),
-        ("t-sched-1", "run", "pending"),
-        ("t-dead", "requeue", "pending"),
-        ("t-sched-2", "delete", None),
+    for task_id, action, label, after in [
+        ("t-sched-0", "cancel", "Cancel", "cancelled"),
+        ("t-sched-1", "run", "Run now", "pending"),
+        ("t-dead", "requeue", "Requeue", "pending"),
+        ("t-sched-2", "delete", "Delete", None),
     ]:
         p.goto(f"{server.base}/tasks/{task_id}")
         confirm(p, p.locator(f'button[data-action="{action}"]'))
-        expect(p.locator("#result")).to_contain_text("done")
+        # each result names its action: an earlier one still shown cannot pass for it
+        expect(p.locator("#result")).to_contain_text(f"{label}: done")
         assert server.state(task_id) == after, (task_id, action)
 
     # a confirmation dismissed (Escape) changes nothing
@@ -301,19 +302,21 @@ def test_actions_change_state(server: Server, page: Watched) -> None:
 
     p.goto(f"{server.base}/queues/mail")
     confirm(p, p.locator('button[data-action="pause"]'))
-    expect(p.locator("#result")).to_contain_text("done")
+    expect(p.locator("#result")).to_contain_text("Pause queue: done")
     assert server.queue("mail")["paused"] is True
     confirm(p, p.locator('button[data-action="resume"]'))
-    expect(p.locator("#result")).to_contain_text("done")
+    expect(p.locator("#result")).to_contain_text("Resume queue: done")
     assert server.queue("mail")["paused"] is False
 
     confirm(p, p.locator('button[data-action="requeue-dead"]'))  # t-dead2
-    expect(p.locator("#result")).to_contain_text("changed: 1")
+    expect(p.locator("#result")).to_contain_text(
+        "Requeue all dead: done (queue: mail, action: requeue-dead, changed: 1)"
+    )
     assert server.state("t-dead2") == "pending"
 
     p.goto(f"{server.base}/queues/mail?state=cancelled")
     confirm(p, p.locator('button[data-action="purge"]'))
-    expect(p.locator("#result")).to_contain_text("done")
+    expect(p.locator("#result")).to_contain_text("Purge cancelled: done")
     assert server.state("t-sched-0") is None
 
     # a selection: the "act" tasks of the pending tab, cancelled together
@@ -449,7 +452,7 @@ def test_under_a_prefix(redis_url: str, page: Watched) -> None:
         p.locator('tr[data-task="t-dead"] a').click()
         assert p.url == server.base + "/tasks/t-dead"
         confirm(p, p.locator('button[data-action="requeue"]'))
-        expect(p.locator("#result")).to_contain_text("done")
+        expect(p.locator("#result")).to_contain_text("Requeue: done")
         assert server.state("t-dead") == "pending"
         links = p.eval_on_selector_all(
             "a[href], link[href], script[src]",

@@ -218,10 +218,21 @@
 
   if (window.EventSource && !new URLSearchParams(window.location.search).has("poll")) {
     const source = new EventSource(`${base}/ui/events`);
-    source.addEventListener("overview", (event) => apply(JSON.parse(event.data)));
+    let heard = false;
+    source.addEventListener("overview", (event) => {
+      heard = true;
+      apply(JSON.parse(event.data));
+    });
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) poll();
     });
+    // a proxy that buffers the stream delivers nothing: poll instead
+    setTimeout(() => {
+      if (!heard) {
+        source.close();
+        poll();
+      }
+    }, 10000);
   } else {
     poll();
   }
