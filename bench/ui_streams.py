@@ -66,8 +66,10 @@ def main() -> None:
         anyio.run(load, server.url, args.queues)
         port = free_port()
         web = subprocess.Popen(
-            [sys.executable, "-m", "strego.cli", "web", "--redis", server.url]
-            + ["--port", str(port), "--interval", str(args.interval)],
+            [
+                *(sys.executable, "-m", "strego.cli", "web", "--redis", server.url),
+                *("--port", str(port), "--interval", str(args.interval)),
+            ],
         )
         base = f"http://127.0.0.1:{port}"
         try:
