@@ -70,6 +70,23 @@ def seeded(url: str, prefix: str, **tasks: str) -> Seeded:
     return anyio.run(main)
 
 
+def dead_tasks(url: str, prefix: str, queue: str, count: int) -> None:
+    """`count` more dead tasks in `queue`."""
+
+    async def main() -> None:
+        backend = RedisBackend.from_url(url, prefix=prefix)
+        try:
+            client = Client(backend)
+            for _ in range(count):
+                await client.enqueue(Task("doomed", queue=queue))
+            for task in await backend.fetch([queue], count, "c", lease_ms=60_000):
+                await backend.fail(queue, task.id, "c", "no", retry_in_ms=None)
+        finally:
+            await backend.aclose()
+
+    anyio.run(main)
+
+
 def test_reads_as_json_and_as_tables(clean_redis_url: str, prefix: str) -> None:
     ids = seeded(clean_redis_url, prefix)
     queues = ok(strego(clean_redis_url, prefix, "queues", "--json"))["queues"]
@@ -159,6 +176,11 @@ def test_actions_and_their_exit_codes(clean_redis_url: str, prefix: str) -> None
     assert purged["changed"] == 3 and purged["states"] == ["cancelled", "scheduled"]
     assert strego(url, prefix, "purge", "work", "--state", "active").returncode == 2
     assert strego(url, prefix, "requeue", "work", "--all").stdout == "requeued 0\n"  # none dead
+    dead_tasks(url, prefix, "other", 3)
+    assert ok(strego(url, prefix, "requeue", "other", "--all", "--json")) == {
+        "queue": "other", "action": "requeue-dead", "changed": 3,
+    }  # fmt: skip
+    assert ok(strego(url, prefix, "queues", "--json"))["queues"][0]["counts"]["dead"] == 0
     for unknown in (("pause", "nope"), ("tasks", "nope"), ("task", "nope"), ("cancel", "nope")):
         done = strego(url, prefix, *unknown)
         assert done.returncode == 1 and done.stdout == "", unknown
