@@ -95,9 +95,9 @@ def web(args: argparse.Namespace) -> int:
 def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "web",
-        help="serve the web app (JSON API) on Redis",
-        description="Serve the JSON API (/api/v1) with Hypercorn. Read-only unless "
-        "--no-readonly. Set STREGO_WEB_PASSWORD (and STREGO_WEB_USER, default admin) to ask "
+        help="serve the web UI and the JSON API on Redis",
+        description="Serve the web UI (/) and the JSON API (/api/v1) with Hypercorn. Read-only "
+        "unless --no-readonly. Set STREGO_WEB_PASSWORD (and STREGO_WEB_USER, default admin) to ask "
         "for HTTP Basic credentials.",
     )
     add_options(parser)

@@ -15,9 +15,11 @@ from starlette.routing import BaseRoute, Mount
 
 from strego.backends.base import Backend
 from strego.web.api import Api
+from strego.web.csrf import CsrfGuard
 from strego.web.prefix import FullPath
 from strego.web.responses import EXCEPTION_HANDLERS
 from strego.web.security import AuthHook, Guard
+from strego.web.ui import UI
 
 #: The API's version prefix; a new version is a new mount beside it.
 API_PREFIX = "/api/v1"
@@ -49,7 +51,8 @@ def create_app(
     ):
         raise ValueError("basic_auth is a (user, password) pair of non-empty strings")
     api = Api(backend, snapshot_interval_s=snapshot_interval_s)
-    routes: list[BaseRoute] = [Mount(API_PREFIX, routes=api.routes())]
+    ui = UI(api, readonly=readonly)  # the web UI at /, on the same shared reads
+    routes: list[BaseRoute] = [Mount(API_PREFIX, routes=api.routes()), *ui.routes()]
     app = Starlette(
         routes=routes,
         middleware=[
@@ -60,8 +63,10 @@ def create_app(
             ),
             Middleware(FullPath),
             Middleware(Guard, readonly=readonly, auth=auth, basic_auth=basic_auth, origins=origins),
+            Middleware(CsrfGuard),  # a browser's mutation needs the UI page's token
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.api = api  # the UI (and tests) reach the shared reads here
+    app.state.ui = ui
     return app

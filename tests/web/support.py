@@ -61,3 +61,12 @@ async def seed(backend: Backend, consumer: str = "host-a:4242:0badcafe") -> Seed
     ids["pending"] = await add("pending")
     other = await client.enqueue(Task("other", queue="other"))
     return Seeded(other=other.id, **ids)
+
+
+async def csrf_headers(client: Any, page: str = "/") -> dict[str, str]:
+    """What the web UI's script sends with a mutation: the CSRF token of a UI page, in the header
+    and in its cookie (set explicitly: behind a prefix-stripping proxy the client's URLs miss the
+    cookie's path)."""
+    answer = await client.get(page)
+    token = answer.cookies["strego_csrf"]
+    return {"x-strego-csrf": token, "cookie": f"strego_csrf={token}"}

@@ -12,7 +12,7 @@ from starlette.routing import Mount
 
 from strego.backends.base import Backend
 from strego.web import create_app
-from tests.web.support import http, seed
+from tests.web.support import csrf_headers, http, seed
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +44,7 @@ async def test_every_route_works_under_the_prefix(backend: Backend, layout: str)
         assert [t["id"] for t in page["tasks"]] == [ids.dead]
         assert (await api.get(f"{api_path}/tasks/{ids.dead}")).json()["id"] == ids.dead
         assert (await api.get(f"{api_path}/workers")).status_code == 200
-        same_origin = {"origin": "http://testserver"}
+        same_origin = {"origin": "http://testserver", **await csrf_headers(api, f"{path_prefix}/")}
         r = await api.post(f"{api_path}/tasks/{ids.dead}/requeue", headers=same_origin)
         assert r.status_code == 200 and r.json()["state"] == "pending"
         r = await api.post(f"{api_path}/queues/work/pause", headers={"origin": "http://evil"})

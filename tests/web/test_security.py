@@ -16,7 +16,7 @@ from strego.task import TaskState
 from strego.web import create_app
 from strego.web import security as security_module
 from strego.web.security import basic_credentials_match
-from tests.web.support import http, seed
+from tests.web.support import csrf_headers, http, seed
 
 pytestmark = pytest.mark.anyio
 
@@ -110,6 +110,8 @@ async def test_a_same_origin_mutation_goes_through(
 ) -> None:
     await seed(memory)
     async with http(create_app(memory, readonly=False)) as api:
+        if headers:  # a browser's request carries the UI page's CSRF token (tests/web/test_ui.py)
+            headers = {**headers, **await csrf_headers(api)}
         assert (await api.post(f"{API}/queues/work/pause", headers=headers)).status_code == 200
     assert (await memory.queue_info("work")).paused
 
@@ -118,7 +120,8 @@ async def test_listed_origins_are_accepted(memory: Backend) -> None:
     await seed(memory)
     app = create_app(memory, readonly=False, origins=["https://ops.example"])
     async with http(app) as api:
-        ok = await api.post(f"{API}/queues/work/pause", headers={"origin": "https://ops.example"})
+        listed = {"origin": "https://ops.example", **await csrf_headers(api)}
+        ok = await api.post(f"{API}/queues/work/pause", headers=listed)
         assert ok.status_code == 200
         evil = {"origin": "https://evil.example"}
         assert (await api.post(f"{API}/queues/work/resume", headers=evil)).status_code == 403
