@@ -91,8 +91,8 @@ def test_loaded_scripts_name_their_keys_at_their_place() -> None:
 def test_call_sites_build_keys_from_the_table() -> None:
     k = Keys("p", "q")
     assert k.script_keys("ack") == (*k.streams, k.tasks, k.leases, k.completed, k.unique,
-                                    k.unique_exp, k.consumers, k.cancelled, k.history,
-                                    k.history_index)  # fmt: skip
+                                    k.unique_exp, k.consumers, k.cancelled, k.minutes,
+                                    k.minutes_index)  # fmt: skip
     assert k.script_keys("list_sorted", listed=k.dead) == (k.tasks, k.dead)
     assert k.script_keys("ack") is k.script_keys("ack")  # built once
 
@@ -111,7 +111,7 @@ def test_scripts_fit_one_read_of_redis(name: str) -> None:
     assert len(script(name).source.encode()) < 16 * 1024
 
 
-@pytest.mark.parametrize("name", [*NAMES, "lib/record", "lib/history"])
+@pytest.mark.parametrize("name", [*NAMES, "lib/record", "lib/minutes"])
 def test_no_key_is_built_inside_a_script(name: str) -> None:
     text = resources.files("strego.lua").joinpath(f"{name}.lua").read_text()
     code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())

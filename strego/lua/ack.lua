@@ -2,14 +2,14 @@
 -- result (when given) and releasing the unique key in the same step, and counting the
 -- completions in the per-minute history. Completes the task whoever holds it. A task whose
 -- cancel was requested while it ran ends cancelled instead (no result).
--- KEYS: streams, tasks, leases, completed, unique, unique_exp, consumers, cancelled, history,
---       history_index
+-- KEYS: streams, tasks, leases, completed, unique, unique_exp, consumers, cancelled, minutes,
+--       minutes_index
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 ended channel ('' = none),
 --       5 history retention ms, 6 '1' (7.. task ids) or '2' (7.. pairs: task id, result
 --       ('' = none))
 -- Returns one 1 (completed by this call) or 0 (not active, or ended cancelled) per id.
 --#include lib/record.lua
---#include lib/history.lua
+--#include lib/minutes.lua
 
 local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('HSET', K.consumers, ARGV[3], now)
@@ -74,7 +74,7 @@ end
 call_chunked('ZREM', K.leases, ids)
 call_chunked('HSET', K.tasks, records)
 call_chunked('ZADD', K.completed, markers)
-count_outcomes(K.history, K.history_index, now, ARGV[5], 'c', n, by_type)
+count_outcomes(K.minutes, K.minutes_index, now, ARGV[5], 'c', n, by_type)
 publish_ended(ARGV[4], ids)
 publish_ended(ARGV[4], ended)
 return out

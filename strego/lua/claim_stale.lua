@@ -6,14 +6,14 @@
 -- settles at most 1,000 stale entries otherwise (to dead, or dropped), and walks at most 1,000
 -- pending-list entries looking for the entries of unreadable records; the next call goes on.
 -- Tasks sent to dead are counted in the per-minute history.
--- KEYS: streams, tasks, leases, dead, consumers, cancelled, unique, unique_exp, history,
---       history_index
+-- KEYS: streams, tasks, leases, dead, consumers, cancelled, unique, unique_exp, minutes,
+--       minutes_index
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 count, 5 lease_ms, 6 max_deliveries,
 --       7 the error recorded for a task that exceeded max_deliveries, 8 ended channel ('' = none),
 --       9 history retention ms
 -- Returns {id, record, ...} of the claimed tasks.
 --#include lib/record.lua
---#include lib/history.lua
+--#include lib/minutes.lua
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 local need, max_deliveries = tonumber(ARGV[4]), tonumber(ARGV[6])
 redis.call('HSET', K.consumers, consumer, now)
@@ -70,6 +70,6 @@ while need > 0 and settle > 0 do
   end
   if not fresh then break end
 end
-count_outcomes(K.history, K.history_index, now, ARGV[9], 'd', died, died_by_type)
+count_outcomes(K.minutes, K.minutes_index, now, ARGV[9], 'd', died, died_by_type)
 publish_ended(ARGV[8], ended)
 return out

@@ -3,13 +3,13 @@
 -- the outcome is counted in the per-minute history. A task whose cancel was requested while it
 -- ran ends cancelled instead (never retried or dead).
 -- KEYS: streams, tasks, leases, scheduled, retry, dead, signal, consumers, cancelled, unique,
---       unique_exp, history, history_index
+--       unique_exp, minutes, minutes_index
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 task id, 5 error, 6 retry_in_ms ('' = no
 --       retry), 7 error detail kept if it dies ('' = none), 8 ended channel ('' = none),
 --       9 history retention ms
 -- Returns the new state letter ('r', 'd' or 'x'), or '' when the task is not active (no change).
 --#include lib/record.lua
---#include lib/history.lua
+--#include lib/minutes.lua
 local now, group, id, retry_in = clock(ARGV[1]), ARGV[2], ARGV[4], ARGV[6]
 redis.call('HSET', K.consumers, ARGV[3], now)
 local h = parse(redis.call('HGET', K.tasks, id))
@@ -35,6 +35,6 @@ else
 end
 redis.call('HSET', K.tasks, id, build(h))
 local task_type = envelope_type(h.env, 1)
-count_outcomes(K.history, K.history_index, now, ARGV[9], h.state == 'r' and 'f' or 'd', 1,
+count_outcomes(K.minutes, K.minutes_index, now, ARGV[9], h.state == 'r' and 'f' or 'd', 1,
   task_type and {[task_type] = 1} or {})
 return h.state

@@ -44,13 +44,13 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "fetch": (STREAMS, "tasks", "leases", "consumers", "paused", "dead", "ready"),
     "peek": (STREAMS, "consumers", "paused", "ready"),
     "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers",
-            "cancelled", "history", "history_index"),
+            "cancelled", "minutes", "minutes_index"),
     "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers",
-             "cancelled", "unique", "unique_exp", "history", "history_index"),
+             "cancelled", "unique", "unique_exp", "minutes", "minutes_index"),
     "release": (STREAMS, "tasks", "leases", "consumers", "ready"),
     "renew": ("tasks", "leases", "consumers"),
     "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers", "cancelled", "unique",
-                    "unique_exp", "history", "history_index"),
+                    "unique_exp", "minutes", "minutes_index"),
     "promote": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
                 "unique", "unique_exp", "signal", "ready"),
     "cancel": (STREAMS, "tasks", "scheduled", "retry", "cancelled", "unique", "unique_exp"),
@@ -85,9 +85,28 @@ class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
     __slots__ = (
-        "_scripts", "cancel_channel", "cancelled", "completed", "consumers", "cron_defs", "crons",
-        "dead", "ended_channel", "history", "history_index", "leases", "paused", "queue", "ready",
-        "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
+        "_scripts",
+        "cancel_channel",
+        "cancelled",
+        "completed",
+        "consumers",
+        "cron_defs",
+        "crons",
+        "dead",
+        "ended_channel",
+        "leases",
+        "minutes",
+        "minutes_index",
+        "paused",
+        "queue",
+        "ready",
+        "retry",
+        "scheduled",
+        "signal",
+        "streams",
+        "tasks",
+        "unique",
+        "unique_exp",
     )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -112,10 +131,10 @@ class Keys:
         #: string: a counter INCRed whenever tasks become pending (or the queue is resumed), so a
         #: fetcher that found the queue idle can tell from one MGET whether to look at it again
         self.ready = base + "ready"
-        #: hash: per-minute counts `<minute><kind>[:<type>]` -> n (lib/history.lua), and zset:
+        #: hash: per-minute counts `<minute><kind>[:<type>]` -> n (lib/minutes.lua), and zset:
         #: each of its fields -> its minute, so the minutes past retention are found and removed
-        self.history = base + "history"
-        self.history_index = base + "history_index"
+        self.minutes = base + "minutes"
+        self.minutes_index = base + "minutes_index"
         #: pub/sub channels (not keys: they hold nothing): the ids of tasks that ended
         #: (completed, dead, cancelled), for result waiters; the ids of active tasks whose cancel
         #: was requested, for the servers holding them
@@ -148,6 +167,6 @@ class Keys:
         fixed = (
             self.tasks, self.scheduled, self.retry, self.dead, self.completed, self.cancelled,
             self.leases, self.unique, self.unique_exp, self.consumers, self.paused, self.signal,
-            self.ready, self.history, self.history_index, self.crons, self.cron_defs,
+            self.ready, self.minutes, self.minutes_index, self.crons, self.cron_defs,
         )  # fmt: skip
         return fixed + self.streams

@@ -143,7 +143,7 @@ class Reads(ForeignKeys):
         first = first_kept_minute(now, self.stats_retention_ms)
         starts = [minute_of(now) - i * MINUTE_MS for i in range(minutes - 1, -1, -1)]
         kept = [m for m in starts if m >= first]
-        # the fields lib/history.lua writes: <minute number><kind>[:<type>]
+        # the fields lib/minutes.lua writes: <minute number><kind>[:<type>]
         suffix = b"" if task_type is None else b":" + task_type.encode()
         fields = [
             b"%d%s%s" % (m // MINUTE_MS, kind, suffix) for m in kept for kind in (b"c", b"f", b"d")
@@ -151,7 +151,7 @@ class Reads(ForeignKeys):
         values: list[Any] = []
         if fields:
             values = await self.transport.execute(
-                Command(("HMGET", self.keys(queue).history, *fields), idempotent=True)
+                Command(("HMGET", self.keys(queue).minutes, *fields), idempotent=True)
             )
         counts = {
             m: [int(v) if v else 0 for v in values[3 * i : 3 * i + 3]] for i, m in enumerate(kept)

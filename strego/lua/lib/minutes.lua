@@ -1,9 +1,9 @@
--- lib/history.lua: the per-minute history `throughput` reads (included by ack, fail and
+-- lib/minutes.lua: the per-minute history `throughput` reads (included by ack, fail and
 -- claim_stale, which count in the same step as the transition). Counts live in the queue's
--- `history` hash, one field per minute, outcome and task type:
+-- `minutes` hash, one field per minute, outcome and task type:
 --   <minute><kind>          every type      minute: floor(now / 60000) by the script's clock;
 --   <minute><kind>:<type>   one task type   kind: c completed, f failed to retry, d dead
--- The `history_index` zset scores each field by its minute, so the fields of minutes past the
+-- The `minutes_index` zset scores each field by its minute, so the fields of minutes past the
 -- retention window are found and removed, at most PRUNE_BATCH a time, whenever a count creates a
 -- field (once per field and minute): the hot path pays one HINCRBY per field it counts.
 -- A key of another type must not break a transition: history writes go through pcall, and a

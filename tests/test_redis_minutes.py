@@ -63,9 +63,9 @@ async def test_fields_and_index(backend: RedisBackend, client: Any, clock: FakeC
     assert await backend.fail("q", "c", "c1", "boom", retry_in_ms=1_000) == TaskState.RETRY
     k = backend.keys("q")
     expected = {f"{minute}c": 2, f"{minute}c:send": 2, f"{minute}f": 1, f"{minute}f:x:y": 1}
-    fields = await client.hgetall(k.history)
+    fields = await client.hgetall(k.minutes)
     assert {f.decode(): int(v) for f, v in fields.items()} == expected
-    index = await client.zrange(k.history_index, 0, -1, withscores=True)
+    index = await client.zrange(k.minutes_index, 0, -1, withscores=True)
     assert {f.decode(): int(s) for f, s in index} == dict.fromkeys(expected, minute)
 
 
@@ -78,8 +78,8 @@ async def test_pruning_keeps_the_history_bounded(
         clock.advance(MINUTE_MS)
     # at most the retention window's minutes (5), plus the one a count opened, each with its
     # total and one type's field
-    assert await client.hlen(k.history) <= 2 * (RETENTION_MS // MINUTE_MS + 1)
-    assert await client.zcard(k.history_index) == await client.hlen(k.history)
+    assert await client.hlen(k.minutes) <= 2 * (RETENTION_MS // MINUTE_MS + 1)
+    assert await client.zcard(k.minutes_index) == await client.hlen(k.minutes)
     history = await backend.throughput("q", minutes=30)
     # the window: this minute (nothing yet) and the four before it
     assert sum(m.completed for m in history) == RETENTION_MS // MINUTE_MS - 1
@@ -111,14 +111,14 @@ async def test_a_foreign_history_key_does_not_break_a_transition(
     backend: RedisBackend, client: Any
 ) -> None:
     k = backend.keys("q")
-    await client.set(k.history, "someone else's")
+    await client.set(k.minutes, "someone else's")
     await complete(backend, "a")
     await start(backend, "b")
     assert await backend.fail("q", "b", "c1", "x", retry_in_ms=None) == TaskState.DEAD
     assert (await backend.get_task("a", "q")).state == TaskState.COMPLETED  # type: ignore[union-attr]
-    assert await client.get(k.history) == b"someone else's"
-    await client.delete(k.history)
-    await client.set(k.history_index, "theirs")
+    assert await client.get(k.minutes) == b"someone else's"
+    await client.delete(k.minutes)
+    await client.set(k.minutes_index, "theirs")
     await complete(backend, "c")
     assert [m.completed for m in await backend.throughput("q", minutes=1)] == [1]
 
