@@ -255,13 +255,25 @@ class Client:
         Waiting does not poll: it subscribes to the task's end, reads the task, then waits (an
         end between the read and the wait is not missed), and reads again at least every
         RESULT_POLL_S as a fallback (a lost connection)."""
+        return self._outcome(await self.wait(task_id, timeout=timeout, queue=queue), type)
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  # the API: a bound of its own
+        queue: str | None = None,
+    ) -> TaskInfo:
+        """The record of task `task_id` once it has ended (completed, dead or cancelled), as
+        `result` waits for it, without decoding anything: TaskNotFoundError for an unknown id,
+        TimeoutError when `timeout` passes first."""
         deadline = None if timeout is None else anyio.current_time() + max(0.0, timeout)
         where = _queue_or_none(queue)
         info = await self.backend.get_task(task_id, where)
         if info is None:
             raise TaskNotFoundError(task_id)
         if info.state in _ENDED:
-            return self._outcome(info, type)
+            return info
         async with self.backend.watch_ended(info.queue, task_id) as watch:
             while True:
                 # read after subscribing: an end from here on wakes the watch
@@ -269,7 +281,7 @@ class Client:
                 if found is None:
                     raise TaskNotFoundError(task_id)
                 if found.state in _ENDED:
-                    return self._outcome(found, type)
+                    return found
                 wait = RESULT_POLL_S
                 if deadline is not None:
                     remaining = deadline - anyio.current_time()
@@ -284,9 +296,7 @@ class Client:
             raise TaskFailedError(info.id, info.error, info.last_error)
         if info.state is TaskState.CANCELLED:
             raise TaskCancelledError(info.id)
-        ttl = DEFAULT_RESULT_TTL * 1000 if info.result_ttl_ms is None else info.result_ttl_ms
-        ended = info.ended_ms if info.ended_ms is not None else 0
-        if ended + ttl <= self.backend.clock():
+        if not info.result_kept(self.backend.clock()):
             raise TaskNotFoundError(info.id)
         if info.result is None:
             return None

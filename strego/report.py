@@ -12,9 +12,9 @@ import base64
 import json
 from typing import Any
 
-from strego.backends.base import ConsumerInfo, MinuteCount, QueueInfo
+from strego.backends.base import ConsumerInfo, MinuteCount, QueueInfo, ScheduleInfo
 from strego.server import parse_consumer_name
-from strego.task import TaskInfo, TaskState
+from strego.task import TaskError, TaskInfo, TaskState
 
 #: The payload bytes shown of one task (the whole is downloadable by the API).
 PAYLOAD_LIMIT = 64 * 1024
@@ -54,7 +54,31 @@ def payload_view(payload: bytes, encoding: str, limit: int = PAYLOAD_LIMIT) -> d
     }
 
 
-def task_view(task: TaskInfo, *, payload_limit: int = PAYLOAD_LIMIT) -> dict[str, Any]:
+def result_view(
+    task: TaskInfo, now_ms: int | None, limit: int = PAYLOAD_LIMIT
+) -> dict[str, Any] | None:
+    """A completed task's stored result, shown as a payload is (`encoding` the serializer that
+    wrote it, ``raw`` for bytes; never deserialized); None when there is none, or when its
+    result_ttl has passed by `now_ms` (None: shown while the record holds it)."""
+    if task.result is None:
+        return None
+    if now_ms is not None and not task.result_kept(now_ms):
+        return None
+    encoding, _, data = task.result.partition(b"\n")
+    return payload_view(data, encoding.decode("utf-8", "replace"), limit)
+
+
+def error_view(error: TaskError | None) -> dict[str, str] | None:
+    """A dead task's error: type, message and (truncated) traceback, as text."""
+    if error is None:
+        return None
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def task_view(
+    task: TaskInfo, *, payload_limit: int = PAYLOAD_LIMIT, now_ms: int | None = None
+) -> dict[str, Any]:
+    """A task as JSON. `now_ms` (the backend's time) hides a result whose result_ttl passed."""
     return {
         "id": task.id,
         "queue": task.queue,
@@ -75,6 +99,11 @@ def task_view(task: TaskInfo, *, payload_limit: int = PAYLOAD_LIMIT) -> dict[str
         "last_error": task.last_error,
         "consumer": task.consumer,
         "payload": payload_view(task.payload, task.encoding, payload_limit),
+        "result": result_view(task, now_ms, payload_limit),
+        "result_ttl_ms": task.result_ttl_effective_ms,
+        "error": error_view(task.error),
+        "cancel_requested": task.cancel_requested,
+        "headers": dict(task.headers),
     }
 
 
@@ -118,4 +147,21 @@ def consumer_view(consumer: ConsumerInfo) -> dict[str, Any]:
         "pid": None if host_pid is None else host_pid[1],
         "idle_ms": consumer.idle_ms,
         "held": list(consumer.held),
+    }
+
+
+def schedule_view(schedule: ScheduleInfo) -> dict[str, Any]:
+    """A periodic schedule: what it enqueues where, when, and what it fired last."""
+    definition = schedule.definition
+    return {
+        "id": schedule.id,
+        "queue": schedule.queue,
+        "type": definition.template.type,
+        "spec": definition.spec,
+        "tz": definition.tz,
+        "catchup": definition.catchup,
+        "revision": schedule.revision,
+        "next_ms": schedule.next_ms,
+        "last_fire_ms": schedule.last_fire_ms,
+        "last_task_id": schedule.last_task_id,
     }

@@ -289,6 +289,19 @@ class TaskInfo:
     headers: dict[str, str] = attrs.field(factory=dict)
 
     @property
+    def result_ttl_effective_ms(self) -> int:
+        """How long the result is kept after the task ends (ms), the default filled in."""
+        if self.result_ttl_ms is None:
+            return int(DEFAULT_RESULT_TTL * 1000)
+        return self.result_ttl_ms
+
+    def result_kept(self, now_ms: int) -> bool:
+        """Whether an ended task's result is still kept at `now_ms` (its result_ttl not passed
+        since it ended); False before it ends. The record may outlive it (completed tasks are
+        kept longer): past this, `Client.result` and the operator views treat it as gone."""
+        return self.ended_ms is not None and now_ms < self.ended_ms + self.result_ttl_effective_ms
+
+    @property
     def created_at(self) -> datetime:
         return datetime.fromtimestamp(self.created_ms / 1000, UTC)
 

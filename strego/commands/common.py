@@ -2,7 +2,8 @@
 codes, tables for people and JSON for scripts, and the confirmation of destructive commands.
 
 Exit codes a script can test: 0 done, 1 not found or refused (no such task or queue, a state that
-does not allow the action, Redis failing or unreachable, not confirmed), 2 usage (bad arguments,
+does not allow the action, Redis failing or unreachable, not confirmed; `strego result` of a
+dead or cancelled task, or its --timeout passing), 2 usage (bad arguments,
 an invalid URL, state or cursor)."""
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from strego.errors import BackendError, InvalidTaskError, StregoError, TaskNotFoundError
+from strego.errors import (
+    BackendError,
+    InvalidTaskError,
+    StregoError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+)
 from strego.operate import QueueNotFoundError, TaskStateError
-from strego.report import dumps
+from strego.report import dumps, error_view
 
 if TYPE_CHECKING:
     from strego.backends.base import Backend
@@ -78,6 +86,15 @@ def run(args: argparse.Namespace, command: Command) -> int:
         return fail(args, REFUSED, "not_found", str(exc))
     except TaskStateError as exc:
         return fail(args, REFUSED, "wrong_state", str(exc))
+    except TaskFailedError as exc:  # `strego result` of a dead task: its error
+        detail = error_view(exc.error)
+        if detail is not None and not args.json and detail["traceback"]:
+            print(clean(detail["traceback"]), file=sys.stderr)
+        return fail(args, REFUSED, "dead", str(exc), task_error=detail)
+    except TaskCancelledError as exc:
+        return fail(args, REFUSED, "cancelled", str(exc))
+    except TimeoutError as exc:  # `strego result --timeout`: the task did not end in time
+        return fail(args, REFUSED, "timeout", str(exc) or "timed out")
     except Refused as exc:
         return fail(args, REFUSED, "refused", str(exc))
     except InvalidTaskError as exc:
@@ -88,9 +105,10 @@ def run(args: argparse.Namespace, command: Command) -> int:
         return fail(args, REFUSED, "error", f"{type(exc).__name__}: {exc}")
 
 
-def fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
+def fail(args: argparse.Namespace, code: int, kind: str, message: str, **more: Any) -> int:
+    """Say why on stderr (with --json: `error` the kind, `message`, and `more` fields)."""
     if args.json:
-        print(dumps({"error": kind, "message": message}).decode(), file=sys.stderr)
+        print(dumps({"error": kind, "message": message, **more}).decode(), file=sys.stderr)
     else:
         print(f"strego {args.command}: {clean(message)}", file=sys.stderr)
     return code

@@ -1,7 +1,7 @@
-"""The operator commands: see queues, tasks and workers, and act on them (`strego queues`,
-`tasks`, `task`, `requeue`, `cancel`, `delete`, `pause`, `resume`, `purge`, `workers`). Each is
-one call of `strego.operate` (the HTTP API's operations too); --json prints what the API answers
-for the same question."""
+"""The operator commands: see queues, tasks, workers and schedules, and act on them (`strego
+queues`, `tasks`, `task`, `result`, `requeue`, `cancel`, `delete`, `pause`, `resume`, `purge`,
+`workers`, `schedules`). Each is one call of `strego.operate` (the HTTP API's operations too);
+--json prints what the API answers for the same question."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from strego import operate
 from strego.backends.base import MAX_PAGE
+from strego.client import Client
 from strego.commands.common import (
     DONE,
     Command,
@@ -23,7 +24,8 @@ from strego.commands.common import (
     table,
     when,
 )
-from strego.report import consumer_view, queue_view, task_view
+from strego.errors import TaskCancelledError, TaskFailedError, TaskNotFoundError
+from strego.report import consumer_view, queue_view, result_view, schedule_view, task_view
 from strego.task import TaskState
 
 if TYPE_CHECKING:
@@ -82,20 +84,55 @@ async def tasks(backend: Backend, args: argparse.Namespace) -> int:
     return DONE
 
 
+def _body(shown: dict[str, Any]) -> str:
+    """A payload or result view's bytes as text: the text, else ``base64:`` and the base64."""
+    return shown["text"] if shown["text"] is not None else f"base64:{shown['base64']}"
+
+
+def _shown(name: str, shown: dict[str, Any]) -> None:
+    body = _body(shown)
+    cut = " (truncated)" if shown["truncated"] or len(body) > SHOWN_PAYLOAD else ""
+    print(f"{name + ':':14} {clean(shown['encoding'])}, {shown['size']} bytes{cut}")
+    print(clean(body[:SHOWN_PAYLOAD]))
+
+
 async def task(backend: Backend, args: argparse.Namespace) -> int:
-    view = task_view(await operate.find_task(backend, args.id))
+    view = task_view(await operate.find_task(backend, args.id), now_ms=backend.clock())
     if args.json:
         print_json(view)
         return DONE
-    payload = view.pop("payload")
+    payload, result, error = view.pop("payload"), view.pop("result"), view.pop("error")
     for key, value in view.items():
-        if key.endswith("_ms") and key != "timeout_ms":
+        if key.endswith("_ms") and key not in ("timeout_ms", "result_ttl_ms"):
             value = when(value)
+        elif isinstance(value, dict):
+            value = " ".join(f"{k}={v}" for k, v in sorted(value.items())) or None
         print(f"{key + ':':14} {clean('-' if value is None else value)}")
-    body = payload["text"] if payload["text"] is not None else f"base64:{payload['base64']}"
-    cut = " (truncated)" if payload["truncated"] or len(body) > SHOWN_PAYLOAD else ""
-    print(f"{'payload:':14} {payload['encoding']}, {payload['size']} bytes{cut}")
-    print(clean(body[:SHOWN_PAYLOAD]))
+    if error is not None:
+        print(f"{'error:':14} {clean(error['type'])}: {clean(error['message'])}")
+        print(clean(error["traceback"][:SHOWN_PAYLOAD]))
+    _shown("payload", payload)
+    if result is not None:
+        _shown("result", result)
+    return DONE
+
+
+async def result(backend: Backend, args: argparse.Namespace) -> int:
+    """The stored result of a task, waiting up to --timeout for it to end. Never deserialized:
+    shown as its serializer wrote it (JSON text for the default), base64 when it is not UTF-8."""
+    client = Client(backend)
+    info = await client.wait(args.id, timeout=args.timeout)
+    if info.state is TaskState.DEAD:
+        raise TaskFailedError(info.id, info.error, info.last_error)
+    if info.state is TaskState.CANCELLED:
+        raise TaskCancelledError(info.id)
+    if not info.result_kept(backend.clock()):
+        raise TaskNotFoundError(info.id)  # its result_ttl passed, as Client.result says
+    shown = result_view(info, None)
+    if args.json:
+        print_json({"id": info.id, "state": info.state.value, "result": shown})
+    elif shown is not None:  # None: the handler returned None, or result_ttl was 0
+        print(clean(_body(shown)))
     return DONE
 
 
@@ -171,6 +208,20 @@ async def workers(backend: Backend, args: argparse.Namespace) -> int:
     return DONE
 
 
+async def schedules(backend: Backend, args: argparse.Namespace) -> int:
+    found = await backend.list_schedules()
+    views = [schedule_view(s) for s in found.schedules]
+    if args.json:
+        print_json({"now_ms": found.now_ms, "schedules": views})
+        return DONE
+    table(
+        ["ID", "QUEUE", "TYPE", "SPEC", "TZ", "NEXT FIRE", "LAST FIRE", "LAST TASK"],
+        [[v["id"], v["queue"], v["type"], v["spec"], v["tz"], when(v["next_ms"]),
+          when(v["last_fire_ms"]), v["last_task_id"]] for v in views],
+    )  # fmt: skip
+    return DONE
+
+
 def _state(text: str) -> TaskState:
     try:
         return TaskState(text)
@@ -190,6 +241,16 @@ def _limit(text: str) -> int:
     return value
 
 
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"expected 0 to 86400 seconds, not {text!r}")
+    return value
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the operator commands on `strego`'s subcommands."""
 
@@ -206,6 +267,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument("--limit", type=_limit, default=50, help=f"1 to {MAX_PAGE} (50)")
     listing.add_argument("--cursor", default=None, help="the 'more:' cursor of the page before")
     command("task", task, "one task by id").add_argument("id")
+    result_ = command(
+        "result",
+        result,
+        "a task's result (waiting for it to end); 1 if it died, was cancelled or is gone",
+    )
+    result_.add_argument("id")
+    result_.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=None,
+        help="seconds to wait for the task to end (default: as long as it takes)",
+    )
     requeue_ = command("requeue", requeue, "a dead task (or every one) back to pending")
     requeue_.add_argument("queue")
     which = requeue_.add_mutually_exclusive_group(required=True)
@@ -231,3 +304,4 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add_yes(purge_)
     command("workers", workers, "each consumer of each queue: host, pid, idle time, tasks held")
+    command("schedules", schedules, "every periodic schedule: next fire, last fire, last task")

@@ -14,7 +14,14 @@ from starlette.routing import BaseRoute, Route
 from strego import operate
 from strego.backends.base import MAX_MINUTES, MAX_PAGE, Backend
 from strego.errors import InvalidTaskError
-from strego.report import LIST_PAYLOAD_LIMIT, consumer_view, dumps, queue_view, task_view
+from strego.report import (
+    LIST_PAYLOAD_LIMIT,
+    consumer_view,
+    dumps,
+    queue_view,
+    schedule_view,
+    task_view,
+)
 from strego.task import TaskState
 from strego.web.openapi import document
 from strego.web.responses import JsonResponse
@@ -90,6 +97,7 @@ class Api:
             Route("/tasks/{id}/cancel", self.cancel_task, methods=["POST"]),
             Route("/tasks/{id}/run", self.run_task, methods=["POST"]),
             Route("/workers", self.list_workers),
+            Route("/schedules", self.list_schedules),
         ]
 
     def changed(self) -> None:
@@ -129,18 +137,21 @@ class Api:
         cursor = request.query_params.get("cursor") or None
         queue = await operate.require_queue(self.backend, request.path_params["queue"])
         page = await self.backend.list_tasks(queue, state, cursor=cursor, limit=limit)
+        now = self.backend.clock()
         return JsonResponse(
             {
                 "queue": queue,
                 "state": state.value,
-                "tasks": [task_view(t, payload_limit=LIST_PAYLOAD_LIMIT) for t in page.tasks],
+                "tasks": [
+                    task_view(t, payload_limit=LIST_PAYLOAD_LIMIT, now_ms=now) for t in page.tasks
+                ],
                 "next_cursor": page.next_cursor,
             }
         )
 
     async def get_task(self, request: Request) -> Response:
         task = await operate.find_task(self.backend, request.path_params["id"])
-        return JsonResponse(task_view(task))
+        return JsonResponse(task_view(task, now_ms=self.backend.clock()))
 
     async def payload(self, request: Request) -> Response:
         """The whole payload, as stored, to download (never shown inline by a browser)."""
@@ -158,6 +169,13 @@ class Api:
 
     async def list_workers(self, request: Request) -> Response:
         return JsonResponse.encoded((await self.workers.get()).body)
+
+    async def list_schedules(self, request: Request) -> Response:
+        # schedules are few (each is defined in code): one read of them all
+        found = await self.backend.list_schedules()
+        return JsonResponse(
+            {"now_ms": found.now_ms, "schedules": [schedule_view(s) for s in found.schedules]}
+        )
 
     # -- actions --------------------------------------------------------------------------------
 

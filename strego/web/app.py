@@ -11,11 +11,12 @@ from collections.abc import Collection
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Route
 
 from strego.backends.base import Backend
 from strego.web.api import Api
 from strego.web.csrf import CsrfGuard
+from strego.web.metrics import metrics_route
 from strego.web.prefix import FullPath
 from strego.web.responses import EXCEPTION_HANDLERS
 from strego.web.security import AuthHook, Guard
@@ -34,6 +35,7 @@ def create_app(
     origins: Collection[str] = (),
     allowed_hosts: Collection[str] | None = None,
     snapshot_interval_s: float = 1.0,
+    metrics: bool = True,
 ) -> Starlette:
     """The web app on `backend`. Read-only unless `readonly=False` (every mutation answers 405
     otherwise). `auth` is called with each request and refuses it (403) by returning false;
@@ -43,7 +45,9 @@ def create_app(
     whose Host header names another: against DNS rebinding, where a page of another site reaches
     a server on localhost under its own name (and so its own origin). `snapshot_interval_s`: the
     overview (queues, workers) is read from the backend at most once per interval, however many
-    clients poll it."""
+    clients poll it. `metrics`: serve the Prometheus exposition at /metrics (this process's
+    registry and the backend's queues, read at most once per `snapshot_interval_s`) when
+    prometheus-client is installed; behind the same gate as every route."""
     if basic_auth is not None and (
         not isinstance(basic_auth, tuple)
         or len(basic_auth) != 2
@@ -53,6 +57,9 @@ def create_app(
     api = Api(backend, snapshot_interval_s=snapshot_interval_s)
     ui = UI(api, readonly=readonly)  # the web UI at /, on the same shared reads
     routes: list[BaseRoute] = [Mount(API_PREFIX, routes=api.routes()), *ui.routes()]
+    scrape: Route | None = metrics_route(backend, snapshot_interval_s) if metrics else None
+    if scrape is not None:
+        routes.append(scrape)
     app = Starlette(
         routes=routes,
         middleware=[

@@ -119,6 +119,49 @@ _SCHEMAS: dict[str, Any] = {
             "last_error": _NULLABLE_STR,
             "consumer": {**_NULLABLE_STR, "description": "the holder of an active task"},
             "payload": _ref("Payload"),
+            "result": {
+                "oneOf": [_ref("Payload"), {"type": "null"}],
+                "description": "a completed task's return value as stored (`encoding` its "
+                "serializer, `raw` for bytes), never deserialized; null when none, or once "
+                "result_ttl_ms has passed since it ended",
+            },
+            "result_ttl_ms": {"type": "integer", "description": "how long the result is kept"},
+            "error": {
+                "oneOf": [_ref("TaskError"), {"type": "null"}],
+                "description": "a dead task's error, when its failure recorded one",
+            },
+            "cancel_requested": {
+                "type": "boolean",
+                "description": "cancel was asked for while the task ran: its server stops it",
+            },
+            "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "propagation headers (trace context, baggage) set at enqueue",
+            },
+        },
+    },
+    "TaskError": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "description": "the exception's type name"},
+            "message": {"type": "string"},
+            "traceback": {"type": "string", "description": "truncated"},
+        },
+    },
+    "Schedule": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "queue": {"type": "string"},
+            "type": {"type": "string", "description": "the type of the task each tick enqueues"},
+            "spec": {"type": "string", "description": "a cron expression, or `every <n>ms`"},
+            "tz": {"type": "string", "description": "the time zone of a cron expression"},
+            "catchup": {"enum": ["latest", "all", "none"]},
+            "revision": {"type": "integer", "description": "moves when the definition changes"},
+            "next_ms": {"type": "integer", "description": "the next tick to fire"},
+            "last_fire_ms": {**_NULLABLE_INT, "description": "the last tick fired"},
+            "last_task_id": {**_NULLABLE_STR, "description": "the task that tick enqueued"},
         },
     },
     "TaskPage": {
@@ -283,6 +326,24 @@ _PATHS: dict[str, Any] = {
                         "properties": {"workers": {"type": "array", "items": _ref("Worker")}},
                     },
                     "consumers by name",
+                ),
+                **_errors(503),
+            },
+        }
+    },
+    "/schedules": {
+        "get": {
+            "summary": "every periodic schedule: next tick, last tick fired and its task",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "now_ms": {"type": "integer", "description": "the backend's time"},
+                            "schedules": {"type": "array", "items": _ref("Schedule")},
+                        },
+                    },
+                    "schedules by id",
                 ),
                 **_errors(503),
             },

@@ -1,7 +1,8 @@
 """The web UI: server-rendered pages (Jinja2, autoescaped: task data is only ever text) for the
-overview, a queue, a task and the workers, a static script and stylesheet, and the live overview
-as Server-Sent Events with a JSON poll as fallback. Actions are the script calling the JSON API
-with the page's CSRF token; the pages never change anything themselves."""
+overview, a queue, a task (its payload, result and error), the workers and the schedules, a
+static script and stylesheet, and the live overview as Server-Sent Events with a JSON poll as
+fallback. Actions are the script calling the JSON API with the page's CSRF token; the pages
+never change anything themselves."""
 
 from __future__ import annotations
 
@@ -120,6 +121,7 @@ class UI:
             Route("/jump", self.jump, name="ui-jump"),
             Route("/tasks/{id}", self.task, name="ui-task"),
             Route("/workers", self.workers, name="ui-workers"),
+            Route("/schedules", self.schedules, name="ui-schedules"),
             Route("/ui/events", self.events, name="ui-events"),
             Route("/ui/overview.json", self.overview_json, name="ui-overview-json"),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
@@ -234,14 +236,31 @@ class UI:
         task = await self._task(request)
         if task is None:
             return self.not_found(request, f"task {request.path_params['id']!r}")
+        now_ms = self.backend.clock()
+        result = result_encoding = None
+        if task.result is not None and task.result_kept(now_ms):
+            encoding, _, data = task.result.partition(b"\n")
+            result, result_encoding = payload_view(data), encoding.decode("utf-8", "replace")
         return self.render(
             request,
             "task.html",
             title=f"Task {task.id}",
             task=task,
             payload=payload_view(task.payload),
+            result=result,
+            result_encoding=result_encoding,
             actions=[a for a, states in TASK_ACTIONS.items() if task.state in states],
-            now_ms=self.backend.clock(),
+            now_ms=now_ms,
+        )
+
+    async def schedules(self, request: Request) -> Response:
+        found = await self.backend.list_schedules()
+        return self.render(
+            request,
+            "schedules.html",
+            title="Schedules",
+            schedules=found.schedules,
+            now_ms=found.now_ms,
         )
 
     async def workers(self, request: Request) -> Response:
