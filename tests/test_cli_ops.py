@@ -10,6 +10,7 @@ import pty
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -301,3 +302,162 @@ def test_strego_web_serves_the_api(clean_redis_url: str, prefix: str, loop: str)
     finally:
         server.kill()
         server.wait()
+
+
+MARKUP = "<script>alert(1)</script>\"'&"
+#: stored by a handler that returned it: the CLI prints it, never deserializes it
+RESULT_VALUE = {"html": MARKUP, "esc": "\x1b[31mred\u202e", "n": 1}
+
+
+def ended_tasks(url: str, prefix: str) -> dict[str, str]:
+    """In queue "r": completed with a hostile JSON result, with raw bytes, with none; dead with
+    a hostile error; cancelled; pending."""
+    from strego.task import TaskError
+
+    async def main() -> dict[str, str]:
+        backend = RedisBackend.from_url(url, prefix=prefix)
+        try:
+            client = Client(backend)
+            names = ("json", "raw", "none", "dead", "cancelled", "pending")
+            ids = {n: (await client.enqueue(Task(n, queue="r", max_retry=0))).id for n in names}
+            held = await backend.fetch(["r"], 4, "c", lease_ms=60_000)
+            assert {t.id for t in held} == {ids[n] for n in names[:4]}
+            value = json.dumps(RESULT_VALUE, ensure_ascii=False).encode()
+            assert await backend.ack("r", ids["json"], "c", result=b"json\n" + value)
+            assert await backend.ack("r", ids["raw"], "c", result=b"raw\n\xff\x00<b>")
+            assert await backend.ack("r", ids["none"], "c")
+            detail = TaskError(f"Bad{MARKUP}", MARKUP, f"Traceback\n  {MARKUP}\x1b[2J")
+            await backend.fail("r", ids["dead"], "c", MARKUP, retry_in_ms=None, detail=detail)
+            assert await backend.cancel(ids["cancelled"])
+            return ids
+        finally:
+            await backend.aclose()
+
+    return anyio.run(main)
+
+
+def test_result_prints_the_stored_result(clean_redis_url: str, prefix: str) -> None:
+    url = clean_redis_url
+    ids = ended_tasks(url, prefix)
+    done = ok(strego(url, prefix, "result", ids["json"], "--json"))
+    assert done["id"] == ids["json"] and done["state"] == "completed"
+    assert done["result"]["encoding"] == "json"
+    assert json.loads(done["result"]["text"]) == RESULT_VALUE  # intact, as stored
+    text = strego(url, prefix, "result", ids["json"])
+    assert text.returncode == 0 and "<script>alert(1)</script>" in text.stdout
+    # the stored JSON text, with what would drive a terminal shown as an escape
+    assert "\u202e" not in text.stdout and 'red\\u202e"' in text.stdout
+    raw = ok(strego(url, prefix, "result", ids["raw"], "--json"))["result"]
+    assert raw["text"] is None and raw["base64"] == "/wA8Yj4="
+    assert strego(url, prefix, "result", ids["raw"]).stdout == "base64:/wA8Yj4=\n"
+    assert ok(strego(url, prefix, "result", ids["none"], "--json"))["result"] is None
+    assert strego(url, prefix, "result", ids["none"]).stdout == ""
+
+    dead = strego(url, prefix, "result", ids["dead"], "--json")
+    assert dead.returncode == 1 and dead.stdout == ""
+    said = json.loads(dead.stderr)
+    assert said["error"] == "dead" and MARKUP in said["message"]
+    assert said["task_error"] == {
+        "type": f"Bad{MARKUP}", "message": MARKUP, "traceback": f"Traceback\n  {MARKUP}\x1b[2J",
+    }  # fmt: skip
+    dead_text = strego(url, prefix, "result", ids["dead"])
+    assert dead_text.returncode == 1 and "\x1b" not in dead_text.stderr
+    assert f"strego result: task {ids['dead']!r} died: Bad{MARKUP}: {MARKUP}" in dead_text.stderr
+    cancelled = strego(url, prefix, "result", ids["cancelled"], "--json")
+    assert cancelled.returncode == 1 and json.loads(cancelled.stderr)["error"] == "cancelled"
+    missing = strego(url, prefix, "result", "nope", "--json")
+    assert missing.returncode == 1 and json.loads(missing.stderr)["error"] == "not_found"
+    late = strego(url, prefix, "result", ids["pending"], "--timeout", "0.2", "--json")
+    assert late.returncode == 1 and json.loads(late.stderr)["error"] == "timeout"
+    assert strego(url, prefix, "result", ids["pending"], "--timeout", "x").returncode == 2
+
+    shown = ok(strego(url, prefix, "task", ids["dead"], "--json"))
+    assert shown["error"]["message"] == MARKUP and shown["cancel_requested"] is False
+    table = strego(url, prefix, "task", ids["json"]).stdout
+    assert "result:        json," in table and "\x1b" not in table
+    assert "error:         Bad" in strego(url, prefix, "task", ids["dead"]).stdout
+
+
+def test_result_waits_for_the_task_to_end(clean_redis_url: str, prefix: str) -> None:
+    import redis
+
+    url = clean_redis_url
+    ids = ended_tasks(url, prefix)
+    channel = RedisBackend.from_url(url, prefix=prefix).keys("r").ended_channel
+    args = [sys.executable, "-m", "strego.cli", "result", ids["pending"], "--json"]
+    waiting = subprocess.Popen(
+        [*args, "--timeout", "60", "--redis", url, "--prefix", prefix],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with redis.Redis.from_url(url) as r:
+            # the command subscribed to the task's end: complete the task now
+            deadline = time.monotonic() + 30
+            while not dict(r.pubsub_numsub(channel)).get(channel.encode(), 0):
+                assert waiting.poll() is None, waiting.communicate()
+                assert time.monotonic() < deadline, "the command never subscribed"
+                time.sleep(0.01)  # polling its progress, as tests.runtime_support.eventually
+
+        async def complete() -> None:
+            backend = RedisBackend.from_url(url, prefix=prefix)
+            try:
+                (task,) = await backend.fetch(["r"], 1, "c", lease_ms=60_000)
+                assert await backend.ack("r", task.id, "c", result=b'json\n"done"')
+            finally:
+                await backend.aclose()
+
+        anyio.run(complete)
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert waiting.returncode == 0, err
+    assert json.loads(out)["result"]["text"] == '"done"'
+
+
+def test_schedules(clean_redis_url: str, prefix: str) -> None:
+    import attrs
+
+    from strego.backends.base import ScheduleDefinition
+    from strego.message import TaskMessage
+
+    url = clean_redis_url
+    listed = ok(strego(url, prefix, "schedules", "--json"))
+    assert listed["schedules"] == [] and listed["now_ms"] > 0
+
+    async def store() -> int:
+        backend = RedisBackend.from_url(url, prefix=prefix)
+        try:
+            template = TaskMessage(
+                id="x", type=f"report{MARKUP}\x1b[2J", queue="reports", payload=b"{}",
+                encoding="json", created_ms=0,
+            )  # fmt: skip
+            nightly = ScheduleDefinition("nightly", "0 3 * * *", "Europe/Paris", "all", template)
+            beat = ScheduleDefinition("beat", "every 60000ms", "UTC", "latest", template)
+            now = backend.clock()
+            info = await backend.put_schedule(nightly, now - 1000)
+            await backend.put_schedule(attrs.evolve(beat), now + 60_000)
+            assert await backend.fire_schedule(info, now - 1000, now + 3_600_000) == "fired"
+            return now
+        finally:
+            await backend.aclose()
+
+    now = anyio.run(store)
+    beat, nightly = ok(strego(url, prefix, "schedules", "--json"))["schedules"]
+    assert (beat["id"], beat["queue"], beat["spec"], beat["tz"]) == (
+        "beat", "reports", "every 60000ms", "UTC",
+    )  # fmt: skip
+    assert beat["type"] == f"report{MARKUP}\x1b[2J"
+    assert beat["next_ms"] == now + 60_000 and beat["last_fire_ms"] is None
+    assert nightly["catchup"] == "all" and nightly["next_ms"] == now + 3_600_000
+    assert nightly["last_fire_ms"] == now - 1000
+    assert nightly["last_task_id"] == f"nightly:{now - 1000}"
+    table = strego(url, prefix, "schedules").stdout.splitlines()
+    assert table[0].split() == [
+        "ID", "QUEUE", "TYPE", "SPEC", "TZ", "NEXT", "FIRE", "LAST", "FIRE", "LAST", "TASK",
+    ]  # fmt: skip
+    assert table[1].startswith("beat ") and "\x1b" not in "\n".join(table)
+    assert f"nightly:{now - 1000}" in table[2] and "Europe/Paris" in table[2]
