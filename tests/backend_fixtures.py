@@ -38,10 +38,14 @@ class BackendKind:
 def _memory(request: pytest.FixtureRequest) -> BackendFactory:
     @contextlib.asynccontextmanager
     async def factory(
-        *, clock: Clock, completed_ttl_ms: int = 3_600_000, dead_ttl_ms: int = 604_800_000
+        *,
+        clock: Clock,
+        completed_ttl_ms: int = 3_600_000,
+        dead_ttl_ms: int = 604_800_000,
+        **options: Any,  # history=True, ...
     ) -> AsyncIterator[Backend]:
         backend = MemoryBackend(
-            clock=clock, completed_ttl_ms=completed_ttl_ms, dead_ttl_ms=dead_ttl_ms
+            clock=clock, completed_ttl_ms=completed_ttl_ms, dead_ttl_ms=dead_ttl_ms, **options
         )
         try:
             yield backend
@@ -56,7 +60,11 @@ def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
 
     @contextlib.asynccontextmanager
     async def factory(
-        *, clock: Clock, completed_ttl_ms: int = 3_600_000, dead_ttl_ms: int = 604_800_000
+        *,
+        clock: Clock,
+        completed_ttl_ms: int = 3_600_000,
+        dead_ttl_ms: int = 604_800_000,
+        **options: Any,  # history=True, ...
     ) -> AsyncIterator[Backend]:
         from strego.backends.redis import RedisBackend
 
@@ -66,6 +74,7 @@ def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
             clock=clock,
             completed_ttl_ms=completed_ttl_ms,
             dead_ttl_ms=dead_ttl_ms,
+            **options,
         )
         try:
             yield backend

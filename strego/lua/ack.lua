@@ -4,6 +4,7 @@
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4.. task ids
 -- Returns one 1 (completed by this call) or 0 (not active: nothing changed) per id.
 --#include lib/record.lua
+--#include lib/history.lua
 
 local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('HSET', K.consumers, ARGV[3], now)
@@ -29,6 +30,7 @@ for i = 4, #ARGV do
     markers[2 * n + 1], markers[2 * n + 2] = now, id
     n = n + 1
     ids[n] = id
+    history(id, 'c', now)
     out[i - 3] = 1
   else
     out[i - 3] = 0

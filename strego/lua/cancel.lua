@@ -4,6 +4,7 @@
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 task id
 -- Returns 1 if cancelled, 0 (no change) for a task in another state or unknown.
 --#include lib/record.lua
+--#include lib/history.lua
 local now, group, id = clock(ARGV[1]), ARGV[2], ARGV[3]
 local h = parse(redis.call('HGET', K.tasks, id))
 if not h then return 0 end
@@ -20,4 +21,5 @@ release_unique(K.unique, K.unique_exp, h.unique, id)
 h.state, h.ended, h.due, h.sid = 'x', now, '', ''
 redis.call('HSET', K.tasks, id, build(h))
 redis.call('ZADD', K.cancelled, now, id)
+history(id, 'x', now, h.retried)
 return 1

@@ -9,6 +9,7 @@
 --       7 the error recorded for a task that exceeded max_deliveries
 -- Returns {id, record, ...} of the claimed tasks.
 --#include lib/record.lua
+--#include lib/history.lua
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 local need, max_deliveries = tonumber(ARGV[4]), tonumber(ARGV[6])
 redis.call('HSET', K.consumers, consumer, now)
@@ -40,6 +41,7 @@ while need > 0 and settle > 0 do
       h.state, h.ended, h.sid, h.consumer, h.error = 'd', now, '', '', ARGV[7]
       redis.call('ZADD', K.dead, now, id)
       redis.call('HSET', K.tasks, id, build(h))
+      history(id, 'd', now, h.retried, h.error)
     else
       if h.sid ~= '' and redis.call('EXISTS', stream) == 1 then
         redis.call('XCLAIM', stream, group, consumer, 0, h.sid, 'JUSTID')
@@ -50,6 +52,7 @@ while need > 0 and settle > 0 do
       out[#out + 1] = id
       out[#out + 1] = build(h)
       need = need - 1
+      history(id, 'a', now, h.retried, '', consumer)
     end
   end
   if not fresh then break end

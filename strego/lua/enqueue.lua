@@ -14,6 +14,7 @@
 -- another type (written by something else) fails the whole call with WRONGTYPE, nothing written.
 --#include lib/record.lua
 --#include lib/ready.lua
+--#include lib/history.lua
 local now, group = clock(ARGV[1]), ARGV[2]
 local refused = ready_refused(K.ready)  -- before any write
 if refused then return refused end
@@ -107,6 +108,7 @@ for _, t in ipairs(tasks) do
     reply = {'OK', h.state == 's' and t.due or 'p'}
   end
   if reply[1] == 'OK' then taken[id] = true end
+  if reply[1] == 'OK' then history(id, reply[2] == 'p' and 'p' or 's', now, 0, '', '', t.env) end
   out[#out + 1] = reply
 end
 if pushed then redis.call('INCR', K.ready) end

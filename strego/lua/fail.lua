@@ -4,6 +4,7 @@
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4 task id, 5 error, 6 retry_in_ms ('' = no retry)
 -- Returns the new state letter ('r' or 'd'), or '' when the task is not active (no change).
 --#include lib/record.lua
+--#include lib/history.lua
 local now, group, id, retry_in = clock(ARGV[1]), ARGV[2], ARGV[4], ARGV[6]
 redis.call('HSET', K.consumers, ARGV[3], now)
 local h = parse(redis.call('HGET', K.tasks, id))
@@ -21,4 +22,5 @@ else
   redis.call('ZADD', K.dead, now, id)
 end
 redis.call('HSET', K.tasks, id, build(h))
+history(id, h.state, now, h.retried, h.error)
 return h.state

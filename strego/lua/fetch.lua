@@ -11,6 +11,7 @@
 -- a call drops at most STRAYS entries whose task is no longer pending; when it stops there,
 -- last_ids is empty (more may be left: the caller fetches again, it does not wait).
 --#include lib/record.lua
+--#include lib/history.lua
 
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 
@@ -55,6 +56,7 @@ for prio = 10, 0, -1 do
         leases[2 * n + 1], leases[2 * n + 2] = lease_until, id
         n = n + 1
         need = need - 1
+        history(id, 'a', now, h and h.retried or 0, '', consumer)
       elseif h and h.state == 'a' and h.sid == sid then
         -- delivered again after its group was recreated: still its task's entry, keep it
       else

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from strego.backends.base import Clock
 from strego.backends.redis.fetching import IDLE_RECHECK_S, Fetching, IdleQueues
-from strego.backends.redis.keys import Keys, queues_key
+from strego.backends.redis.keys import DEFAULT_HISTORY_CAP, Keys, queues_key
 from strego.backends.redis.transport import ClosedTransport, Transport
+from strego.errors import InvalidTaskError
 
 if TYPE_CHECKING:
     import anyio
@@ -48,7 +49,11 @@ class RedisBackend(Fetching):
         clock: Clock | None = None,
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 7 * 86_400_000,
+        history: bool = False,
+        history_cap: int = DEFAULT_HISTORY_CAP,
     ) -> None:
+        if history and (not isinstance(history_cap, int) or history_cap < 1):
+            raise InvalidTaskError(f"history_cap must be a positive int, got {history_cap!r}")
         if hasattr(client_or_transport, "run_script"):
             self.transport: Transport = cast("Transport", client_or_transport)
         else:
@@ -68,6 +73,9 @@ class RedisBackend(Fetching):
         self._time_measured = float("-inf")
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
+        #: with history on, every transition appends an event to its queue's history stream,
+        #: capped at about history_cap entries (docs/redis.md, "History"); 0: off
+        self.history_cap = history_cap if history else 0
         self._keys: dict[str, Keys] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing

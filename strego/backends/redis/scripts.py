@@ -8,7 +8,7 @@ import re
 from functools import cache
 from importlib import resources
 
-from strego.backends.redis.keys import SCRIPT_KEYS, lua_key_names
+from strego.backends.redis.keys import HISTORY_SCRIPTS, SCRIPT_KEYS, key_count, lua_key_names
 from strego.backends.redis.transport import Script
 
 _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
@@ -43,7 +43,16 @@ def _expand(text: str, included: set[str]) -> str:
 
 
 @cache
-def script(name: str) -> Script:
+def script(name: str, history_cap: int = 0) -> Script:
     """The script as loaded: its keys named (`K`, from SCRIPT_KEYS), then its text with the
-    fragments it includes."""
-    return Script(name=name, source=lua_key_names(name) + _expand(source(name), set()))
+    fragments it includes. A script of HISTORY_SCRIPTS starts with the `HISTORY` lib/history.lua
+    reads: `false` (history_cap 0: history off), or its stream (the last KEYS entry, after
+    SCRIPT_KEYS's) and `history_cap`, the stream's MAXLEN."""
+    head = lua_key_names(name)
+    if name in HISTORY_SCRIPTS:
+        if history_cap:
+            index = key_count(name) + 1
+            head += f"local HISTORY = {{key = KEYS[{index}], cap = '{history_cap}'}}\n"
+        else:
+            head += "local HISTORY = false\n"
+    return Script(name=name, source=head + _expand(source(name), set()))

@@ -1,0 +1,293 @@
+"""History events and where a drainer reads them from (docs/redis.md, "History").
+
+With history on, every transition appends one event to its queue's history: a capped Redis
+stream written by the transition's own script (lib/history.lua), or the memory backend's log. A
+drainer reads the events not yet acknowledged, oldest first per queue, stores them, and only then
+acknowledges them, which removes them (so the stream holds only the events not yet stored, and its
+cap bounds how far a drainer may fall behind before the oldest are trimmed)."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from strego.errors import BackendError
+
+if TYPE_CHECKING:
+    from strego.backends.redis import RedisBackend
+
+log = logging.getLogger("strego.history")
+
+#: A history stream's cap unless the backend is given another: the events a drainer may fall
+#: behind by before the oldest are trimmed (about 100 bytes each in Redis, more for an enqueue's
+#: payload).
+DEFAULT_HISTORY_CAP = 1_000_000
+
+#: The consumer group the drainers read history streams with.
+GROUP = "strego-history"
+
+#: Event state letters (the record's, plus `g`: deleted) -> the state names stored.
+STATES = {
+    "s": "scheduled", "p": "pending", "a": "active", "r": "retry", "d": "dead",
+    "c": "completed", "x": "cancelled", "g": "deleted",
+}  # fmt: skip
+
+
+@attrs.frozen
+class HistoryEvent:
+    """One transition of one task. `seq` (the stream entry id as (ms, n)) increases with each
+    event of a queue: it orders them, and (queue, seq) names the event, so storing one twice
+    changes nothing. `type`, `labels`, `payload`, `encoding` and `created_ms` are set on the
+    enqueue event only."""
+
+    queue: str
+    seq: tuple[int, int]
+    task_id: str
+    state: str
+    at_ms: int
+    retried: int | None = None
+    error: str | None = None
+    consumer: str | None = None
+    type: str | None = None
+    labels: dict[str, str] | None = None
+    payload: bytes | None = None
+    encoding: str | None = None
+    created_ms: int | None = None
+
+
+class HistorySource(Protocol):
+    """What a drainer needs of a backend with history on."""
+
+    async def read_history(self, count: int) -> list[HistoryEvent]:
+        """Up to `count` events not read yet, each queue's in order (after `rewind`, or in a new
+        source, those read but never acknowledged come first)."""
+        ...
+
+    def rewind(self) -> None:
+        """The events read were not stored: read them again (those not acknowledged) first."""
+        ...
+
+    async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
+        """Forget `events`: they are stored."""
+        ...
+
+    async def history_backlog(self) -> dict[str, int]:
+        """Per queue, how many events wait to be stored (the drainer's lag)."""
+        ...
+
+    @property
+    def history_cap(self) -> int:
+        """Each queue's cap: events past it are trimmed, oldest first (0: history is off)."""
+        ...
+
+
+def history_source(backend: object) -> HistorySource:
+    """The history of a RedisBackend or MemoryBackend (created with history on)."""
+    from strego.backends.memory import MemoryBackend
+    from strego.backends.redis import RedisBackend
+
+    if isinstance(backend, RedisBackend):
+        return RedisHistorySource(backend)
+    if isinstance(backend, MemoryBackend):
+        if backend.history is None:
+            raise BackendError("the memory backend was created without history=True")
+        backend.history.rewind()  # one reader, as Redis's one consumer: it starts over
+        return backend.history
+    raise TypeError(f"no history source for {type(backend).__name__}")
+
+
+def _event_from_envelope(
+    queue: str, seq: tuple[int, int], task_id: str, fields: dict[bytes, bytes]
+) -> HistoryEvent:
+    from strego.backends.redis.record import decode
+
+    def text(name: bytes) -> str | None:
+        value = fields.get(name, b"")
+        return value.decode(errors="replace") if value else None
+
+    retried = fields.get(b"r", b"")
+    state = fields[b"s"].decode()
+    common: dict[str, Any] = {
+        "queue": queue,
+        "seq": seq,
+        "task_id": task_id,
+        "state": STATES.get(state, state),
+        "at_ms": int(fields[b"t"]),
+        "retried": int(retried) if retried else None,
+        "error": text(b"e"),
+        "consumer": text(b"c"),
+    }
+    env = fields.get(b"v", b"")
+    if not env:
+        return HistoryEvent(**common)
+    # the envelope as enqueue stored it: read behind a header of all defaults
+    info = decode(queue, task_id, b"p,,,,,,,,,,;" + env)
+    return HistoryEvent(
+        **common,
+        type=info.type,
+        labels=dict(info.labels),
+        payload=info.payload,
+        encoding=info.encoding,
+        created_ms=info.created_ms,
+    )
+
+
+def _entries(reply: Any) -> list[tuple[bytes, list[bytes]]]:
+    """The entries of a one-stream XREADGROUP reply (RESP2 or RESP3)."""
+    if not reply:
+        return []
+    streams = list(reply.items()) if isinstance(reply, dict) else reply
+    out: list[tuple[bytes, list[bytes]]] = []
+    for _key, entries in streams:
+        for entry_id, fields in entries:
+            if fields is None:  # an entry trimmed while pending
+                continue
+            if isinstance(fields, dict):
+                fields = [x for kv in fields.items() for x in kv]
+            out.append((entry_id, fields))
+    return out
+
+
+class RedisHistorySource:
+    """The history streams of every queue in the registry, read with the consumer group `GROUP`
+    as `consumer`. One stream per queue (in the queue's hash tag) keeps every script in one
+    Cluster slot; queues are found in the registry at each read."""
+
+    def __init__(self, backend: RedisBackend, consumer: str = "drainer") -> None:
+        from strego.backends.redis.transport import Command
+
+        self._backend = backend
+        self._consumer = consumer
+        self._command = Command
+        self._grouped: set[str] = set()
+        #: read the group's pending entries (read before, not acknowledged) first: at start (a
+        #: drainer that stopped mid-batch) and after a batch was not stored
+        self._pending_first = True
+
+    @property
+    def history_cap(self) -> int:
+        return self._backend.history_cap
+
+    async def _queues(self) -> list[str]:
+        queues = await self._backend.queues()
+        new = [q for q in queues if q not in self._grouped]
+        if new:
+            calls = [
+                self._command(("XGROUP", "CREATE", self._backend.keys(q).history, GROUP, "0",
+                               "MKSTREAM"), idempotent=True)
+                for q in new
+            ]  # fmt: skip
+            for queue, reply in zip(
+                new, await self._backend.transport.pipeline(calls), strict=True
+            ):
+                if isinstance(reply, BaseException) and "BUSYGROUP" not in str(reply):
+                    raise reply
+                self._grouped.add(queue)
+        return queues
+
+    async def read_history(self, count: int) -> list[HistoryEvent]:
+        queues = await self._queues()
+        if not queues:
+            return []
+        start = "0" if self._pending_first else ">"
+        per_queue = max(1, count // len(queues))
+        calls = [
+            self._command(("XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", per_queue,
+                           "STREAMS", self._backend.keys(q).history, start))
+            for q in queues
+        ]  # fmt: skip
+        replies = await self._backend.transport.pipeline(calls)
+        events: list[HistoryEvent] = []
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, BaseException):
+                if "NOGROUP" in str(reply):  # the stream was deleted by hand: group it again
+                    self._grouped.discard(queue)
+                    continue
+                raise reply
+            for entry_id, flat in _entries(reply):
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                ms, n = entry_id.split(b"-")
+                task_id = fields[b"i"].decode()
+                events.append(_event_from_envelope(queue, (int(ms), int(n)), task_id, fields))
+        if self._pending_first and not events:
+            self._pending_first = False
+            return await self.read_history(count)
+        self._pending_first = False
+        return events
+
+    def rewind(self) -> None:
+        self._pending_first = True
+
+    async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for e in events:
+            by_queue.setdefault(e.queue, []).append(f"{e.seq[0]}-{e.seq[1]}")
+        calls = []
+        for queue, ids in by_queue.items():
+            key = self._backend.keys(queue).history
+            calls.append(self._command(("XACK", key, GROUP, *ids), idempotent=True))
+            calls.append(self._command(("XDEL", key, *ids), idempotent=True))
+        if calls:
+            for reply in await self._backend.transport.pipeline(calls):
+                if isinstance(reply, BaseException):
+                    raise reply
+
+    async def history_backlog(self) -> dict[str, int]:
+        queues = await self._backend.queues()
+        calls = [self._command(("XLEN", self._backend.keys(q).history), idempotent=True)
+                 for q in queues]  # fmt: skip
+        replies = await self._backend.transport.pipeline(calls) if calls else []
+        return {q: int(r) for q, r in zip(queues, replies, strict=True)
+                if not isinstance(r, BaseException)}  # fmt: skip
+
+
+class MemoryHistoryLog:
+    """The memory backend's history: per queue, the events not acknowledged yet, oldest first,
+    at most `cap` (the oldest beyond it are dropped, as XADD MAXLEN trims a stream)."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._queues: dict[str, OrderedDict[tuple[int, int], HistoryEvent]] = {}
+        self._last: tuple[int, int] = (0, 0)
+        #: per queue, the newest event read (the consumer group's last delivered id)
+        self._read: dict[str, tuple[int, int]] = {}
+
+    @property
+    def history_cap(self) -> int:
+        return self._cap
+
+    def add(self, event: HistoryEvent) -> None:
+        """Append `event` (its seq is replaced by the next one, as a stream entry id)."""
+        ms, n = self._last
+        seq = (event.at_ms, 0) if event.at_ms > ms else (ms, n + 1)
+        self._last = seq
+        log_ = self._queues.setdefault(event.queue, OrderedDict())
+        log_[seq] = attrs.evolve(event, seq=seq)
+        while len(log_) > self._cap:
+            log_.popitem(last=False)
+
+    async def read_history(self, count: int) -> list[HistoryEvent]:
+        events: list[HistoryEvent] = []
+        for queue, log_ in self._queues.items():
+            after = self._read.get(queue, (-1, 0))
+            for seq, event in log_.items():
+                if len(events) >= count:
+                    return events
+                if seq > after:
+                    events.append(event)
+                    self._read[queue] = seq
+        return events
+
+    def rewind(self) -> None:
+        self._read.clear()
+
+    async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
+        for e in events:
+            self._queues.get(e.queue, OrderedDict()).pop(e.seq, None)
+
+    async def history_backlog(self) -> dict[str, int]:
+        return {queue: len(log_) for queue, log_ in self._queues.items()}
