@@ -1,4 +1,5 @@
-"""The `strego` command: `strego demo`, `strego worker module:server` and `strego migrate`."""
+"""The `strego` command: `strego demo`, `strego worker module:server`, `strego migrate` and
+`strego history` (strego/history/cli.py)."""
 
 from __future__ import annotations
 
@@ -249,6 +250,10 @@ def parser() -> argparse.ArgumentParser:
         "--batch", type=_batch, default=1000, help="records per HSCAN batch (1-1000, default 1000)"
     )
     migrate.set_defaults(run=_migrate)
+
+    from strego.history.cli import add_parser as add_history
+
+    add_history(commands)  # `strego history`: strego/history/cli.py
     return root
 
 

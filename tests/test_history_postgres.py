@@ -441,3 +441,31 @@ async def test_a_backlog_near_the_cap_warns(caplog: pytest.LogCaptureFixture) ->
         tg.cancel_scope.cancel()
     assert history.stats.lag == 90
     assert await history_source(backend).history_backlog() == {"q": 90}
+
+
+async def test_the_history_command_drains_a_redis(
+    redis_url: str, pg_dsn: str, anyio_backend: Any
+) -> None:
+    import sys
+
+    prefix = f"c{uuid.uuid4().hex[:10]}"
+    backend = RedisBackend.from_url(redis_url, prefix=prefix, history=True)
+    try:
+        expected = await _work(backend, 30, "cli")
+    finally:
+        await backend.aclose()
+    loop = ["--trio"] if anyio_backend[0] == "trio" else []
+    done = await anyio.run_process(
+        [sys.executable, "-m", "strego.cli", "history", "--redis", redis_url, "--postgres",
+         pg_dsn, "--prefix", prefix, "--until-idle", *loop],
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert await _count_events(pg_dsn) == expected
+    bad = await anyio.run_process(
+        [sys.executable, "-m", "strego.cli", "history", "--redis", redis_url, "--postgres",
+         "postgresql://postgres@127.0.0.1:1/none", "--until-idle"],
+        check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert b"strego history: OperationalError" in bad.stderr

@@ -9,6 +9,7 @@ gives the figures and why threads were kept."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -23,7 +24,7 @@ import anyio.to_thread
 import attrs
 import psycopg
 
-from strego.errors import InvalidCursorError, InvalidTaskError, NaiveDatetimeError
+from strego.errors import BackendError, InvalidCursorError, InvalidTaskError, NaiveDatetimeError
 from strego.history import schema
 from strego.history.events import STATES, HistoryEvent, HistorySource, history_source
 from strego.ids import id_time_ms
@@ -266,7 +267,7 @@ class PostgresHistory:
         self._lock = threading.Lock()
         self._migrated = False
         self._partitions: set[str] = set()
-        self._warned_at = 0.0
+        self._warned_at = self._logged_at = float("-inf")
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -380,7 +381,8 @@ class PostgresHistory:
         while True:
             now = time.monotonic()
             if now - last_lag >= lag_every_s:
-                await self._look_at_lag(source)
+                with contextlib.suppress(BackendError):  # a failing read says so below
+                    await self._look_at_lag(source)
                 last_lag = now
             if retention is not None and now - last_prune >= 3600:
                 try:
@@ -388,7 +390,13 @@ class PostgresHistory:
                     last_prune = now
                 except psycopg.Error as exc:
                     log.warning("history: dropping old partitions failed: %s", exc)
-            events = await source.read_history(batch)
+            try:
+                events = await source.read_history(batch)
+            except BackendError as exc:
+                log.error("history: reading the events failed (again in %.1f s): %s", retry_s, exc)
+                source.rewind()
+                await anyio.sleep(retry_s)
+                continue
             if not events:
                 if until_idle:
                     await self._look_at_lag(source)
@@ -402,7 +410,8 @@ class PostgresHistory:
                 self.stats.failures += 1
                 if down_since is None:
                     down_since = now
-                await self._look_at_lag(source)
+                with contextlib.suppress(BackendError):
+                    await self._look_at_lag(source)
                 last_lag = now
                 log.error(
                     "history: PostgreSQL failed, %d events kept in Redis to store again"
@@ -416,7 +425,14 @@ class PostgresHistory:
                     "history: PostgreSQL is back after %.0f s", time.monotonic() - down_since
                 )
                 down_since = None
-            await source.ack_history(events)
+            try:
+                await source.ack_history(events)
+            except BackendError as exc:
+                # stored but not acknowledged: they come again, and storing them again is a no-op
+                log.error("history: acknowledging a stored batch failed: %s", exc)
+                source.rewind()
+                await anyio.sleep(retry_s)
+                continue
             self.stats.stored += len(events)
             self.stats.last_commit = time.time()
 
@@ -424,6 +440,9 @@ class PostgresHistory:
         backlog = await source.history_backlog()
         self.stats.lag_by_queue = backlog
         self.stats.lag = sum(backlog.values())
+        if time.monotonic() - self._logged_at >= 60:
+            self._logged_at = time.monotonic()
+            log.info("history: %d events stored, %d waiting", self.stats.stored, self.stats.lag)
         cap = source.history_cap
         near = {q: n for q, n in backlog.items() if cap and n >= WARN_SHARE * cap}
         if near and time.monotonic() - self._warned_at >= 60:
