@@ -17,7 +17,7 @@ from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message
 from strego.backends.cursor import encode_cursor
 from strego.backends.redis import RedisBackend
-from strego.backends.redis.keys import SCRIPT_KEYS, STREAMS, Keys
+from strego.backends.redis.keys import HISTORY_SCRIPTS, SCRIPT_KEYS, STREAMS, Keys
 from strego.backends.redis.scripts import NAMES, _expand, script, source
 from strego.task import TaskState
 
@@ -169,7 +169,9 @@ def _commands(lines: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
-async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str) -> None:
+@pytest.mark.parametrize("history", [False, True], ids=["history-off", "history-on"])
+async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str, history: bool) -> None:
+    """With history on too: the history stream is passed in KEYS like every other key."""
     prefix = f"mon{uuid.uuid4().hex[:8]}"
     clock = FakeClock()
     client = redis.asyncio.Redis.from_url(redis_url)
@@ -178,7 +180,7 @@ async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str) -> None:
         client.connection_pool.connection_kwargs["port"],
     )
     backend = RedisBackend(client, prefix=prefix, clock=clock, completed_ttl_ms=1_000,
-                           dead_ttl_ms=2_000)  # fmt: skip
+                           dead_ttl_ms=2_000, history=history, history_cap=500)  # fmt: skip
     try:
         async with Monitor(host, port) as mon:
             await _every_script(backend, clock)
@@ -201,8 +203,12 @@ async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str) -> None:
         for arg in args[1:]:
             if arg.startswith(prefix):
                 assert arg in keys, f"{args[0]} touched {arg}, not in the script's KEYS"
-    assert shas_seen == {script(n).sha for n in NAMES}, "the workload ran every script"
+    cap = 500 if history else 0
+    expected = {script(n, cap if n in HISTORY_SCRIPTS else 0).sha for n in NAMES}
+    assert shas_seen == expected, "the workload ran every script"
     assert any(src == "lua" for src, _ in commands)
+    appended = {a[1] for src, a in commands if src == "lua" and a[0].upper() == "XADD"}
+    assert (f"{prefix}:v1:{{q}}:history" in appended) == history
 
 
 async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:

@@ -100,40 +100,42 @@ def history_source(backend: object) -> HistorySource:
     raise TypeError(f"no history source for {type(backend).__name__}")
 
 
-def _event_from_envelope(
-    queue: str, seq: tuple[int, int], task_id: str, fields: dict[bytes, bytes]
-) -> HistoryEvent:
+#: A Redis entry holds the events of one transition of several tasks: the k-th task's event is
+#: seq (ms, n * SEQ_SPREAD + k), so events sort by entry id, then by place in the entry.
+SEQ_SPREAD = 1 << 16
+
+
+def _events_of_entry(queue: str, entry_id: bytes, flat: list[bytes]) -> list[HistoryEvent]:
+    """The events of one history stream entry (lib/history.lua: s, t, r, e, c, then one
+    id/envelope pair per task)."""
     from strego.backends.redis.record import decode
 
-    def text(name: bytes) -> str | None:
-        value = fields.get(name, b"")
-        return value.decode(errors="replace") if value else None
-
-    retried = fields.get(b"r", b"")
-    state = fields[b"s"].decode()
+    head = dict(zip(flat[0:10:2], flat[1:10:2], strict=True))
+    ms, n = (int(x) for x in entry_id.split(b"-"))
+    state = head[b"s"].decode()
+    retried = head.get(b"r", b"")
     common: dict[str, Any] = {
         "queue": queue,
-        "seq": seq,
-        "task_id": task_id,
         "state": STATES.get(state, state),
-        "at_ms": int(fields[b"t"]),
+        "at_ms": int(head[b"t"]),
         "retried": int(retried) if retried else None,
-        "error": text(b"e"),
-        "consumer": text(b"c"),
+        "error": head[b"e"].decode(errors="replace") if head.get(b"e") else None,
+        "consumer": head[b"c"].decode(errors="replace") if head.get(b"c") else None,
     }
-    env = fields.get(b"v", b"")
-    if not env:
-        return HistoryEvent(**common)
-    # the envelope as enqueue stored it: read behind a header of all defaults
-    info = decode(queue, task_id, b"p,,,,,,,,,,;" + env)
-    return HistoryEvent(
-        **common,
-        type=info.type,
-        labels=dict(info.labels),
-        payload=info.payload,
-        encoding=info.encoding,
-        created_ms=info.created_ms,
-    )
+    events = []
+    for k, i in enumerate(range(10, len(flat) - 1, 2)):
+        task_id, env = flat[i].decode(errors="replace"), flat[i + 1]
+        seq = (ms, n * SEQ_SPREAD + k)
+        if not env:
+            events.append(HistoryEvent(seq=seq, task_id=task_id, **common))
+            continue
+        # the envelope as enqueue stored it: read behind a header of all defaults
+        info = decode(queue, task_id, b"p,,,,,,,,,,;" + env)
+        events.append(HistoryEvent(
+            seq=seq, task_id=task_id, **common, type=info.type, labels=dict(info.labels),
+            payload=info.payload, encoding=info.encoding, created_ms=info.created_ms,
+        ))  # fmt: skip
+    return events
 
 
 def _entries(reply: Any) -> list[tuple[bytes, list[bytes]]]:
@@ -167,6 +169,8 @@ class RedisHistorySource:
         #: read the group's pending entries (read before, not acknowledged) first: at start (a
         #: drainer that stopped mid-batch) and after a batch was not stored
         self._pending_first = True
+        #: events per entry in the last read, to ask for about `count` events
+        self._per_entry = 1.0
 
     @property
     def history_cap(self) -> int:
@@ -194,7 +198,8 @@ class RedisHistorySource:
         if not queues:
             return []
         start = "0" if self._pending_first else ">"
-        per_queue = max(1, count // len(queues))
+        # COUNT is in entries, of one or many events each (a batch): by the last read's mean
+        per_queue = max(1, int(count / len(queues) / self._per_entry))
         calls = [
             self._command(("XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", per_queue,
                            "STREAMS", self._backend.keys(q).history, start))
@@ -202,6 +207,7 @@ class RedisHistorySource:
         ]  # fmt: skip
         replies = await self._backend.transport.pipeline(calls)
         events: list[HistoryEvent] = []
+        entries = 0
         for queue, reply in zip(queues, replies, strict=True):
             if isinstance(reply, BaseException):
                 if "NOGROUP" in str(reply):  # the stream was deleted by hand: group it again
@@ -209,14 +215,14 @@ class RedisHistorySource:
                     continue
                 raise reply
             for entry_id, flat in _entries(reply):
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                ms, n = entry_id.split(b"-")
-                task_id = fields[b"i"].decode()
-                events.append(_event_from_envelope(queue, (int(ms), int(n)), task_id, fields))
-        if self._pending_first and not events:
+                events += _events_of_entry(queue, entry_id, flat)
+                entries += 1
+        if entries:
+            self._per_entry = max(1.0, len(events) / entries)
+        if start == "0" and not events:
+            # the entries read before and never acknowledged are all stored: new ones now
             self._pending_first = False
             return await self.read_history(count)
-        self._pending_first = False
         return events
 
     def rewind(self) -> None:
@@ -225,7 +231,10 @@ class RedisHistorySource:
     async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
         by_queue: dict[str, list[str]] = {}
         for e in events:
-            by_queue.setdefault(e.queue, []).append(f"{e.seq[0]}-{e.seq[1]}")
+            entry = f"{e.seq[0]}-{e.seq[1] // SEQ_SPREAD}"
+            ids = by_queue.setdefault(e.queue, [])
+            if not ids or ids[-1] != entry:
+                ids.append(entry)
         calls = []
         for queue, ids in by_queue.items():
             key = self._backend.keys(queue).history

@@ -30,7 +30,6 @@ for i = 4, #ARGV do
     markers[2 * n + 1], markers[2 * n + 2] = now, id
     n = n + 1
     ids[n] = id
-    history(id, 'c', now)
     out[i - 3] = 1
   else
     out[i - 3] = 0
@@ -46,4 +45,5 @@ end
 call_chunked('ZREM', K.leases, ids)
 call_chunked('HSET', K.tasks, records)
 call_chunked('ZADD', K.completed, markers)
+history_ids('c', now, ids, 1)
 return out

@@ -58,6 +58,7 @@ for key, kind in pairs(lone and {} or want) do
 end
 -- Second pass: the writes.
 local out, pushed, taken = {}, false, {}
+local hist_p, hist_s = {}, {}  -- history: the tasks made pending, scheduled
 local OK_PENDING = {'OK', 'p'}
 for _, t in ipairs(tasks) do
   local id, ukey, reply = t.id, t.ukey, nil
@@ -108,8 +109,10 @@ for _, t in ipairs(tasks) do
     reply = {'OK', h.state == 's' and t.due or 'p'}
   end
   if reply[1] == 'OK' then taken[id] = true end
-  if reply[1] == 'OK' then history(id, reply[2] == 'p' and 'p' or 's', now, 0, '', '', t.env) end
+  if reply[1] == 'OK' then history_add(reply[2] == 'p' and hist_p or hist_s, id, t.env) end
   out[#out + 1] = reply
 end
 if pushed then redis.call('INCR', K.ready) end
+history_pairs('p', now, hist_p, 0)
+history_pairs('s', now, hist_s, 0)
 return out

@@ -56,7 +56,6 @@ for prio = 10, 0, -1 do
         leases[2 * n + 1], leases[2 * n + 2] = lease_until, id
         n = n + 1
         need = need - 1
-        history(id, 'a', now, h and h.retried or 0, '', consumer)
       elseif h and h.state == 'a' and h.sid == sid then
         -- delivered again after its group was recreated: still its task's entry, keep it
       else
@@ -73,6 +72,7 @@ end
 -- one multi-member write per key; each stream entry is read once, so no id repeats
 call_chunked('HSET', K.tasks, started_list)
 call_chunked('ZADD', K.leases, leases)
+history_ids('a', now, started_list, 2, consumer)
 local last = {}
 if need > 0 and dropped < STRAYS then
   for prio = 0, 10 do
