@@ -154,11 +154,12 @@ def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+# %b: the arrays are sent in binary, several times faster to dump than as text
 _INSERT_EVENTS = """
 INSERT INTO strego_events (at, queue, seq_ms, seq_n, task_id, state, retried, error, consumer)
 SELECT to_timestamp(at_ms / 1000.0), queue, seq_ms, seq_n, task_id, state, retried, error, consumer
-FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[],
-            %s::int[], %s::text[], %s::text[])
+FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[],
+            %b::int[], %b::text[], %b::text[])
      AS e(at_ms, queue, seq_ms, seq_n, task_id, state, retried, error, consumer)
 ON CONFLICT DO NOTHING
 """
@@ -173,9 +174,9 @@ SELECT id, to_timestamp(created_ms / 1000.0), queue, type, state, labels::jsonb,
     encoding, to_timestamp(enqueued_ms / 1000.0), retried, error, consumer,
     to_timestamp(at_ms / 1000.0), seq_ms, seq_n, error_seq_ms, error_seq_n,
     to_tsvector('simple', words)
-FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::bytea[], %s::text[], %s::bigint[], %s::int[], %s::text[], %s::text[],
-            %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[])
+FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+            %b::bytea[], %b::text[], %b::bigint[], %b::int[], %b::text[], %b::text[],
+            %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::text[])
      AS r(id, created_ms, queue, type, state, labels, payload, encoding, enqueued_ms, retried,
           error, consumer, at_ms, seq_ms, seq_n, error_seq_ms, error_seq_n, words)
 ON CONFLICT (id, created_at) DO UPDATE SET
