@@ -138,15 +138,17 @@ def _events_of_entry(queue: str, entry_id: bytes, flat: list[bytes]) -> list[His
     return events
 
 
-def _entries(reply: Any) -> list[tuple[bytes, list[bytes]]]:
-    """The entries of a one-stream XREADGROUP reply (RESP2 or RESP3)."""
+def _entries(reply: Any, trimmed: list[bytes]) -> list[tuple[bytes, list[bytes]]]:
+    """The entries of a one-stream XREADGROUP reply (RESP2 or RESP3); the ids of pending
+    entries trimmed meanwhile (no fields) go to `trimmed`."""
     if not reply:
         return []
     streams = list(reply.items()) if isinstance(reply, dict) else reply
     out: list[tuple[bytes, list[bytes]]] = []
     for _key, entries in streams:
         for entry_id, fields in entries:
-            if fields is None:  # an entry trimmed while pending
+            if fields is None:
+                trimmed.append(entry_id)
                 continue
             if isinstance(fields, dict):
                 fields = [x for kv in fields.items() for x in kv]
@@ -207,21 +209,33 @@ class RedisHistorySource:
         ]  # fmt: skip
         replies = await self._backend.transport.pipeline(calls)
         events: list[HistoryEvent] = []
-        entries = 0
+        entries = dropped = 0
         for queue, reply in zip(queues, replies, strict=True):
             if isinstance(reply, BaseException):
                 if "NOGROUP" in str(reply):  # the stream was deleted by hand: group it again
                     self._grouped.discard(queue)
                     continue
                 raise reply
-            for entry_id, flat in _entries(reply):
+            trimmed: list[bytes] = []
+            for entry_id, flat in _entries(reply, trimmed):
                 events += _events_of_entry(queue, entry_id, flat)
                 entries += 1
+            if trimmed:
+                # trimmed by the cap while pending (read, never stored): lost; acknowledged, so
+                # that re-reading the pending entries goes past them
+                log.error("history: %d events of queue %s were trimmed before being stored"
+                          " (the backlog passed the cap)", len(trimmed), queue)  # fmt: skip
+                key = self._backend.keys(queue).history
+                await self._backend.transport.execute(
+                    self._command(("XACK", key, GROUP, *trimmed), idempotent=True)
+                )
+                dropped += len(trimmed)
         if entries:
             self._per_entry = max(1.0, len(events) / entries)
         if start == "0" and not events:
-            # the entries read before and never acknowledged are all stored: new ones now
-            self._pending_first = False
+            # the entries read before and never acknowledged are all stored (or were trimmed,
+            # and more may follow them): new ones now
+            self._pending_first = dropped > 0
             return await self.read_history(count)
         return events
 
