@@ -8,6 +8,7 @@ cap bounds how far a drainer may fall behind before the oldest are trimmed)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from strego.errors import BackendError
+from strego.ids import id_time_ms
 
 if TYPE_CHECKING:
     from strego.backends.redis import RedisBackend
@@ -105,11 +107,33 @@ def history_source(backend: object) -> HistorySource:
 SEQ_SPREAD = 1 << 16
 
 
+def _envelope(task_id: str, env: bytes) -> dict[str, Any]:
+    """The fields of an enqueue's envelope (the format `encode_envelope` writes, record.py):
+    `created,timeout,type_len,encoding_len,labels_len[,<tag><len>]...;` then the type, the
+    encoding, the labels, the optional values and the payload. Only what the history keeps."""
+    from strego.backends.redis.record import DEFAULT_ENCODING
+
+    head_end = env.index(b";")
+    fields = env[:head_end].split(b",")
+    created, _timeout, type_len, encoding_len, labels_len = fields[:5]
+    type_end = head_end + 1 + int(type_len)
+    encoding_end = type_end + (int(encoding_len) if encoding_len else 0)
+    labels_end = encoding_end + (int(labels_len) if labels_len else 0)
+    # optional entries (`,<tag><len>`): their values come after the labels
+    payload_at = labels_end + sum(int(f[1:]) for f in fields[5:] if len(f) > 1)
+    created_ms = int(created) if created else id_time_ms(task_id)
+    return {
+        "type": env[head_end + 1 : type_end].decode(),
+        "encoding": env[type_end:encoding_end].decode() if encoding_len else DEFAULT_ENCODING,
+        "labels": json.loads(env[encoding_end:labels_end]) if labels_end > encoding_end else {},
+        "payload": env[payload_at:],
+        "created_ms": created_ms,
+    }
+
+
 def _events_of_entry(queue: str, entry_id: bytes, flat: list[bytes]) -> list[HistoryEvent]:
     """The events of one history stream entry (lib/history.lua: s, t, r, e, c, then one
     id/envelope pair per task)."""
-    from strego.backends.redis.record import decode
-
     head = dict(zip(flat[0:10:2], flat[1:10:2], strict=True))
     ms, n = (int(x) for x in entry_id.split(b"-"))
     state = head[b"s"].decode()
@@ -126,15 +150,15 @@ def _events_of_entry(queue: str, entry_id: bytes, flat: list[bytes]) -> list[His
     for k, i in enumerate(range(10, len(flat) - 1, 2)):
         task_id, env = flat[i].decode(errors="replace"), flat[i + 1]
         seq = (ms, n * SEQ_SPREAD + k)
-        if not env:
+        if env:
+            try:
+                fields = _envelope(task_id, env)
+            except (ValueError, IndexError):  # not an envelope: the event without its fields
+                log.warning("history: task %s of queue %s: unreadable envelope", task_id, queue)
+                fields = {}
+            events.append(HistoryEvent(seq=seq, task_id=task_id, **common, **fields))
+        else:
             events.append(HistoryEvent(seq=seq, task_id=task_id, **common))
-            continue
-        # the envelope as enqueue stored it: read behind a header of all defaults
-        info = decode(queue, task_id, b"p,,,,,,,,,,;" + env)
-        events.append(HistoryEvent(
-            seq=seq, task_id=task_id, **common, type=info.type, labels=dict(info.labels),
-            payload=info.payload, encoding=info.encoding, created_ms=info.created_ms,
-        ))  # fmt: skip
     return events
 
 
@@ -172,7 +196,7 @@ class RedisHistorySource:
         #: drainer that stopped mid-batch) and after a batch was not stored
         self._pending_first = True
         #: events per entry in the last read, to ask for about `count` events
-        self._per_entry = 1.0
+        self._per_entry: float | None = None
 
     @property
     def history_cap(self) -> int:
@@ -201,7 +225,9 @@ class RedisHistorySource:
             return []
         start = "0" if self._pending_first else ">"
         # COUNT is in entries, of one or many events each (a batch): by the last read's mean
-        per_queue = max(1, int(count / len(queues) / self._per_entry))
+        # (before any read: at most 100 entries, as an entry may hold hundreds of events)
+        per_entry = self._per_entry or max(1.0, count / 100)
+        per_queue = max(1, int(count / len(queues) / per_entry))
         calls = [
             self._command(("XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", per_queue,
                            "STREAMS", self._backend.keys(q).history, start))

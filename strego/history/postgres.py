@@ -154,6 +154,11 @@ def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+_COPY_EVENTS = (
+    "COPY strego_events (at, queue, seq_ms, seq_n, task_id, state, retried, error, consumer)"
+    " FROM STDIN"
+)
+
 # %b: the arrays are sent in binary, several times faster to dump than as text
 _INSERT_EVENTS = """
 INSERT INTO strego_events (at, queue, seq_ms, seq_n, task_id, state, retried, error, consumer)
@@ -166,6 +171,15 @@ ON CONFLICT DO NOTHING
 
 # Every column is set so that applying rows in any order ends the same: the enqueue's fields are
 # kept once known, the state fields follow the newest event (seq), last_error the newest error.
+# The batch's task rows are COPYed into this (a temporary table of the connection), then upserted.
+_STAGE_TASKS = """
+CREATE TEMPORARY TABLE IF NOT EXISTS strego_tasks_in (id text, created_ms bigint, queue text,
+    type text, state text, labels text, payload bytea, encoding text, enqueued_ms bigint,
+    retried int, error text, consumer text, at_ms bigint, seq_ms bigint, seq_n bigint,
+    error_seq_ms bigint, error_seq_n bigint, words text) ON COMMIT DELETE ROWS
+"""
+_COPY_TASKS = "COPY strego_tasks_in FROM STDIN"
+
 _UPSERT_TASKS = """
 INSERT INTO strego_tasks AS t (id, created_at, queue, type, state, labels, payload, encoding,
     enqueued_at, retried, last_error, consumer, updated_at, seq_ms, seq_n, error_seq_ms,
@@ -174,11 +188,7 @@ SELECT id, to_timestamp(created_ms / 1000.0), queue, type, state, labels::jsonb,
     encoding, to_timestamp(enqueued_ms / 1000.0), retried, error, consumer,
     to_timestamp(at_ms / 1000.0), seq_ms, seq_n, error_seq_ms, error_seq_n,
     to_tsvector('simple', words)
-FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
-            %b::bytea[], %b::text[], %b::bigint[], %b::int[], %b::text[], %b::text[],
-            %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::text[])
-     AS r(id, created_ms, queue, type, state, labels, payload, encoding, enqueued_ms, retried,
-          error, consumer, at_ms, seq_ms, seq_n, error_seq_ms, error_seq_n, words)
+FROM strego_tasks_in
 ON CONFLICT (id, created_at) DO UPDATE SET
     type = coalesce(t.type, excluded.type),
     labels = coalesce(t.labels, excluded.labels),
@@ -327,6 +337,31 @@ class PostgresHistory:
                 {schema.day_of(r["created_ms"]) for r in rows},
                 self._partitions,
             )
+            self._insert_events(conn, events)
+            conn.execute(_STAGE_TASKS)
+            with conn.cursor().copy(_COPY_TASKS) as copy:
+                for r in rows:
+                    error_seq = r["error_seq"] or (None, None)
+                    copy.write_row((
+                        r["id"], r["created_ms"], r["queue"], r["type"], r["state"],
+                        r["labels"], r["payload"], r["encoding"], r["enqueued_ms"], r["retried"],
+                        r["error"], r["consumer"], r["at_ms"], r["seq"][0], r["seq"][1],
+                        error_seq[0], error_seq[1], r["words"],
+                    ))  # fmt: skip
+            conn.execute(_UPSERT_TASKS)
+
+    @staticmethod
+    def _insert_events(conn: _Conn, events: Sequence[HistoryEvent]) -> None:
+        """COPY the events (the fast way); when some are stored already (a batch read again),
+        COPY fails on the primary key, and they go through INSERT ... ON CONFLICT DO NOTHING."""
+        try:
+            with conn.transaction(), conn.cursor().copy(_COPY_EVENTS) as copy:
+                for e in events:
+                    copy.write_row((
+                        _ms_to_dt(e.at_ms), e.queue, e.seq[0], e.seq[1], e.task_id, e.state,
+                        e.retried, e.error, e.consumer,
+                    ))  # fmt: skip
+        except psycopg.errors.UniqueViolation:
             conn.execute(
                 _INSERT_EVENTS,
                 (
@@ -337,19 +372,6 @@ class PostgresHistory:
                     [e.consumer for e in events],
                 ),
             )  # fmt: skip
-            columns = (
-                "id", "created_ms", "queue", "type", "state", "labels", "payload", "encoding",
-                "enqueued_ms", "retried", "error", "consumer", "at_ms",
-            )  # fmt: skip
-            params: list[list[Any]] = [[r[c] for r in rows] for c in columns]
-            params += [
-                [r["seq"][0] for r in rows],
-                [r["seq"][1] for r in rows],
-                [r["error_seq"][0] if r["error_seq"] else None for r in rows],
-                [r["error_seq"][1] if r["error_seq"] else None for r in rows],
-                [r["words"] for r in rows],
-            ]
-            conn.execute(_UPSERT_TASKS, params)
 
     async def store(self, events: Sequence[HistoryEvent]) -> None:
         """Store `events` in one transaction. Storing an event again, or a batch in another
