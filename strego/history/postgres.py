@@ -189,7 +189,7 @@ SELECT id, to_timestamp(created_ms / 1000.0), queue, type, state, labels::jsonb,
     to_timestamp(at_ms / 1000.0), seq_ms, seq_n, error_seq_ms, error_seq_n,
     to_tsvector('simple', words)
 FROM strego_tasks_in
-ON CONFLICT (id, created_at) DO UPDATE SET
+ON CONFLICT (created_at, id) DO UPDATE SET
     type = coalesce(t.type, excluded.type),
     labels = coalesce(t.labels, excluded.labels),
     payload = coalesce(t.payload, excluded.payload),
@@ -401,6 +401,8 @@ class PostgresHistory:
         source = history_source(backend)
         last_lag = last_prune = float("-inf")
         down_since: float | None = None
+        #: the next batch, read while the last one was being stored
+        ahead: list[HistoryEvent] | None = None
         while True:
             now = time.monotonic()
             if now - last_lag >= lag_every_s:
@@ -414,7 +416,8 @@ class PostgresHistory:
                 except psycopg.Error as exc:
                     log.warning("history: dropping old partitions failed: %s", exc)
             try:
-                events = await source.read_history(batch)
+                events = ahead if ahead is not None else await source.read_history(batch)
+                ahead = None
             except BackendError as exc:
                 log.error("history: reading the events failed (again in %.1f s): %s", retry_s, exc)
                 source.rewind()
@@ -426,9 +429,16 @@ class PostgresHistory:
                     return
                 await anyio.sleep(poll_s)
                 continue
-            try:
-                await self.store(events)
-            except psycopg.Error as exc:
+            failed: list[psycopg.Error] = []
+            # store this batch (in a worker thread) while the next one is read
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._store_into, events, failed)
+                try:
+                    ahead = await source.read_history(batch)
+                except BackendError:
+                    source.rewind()  # its reply may be lost: read the pending entries again
+            if failed:
+                ahead = None  # read again with the failed batch
                 source.rewind()
                 self.stats.failures += 1
                 if down_since is None:
@@ -439,7 +449,7 @@ class PostgresHistory:
                 log.error(
                     "history: PostgreSQL failed, %d events kept in Redis to store again"
                     " (PostgreSQL failing for %.0f s, %d events waiting): %s",
-                    len(events), now - down_since, self.stats.lag, exc,
+                    len(events), now - down_since, self.stats.lag, failed[0],
                 )  # fmt: skip
                 await anyio.sleep(retry_s)
                 continue
@@ -458,6 +468,14 @@ class PostgresHistory:
                 continue
             self.stats.stored += len(events)
             self.stats.last_commit = time.time()
+
+    async def _store_into(
+        self, events: Sequence[HistoryEvent], failed: list[psycopg.Error]
+    ) -> None:
+        try:
+            await self.store(events)
+        except psycopg.Error as exc:
+            failed.append(exc)
 
     async def _look_at_lag(self, source: HistorySource) -> None:
         backlog = await source.history_backlog()

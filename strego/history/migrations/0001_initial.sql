@@ -26,10 +26,11 @@ CREATE TABLE strego_tasks (
     error_seq_n bigint,
     -- type, label values and payload text, for search(text=...)
     words tsvector,
-    PRIMARY KEY (id, created_at)
+    -- (created_at, id): a task is found by its id (whose time is created_at), and an unfiltered
+    -- search reads this index backwards
+    PRIMARY KEY (created_at, id)
 ) PARTITION BY RANGE (created_at);
 
-CREATE INDEX strego_tasks_by_time ON strego_tasks (created_at DESC, id DESC);
 CREATE INDEX strego_tasks_by_state ON strego_tasks (state, created_at DESC, id DESC);
 CREATE INDEX strego_tasks_by_type ON strego_tasks (type, state, created_at DESC, id DESC);
 CREATE INDEX strego_tasks_by_queue ON strego_tasks (queue, state, created_at DESC, id DESC);
