@@ -4,7 +4,7 @@
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 consumer, 4.. task ids
 -- Returns one 1 (completed by this call) or 0 (not active: nothing changed) per id.
 --#include lib/record.lua
---#include lib/history.lua
+--#include lib/history_ids.lua
 
 local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('HSET', K.consumers, ARGV[3], now)

@@ -109,7 +109,10 @@ for _, t in ipairs(tasks) do
     reply = {'OK', h.state == 's' and t.due or 'p'}
   end
   if reply[1] == 'OK' then taken[id] = true end
-  if reply[1] == 'OK' then history_add(reply[2] == 'p' and hist_p or hist_s, id, t.env) end
+  if HISTORY and reply[1] == 'OK' then
+    local h = reply[2] == 'p' and hist_p or hist_s
+    h[#h + 1], h[#h + 2] = id, t.env
+  end
   out[#out + 1] = reply
 end
 if pushed then redis.call('INCR', K.ready) end

@@ -11,7 +11,7 @@
 -- a call drops at most STRAYS entries whose task is no longer pending; when it stops there,
 -- last_ids is empty (more may be left: the caller fetches again, it does not wait).
 --#include lib/record.lua
---#include lib/history.lua
+--#include lib/history_ids.lua
 
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 

@@ -7,39 +7,20 @@
 -- t time ms (the script's clock), r retried, e error, c consumer, then one pair per task: its
 -- id and its envelope (enqueue: type, labels, payload) or ''. A batch (a fetch, an ack, an
 -- enqueue) is one XADD, not one per task: that keeps history cheap on the hot path. The entry id
--- (ms-seq, increasing per stream) orders a queue's events.
-local HISTORY_PAIRS = 1000  -- values per XADD (Lua's unpack has a stack limit)
+-- (ms-seq, increasing per stream) orders a queue's events. The code is kept short: it is in the
+-- biggest script, enqueue, which must stay under 16 KB. lib/history_ids.lua has the batch helper.
 
--- One entry for the tasks of `pairs` {id, envelope or '', ...}.
+-- One entry for the tasks of `pairs` {id, envelope or '', ...}, 500 tasks per XADD at most
+-- (Lua's unpack has a stack limit).
 local function history_pairs(state, now, pairs, retried, err, consumer)
-  if not HISTORY or #pairs == 0 then return end
-  for first = 1, #pairs, HISTORY_PAIRS do
-    redis.call('XADD', HISTORY.key, 'MAXLEN', '~', HISTORY.cap, '*', 's', state, 't', now,
-      'r', retried or '', 'e', err or '', 'c', consumer or '',
-      unpack(pairs, first, math.min(#pairs, first + HISTORY_PAIRS - 1)))
+  if not HISTORY then return end
+  for i = 1, #pairs, 1000 do
+    redis.call('XADD', HISTORY.key, 'MAXLEN', '~', HISTORY.cap, '*', 's', state, 't', now, 'r',
+      retried or '', 'e', err or '', 'c', consumer or '', unpack(pairs, i, math.min(#pairs, i + 999)))
   end
 end
 
 -- One entry for one task.
 local function history(id, state, now, retried, err, consumer)
   if HISTORY then history_pairs(state, now, {id, ''}, retried, err, consumer) end
-end
-
--- One entry for the ids found every `stride` items of `list` (a fetch's {id, record, ...}).
-local function history_ids(state, now, list, stride, consumer)
-  if not HISTORY then return end
-  local pairs = {}
-  for i = 1, #list, stride do
-    pairs[#pairs + 1] = list[i]
-    pairs[#pairs + 1] = ''
-  end
-  history_pairs(state, now, pairs, '', '', consumer)
-end
-
--- Add a task to `pairs` (gathered for history_pairs).
-local function history_add(pairs, id, env)
-  if HISTORY then
-    pairs[#pairs + 1] = id
-    pairs[#pairs + 1] = env
-  end
 end
