@@ -202,16 +202,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--lag-tasks", type=int, default=100_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--parts", default="123", help="which figures (default 123: all)")
     a = parser.parse_args()
     server = None if a.url else start_redis_server()
     url = a.url or server.url  # type: ignore[union-attr]
     try:
-        print("1. history on vs off, process rate:", on_off(url, a.tasks, a.runs), flush=True)
-        _flush(url)
-        with throwaway_database(a.dsn) as dsn:
-            print("2. drainer lag:", anyio.run(_lag_run, url, dsn, a.lag_tasks), flush=True)
-        with throwaway_database(a.dsn) as dsn:
-            print("3. search:", anyio.run(_search_run, dsn, a.rows), flush=True)
+        if "1" in a.parts:
+            print("1. history on vs off, process rate:", on_off(url, a.tasks, a.runs), flush=True)
+            _flush(url)
+        if "2" in a.parts:
+            with throwaway_database(a.dsn) as dsn:
+                print("2. drainer lag:", anyio.run(_lag_run, url, dsn, a.lag_tasks), flush=True)
+        if "3" in a.parts:
+            with throwaway_database(a.dsn) as dsn:
+                print("3. search:", anyio.run(_search_run, dsn, a.rows), flush=True)
     finally:
         if server is not None:
             server.stop()

@@ -279,6 +279,8 @@ async def test_retention_drops_old_partitions(history: PostgresHistory, pg_dsn: 
     assert await history.task(old_id) is None
     kept = await history.task(new_id)
     assert kept is not None and len(kept.events) == 1
+    # text search finds a task by its id (its time says where to look)
+    assert [t.id for t in (await history.search(text=new_id)).tasks] == [new_id]
     # a task whose id has no time lives under 1970-01-01, which retention keeps
     assert await history.task("no-time-in-this-id") is not None
 

@@ -532,8 +532,13 @@ class PostgresHistory:
             where.append("labels @> %s::jsonb")
             params.append(json.dumps(dict(label)))
         if text is not None:
-            where.append("(words @@ plainto_tsquery('simple', %s) OR id = %s)")
-            params += [text, text]
+            # a task id too: by the primary key (created_at from the id), so that both sides of
+            # the OR use an index
+            where.append(
+                "(words @@ plainto_tsquery('simple', %s)"
+                " OR (created_at = to_timestamp(%s / 1000.0) AND id = %s))"
+            )
+            params += [text, _created_ms(text), text]
         bounds: tuple[tuple[str, datetime | float | None, str], ...] = (
             (">=", since, "since"), ("<", until, "until"),
         )  # fmt: skip
