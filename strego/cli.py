@@ -1,5 +1,6 @@
-"""The `strego` command: `strego demo`, `strego worker module:server`, `strego migrate`, and the
-operator commands (`strego queues`, `tasks`, ..., `web`: strego.commands)."""
+"""The `strego` command: `strego demo`, `strego worker module:server`, `strego migrate`,
+`strego history` (strego/history/cli.py), and the operator commands (`strego queues`, `tasks`,
+..., `web`: strego.commands)."""
 
 from __future__ import annotations
 
@@ -292,8 +293,10 @@ def parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     from strego.commands import add_commands  # queues, tasks, ..., web
+    from strego.history.cli import add_parser as add_history
 
     add_commands(commands)
+    add_history(commands)  # `strego history`: strego/history/cli.py
     return root
 
 

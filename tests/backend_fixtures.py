@@ -48,12 +48,14 @@ def _memory(request: pytest.FixtureRequest) -> BackendFactory:
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 604_800_000,
         stats_retention_ms: int = STATS_RETENTION_MS,
+        **options: Any,  # history=True, ...
     ) -> AsyncIterator[Backend]:
         backend = MemoryBackend(
             clock=clock,
             completed_ttl_ms=completed_ttl_ms,
             dead_ttl_ms=dead_ttl_ms,
             stats_retention_ms=stats_retention_ms,
+            **options,
         )
         try:
             yield backend
@@ -73,6 +75,7 @@ def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 604_800_000,
         stats_retention_ms: int = STATS_RETENTION_MS,
+        **options: Any,  # history=True, ...
     ) -> AsyncIterator[Backend]:
         from strego.backends.redis import RedisBackend
 
@@ -83,6 +86,7 @@ def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
             completed_ttl_ms=completed_ttl_ms,
             dead_ttl_ms=dead_ttl_ms,
             stats_retention_ms=stats_retention_ms,
+            **options,
         )
         try:
             yield backend

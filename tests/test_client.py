@@ -13,7 +13,7 @@ from strego.backends.base import Backend
 from strego.errors import TaskIdConflictError
 from strego.serializers import MsgpackSerializer
 from strego.task import TaskState
-from tests.runtime_support import backend
+from tests.runtime_support import backend, eventually
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
@@ -184,3 +184,32 @@ async def test_delete_purge_and_unknown_ids(backend: Backend) -> None:
     assert await client.queues() == ["q2"]  # q1 holds no task any more; q2 a running one
     assert await client.purge("q2") == 0
     assert await client.queues() == ["q2"]
+
+
+async def test_run_now_throughput_and_the_oldest_pending_age(backend: Backend) -> None:
+    # by the backend's own clock (Redis TIME on Redis): no injected clock here
+    client = strego.Client(backend)
+    later = await client.enqueue(strego.Task("report", {}, queue="ops", process_in=3600))
+    assert (await client.queue_info("ops")).oldest_pending_age_ms is None
+    assert await client.run_now(later.id) is True
+    assert await client.run_now(later.id, "ops") is False  # pending now
+    with pytest.raises(strego.TaskNotFoundError):
+        await client.run_now("no-such-task")
+    age = (await client.queue_info("ops")).oldest_pending_age_ms
+    assert age is not None and 0 <= age < 60_000
+    [task] = await backend.fetch(["ops"], 1, "c1", lease_ms=60_000)
+    assert task.id == later.id
+    assert await backend.ack("ops", task.id, "c1")
+    history = await client.throughput("ops", minutes=2)
+    assert [h.minute_ms % 60_000 for h in history] == [0, 0]
+    assert history[1].minute_ms - history[0].minute_ms == 60_000
+
+    async def counted(task_type: str | None) -> bool:
+        # the read clock may be a few ms behind the script's at a minute's start: read again
+        got = await client.throughput("ops", minutes=2, task_type=task_type)
+        return sum(h.completed for h in got) == 1
+
+    await eventually(lambda: counted(None), "the ack counted")
+    await eventually(lambda: counted("report"), "the ack counted by type")
+    with pytest.raises(strego.InvalidQueueNameError):
+        await client.throughput("")

@@ -18,8 +18,8 @@ from conformance.helpers import LEASE_MS, message
 from strego.backends.base import FireResult, ScheduleDefinition
 from strego.backends.cursor import encode_cursor
 from strego.backends.redis import RedisBackend
-from strego.backends.redis.keys import SCRIPT_KEYS, STREAMS, Keys
-from strego.backends.redis.scripts import NAMES, _expand, script, source
+from strego.backends.redis.keys import HISTORY_SCRIPTS, SCRIPT_KEYS, STREAMS, Keys
+from strego.backends.redis.scripts import NAMES, _compact, _expand, script, source
 from strego.task import TaskState
 
 pytestmark = pytest.mark.anyio
@@ -64,7 +64,7 @@ def test_script_header_lists_keys_and_argv(name: str) -> None:
 def test_scripts_use_keys_by_name_and_streams_at_one_place(name: str) -> None:
     """Every key a script names is in its row of SCRIPT_KEYS; the only KEYS it indexes are the
     priority streams, at KEYS[1 + priority] in every script (1..11 in peek's loop over them)."""
-    body = _expand(source(name), set())
+    body = _compact(_expand(source(name), set()))
     named = set(re.findall(r"\bK\.(\w+)", body))
     # (a script that takes only the streams names them as KEYS[i], below)
     assert named or SCRIPT_KEYS[name] == (STREAMS,), "every key comes from KEYS"
@@ -173,7 +173,9 @@ def _commands(lines: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
-async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str) -> None:
+@pytest.mark.parametrize("history", [False, True], ids=["history-off", "history-on"])
+async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str, history: bool) -> None:
+    """With history on too: the history stream is passed in KEYS like every other key."""
     prefix = f"mon{uuid.uuid4().hex[:8]}"
     clock = FakeClock()
     client = redis.asyncio.Redis.from_url(redis_url)
@@ -182,7 +184,7 @@ async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str) -> None:
         client.connection_pool.connection_kwargs["port"],
     )
     backend = RedisBackend(client, prefix=prefix, clock=clock, completed_ttl_ms=1_000,
-                           dead_ttl_ms=2_000)  # fmt: skip
+                           dead_ttl_ms=2_000, history=history, history_cap=500)  # fmt: skip
     try:
         async with Monitor(host, port) as mon:
             await _every_script(backend, clock)
@@ -207,8 +209,12 @@ async def test_scripts_touch_only_keys_passed_in_keys(redis_url: str) -> None:
         for arg in args[1:]:
             if arg.startswith(prefix):
                 assert arg in keys, f"{args[0]} touched {arg}, not in the script's KEYS"
-    assert shas_seen == {script(n).sha for n in NAMES}, "the workload ran every script"
+    cap = 500 if history else 0
+    expected = {script(n, cap if n in HISTORY_SCRIPTS else 0).sha for n in NAMES}
+    assert shas_seen == expected, "the workload ran every script"
     assert any(src == "lua" for src, _ in commands)
+    appended = {a[1] for src, a in commands if src == "lua" and a[0].upper() == "XADD"}
+    assert (f"{prefix}:v1:{{q}}:history" in appended) == history
 
 
 async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:

@@ -26,7 +26,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -66,6 +66,7 @@ from strego.errors import (
     TaskIdConflictError,
     TaskNotFoundError,
 )
+from strego.history.events import DEFAULT_HISTORY_CAP, HistoryEvent, MemoryHistoryLog
 from strego.message import TaskMessage, check_unique_ttl
 from strego.task import MAX_PRIORITY, MIN_PRIORITY, TaskError, TaskInfo, TaskState
 
@@ -187,8 +188,14 @@ class MemoryBackend:
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 7 * 86_400_000,
         stats_retention_ms: int = STATS_RETENTION_MS,
+        history: bool = False,
+        history_cap: int = DEFAULT_HISTORY_CAP,
     ) -> None:
         check_stats_retention(stats_retention_ms)
+        if history and (not isinstance(history_cap, int) or history_cap < 1):
+            raise InvalidTaskError(f"history_cap must be a positive int, got {history_cap!r}")
+        #: with history on, one event per transition, for a drainer (strego.history)
+        self.history = MemoryHistoryLog(history_cap) if history else None
         self.clock: Clock = clock if clock is not None else wall_clock_ms
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
@@ -236,6 +243,8 @@ class MemoryBackend:
 
     def _place(self, q: _Queue, rec: _Record, state: TaskState, now: int) -> None:
         """Move `rec` into `state` (its state-specific fields already set) and its structures."""
+        if self.history is not None and state != TaskState.ACTIVE:  # active: in _activate
+            self._history_event(q, rec, state, now)
         if rec.state == TaskState.PENDING:
             q.pending[rec.message.priority].pop(rec.id, None)
         del q.by_state[rec.state][rec.id]
@@ -382,6 +391,24 @@ class MemoryBackend:
         rec.started_ms = now
         rec.deliveries += 1
         rec.lease_until_ms = now + lease_ms
+        if self.history is not None:
+            self._history_event(q, rec, TaskState.ACTIVE, now)
+
+    def _history_event(self, q: _Queue, rec: _Record, state: TaskState | None, now: int) -> None:
+        """Log the transition of `rec` to `state` (None: deleted); before its first placing
+        (seq 0) it is the enqueue, which carries the task's envelope."""
+        assert self.history is not None
+        m = rec.message
+        common: dict[str, Any] = {
+            "queue": q.name, "seq": (0, 0), "task_id": rec.id, "at_ms": now,
+            "state": "deleted" if state is None else state.value, "retried": rec.retried,
+            "error": rec.last_error if state in (TaskState.RETRY, TaskState.DEAD) else None,
+            "consumer": rec.consumer if state == TaskState.ACTIVE else None,
+        }  # fmt: skip
+        if rec.seq == 0:
+            common.update(type=m.type, labels=dict(m.labels), payload=m.payload,
+                          encoding=m.encoding, created_ms=m.created_ms)  # fmt: skip
+        self.history.add(HistoryEvent(**common))
 
     def _ack(
         self, queue: str, task_id: str, consumer: str, now: int, result: bytes | None = None
@@ -644,6 +671,8 @@ class MemoryBackend:
         q, rec = self._found(task_id, queue, self._now())
         if rec.state == TaskState.ACTIVE:
             return False
+        if self.history is not None:
+            self._history_event(q, rec, None, self._now())
         self._delete(q, rec)  # its heap entries go stale (skipped when they reach the top)
         return True
 
@@ -703,6 +732,8 @@ class MemoryBackend:
         # that arrives meanwhile in a purged state is purged too (the loop ends when none is left)
         while doomed := self._purge_batch(q, chosen):
             for rec in doomed:
+                if self.history is not None:
+                    self._history_event(q, rec, None, self._now())
                 self._delete(q, rec)
             deleted += len(doomed)
             await anyio.lowlevel.checkpoint()

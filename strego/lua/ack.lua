@@ -10,6 +10,7 @@
 -- Returns one 1 (completed by this call) or 0 (not active, or ended cancelled) per id.
 --#include lib/record.lua
 --#include lib/minutes.lua
+--#include lib/history_ids.lua
 
 local now, group = clock(ARGV[1]), ARGV[2]
 redis.call('HSET', K.consumers, ARGV[3], now)
@@ -75,6 +76,8 @@ call_chunked('ZREM', K.leases, ids)
 call_chunked('HSET', K.tasks, records)
 call_chunked('ZADD', K.completed, markers)
 count_outcomes(K.minutes, K.minutes_index, now, ARGV[5], 'c', n, by_type)
+history_ids('c', now, ids, 1)
+history_ids('x', now, ended, 1)
 publish_ended(ARGV[4], ids)
 publish_ended(ARGV[4], ended)
 return out

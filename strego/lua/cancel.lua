@@ -6,6 +6,7 @@
 -- Returns 1 if cancelled, 2 if its cancel is requested (active), 0 (no change) for a task in
 -- another state or unknown.
 --#include lib/record.lua
+--#include lib/history.lua
 local now, group, id = clock(ARGV[1]), ARGV[2], ARGV[3]
 local h = parse(redis.call('HGET', K.tasks, id))
 if not h then return 0 end
@@ -30,5 +31,6 @@ h.state, h.ended, h.due, h.sid = 'x', now, '', ''
 h.opt.cancel = nil  -- a request left by a release
 redis.call('HSET', K.tasks, id, build(h))
 redis.call('ZADD', K.cancelled, now, id)
+history(id, 'x', now, h.retried)
 publish_ended(ARGV[4], {id})
 return 1

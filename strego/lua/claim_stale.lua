@@ -14,6 +14,7 @@
 -- Returns {id, record, ...} of the claimed tasks.
 --#include lib/record.lua
 --#include lib/minutes.lua
+--#include lib/history.lua
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 local need, max_deliveries = tonumber(ARGV[4]), tonumber(ARGV[6])
 redis.call('HSET', K.consumers, consumer, now)
@@ -44,6 +45,7 @@ while need > 0 and settle > 0 do
       unlink(stream, group, h.sid)
       redis.call('ZREM', K.leases, id)
       end_cancelled(h, id, now, K.tasks, K.cancelled, K.unique, K.unique_exp)
+      history(id, 'x', now, h.retried)
       ended[#ended + 1] = id
     elseif h.deliveries >= max_deliveries then
       settle = settle - 1
@@ -56,6 +58,7 @@ while need > 0 and settle > 0 do
       died = died + 1
       local task_type = envelope_type(h.env, 1)
       if task_type then died_by_type[task_type] = (died_by_type[task_type] or 0) + 1 end
+      history(id, 'd', now, h.retried, h.error)
     else
       if h.sid ~= '' and redis.call('EXISTS', stream) == 1 then
         redis.call('XCLAIM', stream, group, consumer, 0, h.sid, 'JUSTID')
@@ -66,6 +69,7 @@ while need > 0 and settle > 0 do
       out[#out + 1] = id
       out[#out + 1] = build(h)
       need = need - 1
+      history(id, 'a', now, h.retried, '', consumer)
     end
   end
   if not fresh then break end

@@ -6,6 +6,7 @@
 -- Returns 1 if deleted, 0 (no change) for an active task, -1 for no such task (none, a record
 -- whose header does not parse, or one whose retention ended: that one is removed now).
 --#include lib/record.lua
+--#include lib/history.lua
 local now, group, id = clock(ARGV[1]), ARGV[2], ARGV[5]
 local h = parse(redis.call('HGET', K.tasks, id))
 if not h then return -1 end
@@ -18,5 +19,6 @@ elseif place then
 end
 release_unique(K.unique, K.unique_exp, h.unique, id)
 redis.call('HDEL', K.tasks, id)
+history(id, 'g', now)
 if expired(h, now, ARGV[3], ARGV[4]) then return -1 end
 return 1

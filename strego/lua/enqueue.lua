@@ -14,6 +14,7 @@
 -- another type (written by something else) fails the whole call with WRONGTYPE, nothing written.
 --#include lib/record.lua
 --#include lib/ready.lua
+--#include lib/history.lua
 local now, group = clock(ARGV[1]), ARGV[2]
 local refused = ready_refused(K.ready)  -- before any write
 if refused then return refused end
@@ -57,6 +58,7 @@ for key, kind in pairs(lone and {} or want) do
 end
 -- Second pass: the writes.
 local out, pushed, taken = {}, false, {}
+local hist_p, hist_s = {}, {}  -- history: the tasks made pending, scheduled
 local OK_PENDING = {'OK', 'p'}
 for _, t in ipairs(tasks) do
   local id, ukey, reply = t.id, t.ukey, nil
@@ -107,7 +109,13 @@ for _, t in ipairs(tasks) do
     reply = {'OK', h.state == 's' and t.due or 'p'}
   end
   if reply[1] == 'OK' then taken[id] = true end
+  if HISTORY and reply[1] == 'OK' then
+    local h = reply[2] == 'p' and hist_p or hist_s
+    h[#h + 1], h[#h + 2] = id, t.env
+  end
   out[#out + 1] = reply
 end
 if pushed then redis.call('INCR', K.ready) end
+history_pairs('p', now, hist_p, 0)
+history_pairs('s', now, hist_s, 0)
 return out

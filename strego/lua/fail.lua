@@ -10,6 +10,7 @@
 -- Returns the new state letter ('r', 'd' or 'x'), or '' when the task is not active (no change).
 --#include lib/record.lua
 --#include lib/minutes.lua
+--#include lib/history.lua
 local now, group, id, retry_in = clock(ARGV[1]), ARGV[2], ARGV[4], ARGV[6]
 redis.call('HSET', K.consumers, ARGV[3], now)
 local h = parse(redis.call('HGET', K.tasks, id))
@@ -18,6 +19,7 @@ unlink(KEYS[1 + h.priority], group, h.sid)
 redis.call('ZREM', K.leases, id)
 if h.opt.cancel then
   end_cancelled(h, id, now, K.tasks, K.cancelled, K.unique, K.unique_exp)
+  history(id, 'x', now, h.retried)
   publish_ended(ARGV[8], {id})
   return 'x'
 end
@@ -37,4 +39,5 @@ redis.call('HSET', K.tasks, id, build(h))
 local task_type = envelope_type(h.env, 1)
 count_outcomes(K.minutes, K.minutes_index, now, ARGV[9], h.state == 'r' and 'f' or 'd', 1,
   task_type and {[task_type] = 1} or {})
+history(id, h.state, now, h.retried, h.error)
 return h.state

@@ -11,6 +11,7 @@
 -- a call drops at most STRAYS entries whose task is no longer pending; when it stops there,
 -- last_ids is empty (more may be left: the caller fetches again, it does not wait).
 --#include lib/record.lua
+--#include lib/history_ids.lua
 
 local now, group, consumer = clock(ARGV[1]), ARGV[2], ARGV[3]
 
@@ -71,6 +72,7 @@ end
 -- one multi-member write per key; each stream entry is read once, so no id repeats
 call_chunked('HSET', K.tasks, started_list)
 call_chunked('ZADD', K.leases, leases)
+history_ids('a', now, started_list, 2, consumer)
 local last = {}
 if need > 0 and dropped < STRAYS then
   for prio = 0, 10 do

@@ -9,6 +9,7 @@
 -- written) | 'EARLY' (the tick is after now by this script's clock; nothing written)
 --#include lib/record.lua
 --#include lib/ready.lua
+--#include lib/history.lua
 local now, group, id, task_id = clock(ARGV[1]), ARGV[2], ARGV[3], ARGV[8]
 local state = redis.call('HGET', K.crons, id)
 if not state then return 'STALE' end
@@ -26,6 +27,7 @@ if task_id ~= '' then
     h.sid = push(KEYS[1 + h.priority], group, task_id)
     redis.call('HSET', K.tasks, task_id, build(h))
     redis.call('INCR', K.ready)
+    history_pairs('p', now, {task_id, ARGV[11]}, 0)
   end
   last = ARGV[6] .. ',' .. task_id
 end

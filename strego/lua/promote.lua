@@ -10,6 +10,7 @@
 --          newest signal entry id ('0-0' = none)}
 --#include lib/record.lua
 --#include lib/ready.lua
+--#include lib/history.lua
 local now, group, limit = clock(ARGV[1]), ARGV[2], tonumber(ARGV[5])
 local more, pushed = false, false
 local refused = ready_refused(K.ready)  -- before any write
@@ -27,6 +28,7 @@ for _, set in ipairs({K.scheduled, K.retry}) do
       h.sid = push(KEYS[1 + h.priority], group, id)
       pushed = true
       redis.call('HSET', K.tasks, id, build(h))
+      history(id, 'p', now, h.retried)
     end
   end
 end

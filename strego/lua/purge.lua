@@ -14,6 +14,7 @@
 -- A record that does not parse, met through its zset or stream entry, is deleted with it (it
 -- could never run); an entry whose record is gone (a stray) is only removed.
 --#include lib/record.lua
+--#include lib/history.lua
 local now, limit, cursor, states = clock(ARGV[1]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local n, budget = 0, limit
 -- deletes are gathered and sent as one multi-member command per key (far fewer redis.call)
@@ -22,6 +23,7 @@ local gone = {}
 local function drop(id, h)
   if h then release_unique(K.unique, K.unique_exp, h.unique, id) end
   gone[#gone + 1] = id
+  history(id, 'g', now)
   if not (h and expired(h, now, ARGV[2], ARGV[3])) then n = n + 1 end
 end
 local function done(next_cursor)

@@ -5,6 +5,7 @@
 -- Returns how many were released.
 --#include lib/record.lua
 --#include lib/ready.lua
+--#include lib/history.lua
 local group, consumer = ARGV[2], ARGV[3]
 local refused = ready_refused(K.ready)  -- before any write
 if refused then return refused end
@@ -21,6 +22,7 @@ for i = 4, #ARGV do
     h.sid = push(stream, group, id)
     redis.call('HSET', K.tasks, id, build(h))
     n = n + 1
+    if HISTORY then history(id, 'p', clock(ARGV[1]), h.retried) end
   end
 end
 if n > 0 then redis.call('INCR', K.ready) end

@@ -9,6 +9,7 @@
 -- Returns {how many were requeued, how many entries it looked at, until}.
 --#include lib/record.lua
 --#include lib/ready.lua
+--#include lib/history.lua
 local now, group = clock(ARGV[1]), ARGV[2]
 local refused = ready_refused(K.ready)  -- before any write
 if refused then return refused end
@@ -28,6 +29,7 @@ for _, id in ipairs(ids) do
     h.sid = push(KEYS[1 + h.priority], group, id)
     redis.call('HSET', K.tasks, id, build(h))
     n = n + 1
+    history(id, 'p', now, 0)
   elseif #ARGV == 5 and rec and not h then
     -- a dead entry whose record does not parse: dead again under a fresh header with the reason
     -- (scored now, after `until`: not walked again), never dropped

@@ -6,7 +6,8 @@
 -- Returns 1 if it made the task pending, 0 (no change) otherwise.
 --#include lib/record.lua
 --#include lib/ready.lua
-local _, group, id = clock(ARGV[1]), ARGV[2], ARGV[3]  -- clock: push stamps the entry with it
+--#include lib/history.lua
+local now, group, id = clock(ARGV[1]), ARGV[2], ARGV[3]  -- clock: push stamps the entry with it
 local refused = ready_refused(K.ready)  -- before any write
 if refused then return refused end
 local h = parse(redis.call('HGET', K.tasks, id))
@@ -22,4 +23,5 @@ h.state, h.due = 'p', ''
 h.sid = push(KEYS[1 + h.priority], group, id)
 redis.call('HSET', K.tasks, id, build(h))
 redis.call('INCR', K.ready)
+history(id, 'p', now, h.retried)
 return 1

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from strego.backends.base import STATS_RETENTION_MS, Clock, check_stats_retention
 from strego.backends.redis.fetching import IDLE_RECHECK_S, IdleQueues
-from strego.backends.redis.keys import Keys, queues_key
+from strego.backends.redis.keys import DEFAULT_HISTORY_CAP, Keys, queues_key
 from strego.backends.redis.notify import Notifier, PubSubConnection
 from strego.backends.redis.schedules import Schedules
 from strego.backends.redis.transport import ClosedTransport, Transport
 from strego.backends.watch import Watch
+from strego.errors import InvalidTaskError
 
 if TYPE_CHECKING:
     import anyio
@@ -58,8 +59,12 @@ class RedisBackend(Schedules):
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 7 * 86_400_000,
         stats_retention_ms: int = STATS_RETENTION_MS,
+        history: bool = False,
+        history_cap: int = DEFAULT_HISTORY_CAP,
     ) -> None:
         check_stats_retention(stats_retention_ms)
+        if history and (not isinstance(history_cap, int) or history_cap < 1):
+            raise InvalidTaskError(f"history_cap must be a positive int, got {history_cap!r}")
         if hasattr(client_or_transport, "run_script"):
             self.transport: Transport = cast("Transport", client_or_transport)
         else:
@@ -81,6 +86,9 @@ class RedisBackend(Schedules):
         self.dead_ttl_ms = dead_ttl_ms
         #: how long the per-minute history (`throughput`) is kept
         self.stats_retention_ms = stats_retention_ms
+        #: with history on, every transition appends an event to its queue's history stream,
+        #: capped at about history_cap entries (docs/redis.md, "History"); 0: off
+        self.history_cap = history_cap if history else 0
         self._keys: dict[str, Keys] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing

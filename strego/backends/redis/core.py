@@ -15,13 +15,26 @@ import anyio
 
 from strego.backends.base import Clock
 from strego.backends.redis.eviction import NotReachable, warn_if_evicting
-from strego.backends.redis.keys import Keys
+from strego.backends.redis.keys import (
+    HISTORY_SCRIPTS,
+    PRIORITIES,
+    SCRIPT_KEYS,
+    STREAMS,
+    Keys,
+)
 from strego.backends.redis.migrate import check_schema
 from strego.backends.redis.scripts import script
 from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
 from strego.task import validate_queue_name
 
 log = logging.getLogger("strego.backends.redis")
+
+#: Where each history script's KEYS hold the queue's `tasks` key (its history key is beside it):
+#: the streams kind stands for 11 keys.
+_TASKS_AT = {
+    name: SCRIPT_KEYS[name].index("tasks") + (len(PRIORITIES) - 1) * (STREAMS in SCRIPT_KEYS[name])
+    for name in HISTORY_SCRIPTS
+}
 
 #: How often reads that filter by time measure the offset of Redis's clock again (seconds).
 TIME_REFRESH_S = 10.0
@@ -56,6 +69,8 @@ class RedisCore:
     completed_ttl_ms: int
     dead_ttl_ms: int
     stats_retention_ms: int
+    #: the history streams' MAXLEN, 0 while history is off (docs/redis.md, "History")
+    history_cap: int
     _keys: dict[str, Keys]
     _registry: str
     _first_call_checked: bool
@@ -88,6 +103,12 @@ class RedisCore:
         return int(mono * 1000 + self._time_offset_ms)
 
     def _call(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> ScriptCall:
+        if self.history_cap and name in HISTORY_SCRIPTS:
+            # history on: the queue's history stream is one more key (lib/history.lua)
+            tasks = keys[_TASKS_AT[name]]
+            assert isinstance(tasks, str) and tasks.endswith(":tasks")
+            history = tasks[: -len("tasks")] + "history"
+            return ScriptCall(script(name, self.history_cap), (*keys, history), args)
         return ScriptCall(script(name), keys, args)
 
     async def _run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:

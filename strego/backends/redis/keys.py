@@ -7,7 +7,10 @@ old data is never misread. (The record format has a version of its own, in the d
 
 from __future__ import annotations
 
+from strego.history.events import DEFAULT_HISTORY_CAP
 from strego.task import MAX_PRIORITY, MIN_PRIORITY
+
+__all__ = ["DEFAULT_HISTORY_CAP"]
 
 LAYOUT_VERSION = "v1"
 PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
@@ -71,6 +74,25 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+#: The transitions that write a history event (lib/history.lua): with history on, each is given
+#: the queue's `history` stream as one more key, after its SCRIPT_KEYS.
+HISTORY_SCRIPTS = frozenset({
+    "enqueue", "fetch", "ack", "fail", "release", "claim_stale", "promote", "cancel",
+    "requeue_dead", "delete", "purge", "run_now", "fire_schedule",
+})  # fmt: skip
+
+
+def key_count(name: str) -> int:
+    """How many KEYS script `name` takes (SCRIPT_KEYS's row, the streams counted one each)."""
+    kinds = SCRIPT_KEYS[name]
+    return len(kinds) - 1 + len(PRIORITIES) if kinds[0] == STREAMS else len(kinds)
+
+
+def history_key(prefix: str, queue: str) -> str:
+    """The queue's history stream (see HISTORY_SCRIPTS), in the queue's hash tag."""
+    return f"{prefix}:{LAYOUT_VERSION}:{{{queue}}}:history"
+
+
 def lua_key_names(name: str) -> str:
     """The Lua line that names a script's KEYS (the loader puts it before the script): `K.tasks`
     and so on, each at its place in SCRIPT_KEYS; the streams stay KEYS[1..11]."""
@@ -94,6 +116,7 @@ class Keys:
         "crons",
         "dead",
         "ended_channel",
+        "history",
         "leases",
         "minutes",
         "minutes_index",
@@ -140,6 +163,8 @@ class Keys:
         #: was requested, for the servers holding them
         self.ended_channel = base + "ended"
         self.cancel_channel = base + "cancel"
+        #: capped stream: one event per transition, while the backend has history on
+        self.history = base + "history"
         #: one stream of task ids per priority (index = priority), with the consumer group
         self.streams: tuple[str, ...] = tuple(f"{base}p{p}" for p in PRIORITIES)
         #: each script's KEYS, built once

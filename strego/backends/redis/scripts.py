@@ -8,12 +8,15 @@ import re
 from functools import cache
 from importlib import resources
 
-from strego.backends.redis.keys import SCRIPT_KEYS, lua_key_names
+from strego.backends.redis.keys import HISTORY_SCRIPTS, SCRIPT_KEYS, key_count, lua_key_names
 from strego.backends.redis.transport import Script
 
 _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
-#: a whole-line comment of a fragment (not an include), dropped where the fragment is included
+#: a whole-line comment (not an include), dropped from the loaded script
 _COMMENT_LINE = re.compile(r"^[ \t]*--(?!#include ).*\n", re.MULTILINE)
+#: a line's indentation, and blank lines: dropped from the loaded script (no script holds a
+#: multi-line string, where they would count)
+_INDENT = re.compile(r"^[ \t]+|^\n", re.MULTILINE)
 
 #: Every script, by name: those SCRIPT_KEYS declares (a script file must have its row there).
 NAMES = tuple(SCRIPT_KEYS)
@@ -34,16 +37,29 @@ def _expand(text: str, included: set[str]) -> str:
         if path in included:
             return ""
         included.add(path)
-        # fragments are included in every script: without their comments, each script stays
-        # under 16 KB, what Redis reads from a connection at once, so that a SCRIPT LOAD and the
-        # EVALSHA sent after it in one write are not split by another client's SCRIPT FLUSH
-        return _expand(_COMMENT_LINE.sub("", _read(path)), included)
+        return _expand(_read(path), included)
 
     return _INCLUDE.sub(include, text)
 
 
+def _compact(text: str) -> str:
+    """The script without its comment lines, indentation and blank lines: each stays under
+    16 KB, what Redis reads from a connection at once, so that a SCRIPT LOAD and the EVALSHA
+    sent after it in one write are not split by another client's SCRIPT FLUSH."""
+    return _INDENT.sub("", _COMMENT_LINE.sub("", text))
+
+
 @cache
-def script(name: str) -> Script:
+def script(name: str, history_cap: int = 0) -> Script:
     """The script as loaded: its keys named (`K`, from SCRIPT_KEYS), then its text with the
-    fragments it includes."""
-    return Script(name=name, source=lua_key_names(name) + _expand(source(name), set()))
+    fragments it includes. A script of HISTORY_SCRIPTS starts with the `HISTORY` lib/history.lua
+    reads: `false` (history_cap 0: history off), or its stream (the last KEYS entry, after
+    SCRIPT_KEYS's) and `history_cap`, the stream's MAXLEN."""
+    head = lua_key_names(name)
+    if name in HISTORY_SCRIPTS:
+        if history_cap:
+            index = key_count(name) + 1
+            head += f"local HISTORY = {{key = KEYS[{index}], cap = '{history_cap}'}}\n"
+        else:
+            head += "local HISTORY = false\n"
+    return Script(name=name, source=head + _compact(_expand(source(name), set())))

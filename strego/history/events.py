@@ -1,0 +1,342 @@
+"""History events and where a drainer reads them from (docs/redis.md, "History").
+
+With history on, every transition appends one event to its queue's history: a capped Redis
+stream written by the transition's own script (lib/history.lua), or the memory backend's log. A
+drainer reads the events not yet acknowledged, oldest first per queue, stores them, and only then
+acknowledges them, which removes them (so the stream holds only the events not yet stored, and its
+cap bounds how far a drainer may fall behind before the oldest are trimmed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from strego.errors import BackendError
+from strego.ids import id_time_ms
+
+if TYPE_CHECKING:
+    from strego.backends.redis import RedisBackend
+
+log = logging.getLogger("strego.history")
+
+#: A history stream's cap unless the backend is given another: the events a drainer may fall
+#: behind by before the oldest are trimmed (about 100 bytes each in Redis, more for an enqueue's
+#: payload).
+DEFAULT_HISTORY_CAP = 1_000_000
+
+#: The consumer group the drainers read history streams with.
+GROUP = "strego-history"
+
+#: Event state letters (the record's, plus `g`: deleted) -> the state names stored.
+STATES = {
+    "s": "scheduled", "p": "pending", "a": "active", "r": "retry", "d": "dead",
+    "c": "completed", "x": "cancelled", "g": "deleted",
+}  # fmt: skip
+
+
+@attrs.frozen
+class HistoryEvent:
+    """One transition of one task. `seq` (the stream entry id as (ms, n)) increases with each
+    event of a queue: it orders them, and (queue, seq) names the event, so storing one twice
+    changes nothing. `type`, `labels`, `payload`, `encoding` and `created_ms` are set on the
+    enqueue event only."""
+
+    queue: str
+    seq: tuple[int, int]
+    task_id: str
+    state: str
+    at_ms: int
+    retried: int | None = None
+    error: str | None = None
+    consumer: str | None = None
+    type: str | None = None
+    labels: dict[str, str] | None = None
+    payload: bytes | None = None
+    encoding: str | None = None
+    created_ms: int | None = None
+
+
+class HistorySource(Protocol):
+    """What a drainer needs of a backend with history on."""
+
+    async def read_history(self, count: int) -> list[HistoryEvent]:
+        """Up to `count` events not read yet, each queue's in order (after `rewind`, or in a new
+        source, those read but never acknowledged come first)."""
+        ...
+
+    def rewind(self) -> None:
+        """The events read were not stored: read them again (those not acknowledged) first."""
+        ...
+
+    async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
+        """Forget `events`: they are stored."""
+        ...
+
+    async def history_backlog(self) -> dict[str, int]:
+        """Per queue, how many events wait to be stored (the drainer's lag)."""
+        ...
+
+    @property
+    def history_cap(self) -> int:
+        """Each queue's cap: events past it are trimmed, oldest first (0: history is off)."""
+        ...
+
+
+def history_source(backend: object) -> HistorySource:
+    """The history of a RedisBackend or MemoryBackend (created with history on)."""
+    from strego.backends.memory import MemoryBackend
+    from strego.backends.redis import RedisBackend
+
+    if isinstance(backend, RedisBackend):
+        return RedisHistorySource(backend)
+    if isinstance(backend, MemoryBackend):
+        if backend.history is None:
+            raise BackendError("the memory backend was created without history=True")
+        backend.history.rewind()  # one reader, as Redis's one consumer: it starts over
+        return backend.history
+    raise TypeError(f"no history source for {type(backend).__name__}")
+
+
+#: A Redis entry holds the events of one transition of several tasks: the k-th task's event is
+#: seq (ms, n * SEQ_SPREAD + k), so events sort by entry id, then by place in the entry.
+SEQ_SPREAD = 1 << 16
+
+
+def _envelope(task_id: str, env: bytes) -> dict[str, Any]:
+    """The fields of an enqueue's envelope (the format `encode_envelope` writes, record.py):
+    `created,timeout,type_len,encoding_len,labels_len[,<tag><len>]...;` then the type, the
+    encoding, the labels, the optional values and the payload. Only what the history keeps."""
+    from strego.backends.redis.record import DEFAULT_ENCODING
+
+    head_end = env.index(b";")
+    fields = env[:head_end].split(b",")
+    created, _timeout, type_len, encoding_len, labels_len = fields[:5]
+    type_end = head_end + 1 + int(type_len)
+    encoding_end = type_end + (int(encoding_len) if encoding_len else 0)
+    labels_end = encoding_end + (int(labels_len) if labels_len else 0)
+    # optional entries (`,<tag><len>`): their values come after the labels
+    payload_at = labels_end + sum(int(f[1:]) for f in fields[5:] if len(f) > 1)
+    created_ms = int(created) if created else id_time_ms(task_id)
+    return {
+        "type": env[head_end + 1 : type_end].decode(),
+        "encoding": env[type_end:encoding_end].decode() if encoding_len else DEFAULT_ENCODING,
+        "labels": json.loads(env[encoding_end:labels_end]) if labels_end > encoding_end else {},
+        "payload": env[payload_at:],
+        "created_ms": created_ms,
+    }
+
+
+def _events_of_entry(queue: str, entry_id: bytes, flat: list[bytes]) -> list[HistoryEvent]:
+    """The events of one history stream entry (lib/history.lua: s, t, r, e, c, then one
+    id/envelope pair per task)."""
+    head = dict(zip(flat[0:10:2], flat[1:10:2], strict=True))
+    ms, n = (int(x) for x in entry_id.split(b"-"))
+    state = head[b"s"].decode()
+    retried = head.get(b"r", b"")
+    common: dict[str, Any] = {
+        "queue": queue,
+        "state": STATES.get(state, state),
+        "at_ms": int(head[b"t"]),
+        "retried": int(retried) if retried else None,
+        "error": head[b"e"].decode(errors="replace") if head.get(b"e") else None,
+        "consumer": head[b"c"].decode(errors="replace") if head.get(b"c") else None,
+    }
+    events = []
+    for k, i in enumerate(range(10, len(flat) - 1, 2)):
+        task_id, env = flat[i].decode(errors="replace"), flat[i + 1]
+        seq = (ms, n * SEQ_SPREAD + k)
+        if env:
+            try:
+                fields = _envelope(task_id, env)
+            except (ValueError, IndexError):  # not an envelope: the event without its fields
+                log.warning("history: task %s of queue %s: unreadable envelope", task_id, queue)
+                fields = {}
+            events.append(HistoryEvent(seq=seq, task_id=task_id, **common, **fields))
+        else:
+            events.append(HistoryEvent(seq=seq, task_id=task_id, **common))
+    return events
+
+
+def _entries(reply: Any, trimmed: list[bytes]) -> list[tuple[bytes, list[bytes]]]:
+    """The entries of a one-stream XREADGROUP reply (RESP2 or RESP3); the ids of pending
+    entries trimmed meanwhile (no fields) go to `trimmed`."""
+    if not reply:
+        return []
+    streams = list(reply.items()) if isinstance(reply, dict) else reply
+    out: list[tuple[bytes, list[bytes]]] = []
+    for _key, entries in streams:
+        for entry_id, fields in entries:
+            if fields is None:
+                trimmed.append(entry_id)
+                continue
+            if isinstance(fields, dict):
+                fields = [x for kv in fields.items() for x in kv]
+            out.append((entry_id, fields))
+    return out
+
+
+class RedisHistorySource:
+    """The history streams of every queue in the registry, read with the consumer group `GROUP`
+    as `consumer`. One stream per queue (in the queue's hash tag) keeps every script in one
+    Cluster slot; queues are found in the registry at each read."""
+
+    def __init__(self, backend: RedisBackend, consumer: str = "drainer") -> None:
+        from strego.backends.redis.transport import Command
+
+        self._backend = backend
+        self._consumer = consumer
+        self._command = Command
+        self._grouped: set[str] = set()
+        #: read the group's pending entries (read before, not acknowledged) first: at start (a
+        #: drainer that stopped mid-batch) and after a batch was not stored
+        self._pending_first = True
+        #: events per entry in the last read, to ask for about `count` events
+        self._per_entry: float | None = None
+
+    @property
+    def history_cap(self) -> int:
+        return self._backend.history_cap
+
+    async def _queues(self) -> list[str]:
+        queues = await self._backend.queues()
+        new = [q for q in queues if q not in self._grouped]
+        if new:
+            calls = [
+                self._command(("XGROUP", "CREATE", self._backend.keys(q).history, GROUP, "0",
+                               "MKSTREAM"), idempotent=True)
+                for q in new
+            ]  # fmt: skip
+            for queue, reply in zip(
+                new, await self._backend.transport.pipeline(calls), strict=True
+            ):
+                if isinstance(reply, BaseException) and "BUSYGROUP" not in str(reply):
+                    raise reply
+                self._grouped.add(queue)
+        return queues
+
+    async def read_history(self, count: int) -> list[HistoryEvent]:
+        queues = await self._queues()
+        if not queues:
+            return []
+        start = "0" if self._pending_first else ">"
+        # COUNT is in entries, of one or many events each (a batch): by the last read's mean
+        # (before any read: at most 100 entries, as an entry may hold hundreds of events)
+        per_entry = self._per_entry or max(1.0, count / 100)
+        per_queue = max(1, int(count / len(queues) / per_entry))
+        calls = [
+            self._command(("XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", per_queue,
+                           "STREAMS", self._backend.keys(q).history, start))
+            for q in queues
+        ]  # fmt: skip
+        replies = await self._backend.transport.pipeline(calls)
+        events: list[HistoryEvent] = []
+        entries = dropped = 0
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, BaseException):
+                if "NOGROUP" in str(reply):  # the stream was deleted by hand: group it again
+                    self._grouped.discard(queue)
+                    continue
+                raise reply
+            trimmed: list[bytes] = []
+            for entry_id, flat in _entries(reply, trimmed):
+                events += _events_of_entry(queue, entry_id, flat)
+                entries += 1
+            if trimmed:
+                # trimmed by the cap while pending (read, never stored): lost; acknowledged, so
+                # that re-reading the pending entries goes past them
+                log.error("history: %d events of queue %s were trimmed before being stored"
+                          " (the backlog passed the cap)", len(trimmed), queue)  # fmt: skip
+                key = self._backend.keys(queue).history
+                await self._backend.transport.execute(
+                    self._command(("XACK", key, GROUP, *trimmed), idempotent=True)
+                )
+                dropped += len(trimmed)
+        if entries:
+            self._per_entry = max(1.0, len(events) / entries)
+        if start == "0" and not events:
+            # the entries read before and never acknowledged are all stored (or were trimmed,
+            # and more may follow them): new ones now
+            self._pending_first = dropped > 0
+            return await self.read_history(count)
+        return events
+
+    def rewind(self) -> None:
+        self._pending_first = True
+
+    async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for e in events:
+            entry = f"{e.seq[0]}-{e.seq[1] // SEQ_SPREAD}"
+            ids = by_queue.setdefault(e.queue, [])
+            if not ids or ids[-1] != entry:
+                ids.append(entry)
+        calls = []
+        for queue, ids in by_queue.items():
+            key = self._backend.keys(queue).history
+            calls.append(self._command(("XACK", key, GROUP, *ids), idempotent=True))
+            calls.append(self._command(("XDEL", key, *ids), idempotent=True))
+        if calls:
+            for reply in await self._backend.transport.pipeline(calls):
+                if isinstance(reply, BaseException):
+                    raise reply
+
+    async def history_backlog(self) -> dict[str, int]:
+        queues = await self._backend.queues()
+        calls = [self._command(("XLEN", self._backend.keys(q).history), idempotent=True)
+                 for q in queues]  # fmt: skip
+        replies = await self._backend.transport.pipeline(calls) if calls else []
+        return {q: int(r) for q, r in zip(queues, replies, strict=True)
+                if not isinstance(r, BaseException)}  # fmt: skip
+
+
+class MemoryHistoryLog:
+    """The memory backend's history: per queue, the events not acknowledged yet, oldest first,
+    at most `cap` (the oldest beyond it are dropped, as XADD MAXLEN trims a stream)."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._queues: dict[str, OrderedDict[tuple[int, int], HistoryEvent]] = {}
+        self._last: tuple[int, int] = (0, 0)
+        #: per queue, the newest event read (the consumer group's last delivered id)
+        self._read: dict[str, tuple[int, int]] = {}
+
+    @property
+    def history_cap(self) -> int:
+        return self._cap
+
+    def add(self, event: HistoryEvent) -> None:
+        """Append `event` (its seq is replaced by the next one, as a stream entry id)."""
+        ms, n = self._last
+        seq = (event.at_ms, 0) if event.at_ms > ms else (ms, n + 1)
+        self._last = seq
+        log_ = self._queues.setdefault(event.queue, OrderedDict())
+        log_[seq] = attrs.evolve(event, seq=seq)
+        while len(log_) > self._cap:
+            log_.popitem(last=False)
+
+    async def read_history(self, count: int) -> list[HistoryEvent]:
+        events: list[HistoryEvent] = []
+        for queue, log_ in self._queues.items():
+            after = self._read.get(queue, (-1, 0))
+            for seq, event in log_.items():
+                if len(events) >= count:
+                    return events
+                if seq > after:
+                    events.append(event)
+                    self._read[queue] = seq
+        return events
+
+    def rewind(self) -> None:
+        self._read.clear()
+
+    async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
+        for e in events:
+            self._queues.get(e.queue, OrderedDict()).pop(e.seq, None)
+
+    async def history_backlog(self) -> dict[str, int]:
+        return {queue: len(log_) for queue, log_ in self._queues.items()}

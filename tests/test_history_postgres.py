@@ -1,0 +1,473 @@
+"""PostgresHistory on a throwaway database: the drainer stores every transition, replayed and
+reordered batches give the same rows, nothing is lost while PostgreSQL is down or its connection
+is killed mid-batch, search finds what was done, retention drops partitions; under asyncio and
+trio, from the memory and the Redis backend."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from strego.backends.memory import MemoryBackend
+from strego.backends.redis import RedisBackend
+from strego.errors import InvalidCursorError, InvalidTaskError, NaiveDatetimeError
+from strego.history import HistoryEvent, PostgresHistory, history_source
+from strego.history import schema as history_schema
+from strego.message import TaskMessage
+from strego.task import TaskState
+from tests.postgres_server import Cluster, session_admin_dsn, throwaway_cluster, throwaway_database
+from tests.runtime_support import eventually
+
+pytestmark = pytest.mark.anyio
+
+LEASE_MS = 30_000
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[str]:
+    with session_admin_dsn() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_admin: str) -> Iterator[str]:
+    with throwaway_database(pg_admin) as dsn:
+        yield dsn
+
+
+def _in_schema(dsn: str, name: str) -> str:
+    return f"{dsn}?options=-csearch_path%3D{name}"
+
+
+@pytest.fixture
+def pg_dsn(pg_database: str) -> Iterator[str]:
+    """The session database, seen through a schema of this test's own (dropped after it)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield _in_schema(pg_database, name)
+    finally:
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@pytest.fixture
+async def history(pg_dsn: str) -> AsyncIterator[PostgresHistory]:
+    h = PostgresHistory(pg_dsn)
+    yield h
+    await h.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def hbackend(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A backend with history on: memory, or Redis over the anyio transport."""
+    if request.param == "memory":
+        backend: Any = MemoryBackend(history=True)
+    else:
+        url = request.getfixturevalue("redis_url")
+        backend = RedisBackend.from_url(url, prefix=f"h{uuid.uuid4().hex[:10]}", history=True)
+    yield backend
+    await backend.aclose()
+
+
+def message(
+    task_id: str,
+    *,
+    queue: str = "q",
+    type: str = "email.send",
+    payload: bytes = b"{}",
+    labels: dict[str, str] | None = None,
+) -> TaskMessage:
+    return TaskMessage(
+        id=task_id, type=type, queue=queue, payload=payload, encoding="json",
+        labels=labels or {}, max_retry=1, created_ms=0,
+    )  # fmt: skip
+
+
+async def run_story(b: Any) -> None:
+    """Tasks through every transition: o completes after a retry, d dies, c is cancelled, x
+    deleted, r released then completed."""
+    await b.enqueue(message("o", payload=b'{"order": 1234}', labels={"order": "1234"}))
+    await b.enqueue(message("d", type="report.build"))
+    await b.enqueue(message("c"))
+    await b.enqueue(message("x"))
+    await b.enqueue(message("r", queue="other"))
+    assert await b.cancel("c", "q")
+    assert await b.delete("x", "q")
+    [o] = await b.fetch(["q"], 1, "w1", lease_ms=LEASE_MS)
+    assert o.id == "o"
+    assert await b.fail("q", "o", "w1", "SMTP 451", retry_in_ms=0) == TaskState.RETRY
+    await eventually(lambda: _promoted(b), "o due again")
+    await b.fetch(["q"], 2, "w2", lease_ms=LEASE_MS)
+    assert await b.ack("q", "o", "w2")
+    assert await b.fail("q", "d", "w2", "no such report", retry_in_ms=None) == TaskState.DEAD
+    await b.fetch(["other"], 1, "w3", lease_ms=LEASE_MS)
+    assert await b.release("other", ["r"], "w3") == 1
+    await b.fetch(["other"], 1, "w4", lease_ms=LEASE_MS)
+    assert await b.ack("other", "r", "w4")
+
+
+async def _promoted(b: Any) -> bool:
+    await b.promote(["q"])
+    info = await b.get_task("o", "q")
+    return bool(info and info.state == TaskState.PENDING)
+
+
+async def test_the_drainer_stores_every_transition(hbackend: Any, history: PostgresHistory) -> None:
+    await run_story(hbackend)
+    await history.drain(hbackend, until_idle=True)
+    assert history.stats.lag == 0 and history.stats.stored > 0
+    story = await history.task("o")
+    assert story is not None
+    assert [e.state for e in story.events] == [
+        "pending", "active", "retry", "pending", "active", "completed",
+    ]  # fmt: skip
+    assert story.events[2].error == "SMTP 451"
+    assert [e.consumer for e in story.events if e.state == "active"] == ["w1", "w2"]
+    t = story.task
+    assert (t.state, t.type, t.queue, t.labels) == (
+        "completed",
+        "email.send",
+        "q",
+        {"order": "1234"},
+    )
+    assert t.payload == b'{"order": 1234}' and t.last_error == "SMTP 451" and t.retried == 1
+    expected = {"d": "dead", "c": "cancelled", "x": "deleted", "r": "completed"}
+    for task_id, state in expected.items():
+        found = await history.task(task_id)
+        assert found is not None and found.task.state == state, task_id
+    released = await history.task("r")
+    assert released is not None
+    assert [e.state for e in released.events] == ["pending", "active", "pending", "active",
+                                                  "completed"]  # fmt: skip
+    # everything stored was acknowledged: the backlog is empty
+    assert sum((await history_source(hbackend).history_backlog()).values()) == 0
+    assert await history.task("nope") is None
+
+
+async def _rows(dsn: str) -> tuple[list[Any], list[Any]]:
+    def read() -> tuple[list[Any], list[Any]]:
+        with psycopg.connect(dsn) as conn:
+            tasks = conn.execute(
+                "SELECT id, created_at, queue, type, state, labels, payload, encoding,"
+                " enqueued_at, retried, last_error, consumer, updated_at, seq_ms, seq_n,"
+                " error_seq_ms, error_seq_n, words::text FROM strego_tasks ORDER BY id"
+            ).fetchall()
+            events = conn.execute(
+                "SELECT * FROM strego_events ORDER BY queue, seq_ms, seq_n"
+            ).fetchall()
+            return tasks, events
+
+    return await anyio.to_thread.run_sync(read)
+
+
+async def test_replayed_and_reordered_batches_give_the_same_rows(
+    pg_database: str, pg_dsn: str
+) -> None:
+    backend = MemoryBackend(history=True)
+    await run_story(backend)
+    events = await history_source(backend).read_history(10_000)
+    assert len(events) == 18
+    in_order = PostgresHistory(pg_dsn)
+    await in_order.store(events)
+    expected = await _rows(pg_dsn)
+    await in_order.aclose()
+    rng = random.Random(20)
+    for attempt in range(3):
+        name = f"r_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        dsn = _in_schema(pg_database, name)
+        shuffled = PostgresHistory(dsn)
+        try:
+            order = events[:]
+            rng.shuffle(order)
+            # batches of random sizes, in random order, some stored twice
+            i = 0
+            while i < len(order):
+                n = rng.randint(1, 7)
+                await shuffled.store(order[i : i + n])
+                if rng.random() < 0.3:
+                    await shuffled.store(order[i : i + n])
+                i += n
+            if attempt == 0:
+                await shuffled.store(events)  # the whole replay on top
+            assert await _rows(dsn) == expected
+        finally:
+            await shuffled.aclose()
+            with psycopg.connect(pg_database, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+async def test_search_finds_what_was_done(hbackend: Any, history: PostgresHistory) -> None:
+    await run_story(hbackend)
+    for i in range(12):
+        await hbackend.enqueue(message(f"bulk{i:02}", type="bulk.job", labels={"batch": "b1"}))
+    await history.drain(hbackend, until_idle=True)
+
+    def ids(page: Any) -> set[str]:
+        return {t.id for t in page.tasks}
+
+    assert ids(await history.search(state="dead")) == {"d"}
+    assert ids(await history.search(type="email.send", state="completed")) == {"o", "r"}
+    assert ids(await history.search(queue="q", type="email.send", state="completed")) == {"o"}
+    assert ids(await history.search(queue="other")) == {"r"}
+    assert ids(await history.search(label="order=1234")) == {"o"}
+    assert ids(await history.search(label={"batch": "b1"}, limit=100)) == {
+        f"bulk{i:02}" for i in range(12)
+    }
+    assert ids(await history.search(text="1234")) == {"o"}
+    assert ids(await history.search(text="report")) == {"d"}
+    assert ids(await history.search(text="bulk07")) == {"bulk07"}
+    # created_ms 0 in the messages: the ids (not strego's) carry no time, so time filters see
+    # them at 1970-01-01
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert len((await history.search(since=epoch, until=epoch + timedelta(days=1),
+                                      limit=100)).tasks) == 17  # fmt: skip
+    assert (await history.search(since=datetime.now(UTC))).tasks == []
+    # pages by cursor, newest first, nothing twice
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await history.search(type="bulk.job", limit=5, cursor=cursor)
+        seen += [t.id for t in page.tasks]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == sorted(seen, reverse=True) and len(seen) == 12 == len(set(seen))
+
+
+async def test_search_refuses_bad_input(history: PostgresHistory) -> None:
+    with pytest.raises(InvalidTaskError):
+        await history.search(limit=0)
+    with pytest.raises(InvalidTaskError):
+        await history.search(state="sleeping")
+    with pytest.raises(InvalidTaskError):
+        await history.search(label="no-equals")
+    with pytest.raises(NaiveDatetimeError):
+        await history.search(since=datetime(2026, 1, 1))
+    with pytest.raises(InvalidCursorError):
+        await history.search(cursor="!!")
+
+
+def _event(queue: str, seq: int, task_id: str, day: date, state: str = "pending") -> HistoryEvent:
+    at = int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp() * 1000)
+    return HistoryEvent(queue, (at, seq), task_id, state, at, type="t" if seq == 0 else None)
+
+
+async def test_retention_drops_old_partitions(history: PostgresHistory, pg_dsn: str) -> None:
+    from strego.ids import new_task_id
+
+    old, new = date(2026, 1, 1), date(2026, 3, 1)
+    old_id = new_task_id(int(datetime(2026, 1, 1, 12, tzinfo=UTC).timestamp() * 1000))
+    new_id = new_task_id(int(datetime(2026, 3, 1, 12, tzinfo=UTC).timestamp() * 1000))
+    await history.store([
+        _event("q", 0, old_id, old), _event("q", 1, old_id, old, "active"),
+        _event("q", 0, new_id, new), _event("q", 0, "no-time-in-this-id", old),
+    ])  # fmt: skip
+    dropped = await history.drop_partitions(datetime(2026, 2, 1, tzinfo=UTC))
+    assert sorted(dropped) == ["strego_events_p20260101", "strego_tasks_p20260101"]
+    assert await history.task(old_id) is None
+    kept = await history.task(new_id)
+    assert kept is not None and len(kept.events) == 1
+    # text search finds a task by its id (its time says where to look)
+    assert [t.id for t in (await history.search(text=new_id)).tasks] == [new_id]
+    # a task whose id has no time lives under 1970-01-01, which retention keeps
+    assert await history.task("no-time-in-this-id") is not None
+
+    def parts() -> dict[str, list[date]]:
+        with psycopg.connect(pg_dsn) as conn:
+            return history_schema.partitions(conn)
+
+    found = await anyio.to_thread.run_sync(parts)
+    assert found["strego_events"] == [new]
+    assert found["strego_tasks"] == [date(1970, 1, 1), new]
+
+
+async def test_migrations_give_the_fresh_schema(pg_database: str) -> None:
+    catalog = """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT c.relname, pg_get_indexdef(i.indexrelid), '', i.indisprimary, 0
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()
+        UNION ALL
+        SELECT c.relname, pg_get_partkeydef(c.oid), '', true, -1
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND c.relkind = 'p'
+        ORDER BY 1, 2
+    """
+
+    def build(fresh: bool) -> list[Any]:
+        name = f"m_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+            conn.execute(f"SET search_path = {name}")
+            try:
+                assert history_schema.migrate(conn, fresh=fresh) == 0
+                assert history_schema.current_version(conn) == history_schema.VERSION
+                rows = conn.execute(catalog).fetchall()
+                # schema names differ: compare the definitions without them
+                return [tuple(str(v).replace(name + ".", "") for v in r) for r in rows]
+            finally:
+                conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+    fresh, stepped = await anyio.to_thread.run_sync(build, True), None
+    stepped = await anyio.to_thread.run_sync(build, False)
+    assert fresh == stepped
+    assert any("strego_tasks_words" in str(r) for r in fresh)
+
+
+async def _terminate(dsn: str) -> int:
+    def kill() -> int:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name = 'strego-history'"
+            ).fetchall()
+            return len(rows)
+
+    return await anyio.to_thread.run_sync(kill)
+
+
+async def _count_events(dsn: str) -> int:
+    def count() -> int:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM strego_events").fetchone()
+            return int(row[0]) if row else 0
+
+    return await anyio.to_thread.run_sync(count)
+
+
+async def _work(backend: Any, n: int, prefix: str) -> int:
+    """Enqueue n tasks and complete them; returns the events that makes (3 per task)."""
+    await backend.enqueue_many([message(f"{prefix}{i:04}") for i in range(n)])
+    done = 0
+    while done < n:
+        tasks = await backend.fetch(["q"], 50, "w", lease_ms=LEASE_MS)
+        for t in tasks:
+            assert await backend.ack("q", t.id, "w")
+        done += len(tasks)
+    return 3 * n
+
+
+async def test_killing_the_connection_mid_batch_loses_nothing(
+    hbackend: Any, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    history = PostgresHistory(pg_dsn)
+    await history.migrate()
+    expected = 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: history.drain(hbackend, batch=40, retry_s=0.05, poll_s=0.01))
+        for round_ in range(6):
+            expected += await _work(hbackend, 60, f"k{round_}-")
+            await eventually(lambda: history.stats.stored > 0, "a first batch stored")
+            await _terminate(pg_dsn)
+        await eventually(lambda: _all_stored(pg_dsn, expected), "every event stored")
+        tg.cancel_scope.cancel()
+    await history.aclose()
+    assert await _count_events(pg_dsn) == expected
+    assert history.stats.failures > 0, "a connection was killed under the drainer"
+    assert any("PostgreSQL failed" in r.message for r in caplog.records)
+
+
+async def _all_stored(dsn: str, expected: int) -> bool:
+    return await _count_events(dsn) == expected
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL of this module's own, which the test may stop and start."""
+    with throwaway_cluster() as c:
+        yield c
+
+
+async def test_postgres_stopped_and_restarted_mid_run_loses_nothing(
+    hbackend: Any, cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "strego.history")
+    with throwaway_database(cluster.dsn) as dsn:
+        history = PostgresHistory(dsn, connect_timeout=2)
+        await history.migrate()
+        expected = 0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: history.drain(
+                    hbackend, batch=100, retry_s=0.05, poll_s=0.01, lag_every_s=0.05
+                )
+            )
+            expected += await _work(hbackend, 100, "a")
+            await eventually(lambda: _all_stored(dsn, expected), "first events stored")
+            await anyio.to_thread.run_sync(cluster.stop)
+            try:
+                expected += await _work(hbackend, 200, "b")  # while PostgreSQL is down
+                await eventually(lambda: history.stats.failures > 0, "the drainer failing")
+                await eventually(lambda: history.stats.lag >= 200, "the lag seen")
+            finally:
+                await anyio.to_thread.run_sync(cluster.start)
+            expected += await _work(hbackend, 50, "c")
+            await eventually(lambda: _all_stored(dsn, expected), "every event stored")
+            await eventually(lambda: history.stats.lag == 0, "no lag left")
+            tg.cancel_scope.cancel()
+        await history.aclose()
+        assert any("PostgreSQL is back" in r.message for r in caplog.records)
+
+
+async def test_a_backlog_near_the_cap_warns(caplog: pytest.LogCaptureFixture) -> None:
+    from tests.redis_server import free_port
+
+    backend = MemoryBackend(history=True, history_cap=100)
+    await backend.enqueue_many([message(f"t{i:03}") for i in range(90)])
+    # nothing listens there: every batch fails, and the backlog stays
+    history = PostgresHistory(f"postgresql://postgres@127.0.0.1:{free_port()}/x", connect_timeout=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: history.drain(backend, retry_s=0.01, lag_every_s=0.01))
+        await eventually(
+            lambda: any("near the cap" in r.message and r.levelno == logging.WARNING
+                        for r in caplog.records),
+            "the warning",
+        )  # fmt: skip
+        tg.cancel_scope.cancel()
+    assert history.stats.lag == 90
+    assert await history_source(backend).history_backlog() == {"q": 90}
+
+
+async def test_the_history_command_drains_a_redis(
+    redis_url: str, pg_dsn: str, anyio_backend: Any
+) -> None:
+    import sys
+
+    prefix = f"c{uuid.uuid4().hex[:10]}"
+    backend = RedisBackend.from_url(redis_url, prefix=prefix, history=True)
+    try:
+        expected = await _work(backend, 30, "cli")
+    finally:
+        await backend.aclose()
+    loop = ["--trio"] if anyio_backend[0] == "trio" else []
+    done = await anyio.run_process(
+        [sys.executable, "-m", "strego.cli", "history", "--redis", redis_url, "--postgres",
+         pg_dsn, "--prefix", prefix, "--until-idle", *loop],
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert await _count_events(pg_dsn) == expected
+    bad = await anyio.run_process(
+        [sys.executable, "-m", "strego.cli", "history", "--redis", redis_url, "--postgres",
+         "postgresql://postgres@127.0.0.1:1/none", "--until-idle"],
+        check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert b"strego history: OperationalError" in bad.stderr
