@@ -250,3 +250,22 @@ def test_definitions_are_checked_when_built() -> None:
         attrs.evolve(good, template=attrs.evolve(good.template, unique_key="k", unique_ttl_ms=1))
     with pytest.raises(InvalidScheduleError):
         attrs.evolve(good, template=attrs.evolve(good.template, process_in_ms=5))
+
+
+async def test_the_tick_task_keeps_the_templates_result_ttl_and_headers(
+    backend: Backend, clock: FakeClock
+) -> None:
+    tick = clock() + SECOND
+    d = definition()
+    template = attrs.evolve(d.template, result_ttl_ms=0, headers={"traceparent": "00-ab-cd-01"})
+    first = await backend.put_schedule(attrs.evolve(d, template=template), tick)
+    assert (await stored(backend)) is not None
+    assert (await stored(backend)).definition.template == template  # type: ignore[union-attr]
+    clock.advance(SECOND)
+    assert await backend.fire_schedule(first, tick, tick + SECOND) is FireResult.FIRED
+    info = await backend.get_task(first.last_task_id or f"s:{tick}")
+    assert info is not None
+    assert (info.result_ttl_ms, info.headers) == (0, {"traceparent": "00-ab-cd-01"})
+    # a change of the result_ttl alone is a changed definition
+    again = attrs.evolve(d, template=attrs.evolve(template, result_ttl_ms=5000))
+    assert (await backend.put_schedule(again, tick + SECOND)).revision == 2

@@ -61,8 +61,17 @@ class Periodic:
         listing = await self.backend.list_schedules()
         now = listing.now_ms
         wait = self.max_sleep
+        failed: Exception | None = None
         for schedule in listing.schedules:
-            wait = min(wait, await self._fire(schedule, now))
+            try:
+                wait = min(wait, await self._fire(schedule, now))
+            except Exception as exc:
+                # one schedule's failure (its queue's keys foreign, say) must not stop the
+                # others' ticks: the rest fire, then the loop reports it and retries
+                log.warning("schedule %s: firing failed: %s", schedule.id, exc)
+                failed = exc
+        if failed is not None:
+            raise failed
         return max(0.0, wait)
 
     async def _fire(self, schedule: ScheduleInfo, now: int) -> float:

@@ -16,9 +16,9 @@
 
 - `BackendCollector`: what the backend holds, read at scrape time with bounded cost:
   ``strego_queue_tasks{queue,state}``, ``strego_queue_paused{queue}``,
-  ``strego_queue_oldest_pending_age_seconds{queue}`` (age of the next task to run, since its
-  creation), ``strego_queue_ended_per_minute{queue,state}`` (tasks completed, dead or cancelled
-  in the last minute), and
+  ``strego_queue_oldest_pending_age_seconds{queue}`` (how long the oldest pending task has
+  waited since it became pending), ``strego_queue_ended_per_minute{queue,state}`` (tasks
+  completed, dead or cancelled in the last minute), and
   ``strego_collector_queues`` (queues known). One scrape lists the queues and reads at most
   `max_queues` of them (the least recently read first, so every queue is covered within
   ``ceil(queues / max_queues)`` scrapes; the others show their last reading); a scrape within
@@ -210,6 +210,8 @@ class BackendCollector:
         #: queue -> its last reading
         self._readings: dict[str, _Reading] = {}
         self._known = 0
+        #: when each queue was last tried (read or failed): the order queues are read in
+        self._tried: dict[str, float] = {}
 
     async def refresh(self) -> None:
         """Read the backend unless a reading younger than `max_age` exists; concurrent callers
@@ -229,13 +231,21 @@ class BackendCollector:
         names = self.queues if self.queues is not None else await self.backend.queues()
         self._known = len(names)
         listed = set(names)
-        for gone in [q for q in self._readings if q not in listed]:
-            del self._readings[gone]
-        # never read first, then the least recently read
-        chosen = sorted(names, key=lambda q: r.at if (r := self._readings.get(q)) else -math.inf)
+        for gone in [q for q in self._tried if q not in listed]:
+            del self._tried[gone]
+            self._readings.pop(gone, None)
+        # never tried first, then the least recently tried
+        chosen = sorted(names, key=lambda q: self._tried.get(q, -math.inf))
         now = anyio.current_time()
         for queue in chosen[: self.max_queues]:
-            info = await self.backend.queue_info(queue)
+            # tried, read or not: a queue that cannot be read (its keys foreign, say) goes to
+            # the back, and the others are still read; it keeps its last reading
+            self._tried[queue] = now
+            try:
+                info = await self.backend.queue_info(queue)
+            except Exception as exc:
+                log.warning("reading the metrics of queue %s failed: %s", queue, exc)
+                continue
             # by the backend's clock, from when the task last became pending
             age_ms = info.oldest_pending_age_ms
             oldest = None if age_ms is None else age_ms / 1000

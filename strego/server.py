@@ -604,10 +604,13 @@ class Server(TaskExecution):
             self._in_threads.discard(key)
         if self._cancel_requested and key in self._cancel_requested:
             # the handler ended before the request stopped it (a sync one in its thread): the
-            # backend ends it cancelled all the same, as the request came first
-            await self._end_cancelled(info)
-            if hooked is not None:
-                await self.middleware.end_attempt(hooked, Outcome.CANCELLED, None)
+            # backend ends it cancelled all the same, as the request came first. Shielded: the
+            # request cancelled the runner's scope, which a handler waiting on a thread (a
+            # shielded call) outlives, so the scope is still cancelled here
+            with anyio.move_on_after(SHUTDOWN_CALL_TIMEOUT, shield=True):
+                await self._end_cancelled(info)
+                if hooked is not None:
+                    await self.middleware.end_attempt(hooked, Outcome.CANCELLED, None)
             return
         if failure is None:
             if debug:

@@ -218,6 +218,32 @@ async def test_a_later_definition_replaces_the_stored_one_from_now() -> None:
     assert info.next_ms == ms("2026-05-01 10:05", "UTC")
 
 
+class _OneQueueBroken(MemoryBackend):
+    """fire_schedule fails for the schedules of one queue (its keys foreign, say)."""
+
+    async def fire_schedule(self, schedule, tick_ms, next_ms, *, enqueue=True):  # type: ignore[no-untyped-def]
+        if schedule.queue == "broken":
+            raise RuntimeError("this queue's keys are not ours")
+        return await super().fire_schedule(schedule, tick_ms, next_ms, enqueue=enqueue)
+
+
+async def test_one_failing_schedule_does_not_stop_the_others() -> None:
+    clock = FakeClock(ms("2026-05-01 10:00:30", "UTC"))
+    backend = _OneQueueBroken(clock=clock)
+    server = strego.Server(backend)
+    every_minute = timedelta(minutes=1)
+    broken = server.cron(every_minute, strego.Task("tick", queue="broken"), id="a")
+    fine = server.cron(every_minute, strego.Task("tick"), id="b")
+    periodic = Periodic(backend, [broken, fine], max_sleep=3600.0)
+    await periodic.put_definitions()
+    clock.advance(60_000)
+    with pytest.raises(RuntimeError):  # reported to the loop, which logs it and retries
+        await periodic.fire_due()
+    # "a" sorts first and fails: "b" fired all the same
+    [task] = (await backend.list_tasks("default", TaskState.PENDING)).tasks
+    assert task.id == f"b:{ms('2026-05-01 10:01', 'UTC')}"
+
+
 def test_server_cron_refuses_invalid_input_before_writing() -> None:
     backend = MemoryBackend()
     server = strego.Server(backend)

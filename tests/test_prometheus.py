@@ -221,6 +221,33 @@ async def test_collector_reads_at_most_max_queues_and_covers_all(anyio_backend: 
     assert total(found, "strego_collector_queues") == 25
 
 
+class OneQueueUnreadable(MemoryBackend):
+    """queue_info of queue "aaa" fails (its keys foreign, say)."""
+
+    async def queue_info(self, queue: str) -> Any:
+        if queue == "aaa":
+            raise RuntimeError("not our keys")
+        return await super().queue_info(queue)
+
+
+@pytest.mark.anyio
+async def test_an_unreadable_queue_does_not_freeze_the_others(anyio_backend: Any) -> None:
+    backend = OneQueueUnreadable()
+    client = strego.Client(backend)
+    for q in ("aaa", "b", "c"):
+        await client.enqueue(strego.Task("t", queue=q))
+    collector = BackendCollector(backend, max_queues=2, max_age=0)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    await collector.refresh()  # aaa (fails) and b
+    await client.enqueue(strego.Task("t", queue="b"))
+    await collector.refresh()  # c and b again: aaa went to the back
+    await collector.refresh()  # aaa fails again, then b or c
+    found = samples(registry_text(registry))
+    assert total(found, "strego_queue_tasks", queue="c", state="pending") == 1
+    assert total(found, "strego_queue_tasks", queue="b", state="pending") == 2
+
+
 @pytest.mark.redis
 @pytest.mark.anyio
 async def test_collector_redis_cost_is_bounded_with_1000_queues(

@@ -147,3 +147,19 @@ async def test_an_injected_clock_behind_the_stream_still_pushes(
     got = await backend.fetch(["q"], 2, "c1", lease_ms=LEASE_MS)
     assert [t.id for t in got] == ["real", "fake"]
     assert (await backend.queue_info("q")).oldest_pending_age_ms is None
+
+
+async def test_a_foreign_task_history_stream_does_not_break_a_transition(client: Any) -> None:
+    """With history on, the events stream holding another type loses the events, never the
+    transitions (which have written by the time the XADD runs)."""
+    backend = RedisBackend(client, prefix=f"t{uuid.uuid4().hex[:12]}", history=True)
+    try:
+        stream = backend.keys("q").history
+        await client.set(stream, "someone else's")
+        await backend.enqueue(message("a"))
+        [got] = await backend.fetch(["q"], 1, "c1", lease_ms=LEASE_MS)
+        assert await backend.ack("q", got.id, "c1")
+        assert (await backend.get_task("a", "q")).state == TaskState.COMPLETED  # type: ignore[union-attr]
+        assert await client.get(stream) == b"someone else's"
+    finally:
+        await backend.aclose()

@@ -17,7 +17,7 @@ from strego.backends.memory import MemoryBackend
 from strego.backends.watch import Watch
 from strego.clock import wall_clock_ms
 from strego.task import TaskState
-from tests.runtime_support import backend, make_server, wait_for_state
+from tests.runtime_support import backend, eventually, make_server, wait_for_state
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
@@ -154,6 +154,38 @@ async def test_a_sync_handler_ends_cancelled_when_its_thread_returns(backend: Ba
         release.set()
         with pytest.raises(strego.TaskCancelledError):
             await client.result(a.id, timeout=20)
+
+
+@EVERY
+async def test_an_async_handler_waiting_on_a_thread_ends_cancelled(backend: Backend) -> None:
+    """The request cancels the runner's scope while the handler waits on a thread (a shielded
+    call): the handler returns, and the task must still end cancelled from that cancelled
+    scope, not stay active with nobody holding it."""
+    client = strego.Client(backend)
+    server = _server(backend)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def work() -> int:
+        entered.set()
+        release.wait(20)
+        return 1
+
+    @server.handler("offload")
+    async def offload(task: strego.Task) -> int:
+        return await anyio.to_thread.run_sync(work)
+
+    async with server:
+        a = await client.enqueue(strego.Task("offload"))
+        await anyio.to_thread.run_sync(entered.wait, 20)
+        assert await client.cancel(a.id) is True
+        # the server took the request (and cancelled the runner's scope) while the thread runs
+        await eventually(lambda: bool(server._cancel_requested), "the server saw the request")
+        release.set()
+        with pytest.raises(strego.TaskCancelledError):
+            await client.result(a.id, timeout=20)
+        info = await client.get_task(a.id)
+        assert info is not None and info.state is TaskState.CANCELLED
 
 
 class _DeafMemory(MemoryBackend):

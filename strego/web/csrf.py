@@ -5,7 +5,7 @@ can neither read the token nor set the header on a form post, so it cannot forge
 
 A request that no browser sent (no Origin, no Sec-Fetch-Site, no Cookie: a script with curl or
 httpx) needs no token: a forged request always comes from a browser, which sends at least one of
-these on a POST or DELETE. The Origin check (another origin gets 403) applies to every request."""
+these on a POST or DELETE. The Origin check (another origin gets 403) applies to every mutation."""
 
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ import base64
 import json
 from typing import Any
 
+import attrs
+
 from strego.backends.base import FireResult, ScheduleDefinition, ScheduleInfo, ScheduleList
 from strego.backends.redis.core import _pairs, _str, log
 from strego.backends.redis.fetching import Fetching
@@ -30,8 +32,15 @@ def encode_definition(d: ScheduleDefinition) -> bytes:
     """The stored definition: JSON with sorted keys, so one definition is always the same bytes
     (put_schedule compares them to tell a changed schedule)."""
     m = d.template
+    # fields added since v1 are written only when set: a definition without them keeps its bytes
+    optional: dict[str, object] = {}
+    if m.result_ttl_ms is not None:
+        optional["result_ttl_ms"] = m.result_ttl_ms
+    if m.headers:
+        optional["headers"] = m.headers
     return json.dumps(
         {
+            **optional,
             "v": 1,
             "spec": d.spec,
             "tz": d.tz,
@@ -63,6 +72,8 @@ def decode_definition(schedule_id: str, raw: bytes) -> ScheduleDefinition:
             priority=f["priority"],
             timeout_ms=f["timeout_ms"],
             labels=f["labels"],
+            result_ttl_ms=f.get("result_ttl_ms"),
+            headers=f.get("headers", {}),
         )
         return ScheduleDefinition(
             schedule_id, f["spec"], f["tz"], check_catchup(f["catchup"]), template
@@ -168,18 +179,8 @@ class Schedules(Fetching):
         task_id = tick_task_id(schedule.id, tick_ms) if enqueue else ""
         envelope = b""
         if enqueue:
-            message = TaskMessage(
-                id=task_id,
-                type=template.type,
-                queue=queue,
-                payload=template.payload,
-                encoding=template.encoding,
-                max_retry=template.max_retry,
-                priority=template.priority,
-                timeout_ms=template.timeout_ms,
-                labels=template.labels,
-                created_ms=tick_ms,
-            )
+            # the template whole (its result_ttl and headers too), as the tick's task
+            message = attrs.evolve(template, id=task_id, queue=queue, created_ms=tick_ms)
             envelope = encode_envelope(message)
         args = (
             self._now(), self.group, schedule.id, schedule.revision, schedule.next_ms,

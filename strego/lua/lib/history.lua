@@ -10,12 +10,14 @@
 -- (ms-seq, increasing per stream) orders a queue's events. The code is kept short: it is in the
 -- biggest script, enqueue, which must stay under 16 KB. lib/history_ids.lua has the batch helper.
 
+-- A history key of another type must not break the transition, which has written already:
+-- the event is lost (pcall), never the task's state, as lib/minutes.lua does for its counts.
 -- One entry for the tasks of `pairs` {id, envelope or '', ...}, 500 tasks per XADD at most
 -- (Lua's unpack has a stack limit).
 local function history_pairs(state, now, pairs, retried, err, consumer)
   if not HISTORY then return end
   for i = 1, #pairs, 1000 do
-    redis.call('XADD', HISTORY.key, 'MAXLEN', '~', HISTORY.cap, '*', 's', state, 't', now, 'r',
+    redis.pcall('XADD', HISTORY.key, 'MAXLEN', '~', HISTORY.cap, '*', 's', state, 't', now, 'r',
       retried or '', 'e', err or '', 'c', consumer or '', unpack(pairs, i, math.min(#pairs, i + 999)))
   end
 end
