@@ -48,6 +48,8 @@ class RedisBackend(Fetching):
         clock: Clock | None = None,
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 7 * 86_400_000,
+        durable: bool = False,
+        durable_timeout_ms: int = 1000,
     ) -> None:
         if hasattr(client_or_transport, "run_script"):
             self.transport: Transport = cast("Transport", client_or_transport)
@@ -68,6 +70,11 @@ class RedisBackend(Fetching):
         self._time_measured = float("-inf")
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
+        if durable_timeout_ms < 1:
+            raise ValueError("durable_timeout_ms must be at least 1 (WAIT 0 waits forever)")
+        #: an enqueue returns only once a replica has its tasks (docs/deploy.md)
+        self.durable = durable
+        self.durable_timeout_ms = durable_timeout_ms
         self._keys: dict[str, Keys] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing
@@ -90,12 +97,19 @@ class RedisBackend(Fetching):
     ) -> RedisBackend:
         """A backend for a redis://, rediss:// or unix:// URL over strego's anyio transport, which
         runs under asyncio and trio and pipelines concurrent calls (bench/bench_transport.py
-        measured it at least as fast as redis-py under asyncio). `transport_options` go to
-        `AnyioTransport`; `options` to the constructor. To use redis-py instead, pass a
+        measured it at least as fast as redis-py under asyncio); or for a redis+sentinel:// URL
+        (`SentinelTransport`, docs/deploy.md). The URL options durable=true and
+        durable_timeout_ms=N set `durable` and `durable_timeout_ms`. `transport_options` go to
+        the transport; `options` to the constructor. To use redis-py instead, pass a
         `redis.asyncio.Redis` to the constructor."""
         from strego.backends.redis.anyio_transport import AnyioTransport
+        from strego.backends.redis.sentinel import SentinelTransport, is_sentinel_url
+        from strego.backends.redis.url import backend_options
 
-        return cls(AnyioTransport.from_url(url, **(transport_options or {})), **options)
+        url, from_query = backend_options(url)
+        options = {**from_query, **options}
+        transport_class = SentinelTransport if is_sentinel_url(url) else AnyioTransport
+        return cls(transport_class.from_url(url, **(transport_options or {})), **options)
 
     async def aclose(self) -> None:
         """Close the transport; every call afterwards raises BackendClosedError."""
