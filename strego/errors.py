@@ -96,9 +96,9 @@ class BackendTimeoutError(BackendError, TimeoutError):
 
 
 class NotReplicatedError(BackendError):
-    """With durable enqueues: the master stored the tasks, but no replica confirmed them within
-    the timeout, so a failover now could lose them. They were not undone: they will run unless
-    the master is lost before it replicates them."""
+    """With durable enqueues: the master stored the tasks, but fewer replicas than asked for
+    confirmed them within the timeout, so a failover now could lose them. They were not undone:
+    they will run unless the master is lost before it replicates them."""
 
 
 class OutOfMemoryError(BackendError):

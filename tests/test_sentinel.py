@@ -48,9 +48,11 @@ class FakeSentinel:
                         )
                     elif name == b"SUBSCRIBE":
                         self.subscribers.append(stream)
-                        await stream.send(
-                            b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n"
-                        )
+                        for n, channel in enumerate(command[1:], 1):
+                            await stream.send(
+                                b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:%d\r\n"
+                                % (len(channel), channel, n)
+                            )
                     else:
                         await stream.send(b"+PONG\r\n")
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):

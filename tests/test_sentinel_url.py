@@ -71,10 +71,9 @@ def test_password_is_not_in_errors() -> None:
 
 def test_backend_options() -> None:
     assert backend_options("redis://h/0") == ("redis://h/0", {})
-    assert backend_options("redis://h/0?durable=true&durable_timeout_ms=250&db=1") == (
-        "redis://h/0?db=1",
-        {"durable": True, "durable_timeout_ms": 250},
-    )
+    assert backend_options(
+        "redis://h/0?durable=true&durable_timeout_ms=250&db=1&durable_replicas=2"
+    ) == ("redis://h/0?db=1", {"durable": True, "durable_timeout_ms": 250, "durable_replicas": 2})
     with pytest.raises(ValueError):
         backend_options("redis://h?durable=maybe")
     with pytest.raises(ValueError):
@@ -88,3 +87,5 @@ def test_from_url_picks_the_transport() -> None:
     assert not RedisBackend.from_url("redis://h/0").durable
     with pytest.raises(ValueError):
         RedisBackend.from_url("redis://h/0?durable=1&durable_timeout_ms=0")
+    with pytest.raises(ValueError):
+        RedisBackend.from_url("redis://h/0?durable=1&durable_replicas=0")

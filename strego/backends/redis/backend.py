@@ -50,6 +50,7 @@ class RedisBackend(Fetching):
         dead_ttl_ms: int = 7 * 86_400_000,
         durable: bool = False,
         durable_timeout_ms: int = 1000,
+        durable_replicas: int = 1,
     ) -> None:
         if hasattr(client_or_transport, "run_script"):
             self.transport: Transport = cast("Transport", client_or_transport)
@@ -72,9 +73,13 @@ class RedisBackend(Fetching):
         self.dead_ttl_ms = dead_ttl_ms
         if durable_timeout_ms < 1:
             raise ValueError("durable_timeout_ms must be at least 1 (WAIT 0 waits forever)")
-        #: an enqueue returns only once a replica has its tasks (docs/deploy.md)
+        if durable_replicas < 1:
+            raise ValueError("durable_replicas must be at least 1")
+        #: an enqueue returns only once `durable_replicas` replicas have its tasks, waiting up to
+        #: durable_timeout_ms (docs/deploy.md)
         self.durable = durable
         self.durable_timeout_ms = durable_timeout_ms
+        self.durable_replicas = durable_replicas
         self._keys: dict[str, Keys] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing
@@ -98,10 +103,10 @@ class RedisBackend(Fetching):
         """A backend for a redis://, rediss:// or unix:// URL over strego's anyio transport, which
         runs under asyncio and trio and pipelines concurrent calls (bench/bench_transport.py
         measured it at least as fast as redis-py under asyncio); or for a redis+sentinel:// URL
-        (`SentinelTransport`, docs/deploy.md). The URL options durable=true and
-        durable_timeout_ms=N set `durable` and `durable_timeout_ms`. `transport_options` go to
-        the transport; `options` to the constructor. To use redis-py instead, pass a
-        `redis.asyncio.Redis` to the constructor."""
+        (`SentinelTransport`, docs/deploy.md). The URL options durable=true,
+        durable_timeout_ms=N and durable_replicas=N set the constructor's options of those
+        names. `transport_options` go to the transport; `options` to the constructor. To use
+        redis-py instead, pass a `redis.asyncio.Redis` to the constructor."""
         from strego.backends.redis.anyio_transport import AnyioTransport
         from strego.backends.redis.sentinel import SentinelTransport, is_sentinel_url
         from strego.backends.redis.url import backend_options

@@ -54,9 +54,10 @@ class RedisCore:
     _time_offset_ms: float
     _time_measured: float
     completed_ttl_ms: int
-    #: wait for one replica (WAIT 1 durable_timeout_ms) before an enqueue returns
+    #: wait for replicas (WAIT durable_replicas durable_timeout_ms) before an enqueue returns
     durable: bool
     durable_timeout_ms: int
+    durable_replicas: int
     dead_ttl_ms: int
     _keys: dict[str, Keys]
     _registry: str

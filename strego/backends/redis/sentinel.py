@@ -15,8 +15,8 @@ How the master is found and followed:
   (SENTINEL GET-MASTER-ADDR-BY-NAME), and is used only if that server says ROLE master;
 - the address is asked again after any lost connection, after a reply READONLY, UNBLOCKED,
   LOADING or MASTERDOWN (a demoted master or a replica: the command did not run, so it is sent
-  again), and when the sentinel that answered publishes on +switch-master (a subscription checked
-  at every call, with no task of its own);
+  again), and when any sentinel publishes +switch-master or +failover-state-reconf-slaves (a
+  subscription to each sentinel, checked at every call, with no task of its own);
 - when the address changes, every pooled connection to the old master is closed at once.
 
 Scripts are not replicated: the new master answers NOSCRIPT, and the transport loads the script
@@ -52,6 +52,11 @@ log = logging.getLogger("strego.backends.redis")
 SENTINEL_PORT = 26379
 #: Replies of a server that is not the master (or is no longer it): the command did not run.
 REFUSED = ("READONLY", "UNBLOCKED", "LOADING", "MASTERDOWN")
+#: Sentinel events after which the master is asked for again: the leader of a failover publishes
+#: +failover-state-reconf-slaves as soon as the replica is promoted (its GET-MASTER-ADDR-BY-NAME
+#: names the new master from then on); the others publish +switch-master when they learn of it.
+WATCHED = ("+switch-master", "+failover-state-reconf-slaves")
+WATCH_CONNECT_S = 0.5
 _OPTIONS = {"sentinel_username", "sentinel_password", "failover_timeout"}
 
 
@@ -181,8 +186,8 @@ class SentinelTransport(AnyioTransport):
         self._stale = True
         self._discovery_lock: anyio.Lock | None = None
         self._discoveries = 0
-        # A connection to a sentinel subscribed to +switch-master.
-        self._watch: Connection | None = None
+        # Per sentinel, a connection subscribed to WATCHED.
+        self._watches: dict[tuple[str, int], Connection] = {}
         #: How many times the master's address changed.
         self.switches = 0
 
@@ -244,10 +249,10 @@ class SentinelTransport(AnyioTransport):
                 replies[position] = reply
 
     async def aclose(self) -> None:
-        watch, self._watch = self._watch, None
+        watches, self._watches = list(self._watches.values()), {}
         self._discovery_lock = None
         self._stale = True
-        if watch is not None:
+        for watch in watches:
             await watch.aclose()
         await super().aclose()
 
@@ -276,12 +281,20 @@ class SentinelTransport(AnyioTransport):
         self._stale = True
 
     async def _check_watch(self) -> None:
-        """Ask for the master again if the subscribed sentinel published (or hung up)."""
-        watch = self._watch
-        if watch is None or not watch.has_unread():
+        """Ask for the master again if a watched sentinel published (or hung up), that one
+        first: it knows the news."""
+        if not self._watches:
             return
-        self._watch = None
-        await watch.aclose()
+        fired = [sentinel for sentinel, watch in self._watches.items() if watch.has_unread()]
+        if not fired:
+            return
+        # Taken out before any await: concurrent calls see the same news and must not both act.
+        closing = [self._watches.pop(sentinel) for sentinel in fired]
+        for sentinel in fired:
+            self._sentinels.remove(sentinel)
+            self._sentinels.insert(0, sentinel)
+        for watch in closing:
+            await watch.aclose()
         self._stale = True
         try:
             await self._discover()
@@ -343,32 +356,48 @@ class SentinelTransport(AnyioTransport):
                     self.settings = settings
                 self._stale = False
                 self._discoveries += 1
+                await self._watch_all()
                 return
             raise BackendConnectionError(
                 f"no sentinel named the master of {self.sentinel.service!r}: " + "; ".join(errors)
             )
 
     async def _ask(self, host: str, port: int) -> tuple[str, int] | None:
-        """The master's address by one sentinel (None if it knows no such master). The
-        connection stays open, subscribed to +switch-master, if no other watch is open."""
+        """The master's address by one sentinel (None if it knows no such master)."""
         settings = self.sentinel.for_sentinel(host, port)
         conn = await open_connection(settings, self.stats, write_timeout=self._write_timeout)
-        keep = False
         try:
             ask = pack_command(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.sentinel.service))
             (reply,) = await conn.request(ask, 1)
-            if isinstance(reply, hiredis.ReplyError):
-                raise BackendError(f"{settings.describe()}: {reply}")
-            if reply is None:
-                return None
-            address = (reply[0].decode(), int(reply[1]))
-            if self._watch is None:
-                (subscribed,) = await conn.request(pack_command(("SUBSCRIBE", "+switch-master")), 1)
-                if not isinstance(subscribed, hiredis.ReplyError):
-                    self._watch, keep = conn, True
-            return address
         except ConnectionLost as lost:
             raise BackendConnectionError(f"{settings.describe()}: {lost}") from None
         finally:
-            if not keep:
+            await conn.aclose()
+        if isinstance(reply, hiredis.ReplyError):
+            raise BackendError(f"{settings.describe()}: {reply}")
+        if reply is None:
+            return None
+        return reply[0].decode(), int(reply[1])
+
+    async def _watch_all(self) -> None:
+        """Subscribe to WATCHED on every sentinel not watched yet (one that cannot be reached
+        within WATCH_CONNECT_S is tried again at the next discovery). Every sentinel, because
+        only the one leading a failover publishes its progress at once."""
+        for sentinel in self._sentinels:
+            if sentinel in self._watches:
+                continue
+            settings = attrs.evolve(
+                self.sentinel.for_sentinel(*sentinel), connect_timeout=WATCH_CONNECT_S
+            )
+            try:
+                conn = await open_connection(settings, self.stats)
+            except BackendError:
+                continue
+            try:
+                replies = await conn.request(pack_command(("SUBSCRIBE", *WATCHED)), len(WATCHED))
+            except ConnectionLost:
+                continue
+            if any(isinstance(reply, hiredis.ReplyError) for reply in replies):
                 await conn.aclose()
+                continue
+            self._watches[sentinel] = conn

@@ -123,19 +123,21 @@ class Transitions(Reads):
         """With `durable`, the WAIT that follows an enqueue's writes on the same connection."""
         if not self.durable:
             return []
-        return [Command(("WAIT", 1, self.durable_timeout_ms), idempotent=True)]
+        return [Command(("WAIT", self.durable_replicas, self.durable_timeout_ms), idempotent=True)]
 
     def _check_replicated(self, waited: list[Any], count: int) -> None:
-        """Raise NotReplicatedError unless the WAIT after an enqueue (if any) saw a replica."""
+        """Raise NotReplicatedError unless the WAIT after an enqueue (if any) saw enough
+        replicas."""
         if not waited:
             return
         (reply,) = waited
         if isinstance(reply, BaseException):
             raise NotReplicatedError(f"{count} task(s) stored, but WAIT failed: {reply}")
-        if int(reply) < 1:
+        if int(reply) < self.durable_replicas:
             raise NotReplicatedError(
-                f"{count} task(s) stored on the master, but no replica confirmed them within "
-                f"{self.durable_timeout_ms} ms: a failover now could lose them"
+                f"{count} task(s) stored on the master, but {reply} replica(s), not "
+                f"{self.durable_replicas}, confirmed them within {self.durable_timeout_ms} ms: "
+                "a failover now could lose them"
             )
 
     @staticmethod

@@ -128,11 +128,12 @@ def parse_url(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Connect
 
 
 #: URL options that configure RedisBackend rather than the connection.
-BACKEND_OPTIONS = {"durable", "durable_timeout_ms"}
+BACKEND_OPTIONS = {"durable", "durable_timeout_ms", "durable_replicas"}
 
 
 def backend_options(url: str) -> tuple[str, dict[str, Any]]:
-    """The URL without the RedisBackend options (durable=true|false, durable_timeout_ms=N), and
+    """The URL without the RedisBackend options (durable=true|false, durable_timeout_ms=N,
+    durable_replicas=N), and
     those options as constructor keywords. Raises ValueError on a bad value."""
     base, sep, query_text = url.partition("?")
     if not sep:
@@ -144,12 +145,13 @@ def backend_options(url: str) -> tuple[str, dict[str, Any]]:
         if text not in {"1", "true", "yes", "0", "false", "no"}:
             raise ValueError(f"durable must be true or false, not {text!r}")
         options["durable"] = text in {"1", "true", "yes"}
-    if "durable_timeout_ms" in query:
-        text = query.pop("durable_timeout_ms")[-1]
-        try:
-            options["durable_timeout_ms"] = int(text)
-        except ValueError:
-            raise ValueError(f"durable_timeout_ms must be an integer, not {text!r}") from None
+    for name in ("durable_timeout_ms", "durable_replicas"):
+        if name in query:
+            text = query.pop(name)[-1]
+            try:
+                options[name] = int(text)
+            except ValueError:
+                raise ValueError(f"{name} must be an integer, not {text!r}") from None
     rest = urlencode(query, doseq=True)
     return (f"{base}?{rest}" if rest else base), options
 
