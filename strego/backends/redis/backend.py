@@ -103,18 +103,25 @@ class RedisBackend(Fetching):
         """A backend for a redis://, rediss:// or unix:// URL over strego's anyio transport, which
         runs under asyncio and trio and pipelines concurrent calls (bench/bench_transport.py
         measured it at least as fast as redis-py under asyncio); or for a redis+sentinel:// URL
-        (`SentinelTransport`, docs/deploy.md). The URL options durable=true,
+        (`SentinelTransport`) or a redis+cluster:// URL (`ClusterTransport`): docs/deploy.md. The URL options durable=true,
         durable_timeout_ms=N and durable_replicas=N set the constructor's options of those
         names. `transport_options` go to the transport; `options` to the constructor. To use
         redis-py instead, pass a `redis.asyncio.Redis` to the constructor."""
         from strego.backends.redis.anyio_transport import AnyioTransport
+        from strego.backends.redis.cluster import ClusterTransport, is_cluster_url
         from strego.backends.redis.sentinel import SentinelTransport, is_sentinel_url
         from strego.backends.redis.url import backend_options
 
         url, from_query = backend_options(url)
         options = {**from_query, **options}
-        transport_class = SentinelTransport if is_sentinel_url(url) else AnyioTransport
-        return cls(transport_class.from_url(url, **(transport_options or {})), **options)
+        transport: Transport
+        if is_sentinel_url(url):
+            transport = SentinelTransport.from_url(url, **(transport_options or {}))
+        elif is_cluster_url(url):
+            transport = ClusterTransport.from_url(url, **(transport_options or {}))
+        else:
+            transport = AnyioTransport.from_url(url, **(transport_options or {}))
+        return cls(transport, **options)
 
     async def aclose(self) -> None:
         """Close the transport; every call afterwards raises BackendClosedError."""

@@ -326,7 +326,7 @@ class ClusterTransport:
             owner = self._slots[key_slot(keys[0])]
             if owner is not None:
                 return owner
-        if previous is not None:  # keyless (WAIT...): where the call before went
+        if previous is not None:  # keyless (WAIT...): where the last script went
             return previous
         return self._primaries[0] if self._primaries else self._seeds[0]
 
@@ -406,13 +406,16 @@ class ClusterTransport:
         for position in positions:
             call = calls[position]
             address = asking.get(position) or self._route(call, previous)
+            if isinstance(call, ScriptCall):
+                previous = address
             if scripts - {address}:
                 waves.append({})
                 scripts = set()
             waves[-1].setdefault(address, []).append(position)
             if isinstance(call, ScriptCall):
                 scripts.add(address)
-            previous = address
+            elif previous is None:
+                previous = address
         return waves
 
     async def _send_wave(
