@@ -87,6 +87,20 @@ class ClusterSetup:
             return repr(exc)
         return ""
 
+    def migrate_slot(self, slot: int, source: int, target: int, batch: int = 2) -> None:
+        """Move `slot` from primary `source` to primary `target` as redis-cli --cluster reshard
+        does: IMPORTING on the target, MIGRATING on the source, MIGRATE its keys a few at a time
+        (meanwhile, calls get ASK and TRYAGAIN), then give the slot to the target everywhere."""
+        src, dst = self.client(source), self.client(target)
+        src_id = src.execute_command("CLUSTER MYID")
+        dst_id = dst.execute_command("CLUSTER MYID")
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for client in [dst, src, *(self.client(p) for p in self.primaries())]:
+            client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+
     def stop(self) -> None:
         for s in self.servers:
             s.stop()

@@ -103,10 +103,11 @@ class RedisBackend(Fetching):
         """A backend for a redis://, rediss:// or unix:// URL over strego's anyio transport, which
         runs under asyncio and trio and pipelines concurrent calls (bench/bench_transport.py
         measured it at least as fast as redis-py under asyncio); or for a redis+sentinel:// URL
-        (`SentinelTransport`) or a redis+cluster:// URL (`ClusterTransport`): docs/deploy.md. The URL options durable=true,
-        durable_timeout_ms=N and durable_replicas=N set the constructor's options of those
-        names. `transport_options` go to the transport; `options` to the constructor. To use
-        redis-py instead, pass a `redis.asyncio.Redis` to the constructor."""
+        (`SentinelTransport`) or a redis+cluster:// URL (`ClusterTransport`): docs/deploy.md.
+        The URL options durable=true, durable_timeout_ms=N and durable_replicas=N set the
+        constructor's options of those names. `transport_options` go to the transport;
+        `options` to the constructor. To use redis-py instead, pass a `redis.asyncio.Redis` to
+        the constructor."""
         from strego.backends.redis.anyio_transport import AnyioTransport
         from strego.backends.redis.cluster import ClusterTransport, is_cluster_url
         from strego.backends.redis.sentinel import SentinelTransport, is_sentinel_url
