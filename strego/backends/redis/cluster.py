@@ -11,8 +11,9 @@ call keeps retrying while slots move or a primary is replaced.
   asked again on MOVED, on a connection failure, and every REFRESH_S seconds.
 - A call goes to the primary of its first key's slot (strego's scripts touch one queue, one hash
   tag: one slot). A pipeline is split per node, the parts sent at once, and the replies put back
-  in the caller's order. Order across nodes is kept where it matters: a call that follows a script
-  on another node waits for it (enqueue registers its queue after its script; docs/redis.md).
+  in the caller's order. Order across nodes is kept where it matters: a command that follows a
+  script on another node waits for it (enqueue registers its queue after its script;
+  docs/redis.md).
 - MOVED: the call goes to the named node, and the map is refreshed. ASK: it is sent once more to
   the named node after ASKING. TRYAGAIN and CLUSTERDOWN: sent again with backoff until
   cluster_timeout. A node that cannot be reached: the map is refreshed and the call sent again
@@ -398,8 +399,10 @@ class ClusterTransport:
     def _waves(
         self, calls: list[Call], positions: list[int], asking: dict[int, Address]
     ) -> list[dict[Address, list[int]]]:
-        """The positions grouped per node, in waves sent one after another: a call that follows
-        a script on another node goes in a later wave than that script."""
+        """The positions grouped per node, in waves sent one after another: a command that
+        follows a script on another node goes in a later wave than that script. (Scripts among
+        themselves need no order: the backend never pipelines scripts that depend on each other,
+        docs/redis.md, NOSCRIPT policy.)"""
         waves: list[dict[Address, list[int]]] = [{}]
         scripts: set[Address] = set()
         previous: Address | None = None
@@ -408,7 +411,7 @@ class ClusterTransport:
             address = asking.get(position) or self._route(call, previous)
             if isinstance(call, ScriptCall):
                 previous = address
-            if scripts - {address}:
+            if isinstance(call, Command) and scripts - {address}:
                 waves.append({})
                 scripts = set()
             waves[-1].setdefault(address, []).append(position)
