@@ -87,6 +87,26 @@ class ClusterSetup:
             return repr(exc)
         return ""
 
+    def wait_role(self, port: int, role: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.client(port).info("replication")["role"] != role:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{port} did not become {role} within {timeout}s")
+            time.sleep(0.02)
+
+    def blocked_clients(self, port: int) -> int:
+        return int(self.client(port).info("clients")["blocked_clients"])
+
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        """Wait until every primary's replica has acknowledged all its writes so far."""
+        deadline = time.monotonic() + timeout
+        for port in self.primaries():
+            target = self.client(port).info("replication")["master_repl_offset"]
+            while self.client(port).info("replication")["slave0"]["offset"] < target:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{port}'s replica did not catch up in {timeout}s")
+                time.sleep(0.01)
+
     def migrate_slot(self, slot: int, source: int, target: int, batch: int = 2) -> None:
         """Move `slot` from primary `source` to primary `target` as redis-cli --cluster reshard
         does: IMPORTING on the target, MIGRATING on the source, MIGRATE its keys a few at a time

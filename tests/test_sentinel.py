@@ -17,7 +17,7 @@ from strego.backends.redis import RedisBackend
 from strego.backends.redis.sentinel import SentinelSettings, SentinelTransport
 from strego.backends.redis.transport import Command
 from strego.backends.redis.url import ConnectionSettings
-from strego.errors import BackendConnectionError
+from strego.errors import BackendConnectionError, BackendError
 from tests.redis_server import RedisServer, fake_redis, free_port, running_redis_server
 from tests.runtime_support import eventually
 
@@ -31,6 +31,7 @@ class FakeSentinel:
     def __init__(self, master_port: int) -> None:
         self.master_port = master_port
         self.asked = 0
+        self.logins: list[list[bytes]] = []
         self.subscribers: list[anyio.abc.SocketStream] = []
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
@@ -53,6 +54,9 @@ class FakeSentinel:
                                 b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:%d\r\n"
                                 % (len(channel), channel, n)
                             )
+                    elif name == b"AUTH":
+                        self.logins.append(command[1:])
+                        await stream.send(b"+OK\r\n")
                     else:
                         await stream.send(b"+PONG\r\n")
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -181,3 +185,23 @@ async def test_no_sentinel_answers() -> None:
     async with transport([free_port(), free_port()], failover_timeout=0.3) as t:
         with pytest.raises(BackendConnectionError, match="no sentinel named the master"):
             await t.execute(Command(("PING",), idempotent=True))
+
+
+async def test_passwords_of_the_master_and_of_the_sentinels() -> None:
+    with running_redis_server(["--requirepass", "mpw"]) as master:
+        fake = FakeSentinel(master.port)
+        async with fake_redis(fake.handle) as port:
+            url = f"redis+sentinel://:mpw@127.0.0.1:{port}/mymaster/0?sentinel_password=spw"
+            backend = RedisBackend.from_url(url, prefix="auth")
+            try:
+                await backend.enqueue(message("t1"))
+                assert await backend.get_task("t1", "q") is not None
+            finally:
+                await backend.aclose()
+            assert fake.logins and all(login == [b"spw"] for login in fake.logins)
+            wrong = RedisBackend.from_url(url.replace(":mpw@", ":nope@"), prefix="auth")
+            try:
+                with pytest.raises(BackendError, match="refused the connection setup"):
+                    await wrong.enqueue(message("t2"))
+            finally:
+                await wrong.aclose()
