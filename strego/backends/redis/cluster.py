@@ -31,7 +31,8 @@ import random
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import unquote
 
 import anyio
@@ -201,6 +202,17 @@ class ClusterTransport:
         seeds, settings, timeout = parse_cluster_url(url, ssl_context=ssl_context)
         options.setdefault("cluster_timeout", timeout)
         return cls(seeds, settings, **options)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     # -- the Transport protocol ------------------------------------------------------------------
 
