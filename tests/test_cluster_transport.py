@@ -13,6 +13,7 @@ from strego.backends.redis.cluster import ClusterTransport
 from strego.backends.redis.scripts import script
 from strego.backends.redis.slots import key_slot
 from strego.backends.redis.transport import Command, Script, ScriptCall
+from strego.errors import ForeignKeyError
 from tests.cluster_setup import ClusterSetup
 
 pytestmark = pytest.mark.anyio
@@ -62,3 +63,21 @@ def test_a_command_after_a_script_on_another_node_waits_for_it() -> None:
         Command(("WAIT", 1, 100), idempotent=True),  # keyless: where the last script went
     ]
     assert t._waves(calls, list(range(5)), {}) == [{a: [0, 2], b: [1]}, {a: [3, 4]}]
+
+
+async def test_a_blocking_read_over_slots_raises_the_typed_error(
+    redis_cluster: ClusterSetup,
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    good, bad = f"{{{tag}a}}s", f"{{{tag}b}}s"
+    async with ClusterTransport.from_url(redis_cluster.url()) as t:
+        await t.execute(Command(("SET", bad, "not a stream")))
+        with pytest.raises(ForeignKeyError):
+            await t.blocking(Command(("XREAD", "BLOCK", 100, "STREAMS", good, bad, "$", "$")), 100)
+        # and a wait on good streams in several slots ends with its block time
+        other = f"{{{tag}c}}s"
+        assert key_slot(good) != key_slot(other)
+        reply = await t.blocking(
+            Command(("XREAD", "BLOCK", 50, "STREAMS", good, other, "$", "$"), idempotent=True), 50
+        )
+        assert reply is None

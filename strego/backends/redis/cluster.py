@@ -251,6 +251,7 @@ class ClusterTransport:
         head = list(command.args[: len(command.args) - 2 * len(keys)])
         ids = command.args[len(command.args) - len(keys) :]
         found: list[Any] = []
+        failed: list[BackendError] = []
         async with anyio.create_task_group() as tg:
 
             async def wait(indexes: list[int]) -> None:
@@ -258,14 +259,21 @@ class ClusterTransport:
                     (*head, *(keys[i] for i in indexes), *(ids[i] for i in indexes)),
                     command.idempotent,
                 )
-                reply = await self._blocking_one(part, timeout_ms)
-                if not found:
+                try:
+                    reply = await self._blocking_one(part, timeout_ms)
+                except BackendError as exc:  # raised below, not wrapped in a group
+                    failed.append(exc)
+                else:
                     found.append(reply)
                 tg.cancel_scope.cancel()
 
             for indexes in by_slot.values():
                 tg.start_soon(wait, indexes)
-        return found[0] if found else None
+        if found:
+            return found[0]
+        if failed:
+            raise failed[0]
+        return None
 
     async def aclose(self) -> None:
         nodes, self._nodes = list(self._nodes.values()), {}
@@ -437,7 +445,8 @@ class ClusterTransport:
         self, calls: list[Call], wave: dict[Address, list[int]], asking: dict[int, Address]
     ) -> dict[int, Any]:
         outcome: dict[int, Any] = {}
-        lost: list[ReplyLostError] = []
+        # Raised after the wave (not out of the task group, which would wrap it in a group).
+        lost: list[BackendError] = []
 
         async def send(address: Address, positions: list[int]) -> None:
             part: list[Call] = []
@@ -458,6 +467,9 @@ class ClusterTransport:
                     redirect = _Redirect()
                     redirect.__cause__ = exc
                     outcome[position] = redirect
+                return
+            except BackendError as exc:  # a timeout, a refused login...
+                lost.append(exc)
                 return
             replies_iter = iter(replies)
             for position in positions:
