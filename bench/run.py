@@ -42,9 +42,18 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "process_with_100_idle_queues_per_s": ("~ process_per_s", None),
     "with_10k_scheduled_vs_process": ("~ 1", None),
     "with_100_idle_queues_vs_process": ("~ 1", None),
+    "process_observed_per_s": ("-", None),
+    "process_plain_per_s": ("-", None),
+    "process_observed_sdk_per_s": ("-", None),
+    "observed_vs_plain": (">= 0.8", lambda v: v >= 0.8),
+    "observed_sdk_vs_plain": ("-", None),
+    "observed_sdk_10_vs_plain": ("-", None),
+    "observed_vs_plain_cpu": ("-", None),
+    "observed_sdk_vs_plain_cpu": ("-", None),
+    "observed_sdk_10_vs_plain_cpu": ("-", None),
 }
 #: the steps measured `--repeat` times (medians kept): their short runs vary most
-REPEATED = ("throughput", "enqueue_one_by_one", "under_load")
+REPEATED = ("throughput", "enqueue_one_by_one", "under_load", "observed_throughput")
 
 
 def make_setup(name: str, url: str) -> Setup:
@@ -61,6 +70,7 @@ def measure(setup: Setup, a: argparse.Namespace) -> dict[str, float]:
         (scenarios.latency, (a.rate, a.latency_seconds)),
         (scenarios.scheduled_lateness, (a.scheduled_n, a.scheduled_spread)),
         (scenarios.under_load, (a.n, a.concurrency)),
+        (scenarios.observed_throughput, (a.n, a.concurrency)),
     ]
     for func, args in steps:
         runs = a.repeat if func.__name__ in REPEATED else 1

@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -70,10 +70,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def drain(
-    backend: Backend, n: int, concurrency: int, queues: list[str] | None = None
+    backend: Backend,
+    n: int,
+    concurrency: int,
+    queues: list[str] | None = None,
+    middleware: Sequence[object] = (),
 ) -> float:
     """Seconds one Server with `concurrency` takes to run `n` no-op tasks already enqueued."""
-    server = Server(backend, concurrency=concurrency, queues=queues or ["default"])
+    server = Server(
+        backend, concurrency=concurrency, queues=queues or ["default"], middleware=middleware
+    )
     done = anyio.Event()
     count = 0
 
@@ -113,6 +119,67 @@ async def throughput(setup: Setup, n: int, concurrency: int) -> dict[str, float]
     if setup.url:
         out["bytes_per_task"] = (m1 - m0) / n
     return out
+
+
+def observability_middleware(sdk: bool, sampled: float = 1.0) -> list[object]:
+    """Both extras on: Prometheus metrics in a registry of their own, and OpenTelemetry spans,
+    either through the API alone (no SDK configured: what strego[otel] itself costs) or through
+    the SDK recording every span (a BatchSpanProcessor, as in production, exporting to
+    nowhere: the SDK's cost without a network's), keeping the `sampled` share of the traces."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from prometheus_client import CollectorRegistry
+
+    from strego.otel import TracingMiddleware
+    from strego.prometheus import MetricsMiddleware
+
+    class Nowhere(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = None
+    if sdk:
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampled)))
+        provider.add_span_processor(BatchSpanProcessor(Nowhere()))
+    return [
+        MetricsMiddleware(registry=CollectorRegistry()),
+        TracingMiddleware(tracer_provider=provider),
+    ]
+
+
+async def observed_throughput(setup: Setup, n: int, concurrency: int) -> dict[str, float]:
+    """process_per_s with strego[prometheus] and strego[otel] on (the client storing trace
+    headers, the server making metrics and a span per attempt), with the OpenTelemetry SDK and
+    without, then off, on one backend; and their ratios. `*_cpu_*` figures count this process's
+    CPU time instead of the wall clock's (tasks per CPU second of the worker: steadier on a
+    shared machine; Redis's own CPU, the same either way, is left out)."""
+    out, cpu = {}, {}
+    for label, middleware in (
+        ("observed", observability_middleware(sdk=False)),
+        ("observed_sdk", observability_middleware(sdk=True)),
+        ("observed_sdk_10", observability_middleware(sdk=True, sampled=0.1)),
+        ("plain", []),
+    ):
+        backend = setup.backend()
+        client = Client(backend, middleware=middleware)
+        await enqueue_batches(client, n)
+        cpu_start = time.process_time()
+        out[label] = n / await drain(backend, n, concurrency, middleware=middleware)
+        cpu[label] = n / (time.process_time() - cpu_start)
+        await backend.purge("default")
+        await backend.aclose()
+    return {
+        "process_observed_per_s": out["observed"],
+        "process_observed_sdk_per_s": out["observed_sdk"],
+        "process_plain_per_s": out["plain"],
+        "observed_vs_plain": out["observed"] / out["plain"],
+        "observed_sdk_vs_plain": out["observed_sdk"] / out["plain"],
+        "observed_sdk_10_vs_plain": out["observed_sdk_10"] / out["plain"],
+        "observed_vs_plain_cpu": cpu["observed"] / cpu["plain"],
+        "observed_sdk_vs_plain_cpu": cpu["observed_sdk"] / cpu["plain"],
+        "observed_sdk_10_vs_plain_cpu": cpu["observed_sdk_10"] / cpu["plain"],
+    }
 
 
 async def enqueue_one_by_one(setup: Setup, n: int, producers: int) -> dict[str, float]:

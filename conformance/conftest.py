@@ -50,3 +50,14 @@ async def short_backend(make_backend: Any, clock: FakeClock) -> AsyncIterator[Ba
         clock=clock, completed_ttl_ms=SHORT_COMPLETED_TTL_MS, dead_ttl_ms=SHORT_DEAD_TTL_MS
     ) as b:
         yield b
+
+
+#: Per-minute counts kept for five minutes (`throughput`'s retention window in a test).
+SHORT_STATS_RETENTION_MS = 300_000
+
+
+@pytest.fixture
+async def short_stats_backend(make_backend: Any, clock: FakeClock) -> AsyncIterator[Backend]:
+    """A fresh backend that keeps per-minute counts for SHORT_STATS_RETENTION_MS."""
+    async with make_backend(clock=clock, stats_retention_ms=SHORT_STATS_RETENTION_MS) as b:
+        yield b

@@ -22,10 +22,11 @@ def message(
     unique_key: str | None = None,
     unique_ttl_ms: int | None = None,
     created_ms: int = 0,
+    task_type: str = "test.task",
 ) -> TaskMessage:
     return TaskMessage(
         id=task_id,
-        type="test.task",
+        type=task_type,
         queue=queue,
         payload=payload,
         encoding="json",
@@ -60,10 +61,18 @@ async def ids_in(backend: Backend, state: TaskState, queue: str = "q") -> list[s
     return [t.id for t in await list_all(backend, queue, state)]
 
 
-async def start(backend: Backend, task_id: str, queue: str = "q", consumer: str = "c1") -> None:
+async def start(
+    backend: Backend,
+    task_id: str,
+    queue: str = "q",
+    consumer: str = "c1",
+    *,
+    task_type: str = "test.task",
+    max_retry: int = 3,
+) -> None:
     """Enqueue a task and make it active, held by `consumer` (the queue must hold nothing else
     pending)."""
-    await backend.enqueue(message(task_id, queue=queue))
+    await backend.enqueue(message(task_id, queue=queue, task_type=task_type, max_retry=max_retry))
     got = await backend.fetch([queue], 1, consumer, lease_ms=LEASE_MS)
     assert [t.id for t in got] == [task_id]
 

@@ -10,7 +10,8 @@ import anyio
 import pytest
 
 from conformance.helpers import LEASE_MS, message
-from strego.backends.base import Backend
+from conformance.test_schedules import definition
+from strego.backends.base import Backend, ScheduleInfo
 from strego.errors import BackendClosedError
 from strego.task import TaskState
 
@@ -46,6 +47,10 @@ CALLS: dict[str, Callable[[Backend], Awaitable[Any]]] = {
     "consumers": lambda b: b.consumers("q"),
     "held_by": lambda b: b.held_by(["q"], "c1"),
     "remove_idle_consumers": lambda b: b.remove_idle_consumers("q", 0),
+    "put_schedule": lambda b: b.put_schedule(definition(), 1000),
+    "remove_schedule": lambda b: b.remove_schedule("s"),
+    "list_schedules": lambda b: b.list_schedules(),
+    "fire_schedule": lambda b: b.fire_schedule(ScheduleInfo(definition(), 1, 1000), 1000, 2000),
 }
 
 

@@ -192,7 +192,7 @@ async def test_renew_keeps_lease(backend: Backend, clock: FakeClock) -> None:
     await backend.enqueue(message("a"))
     await backend.fetch(["q"], 1, "c1", lease_ms=10_000)
     clock.advance(8_000)
-    assert await backend.renew("q", ["a"], "c1", lease_ms=10_000) == []
+    assert (await backend.renew("q", ["a"], "c1", lease_ms=10_000)).lost == []
     clock.advance(8_000)  # past the first lease, within the renewed one
     assert await backend.claim_stale(["q"], "c2", 10, lease_ms=10_000, max_deliveries=5) == []
     clock.advance(3_000)
@@ -204,11 +204,11 @@ async def test_renew_reports_lost_tasks(backend: Backend, clock: FakeClock) -> N
     await backend.enqueue_many([message("kept"), message("reclaimed"), message("done")])
     await backend.fetch(["q"], 3, "c1", lease_ms=1_000)
     clock.advance(2_000)
-    assert await backend.renew("q", ["kept", "done"], "c1", lease_ms=1_000) == []
+    assert (await backend.renew("q", ["kept", "done"], "c1", lease_ms=1_000)).lost == []
     await backend.claim_stale(["q"], "c2", 10, lease_ms=LEASE_MS, max_deliveries=5)
     await backend.ack("q", "done", "c1")
-    lost = await backend.renew("q", ["kept", "reclaimed", "done", "gone"], "c1", lease_ms=1_000)
-    assert sorted(lost) == ["done", "gone", "reclaimed"]
+    renewal = await backend.renew("q", ["kept", "reclaimed", "done", "gone"], "c1", lease_ms=1_000)
+    assert sorted(renewal.lost) == ["done", "gone", "reclaimed"]
 
 
 # -- claim_stale ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, message, start
-from strego.backends.base import Backend
+from strego.backends.base import Backend, FireResult, ScheduleDefinition
 from strego.task import TaskState
 
 pytestmark = pytest.mark.anyio
@@ -136,6 +136,31 @@ async def _resume(backend: Backend, clock: FakeClock, queue: str) -> None:
     await backend.resume(queue)
 
 
+async def _schedule_far(backend: Backend, clock: FakeClock, queue: str) -> None:
+    await backend.enqueue(message("t-run-now", queue=queue, process_at_ms=clock() + 3_600_000))
+
+
+async def _run_now(backend: Backend, clock: FakeClock, queue: str) -> None:
+    assert await backend.run_now("t-run-now", queue)
+
+
+#: the tick a schedule put by `_put_schedule` fires first (the fake clock starts on a whole second)
+CRON_TICK = FakeClock.START_MS + 1000
+
+
+async def _put_schedule(backend: Backend, clock: FakeClock, queue: str) -> None:
+    assert clock() + 1000 == CRON_TICK
+    template = message("cron", queue=queue)
+    definition = ScheduleDefinition("cron", "every 1000ms", "UTC", "latest", template)
+    await backend.put_schedule(definition, CRON_TICK)
+
+
+async def _fire(backend: Backend, clock: FakeClock, queue: str) -> None:
+    clock.advance(1000)
+    [info] = (await backend.list_schedules()).schedules
+    assert await backend.fire_schedule(info, CRON_TICK, CRON_TICK + 1000) is FireResult.FIRED
+
+
 WAYS = [
     Way("enqueue", "t-enqueue", _nothing, _enqueue),
     Way("scheduled-due", "t-promote", _schedule, _come_due),
@@ -143,6 +168,8 @@ WAYS = [
     Way("retry-due", "t-retry", _fail_for_retry, _come_due),
     Way("requeue-dead", "t-requeue", _kill, _requeue),
     Way("resume", "t-resume", _enqueue_paused, _resume),
+    Way("run-now", "t-run-now", _schedule_far, _run_now),
+    Way("cron-fire", f"cron:{CRON_TICK}", _put_schedule, _fire),
 ]
 
 #: the idle queues come first: each fetch must look at them before it takes from "busy"

@@ -369,3 +369,33 @@ async def test_remove_idle_consumers_goes_round_every_consumer(
     assert sorted(removed) == sorted(idle)
     names = sorted(c.name for c in await backend.consumers("q"))
     assert names == ["holder-1", "holder-2", "recent"]
+
+
+async def test_queue_info_counts_tasks_ended_in_the_last_minute(
+    backend: Backend, clock: FakeClock
+) -> None:
+    empty = await backend.queue_info("q")
+    assert empty.ended_last_minute == {
+        TaskState.COMPLETED: 0,
+        TaskState.DEAD: 0,
+        TaskState.CANCELLED: 0,
+    }
+    await backend.enqueue_many([message(f"t{i}") for i in range(4)])
+    await backend.enqueue(message("s", process_at_ms=clock() + 10**9))
+    tasks = await backend.fetch(["q"], 4, "c1", lease_ms=LEASE_MS)
+    await backend.ack("q", tasks[0].id, "c1")  # ends a minute before the reading below
+    clock.advance(30_000)
+    await backend.ack("q", tasks[1].id, "c1")
+    await backend.fail("q", tasks[2].id, "c1", "x", retry_in_ms=None)
+    await backend.cancel("s", "q")
+    clock.advance(30_000)
+    info = await backend.queue_info("q")
+    assert info.ended_last_minute == {
+        TaskState.COMPLETED: 2,
+        TaskState.DEAD: 1,
+        TaskState.CANCELLED: 1,
+    }
+    clock.advance(1)  # the first ack is now more than a minute old
+    info = await backend.queue_info("q")
+    assert info.ended_last_minute[TaskState.COMPLETED] == 1
+    assert info.counts[TaskState.COMPLETED] == 2

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 
 from conformance.clock import FakeClock
 from conformance.helpers import list_all, message
-from strego.backends.base import Backend
+from strego.backends.base import MINUTE_MS, Backend
 from strego.errors import DuplicateTaskError, TaskIdConflictError, TaskNotFoundError
 from strego.task import TaskState
 
@@ -65,6 +65,8 @@ class ModelTask:
     lease_until: int = 0
     due: int | None = None
     expires: int | None = None
+    #: cancel asked for while active: ack and fail end it cancelled (kept by release)
+    cancel_requested: bool = False
 
 
 class Model:
@@ -78,6 +80,12 @@ class Model:
         #: the queues `queues()` lists: enqueued to since the last purge that emptied them
         self.listed: set[str] = set()
         self.paused: set[str] = set()
+        #: (queue, minute start) -> [completed, failed to retry, dead] (`throughput`)
+        self.history: dict[tuple[str, int], list[int]] = {}
+
+    def count(self, task: ModelTask, kind: int) -> None:
+        now = self.clock()
+        self.history.setdefault((task.queue, now - now % MINUTE_MS), [0, 0, 0])[kind] += 1
 
     def holder(self, queue: str, key: str) -> str | None:
         lock = self.unique.get((queue, key))
@@ -93,6 +101,7 @@ class Model:
 
     def end(self, task: ModelTask, state: TaskState) -> None:
         task.state = state
+        task.cancel_requested = False
         task.consumer = None
         task.due = None
         ttl = DEAD_TTL_MS if state == TaskState.DEAD else COMPLETED_TTL_MS
@@ -236,9 +245,13 @@ class BackendMachine(RuleBasedStateMachine):
         task = self.pick(index, None if any_state else TaskState.ACTIVE)
         queue, task_id = (task.queue, task.id) if task else ("qa", "ghost")
         done = self.call(self.backend.ack, queue, task_id, consumer)
-        assert done == (task is not None and task.state == TaskState.ACTIVE)
-        if task is not None and done:
-            self.model.end(task, TaskState.COMPLETED)
+        active = task is not None and task.state == TaskState.ACTIVE
+        assert done == (active and task is not None and not task.cancel_requested)
+        if task is not None and active:
+            # a requested cancel came first: the ack ends the task cancelled
+            self.model.end(task, TaskState.COMPLETED if done else TaskState.CANCELLED)
+            if done:
+                self.model.count(task, 0)
 
     @precondition(lambda self: self.has(TaskState.ACTIVE))
     @rule(index=st.integers(0, 1_000), retry=st.booleans())
@@ -259,6 +272,10 @@ class BackendMachine(RuleBasedStateMachine):
         if task.state != TaskState.ACTIVE:
             assert result is None
             return
+        if task.cancel_requested:
+            assert result == TaskState.CANCELLED
+            self.model.end(task, TaskState.CANCELLED)
+            return
         if retry_at is not None and task.retried < task.max_retry:
             task.state, task.retried, task.due, task.consumer = (
                 TaskState.RETRY,
@@ -266,8 +283,10 @@ class BackendMachine(RuleBasedStateMachine):
                 retry_at,
                 None,
             )
+            self.model.count(task, 1)
         else:
             self.model.end(task, TaskState.DEAD)
+            self.model.count(task, 2)
         assert result == task.state
 
     @rule(consumer=st.sampled_from(CONSUMERS), queue=st.sampled_from(QUEUES))
@@ -283,8 +302,11 @@ class BackendMachine(RuleBasedStateMachine):
     def renew(self, consumer: str, queue: str) -> None:
         active = self.model.in_state(queue, TaskState.ACTIVE)
         ids = [t.id for t in active] + ["ghost"]
-        lost = self.call(self.backend.renew, queue, ids, consumer, lease_ms=LEASE_MS)
-        assert sorted(lost) == sorted([*(t.id for t in active if t.consumer != consumer), "ghost"])
+        renewal = self.call(self.backend.renew, queue, ids, consumer, lease_ms=LEASE_MS)
+        lost = [*(t.id for t in active if t.consumer != consumer), "ghost"]
+        assert sorted(renewal.lost) == sorted(lost)
+        requested = [t.id for t in active if t.consumer == consumer and t.cancel_requested]
+        assert sorted(renewal.cancel_requested) == sorted(requested)
         for task in active:
             if task.consumer == consumer:
                 task.lease_until = self.clock() + LEASE_MS
@@ -297,10 +319,12 @@ class BackendMachine(RuleBasedStateMachine):
                 self.call(self.backend.cancel, "ghost")
             return
         done = self.call(self.backend.cancel, task.id, None if by_id_only else task.queue)
-        expected = task.state in (TaskState.SCHEDULED, TaskState.PENDING, TaskState.RETRY)
-        assert done == expected
-        if expected:
+        waiting = task.state in (TaskState.SCHEDULED, TaskState.PENDING, TaskState.RETRY)
+        assert done == (waiting or task.state == TaskState.ACTIVE)
+        if waiting:
             self.model.end(task, TaskState.CANCELLED)
+        elif task.state == TaskState.ACTIVE:
+            task.cancel_requested = True
 
     @rule(index=st.integers(0, 1_000), by_id_only=st.booleans())
     def delete(self, index: int, by_id_only: bool) -> None:
@@ -339,6 +363,18 @@ class BackendMachine(RuleBasedStateMachine):
         else:
             self.call(self.backend.resume, queue)
             self.model.paused.discard(queue)
+
+    @rule(index=st.integers(0, 1_000), by_id_only=st.booleans())
+    def run_now(self, index: int, by_id_only: bool) -> None:
+        task = self.pick(index)
+        if task is None:
+            with pytest.raises(TaskNotFoundError):
+                self.call(self.backend.run_now, "ghost")
+            return
+        done = self.call(self.backend.run_now, task.id, None if by_id_only else task.queue)
+        assert done == (task.state in (TaskState.SCHEDULED, TaskState.RETRY))
+        if done:
+            self.model.to_pending(task)
 
     @precondition(lambda self: self.has(TaskState.DEAD))
     @rule(index=st.integers(0, 1_000))
@@ -394,11 +430,16 @@ class BackendMachine(RuleBasedStateMachine):
             for t in self.model.tasks.values()
             if t.state == TaskState.ACTIVE and t.lease_until <= now
         ]
-        expected = sorted(t.id for t in stale if t.deliveries < max_deliveries)
+        expected = sorted(
+            t.id for t in stale if t.deliveries < max_deliveries and not t.cancel_requested
+        )
         assert sorted(info.id for info in claimed) == expected
         for task in stale:
-            if task.deliveries >= max_deliveries:
+            if task.cancel_requested:  # never run again: it ends as asked
+                self.model.end(task, TaskState.CANCELLED)
+            elif task.deliveries >= max_deliveries:
                 self.model.end(task, TaskState.DEAD)
+                self.model.count(task, 2)
             else:
                 self.model.activate(task, consumer)
 
@@ -411,6 +452,14 @@ class BackendMachine(RuleBasedStateMachine):
             assert info.paused == (queue in self.model.paused), queue
             for state in TaskState:
                 assert info.counts[state] == len(self.model.in_state(queue, state)), (queue, state)
+
+    @invariant()
+    def history_agrees(self) -> None:
+        # a run lasts less than an hour of the clock: the default 60 minutes hold all of it
+        for queue in QUEUES:
+            history = self.call(self.backend.throughput, queue)
+            expected = [self.model.history.get((queue, m.minute_ms), [0, 0, 0]) for m in history]
+            assert [[m.completed, m.failed, m.dead] for m in history] == expected, queue
 
     @invariant()
     def queues_agree(self) -> None:
@@ -429,6 +478,7 @@ class BackendMachine(RuleBasedStateMachine):
         for task in self.model.tasks.values():
             info = self.call(self.backend.get_task, task.id, task.queue)
             assert info is not None, task.id
+            assert info.cancel_requested == task.cancel_requested, task.id
             assert (info.state, info.retried, info.deliveries) == (
                 task.state,
                 task.retried,

@@ -10,6 +10,7 @@ from strego.errors import (
     HandlerSignatureError,
     InvalidCursorError,
     InvalidQueueNameError,
+    InvalidScheduleError,
     InvalidTaskError,
     NaiveDatetimeError,
     PayloadTooLargeError,
@@ -17,6 +18,8 @@ from strego.errors import (
     SerializationError,
     SkipRetry,
     StregoError,
+    TaskCancelledError,
+    TaskFailedError,
     TaskIdConflictError,
     TaskNotFoundError,
     UnreadableRecordError,
@@ -24,7 +27,7 @@ from strego.errors import (
 from strego.handlers import current_task
 from strego.retry import ExponentialBackoff
 from strego.server import Server, ServerStats
-from strego.task import Task, TaskInfo, TaskState
+from strego.task import Task, TaskError, TaskInfo, TaskState
 
 try:  # pyproject.toml is the one source of the version
     __version__ = version("strego")
@@ -39,6 +42,7 @@ __all__ = [
     "HandlerSignatureError",
     "InvalidCursorError",
     "InvalidQueueNameError",
+    "InvalidScheduleError",
     "InvalidTaskError",
     "NaiveDatetimeError",
     "PayloadTooLargeError",
@@ -49,6 +53,9 @@ __all__ = [
     "SkipRetry",
     "StregoError",
     "Task",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFailedError",
     "TaskIdConflictError",
     "TaskInfo",
     "TaskNotFoundError",

@@ -1,16 +1,18 @@
-"""The `strego` command: `strego demo`, `strego worker module:server` and `strego migrate`."""
+"""The `strego` command: `strego demo`, `strego worker module:server`, `strego migrate`, and the
+operator commands (`strego queues`, `tasks`, ..., `web`: strego.commands)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
 import re
 import secrets
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -147,16 +149,46 @@ def _worker(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     server = load_server(args.server)
+    metrics = None if args.metrics_port is None else _metrics_server(server, args)
 
     async def main() -> None:
         try:
-            await server.run()
+            if metrics is None:
+                await server.run()
+            else:
+                async with anyio.create_task_group() as group:
+                    await group.start(metrics)
+                    await server.run()
+                    group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await server.backend.aclose()
 
     anyio.run(main, backend="trio" if args.trio else "asyncio")
     return 0
+
+
+def _metrics_server(
+    server: Server, args: argparse.Namespace
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    """`strego.prometheus.serve` for the worker's --metrics-port: the server gets a
+    MetricsMiddleware unless it has one, and the exposition its queues' backend metrics."""
+    try:
+        from strego import prometheus
+    except ImportError as exc:
+        raise SystemExit(f"--metrics-port needs strego[prometheus]: {exc}") from exc
+    found = [m for m in server.middleware.items if isinstance(m, prometheus.MetricsMiddleware)]
+    if not found:
+        found.append(prometheus.MetricsMiddleware())
+        server.middleware = server.middleware.with_(found[0])
+    collector = prometheus.BackendCollector(server.backend, queues=server.queues)
+    return functools.partial(
+        prometheus.serve,
+        args.metrics_port,
+        host=args.metrics_host,
+        registry=found[0].registry or prometheus.REGISTRY,
+        collector=collector,
+    )
 
 
 def _batch(text: str) -> int:
@@ -232,6 +264,15 @@ def parser() -> argparse.ArgumentParser:
         default="INFO",
         help="logging level (default INFO)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics at http://HOST:P/metrics (needs strego[prometheus])",
+    )
+    worker.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address to serve metrics on (0.0.0.0)"
+    )
     worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser(
@@ -249,6 +290,10 @@ def parser() -> argparse.ArgumentParser:
         "--batch", type=_batch, default=1000, help="records per HSCAN batch (1-1000, default 1000)"
     )
     migrate.set_defaults(run=_migrate)
+
+    from strego.commands import add_commands  # queues, tasks, ..., web
+
+    add_commands(commands)
     return root
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from strego.task import TaskError
+
 
 class StregoError(Exception):
     """Base class of strego's errors."""
@@ -16,6 +21,11 @@ class InvalidTaskError(StregoError, ValueError):
 
 class InvalidCursorError(InvalidTaskError):
     """A `list_tasks` cursor is malformed or belongs to a listing of another state."""
+
+
+class InvalidScheduleError(InvalidTaskError):
+    """A periodic schedule is invalid (its id, cron expression, interval, time zone, catch-up
+    policy or task template). Nothing was written."""
 
 
 class InvalidQueueNameError(InvalidTaskError):
@@ -61,6 +71,26 @@ class TaskNotFoundError(StregoError, LookupError):
 
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no task with id {task_id!r}")
+        self.task_id = task_id
+
+
+class TaskFailedError(StregoError):
+    """`Client.result`: the task died. `error` is its error (type, message, traceback) when its
+    failure recorded one, `last_error` the text every failure records."""
+
+    def __init__(self, task_id: str, error: TaskError | None, last_error: str | None) -> None:
+        what = f"{error.type}: {error.message}" if error is not None else (last_error or "failed")
+        super().__init__(f"task {task_id!r} died: {what}")
+        self.task_id = task_id
+        self.error = error
+        self.last_error = last_error
+
+
+class TaskCancelledError(StregoError):
+    """`Client.result`: the task was cancelled (before it ran, or while it ran)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} was cancelled")
         self.task_id = task_id
 
 

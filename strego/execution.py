@@ -21,15 +21,35 @@ import attrs
 from strego.error_text import exception_message, exception_text
 from strego.errors import DecodeError, SkipRetry
 from strego.handlers import Handler
+from strego.logs import task_extra
 from strego.retry import ExponentialBackoff, RetryDelay
 from strego.serializers import RAW_ENCODING, Serializer
-from strego.task import MAX_SECONDS, TaskInfo
+from strego.task import MAX_SECONDS, TaskError, TaskInfo
 
 # the server's logger: what a run logs is configured in one place
 log = logging.getLogger("strego.server")
 
 #: Longest error text stored with a failed task.
 MAX_ERROR_CHARS = 2000
+
+
+#: Longest traceback kept with a dead task (`TaskInfo.error`).
+MAX_TRACEBACK_CHARS = 4000
+
+
+def error_detail(exc: BaseException) -> TaskError:
+    """The type, message and traceback (its last MAX_TRACEBACK_CHARS) of an exception, for a
+    dead task. Never raises."""
+    try:
+        lines = traceback.format_exception(exc)
+        text = "".join(lines)[-MAX_TRACEBACK_CHARS:]
+    except BaseException:  # user code (str of the exception) may raise anything
+        text = ""
+    try:
+        name = str(type(exc).__qualname__)
+    except BaseException:
+        name = "exception"
+    return TaskError(name, exception_message(exc)[:MAX_ERROR_CHARS], text)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -64,14 +84,14 @@ def _cancelled_by_runtime(exc: BaseException) -> bool:
     return anyio.current_effective_deadline() == -math.inf
 
 
-def _call_in_thread(func: Callable[[Any], Any], argument: Any) -> BaseException | None:
-    """Call a sync handler (in its worker thread); hand back what it raised rather than raise
-    it: some exceptions (GeneratorExit) cannot be thrown back into the event loop's task."""
+def _call_in_thread(func: Callable[[Any], Any], argument: Any) -> tuple[BaseException | None, Any]:
+    """Call a sync handler (in its worker thread); hand back what it raised (or returned) rather
+    than raise it: some exceptions (GeneratorExit) cannot be thrown back into the event loop's
+    task."""
     try:
-        func(argument)
+        return None, func(argument)
     except BaseException as exc:
-        return exc
-    return None
+        return exc, None
 
 
 def _safe_repr(value: object) -> str:
@@ -99,33 +119,33 @@ class TaskExecution:
     retry_delay: RetryDelay
     _limiter: anyio.CapacityLimiter
 
-    async def _execute(self, info: TaskInfo, handler: Handler | None) -> Failure | None:
-        """Run the handler; None on success, else what went wrong."""
+    async def _execute(self, info: TaskInfo, handler: Handler | None) -> tuple[Failure | None, Any]:
+        """Run the handler; (None, its return value) on success, else (what went wrong, None)."""
         if handler is None:
             message = f"no handler for task type {info.type!r}"
-            return Failure(message, retry=True, exception=LookupError(message))
+            return Failure(message, retry=True, exception=LookupError(message)), None
         try:
             argument = handler.argument(info, self._decode(info))
         except DecodeError as exc:
-            return Failure(exception_message(exc), retry=False, exception=exc)
+            return Failure(exception_message(exc), retry=False, exception=exc), None
         timeout = info.timeout if info.timeout is not None else self.default_timeout
         if timeout is None:  # no deadline: spare the hot path a second cancel scope
             return await self._call(handler, argument)
         with anyio.move_on_after(timeout) as deadline:
-            failure = await self._call(handler, argument)
+            outcome = await self._call(handler, argument)
         if deadline.cancel_called:
             # even when the handler swallowed the cancellation, returned or raised instead
             message = f"timed out after {timeout:g}s"
-            return Failure(message, retry=True, exception=TimeoutError(message))
-        return failure
+            return Failure(message, retry=True, exception=TimeoutError(message)), None
+        return outcome
 
-    async def _call(self, handler: Handler, argument: Any) -> Failure | None:
+    async def _call(self, handler: Handler, argument: Any) -> tuple[Failure | None, Any]:
         try:
             if handler.is_async:
-                await handler.func(argument)
-                return None
-            # a thread cannot be interrupted: on timeout or shutdown it is abandoned
-            raised = await anyio.to_thread.run_sync(
+                return None, await handler.func(argument)
+            # a thread cannot be interrupted: on timeout or shutdown it is abandoned (a cancel
+            # request waits for it: see Server._request_cancel)
+            raised, value = await anyio.to_thread.run_sync(
                 _call_in_thread,
                 handler.func,
                 argument,
@@ -133,7 +153,7 @@ class TaskExecution:
                 abandon_on_cancel=True,
             )
             if raised is None:
-                return None
+                return None, value
         except BaseException as exc:
             # any exception of user code (even SystemExit, KeyboardInterrupt or a cancellation
             # exception it made up) fails the task, never the server
@@ -141,7 +161,17 @@ class TaskExecution:
                 raise
             raised = exc
         retry = not isinstance(raised, SkipRetry)
-        return Failure(describe_exception(raised), retry=retry, exception=raised)
+        return Failure(describe_exception(raised), retry=retry, exception=raised), None
+
+    def _encode_result(self, info: TaskInfo, value: Any) -> bytes:
+        """A return value as `ack` stores it: `<encoding>` NL `<bytes>`, by the task's serializer
+        (JSON for a task of raw bytes); `bytes` as they are. Raises what the serializer raises."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            return RAW_ENCODING.encode() + b"\n" + bytes(value)
+        serializer = self.serializers.get(info.encoding) or self.serializers.get("json")
+        if serializer is None:
+            raise DecodeError(f"no serializer {info.encoding!r} for the result")
+        return serializer.name.encode() + b"\n" + serializer.dumps(value)
 
     def _decode(self, info: TaskInfo) -> Any:
         if info.encoding == RAW_ENCODING:
@@ -164,7 +194,11 @@ class TaskExecution:
         try:
             delay = self.retry_delay(info.retried, failure.exception, info)
         except BaseException as exc:  # a sync call: no cancellation can come from it
-            log.warning("retry_delay raised %s; using the default backoff", describe_exception(exc))
+            log.warning(
+                "retry_delay raised %s; using the default backoff",
+                describe_exception(exc),
+                extra=task_extra(info),
+            )
         else:
             seconds = math.nan
             if isinstance(delay, numbers.Real) and not isinstance(delay, bool):
@@ -176,5 +210,6 @@ class TaskExecution:
                 "retry_delay returned %s, not a number of seconds up to 100 years; using the"
                 " default backoff",
                 _safe_repr(delay),
+                extra=task_extra(info),
             )
         return ExponentialBackoff()(info.retried, failure.exception, info)

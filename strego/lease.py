@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 import anyio
 
@@ -18,8 +19,18 @@ class LeaseKeeper:
     """Tracks the tasks held by one consumer (fetched, buffered, running or awaiting their ack)
     and renews all their leases every `interval` seconds."""
 
-    def __init__(self, backend: Backend, consumer: str, lease_ms: int, interval: float) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        consumer: str,
+        lease_ms: int,
+        interval: float,
+        *,
+        on_cancel_requested: Callable[[str, list[str]], None] | None = None,
+    ) -> None:
         self.backend = backend
+        #: told of the held tasks whose cancel was requested (each renewal reports them)
+        self.on_cancel_requested = on_cancel_requested
         self.consumer = consumer
         self.lease_ms = lease_ms
         self.interval = interval
@@ -43,10 +54,12 @@ class LeaseKeeper:
 
     async def renew_all(self) -> None:
         for queue, ids in self.held().items():
-            lost = await self.backend.renew(
+            renewal = await self.backend.renew(
                 queue, sorted(ids), self.consumer, lease_ms=self.lease_ms
             )
-            for task_id in lost:
+            if renewal.cancel_requested and self.on_cancel_requested is not None:
+                self.on_cancel_requested(queue, renewal.cancel_requested)
+            for task_id in renewal.lost:
                 # Completed meanwhile (its ack raced the renewal), or another server claimed it:
                 # our handler may still finish, and the backend then counts the work once.
                 if task_id in self._held.get(queue, ()):

@@ -7,6 +7,7 @@ handlers can structure them back."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from typing import Any, Protocol, runtime_checkable
@@ -102,3 +103,11 @@ class MsgpackSerializer:
             return self._msgpack.unpackb(data, raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises several unrelated types on bad input
             raise DecodeError(f"payload is not valid msgpack: {exc}") from exc
+
+
+def default_serializers() -> list[Serializer]:
+    """JSON, and msgpack when it is installed."""
+    found: list[Serializer] = [JsonSerializer()]
+    with contextlib.suppress(ImportError):  # msgpack is optional
+        found.append(MsgpackSerializer())
+    return found

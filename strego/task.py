@@ -152,6 +152,17 @@ def _unique_ttl(value: float | timedelta | None) -> float | None:
     return seconds(value, "unique_ttl")
 
 
+#: How long a handler's return value is kept when its Task does not say (seconds): one hour,
+#: never beyond the backend's retention of completed tasks (the result is part of the record).
+DEFAULT_RESULT_TTL = 3600.0
+
+
+def _result_ttl(value: float | timedelta | None) -> float | None:
+    if value is None:  # every Task built without one: no call further
+        return None
+    return seconds(value, "result_ttl", allow_zero=True)
+
+
 @attrs.frozen
 class Task:
     """A unit of work: a type naming its handler and a payload.
@@ -161,6 +172,8 @@ class Task:
     epoch seconds) and `process_in` (seconds or a timedelta). `unique_key` with `unique_ttl`
     refuses a second task with the same key while the first holds it (until it completes, is
     cancelled, or the TTL ends). `priority` 0-10 orders tasks within a queue (10 runs first).
+    `result_ttl` (seconds; default `DEFAULT_RESULT_TTL`, one hour) is how long the handler's
+    return value is kept for `Client.result`; 0 stores nothing.
 
     All options are checked here, so an invalid task never reaches a backend.
     """
@@ -177,6 +190,7 @@ class Task:
     unique_ttl: float | None = attrs.field(default=None, kw_only=True, converter=_unique_ttl)
     labels: dict[str, str] = attrs.field(factory=dict, kw_only=True, converter=_labels)
     id: str | None = attrs.field(default=None, kw_only=True, validator=_check_id)
+    result_ttl: float | None = attrs.field(default=None, kw_only=True, converter=_result_ttl)
 
     @classmethod
     def _trusted(
@@ -207,6 +221,7 @@ class Task:
         set_(task, "unique_ttl", None)
         set_(task, "labels", dict(labels))  # the handler gets its own copy, as __init__ gives
         set_(task, "id", id)
+        set_(task, "result_ttl", None)
         return task
 
     def __attrs_post_init__(self) -> None:
@@ -220,6 +235,15 @@ class Task:
 
 def _from_ms(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@attrs.frozen
+class TaskError:
+    """Why a task died: the exception's type name, its message and a traceback (truncated)."""
+
+    type: str
+    message: str
+    traceback: str = ""
 
 
 @attrs.frozen
@@ -252,6 +276,17 @@ class TaskInfo:
     last_error: str | None = None
     #: the consumer that holds an active task
     consumer: str | None = None
+    #: a completed task's return value as stored: `<encoding>` NL `<serialized value>` (None
+    #: when the handler returned None, or its result_ttl is 0)
+    result: bytes | None = None
+    #: how long the result is kept after the task ended (ms); None: DEFAULT_RESULT_TTL
+    result_ttl_ms: int | None = None
+    #: a dead task's error (type, message, traceback), when its failure recorded one
+    error: TaskError | None = None
+    #: `cancel` was asked for while the task was active: its server stops it
+    cancel_requested: bool = False
+    #: propagation headers (trace context, baggage) set by the client's middleware at enqueue
+    headers: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def created_at(self) -> datetime:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import pytest
 
-from strego.backends.base import Backend, Clock
+from strego.backends.base import STATS_RETENTION_MS, Backend, Clock
 from strego.backends.memory import MemoryBackend
 
 if TYPE_CHECKING:
@@ -27,7 +27,12 @@ class BackendFactory(Protocol):
     """What `make_backend` returns: a fresh, empty backend on `clock`, closed on exit."""
 
     def __call__(
-        self, *, clock: Clock, completed_ttl_ms: int = ..., dead_ttl_ms: int = ...
+        self,
+        *,
+        clock: Clock,
+        completed_ttl_ms: int = ...,
+        dead_ttl_ms: int = ...,
+        stats_retention_ms: int = ...,
     ) -> AbstractAsyncContextManager[Backend]: ...
 
 
@@ -41,10 +46,17 @@ class BackendKind:
 def _memory(request: pytest.FixtureRequest) -> BackendFactory:
     @contextlib.asynccontextmanager
     async def factory(
-        *, clock: Clock, completed_ttl_ms: int = 3_600_000, dead_ttl_ms: int = 604_800_000
+        *,
+        clock: Clock,
+        completed_ttl_ms: int = 3_600_000,
+        dead_ttl_ms: int = 604_800_000,
+        stats_retention_ms: int = STATS_RETENTION_MS,
     ) -> AsyncIterator[Backend]:
         backend = MemoryBackend(
-            clock=clock, completed_ttl_ms=completed_ttl_ms, dead_ttl_ms=dead_ttl_ms
+            clock=clock,
+            completed_ttl_ms=completed_ttl_ms,
+            dead_ttl_ms=dead_ttl_ms,
+            stats_retention_ms=stats_retention_ms,
         )
         try:
             yield backend
@@ -59,7 +71,11 @@ def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
 
     @contextlib.asynccontextmanager
     async def factory(
-        *, clock: Clock, completed_ttl_ms: int = 3_600_000, dead_ttl_ms: int = 604_800_000
+        *,
+        clock: Clock,
+        completed_ttl_ms: int = 3_600_000,
+        dead_ttl_ms: int = 604_800_000,
+        stats_retention_ms: int = STATS_RETENTION_MS,
     ) -> AsyncIterator[Backend]:
         from strego.backends.redis import RedisBackend
 
@@ -69,6 +85,7 @@ def _redis_factory(connect: Callable[[], Any]) -> BackendFactory:
             clock=clock,
             completed_ttl_ms=completed_ttl_ms,
             dead_ttl_ms=dead_ttl_ms,
+            stats_retention_ms=stats_retention_ms,
         )
         try:
             yield backend

@@ -5,6 +5,7 @@ every transition; a malformed optional part makes the record unreadable, as any 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from strego.backends.redis.scripts import _expand
 from strego.errors import UnreadableRecordError
 from strego.ids import new_task_id
 from strego.message import TaskMessage
-from strego.task import TaskState
+from strego.task import TaskError, TaskState
 
 NOW = 1_767_225_600_000
 LEASE_MS = 60_000
@@ -36,8 +37,12 @@ def message(task_id: str, **kw: Any) -> TaskMessage:
 def lua(source: str, table: str = "") -> str:
     """A test script on lib/record.lua, whose OPTIONAL table gets the lines `table`."""
     lib = _expand("--#include lib/record.lua\n", set())
-    patched = lib.replace("local OPTIONAL = {\n}", "local OPTIONAL = {\n" + table + "}")
-    assert patched != lib or not table
+    if not table:
+        return lib + "\n" + source
+    # the table replaces the fields this code knows (results and cancel requests among them)
+    patched = re.sub(r"local OPTIONAL = \{\n.*?\n\}", "local OPTIONAL = {\n" + table + "}", lib,
+                     count=1, flags=re.S)  # fmt: skip
+    assert patched != lib
     return patched + "\n" + source
 
 
@@ -192,7 +197,7 @@ async def test_every_transition_keeps_an_unknown_field_byte_for_byte(
         await check(a, TaskState.RETRY)
         assert await backend.fail("q", b, "w1", "dead", retry_in_ms=None) is TaskState.DEAD
         await check(b, TaskState.DEAD)
-        assert await backend.renew("q", [c], "w1", lease_ms=LEASE_MS) == []
+        assert (await backend.renew("q", [c], "w1", lease_ms=LEASE_MS)).lost == []
         clock.advance(LEASE_MS + 1)
         claimed = await backend.claim_stale(["q"], "w2", 10, lease_ms=LEASE_MS, max_deliveries=9)
         assert [t.id for t in claimed] == [c]
@@ -217,3 +222,18 @@ async def test_every_transition_keeps_an_unknown_field_byte_for_byte(
     finally:
         await backend.aclose()
         client.close()
+
+
+def test_results_errors_and_cancel_requests_read_into_task_info() -> None:
+    """The fields results and cancel requests added (docs/redis.md, "Record format")."""
+    m = message(new_task_id(NOW), result_ttl_ms=5_000)
+    env = encode_envelope(m, {"result_ttl": b"5000"})
+    failure = b'{"type":"E","message":"m","traceback":"t"}'
+    rec = b"d,1,,7,,,,,,,,F%d,z1;%sZ" % (len(failure), failure) + env
+    info = decode("q", m.id, rec)
+    assert info.error == TaskError("E", "m", "t") and info.result_ttl_ms == 5_000
+    assert info.payload == m.payload and info.result is None and not info.cancel_requested
+    rec = b"c,1,,7,,,,,,,,R6;json\n1" + encode_envelope(m)
+    assert decode("q", m.id, rec).result == b"json\n1"
+    rec = b"a,1,5,,,,,1-1,2,,,C1;c11" + encode_envelope(m)
+    assert decode("q", m.id, rec).cancel_requested

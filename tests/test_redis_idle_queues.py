@@ -344,6 +344,8 @@ async def test_a_ready_key_that_is_no_counter_fails_writes_before_anything_is_wr
     with pytest.raises(ForeignKeyError, match="WRONGTYPE"):
         await backend.requeue_dead("bad", "dies")
     with pytest.raises(ForeignKeyError, match="WRONGTYPE"):
+        await backend.run_now("due", "bad")
+    with pytest.raises(ForeignKeyError, match="WRONGTYPE"):
         await backend.promote(["bad"])
     assert await client.hgetall(k.tasks) == before, "nothing was written"
 

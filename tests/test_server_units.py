@@ -18,7 +18,7 @@ from strego.backends.memory import MemoryBackend
 from strego.error_text import exception_message, exception_text
 from strego.handlers import Registry
 from strego.queue_order import QueueOrder
-from strego.server import describe_exception
+from strego.server import consumer_name, describe_exception, parse_consumer_name
 from strego.task import TaskInfo, TaskState
 
 INFO = TaskInfo(
@@ -299,3 +299,20 @@ async def test_shutdown_looks_for_stray_tasks_in_every_queue_with_one_call() -> 
         pass
     assert backend.held_by_calls == [(queues, server.name)]
     assert backend.consumers_calls == 0
+
+
+def test_a_default_consumer_name_gives_its_host_and_pid() -> None:
+    import os
+    import socket
+
+    assert parse_consumer_name(consumer_name()) == (socket.gethostname(), os.getpid())
+    assert parse_consumer_name("web-1.example:42:0a1b2c3d") == ("web-1.example", 42)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "worker-a", "host:42", "host:pid:0a1b2c3d", ":42:0a1b2c3d", "host:42:0A1B2C3D",
+     "host:42:0a1b2c3", "a:b:42:0a1b2c3d", "host:42:0a1b2c3d\n", "<b>:1:0a1b2c3d:"],
+)  # fmt: skip
+def test_another_consumer_name_is_not_guessed_at(name: str) -> None:
+    assert parse_consumer_name(name) is None

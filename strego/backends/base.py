@@ -8,6 +8,9 @@ States and places. A task accepted by `enqueue` is at every instant in exactly o
         |                     ^  ^                     |  \\--fail--> retry --promote--> pending
         |                     |  '-----release---------'   \\--fail--> dead --requeue--> pending
         '--cancel--> cancelled <--cancel-- pending, retry
+    scheduled, retry --run_now--> pending
+                             ^
+        active --cancel: request-->(ack / fail / claim_stale of a task with a request)
 
 `delete` removes a task in any state but active; `purge` removes many (never active ones). A call
 by id on an id that no task has (or whose retention ended) raises `TaskNotFoundError`; one on a
@@ -28,21 +31,42 @@ Expired entries are removed by `promote` (which the server's scheduler calls oft
 removed the instant they expire, but reads never report an expired unique key as held, and an
 expired marker is treated as absent.
 
+History. `ack`, `fail` and `claim_stale` (when it sends a task to dead) count, in the same step,
+the tasks of each queue that completed, failed and went to retry, or went to dead, per minute of
+the backend's clock, in total and per task type; `throughput` reads them. A minute is kept while
+its start is less than `stats_retention_ms` ago (a backend constructor setting, default 24 h):
+older minutes read as zero at once and are removed, a bounded number at a time, by later counts.
+Schedules. A periodic schedule (`ScheduleDefinition`: a cron expression or an interval, and the
+task each tick enqueues) is stored with its state: a revision that moves whenever the definition
+changes, the next tick due, and the last tick fired with its task's id. `fire_schedule` is the one
+transition of that state, conditional on the caller's view, so any number of servers may run the
+loop with no leader and no lock: each tick fires exactly once.
+
 Leases. Fetching or claiming a task gives the consumer a lease until now + `lease_ms` (an argument
 of each call: the server decides how long its leases last). `renew` extends leases; `claim_stale`
 takes over tasks whose lease has expired. Consumer idle times are judged by the clock as well.
+
+Results and cancel requests. `ack` stores a handler's result with the completion, `fail` a dead
+task's error detail; both are part of the task's record (read by `get_task`: `TaskInfo.result`,
+`TaskInfo.error`) and go with it. `cancel` of an active task records a request
+(`TaskInfo.cancel_requested`) that its holder sees from `renew` or `watch_cancel_requests`; the
+task then ends cancelled by the holder's `ack` or `fail`, never completed, retried or dead.
+`watch_ended` lets a caller wait for a task's end without polling.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 import attrs
 
-from strego.errors import InvalidTaskError, StregoError
+from strego.cron import Catchup, Ticks, check_catchup, check_schedule_id
+from strego.errors import InvalidScheduleError, InvalidTaskError, StregoError
 from strego.message import TaskMessage
-from strego.task import TaskInfo, TaskState
+from strego.task import TaskError, TaskInfo, TaskState
 
 #: A clock: returns the current time in epoch milliseconds.
 Clock = Callable[[], int]
@@ -60,10 +84,96 @@ class ConsumerInfo:
 
 
 @attrs.frozen
+class Renewal:
+    """What `renew` found: the ids the consumer no longer holds, and the held ids whose cancel was
+    requested (see `cancel`)."""
+
+    lost: list[str] = attrs.field(factory=list)
+    cancel_requested: list[str] = attrs.field(factory=list)
+
+
+#: One ack: (queue, task id) or (queue, task id, result): the result as stored (see `ack`).
+AckItem = tuple[str, str] | tuple[str, str, bytes | None]
+
+
+class Watch(Protocol):
+    """A subscription (`watch_ended`, `watch_cancel_requests`) as its owner sees it."""
+
+    async def wait(self, timeout_s: float) -> list[tuple[str, str]]:
+        """The (queue, task id) notifications that arrived since the last call, waiting up to
+        `timeout_s` for one when there are none yet. May return early and empty (a spurious
+        wake-up: when the backend's connection was lost and restored, say), and may name tasks
+        the owner did not ask about: a notification is a hint to read the task again, never a
+        state by itself."""
+        ...
+
+
+@attrs.frozen
 class QueueInfo:
+    """A queue's paused flag, its count of tasks in each state, and the age of its oldest
+    pending task: how long ago (ms, by the backend's clock) that task last became pending
+    (enqueued due now, promoted when due, released, requeued from dead, or made to run now), so
+    a task that waited scheduled counts from its promotion, not from its creation; None when no
+    task is pending. A queue's latency: how long the next task to start has waited for a
+    worker."""
+
     name: str
     paused: bool
     counts: dict[TaskState, int]
+    oldest_pending_age_ms: int | None = None
+    #: tasks that entered each ended state (completed, dead, cancelled) during the last minute by
+    #: the backend's clock, among those still retained (the rate metrics' source)
+    ended_last_minute: dict[TaskState, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class MinuteCount:
+    """What happened in a queue in one minute (`throughput`): tasks that completed, runs that
+    failed and went to retry, and tasks that went to dead (by `fail` or `claim_stale`)."""
+
+    #: the start of the minute, epoch ms by the backend's clock (a multiple of 60 000)
+    minute_ms: int
+    completed: int
+    #: attempts that failed and went to retry
+    failed: int
+    dead: int
+
+
+#: How long per-minute counts are kept by default (24 h), and the most minutes one
+#: `throughput` call returns.
+STATS_RETENTION_MS = 86_400_000
+MINUTE_MS = 60_000
+MAX_MINUTES = 1440
+
+
+def check_minutes(minutes: int) -> None:
+    """Refuse a `throughput` length outside 1..MAX_MINUTES (InvalidTaskError)."""
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= MAX_MINUTES:
+        raise InvalidTaskError(f"minutes must be an int from 1 to {MAX_MINUTES}, not {minutes!r}")
+
+
+def check_stats_retention(retention_ms: int) -> None:
+    """Refuse a `stats_retention_ms` that is not an int of at least one minute."""
+    if (
+        isinstance(retention_ms, bool)
+        or not isinstance(retention_ms, int)
+        or retention_ms < MINUTE_MS
+    ):
+        raise InvalidTaskError(
+            f"stats_retention_ms must be an int of at least {MINUTE_MS}, not {retention_ms!r}"
+        )
+
+
+def minute_of(now_ms: int) -> int:
+    """The start of the minute `now_ms` falls in."""
+    return now_ms - now_ms % MINUTE_MS
+
+
+def first_kept_minute(now_ms: int, retention_ms: int) -> int:
+    """The oldest minute still within the retention window: the first whose start is after
+    now - retention_ms."""
+    cutoff = now_ms - retention_ms
+    return minute_of(cutoff) + MINUTE_MS
 
 
 #: The most tasks one `list_tasks` page holds.
@@ -79,6 +189,73 @@ class TaskPage:
 
     tasks: list[TaskInfo]
     next_cursor: str | None
+
+
+def _check_template(_: object, __: object, m: TaskMessage) -> None:
+    if m.unique_key is not None:
+        # a unique key held by an earlier tick's task would refuse the next tick's
+        raise InvalidScheduleError("a periodic task takes no unique_key")
+    if m.process_at_ms is not None or m.process_in_ms is not None:
+        raise InvalidScheduleError("a periodic task is due at its tick: no process_at/process_in")
+
+
+@attrs.frozen
+class ScheduleDefinition:
+    """A periodic schedule: `spec` a cron expression (in time zone `tz`) or ``every <n>ms`` (see
+    `strego.cron.Ticks`), `catchup` what to do with ticks missed while no server ran
+    (`strego.cron.plan`), and `template` the task each tick enqueues (its `id` and `created_ms`
+    are replaced by the tick's: id ``<schedule id>:<tick ms>``, created at the tick). Checked when
+    built: an invalid one raises InvalidScheduleError."""
+
+    id: str = attrs.field(validator=lambda _, __, v: check_schedule_id(v))
+    spec: str
+    tz: str
+    catchup: Catchup = attrs.field(validator=lambda _, __, v: check_catchup(v))
+    template: TaskMessage = attrs.field(validator=_check_template)
+    ticks: Ticks = attrs.field(init=False, eq=False, repr=False)
+
+    @ticks.default
+    def _ticks(self) -> Ticks:
+        return Ticks(self.spec, self.tz)
+
+
+@attrs.frozen
+class ScheduleInfo:
+    """A stored schedule and its state. `revision` moves whenever the definition changes;
+    `next_ms` is the next tick to fire; `last_fire_ms` the last tick fired (None before the
+    first), whose task is `last_task_id`."""
+
+    definition: ScheduleDefinition
+    revision: int
+    next_ms: int
+    last_fire_ms: int | None = None
+    last_task_id: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.definition.id
+
+    @property
+    def queue(self) -> str:
+        return self.definition.template.queue
+
+
+@attrs.frozen
+class ScheduleList:
+    """Every stored schedule, by id, and the backend's time when they were read."""
+
+    now_ms: int
+    schedules: list[ScheduleInfo]
+
+
+class FireResult(enum.StrEnum):
+    #: the tick's task was enqueued (or, asked to skip, not) and the schedule advanced
+    FIRED = "fired"
+    #: the schedule no longer holds that tick at that revision (another server fired it, it was
+    #: changed or removed): nothing changed
+    STALE = "stale"
+    #: the tick is still ahead by the backend's clock: nothing changed
+    EARLY = "early"
 
 
 def check_limit(limit: int) -> None:
@@ -98,6 +275,8 @@ class Backend(Protocol):
     completed_ttl_ms: int
     #: How long dead tasks are kept.
     dead_ttl_ms: int
+    #: How long per-minute counts (`throughput`) are kept (default STATS_RETENTION_MS, 24 h).
+    stats_retention_ms: int
     #: Names of optional features this backend has (none are defined yet).
     capabilities: frozenset[str]
 
@@ -156,27 +335,45 @@ class Backend(Protocol):
         returns as soon as one does (possibly an empty list on a spurious wake-up)."""
         ...
 
-    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
+    async def ack(
+        self, queue: str, task_id: str, consumer: str, *, result: bytes | None = None
+    ) -> bool:
         """Complete an active task: it leaves active and becomes completed, its processed marker
-        written in the same step, its unique key released. Returns True if this call completed it;
-        False (and changes nothing) if the task is not active (already completed by another
-        delivery's ack, cancelled, released, dead, unknown). An active task held by another
-        consumer (this one's lease was lost and the task reclaimed) is completed all the same:
-        the work was done, and the other holder's ack then returns False."""
+        and its `result` (when not None: the handler's return value as `TaskInfo.result` shows
+        it, `<encoding>` NL `<bytes>`) written in the same step, its unique key released.
+        Returns True if this call completed it; False (and changes nothing) if the task is not
+        active (already completed by another delivery's ack, cancelled, released, dead,
+        unknown, deleted: no result is ever written for a task that is gone). An active task
+        held by another consumer (this one's lease was lost and the task reclaimed) is completed
+        all the same: the work was done, and the other holder's ack then returns False.
+
+        An active task whose cancel was requested (`cancel`) ends cancelled instead, its unique
+        key released, no result stored, and the call returns False: of a cancel and an ack,
+        whichever comes first decides, and only one of them wins. Notifies `watch_ended`."""
         ...
 
-    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
-        """`ack` for each (queue, task_id), in as few round trips as possible."""
+    async def ack_many(self, items: Sequence[AckItem], consumer: str) -> list[bool]:
+        """`ack` for each (queue, task_id) or (queue, task_id, result), in as few round trips
+        as possible."""
         ...
 
     async def fail(
-        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
+        self,
+        queue: str,
+        task_id: str,
+        consumer: str,
+        error: str,
+        *,
+        retry_in_ms: int | None,
+        detail: TaskError | None = None,
     ) -> TaskState | None:
         """Record a failed run of an active task. If `retry_in_ms` is given and retried < max_retry:
         the task goes to retry, due retry_in_ms after now (by the backend's clock), with
         retried + 1. Otherwise (SkipRetry, no
-        retries left, undecodable) it goes to dead. `error` becomes last_error either way.
-        Returns the new state, or None (changing nothing) if the task is not active."""
+        retries left, undecodable) it goes to dead, keeping `detail` (`TaskInfo.error`). `error`
+        becomes last_error either way. An active task whose cancel was requested ends cancelled
+        instead (its unique key released). Returns the new state, or None (changing nothing) if
+        the task is not active. A task that ends (dead, cancelled) notifies `watch_ended`."""
         ...
 
     async def release(self, queue: str, task_ids: Sequence[str], consumer: str) -> int:
@@ -187,9 +384,11 @@ class Backend(Protocol):
 
     async def renew(
         self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
-    ) -> list[str]:
+    ) -> Renewal:
         """Extend to now + lease_ms the leases of these tasks held by `consumer`. Returns the ids it
-        no longer holds (completed, reclaimed by another consumer, or gone)."""
+        no longer holds (completed, reclaimed by another consumer, or gone) and those of the held
+        tasks whose cancel was requested: a cancel request whose notification was lost reaches
+        the holder at its next renewal."""
         ...
 
     async def claim_stale(
@@ -227,9 +426,30 @@ class Backend(Protocol):
 
     async def cancel(self, task_id: str, queue: str | None = None) -> bool:
         """Cancel a scheduled, pending or retry task: it becomes cancelled (never retried or
-        dead-lettered) and its unique key is released. Returns False, changing nothing, for a
-        task in any other state. Raises `TaskNotFoundError` when no task has this id (in `queue`,
-        or in any queue when None; a task whose retention ended is gone)."""
+        dead-lettered) and its unique key is released. For an active task, record that its
+        cancel is requested (`TaskInfo.cancel_requested`) and notify `watch_cancel_requests`:
+        the task stays active until its holder's `ack` or `fail` ends it cancelled. Returns True
+        in both cases (again for an active task already requested); False, changing nothing,
+        for a task that ended (completed, dead, cancelled). Raises `TaskNotFoundError` when no
+        task has this id (in `queue`, or in any queue when None; a task whose retention ended is
+        gone). The request belongs to the task's record: a later task with the same id (after a
+        delete) never inherits it."""
+        ...
+
+    def watch_ended(self, queue: str, task_id: str) -> AbstractAsyncContextManager[Watch]:
+        """Subscribe to the end (completed, dead, cancelled) of task `task_id` of `queue`. When
+        the context is entered the subscription is in place: an end after that point wakes the
+        watch's `wait`. So read the task after entering, then wait: no end is missed between
+        the read and the wait. Waiters may share one connection; a backend that loses its
+        notifications (a Redis restart) wakes its waiters so they read again, and callers bound
+        each wait (a poll as the fallback)."""
+        ...
+
+    def watch_cancel_requests(self, queues: Sequence[str]) -> AbstractAsyncContextManager[Watch]:
+        """Subscribe to the cancel requests (`cancel` of an active task) of these queues: the
+        watch's `wait` returns their (queue, task id). A hint: the holder checks the task with
+        `renew` before it stops it, and `renew` reports every request a lost notification
+        missed."""
         ...
 
     async def delete(self, task_id: str, queue: str | None = None) -> bool:
@@ -238,6 +458,13 @@ class Backend(Protocol):
         marker too) and its unique key. Returns False, changing nothing, for an active task (it
         is running: cancel cannot stop it either). Raises `TaskNotFoundError` for an unknown id,
         as `cancel` does. The queue stays listed by `queues`."""
+        ...
+
+    async def run_now(self, task_id: str, queue: str | None = None) -> bool:
+        """Make a scheduled or retry task pending at once, as if its due time had come: it keeps
+        its retried count and everything else, and is fetched like any pending task. Returns
+        False, changing nothing, for a task in any other state (already pending, active or
+        ended). Raises `TaskNotFoundError` for an unknown id, as `cancel` does."""
         ...
 
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
@@ -280,7 +507,22 @@ class Backend(Protocol):
         ...
 
     async def queue_info(self, queue: str) -> QueueInfo:
-        """Paused flag and the count of tasks in each state (every TaskState present as a key)."""
+        """Paused flag, the count of tasks in each state (every TaskState present as a key), the
+        age of the oldest pending task (see `QueueInfo`), and the count of those that ended in
+        the last minute (`ended_last_minute`: completed, dead and cancelled present as keys), at
+        bounded cost however many tasks the queue holds."""
+        ...
+
+    async def throughput(
+        self, queue: str, *, minutes: int = 60, task_type: str | None = None
+    ) -> list[MinuteCount]:
+        """The queue's history per minute: exactly `minutes` entries (1..MAX_MINUTES, else
+        InvalidTaskError before anything is read), oldest first, the last one the current minute
+        by the backend's clock (still counting), zeros for minutes where nothing happened or
+        that are past `stats_retention_ms`. With `task_type`, only the tasks of that type. Counted
+        by the transitions themselves (`ack`, `fail`, `claim_stale` sending a task to dead) in the
+        same atomic step, so the counts are the real outcomes: an ack that returns False counts
+        nothing. Bounded work (Redis: one round trip)."""
         ...
 
     async def list_tasks(
@@ -323,6 +565,41 @@ class Backend(Protocol):
         a bounded batch of the queue's consumers per call (Redis: about 100), each call going on
         where the last one stopped, so an idle consumer may be forgotten only by a later call;
         calls repeated as often as the batches go round forget every one."""
+        ...
+
+    # -- periodic schedules -----------------------------------------------------------------------
+
+    async def put_schedule(self, definition: ScheduleDefinition, next_ms: int) -> ScheduleInfo:
+        """Store a schedule, returning it as stored. When the same definition is stored already,
+        nothing changes (`next_ms` is ignored: the schedule keeps its place, so every server may
+        put its schedules as it starts). Otherwise (new or changed) the definition is stored
+        with the revision moved on (1 for a new one) and `next_ms` as its next tick; the last
+        fire and last task id of a changed one are kept. A schedule id is unique across queues:
+        a definition moved to another queue leaves its old one."""
+        ...
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove a schedule: no tick of it fires after this returns (a fire that saw it gets
+        STALE). Tasks it already enqueued stay. False when there was none."""
+        ...
+
+    async def list_schedules(self) -> ScheduleList:
+        """Every schedule, sorted by id, with the backend's time. A bounded read only as long as
+        schedules are few (each is defined in code): it reads them all."""
+        ...
+
+    async def fire_schedule(
+        self, schedule: ScheduleInfo, tick_ms: int, next_ms: int, *, enqueue: bool = True
+    ) -> FireResult:
+        """Fire one tick of a schedule, in one step: if the stored schedule still has the
+        revision and the next tick (`next_ms` of `schedule`) the caller saw, and `tick_ms` is
+        not after now by the backend's clock, enqueue the tick's task (pending, id
+        ``<schedule id>:<tick_ms>``; when `enqueue` is False nothing is enqueued: the tick is
+        skipped), and set the schedule's next tick to `next_ms` (and, when it enqueued, its last
+        fire and last task to this tick's). An id that exists already (the tick fired before the
+        schedule was put again) is not enqueued twice; the schedule still advances. Otherwise
+        nothing changes: STALE (the schedule moved on, changed or is gone) or EARLY (the tick is
+        ahead)."""
         ...
 
     async def aclose(self) -> None:

@@ -9,7 +9,10 @@ waiting. Data lives per queue:
 - `due`: a heap of scheduled and retry tasks by due time;
 - `expiry`: a heap of completed, cancelled and dead tasks by the end of their retention;
 - `index`: per state, the tasks' listing positions in a sorted list, so a `list_tasks` page is a
-  bisect from its cursor, not a walk from the first task.
+  bisect from its cursor, not a walk from the first task;
+- `stats`: per minute (in the order the minutes came), the counts `throughput` reads, in total
+  and per task type; minutes past `stats_retention_ms` are dropped from the front as new ones
+  come.
 
 The heaps are cleaned lazily: an entry whose record has since moved (its `seq` changed) or gone is
 skipped when it reaches the top.
@@ -17,10 +20,12 @@ skipped when it reaches the top.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,9 +33,30 @@ import anyio.lowlevel
 import attrs
 from sortedcontainers import SortedList
 
-from strego.backends.base import Clock, ConsumerInfo, QueueInfo, TaskPage, check_limit
+from strego.backends.base import (
+    MINUTE_MS,
+    STATS_RETENTION_MS,
+    AckItem,
+    Clock,
+    ConsumerInfo,
+    FireResult,
+    MinuteCount,
+    QueueInfo,
+    Renewal,
+    ScheduleDefinition,
+    ScheduleInfo,
+    ScheduleList,
+    TaskPage,
+    check_limit,
+    check_minutes,
+    check_stats_retention,
+    first_kept_minute,
+    minute_of,
+)
 from strego.backends.cursor import Part, decode_cursor, encode_cursor
+from strego.backends.watch import Watch
 from strego.clock import wall_clock_ms
+from strego.cron import check_schedule_id, tick_task_id
 from strego.errors import (
     BackendClosedError,
     DuplicateTaskError,
@@ -41,7 +67,7 @@ from strego.errors import (
     TaskNotFoundError,
 )
 from strego.message import TaskMessage, check_unique_ttl
-from strego.task import MAX_PRIORITY, MIN_PRIORITY, TaskInfo, TaskState
+from strego.task import MAX_PRIORITY, MIN_PRIORITY, TaskError, TaskInfo, TaskState
 
 if TYPE_CHECKING:
     from strego.backends.base import Backend
@@ -78,8 +104,14 @@ class _Record:
     #: set each time the task becomes pending (like a stream entry id): it orders pending tasks
     #: and, kept while the task is active (a claim too), active ones
     entry: int = 0
+    #: when it last became pending (clock ms): QueueInfo.oldest_pending_age_ms
+    pending_since_ms: int = 0
     #: its position in its state's listing index, None while in no index
     listing_key: _Key | None = None
+    #: a completed task's result as stored; a dead task's error; cancel requested while active
+    result: bytes | None = None
+    error: TaskError | None = None
+    cancel_requested: bool = False
 
     def position(self) -> _Key:
         if self.state in _FETCH_ORDER:
@@ -103,6 +135,9 @@ class _Record:
             ended_ms=self.next_run_ms if ended else None,
             last_error=self.last_error,
             consumer=self.consumer,
+            result=self.result,
+            error=self.error,
+            cancel_requested=self.cancel_requested,
         )
 
 
@@ -110,6 +145,11 @@ class _Record:
 class _UniqueLock:
     holder: str
     expires_ms: int | None
+
+
+#: The counts of one minute, by task type (None: every type): [completed, failed, dead].
+_Minute = dict[str | None, list[int]]
+_COMPLETED, _FAILED, _DEAD = 0, 1, 2
 
 
 @attrs.define(eq=False)
@@ -131,11 +171,14 @@ class _Queue:
     unique: dict[str, _UniqueLock] = attrs.Factory(dict)
     #: consumer name -> when it last fetched, acked, renewed or claimed (clock ms)
     consumers: dict[str, int] = attrs.Factory(dict)
+    #: minute start (clock ms) -> its counts, oldest minute first
+    stats: dict[int, _Minute] = attrs.Factory(dict)
 
 
 class MemoryBackend:
     """An in-process backend. `clock` returns epoch ms (wall time by default); completed and
-    cancelled tasks are kept `completed_ttl_ms`, dead tasks `dead_ttl_ms`."""
+    cancelled tasks are kept `completed_ttl_ms`, dead tasks `dead_ttl_ms`, per-minute counts
+    `stats_retention_ms`."""
 
     def __init__(
         self,
@@ -143,17 +186,25 @@ class MemoryBackend:
         clock: Clock | None = None,
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 7 * 86_400_000,
+        stats_retention_ms: int = STATS_RETENTION_MS,
     ) -> None:
+        check_stats_retention(stats_retention_ms)
         self.clock: Clock = clock if clock is not None else wall_clock_ms
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
+        self.stats_retention_ms = stats_retention_ms
         self.capabilities: frozenset[str] = frozenset()
         self._queues: dict[str, _Queue] = {}
         self._seq = itertools.count(1)
         # Created lazily inside the event loop; set and dropped to wake every waiter at once.
         self._arrival: anyio.Event | None = None
         self._schedule_change: anyio.Event | None = None
+        #: watch_ended's watches by (queue, task id); watch_cancel_requests' by queue
+        self._ended_watches: dict[tuple[str, str], set[Watch]] = {}
+        self._cancel_watches: dict[str, set[Watch]] = {}
         self._closed = False
+        #: schedule id -> the schedule as stored (ScheduleInfo is immutable: replaced whole)
+        self._schedules: dict[str, ScheduleInfo] = {}
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -197,6 +248,7 @@ class MemoryBackend:
         if state == TaskState.PENDING:
             rec.next_run_ms = None
             rec.entry = rec.seq
+            rec.pending_since_ms = now
             q.pending.setdefault(rec.message.priority, OrderedDict())[rec.id] = rec
             self._notify_arrival()
         elif state in _WAITING:
@@ -207,10 +259,13 @@ class MemoryBackend:
                 self._notify_schedule_change()
         elif state in _ENDED:
             rec.next_run_ms = now
+            rec.cancel_requested = False
             ttl = self.dead_ttl_ms if state == TaskState.DEAD else self.completed_ttl_ms
             heapq.heappush(q.expiry, (now + ttl, rec.seq, rec.id))
             if state != TaskState.DEAD:  # a dead task keeps its unique key until the TTL
                 self._release_unique(q, rec)
+            for watch in self._ended_watches.get((q.name, rec.id), ()):
+                watch.put(q.name, rec.id)
         rec.listing_key = rec.position()
         q.index[state].add(rec.listing_key)
 
@@ -266,6 +321,19 @@ class MemoryBackend:
     def _touch(self, q: _Queue, consumer: str, now: int) -> None:
         q.consumers[consumer] = now
 
+    def _count(self, q: _Queue, rec: _Record, kind: int, now: int) -> None:
+        """Count an outcome in this minute's history (in the transition's step, as Redis does),
+        dropping the minutes that left the retention window (each minute once: bounded)."""
+        first = first_kept_minute(now, self.stats_retention_ms)
+        while q.stats:
+            oldest = next(iter(q.stats))
+            if oldest >= first:
+                break
+            del q.stats[oldest]
+        minute = q.stats.setdefault(minute_of(now), {})
+        for key in (None, rec.message.type):
+            minute.setdefault(key, [0, 0, 0])[kind] += 1
+
     def _enqueue(self, message: TaskMessage, now: int) -> TaskInfo:
         q = self._queue(message.queue, now)
         q.listed = True  # even when refused, as Redis's registry SADD is not conditional
@@ -315,19 +383,31 @@ class MemoryBackend:
         rec.deliveries += 1
         rec.lease_until_ms = now + lease_ms
 
-    def _ack(self, queue: str, task_id: str, consumer: str, now: int) -> bool:
+    def _ack(
+        self, queue: str, task_id: str, consumer: str, now: int, result: bytes | None = None
+    ) -> bool:
         q = self._queue(queue, now)
         self._touch(q, consumer, now)
         rec = q.tasks.get(task_id)
         if rec is None or rec.state != TaskState.ACTIVE:
             return False
+        if rec.cancel_requested:  # the cancel came first: it wins
+            self._end_cancelled(q, rec, now)
+            return False
         rec.completed_ms = now
+        rec.result, rec.error = result, None
         self._place(q, rec, TaskState.COMPLETED, now)
+        self._count(q, rec, _COMPLETED, now)
         return True
+
+    def _end_cancelled(self, q: _Queue, rec: _Record, now: int) -> None:
+        rec.cancel_requested = False
+        self._place(q, rec, TaskState.CANCELLED, now)
 
     def _to_dead(self, q: _Queue, rec: _Record, error: str, now: int) -> None:
         rec.last_error = error
         self._place(q, rec, TaskState.DEAD, now)
+        self._count(q, rec, _DEAD, now)
 
     # -- producing ------------------------------------------------------------------------------
 
@@ -376,17 +456,29 @@ class MemoryBackend:
                     return started
         return []
 
-    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
+    async def ack(
+        self, queue: str, task_id: str, consumer: str, *, result: bytes | None = None
+    ) -> bool:
         await anyio.lowlevel.checkpoint()
-        return self._ack(queue, task_id, consumer, self._now())
+        return self._ack(queue, task_id, consumer, self._now(), result)
 
-    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
+    async def ack_many(self, items: Sequence[AckItem], consumer: str) -> list[bool]:
         await anyio.lowlevel.checkpoint()
         now = self._now()
-        return [self._ack(queue, task_id, consumer, now) for queue, task_id in items]
+        return [
+            self._ack(item[0], item[1], consumer, now, item[2] if len(item) > 2 else None)
+            for item in items
+        ]
 
     async def fail(
-        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
+        self,
+        queue: str,
+        task_id: str,
+        consumer: str,
+        error: str,
+        *,
+        retry_in_ms: int | None,
+        detail: TaskError | None = None,
     ) -> TaskState | None:
         await anyio.lowlevel.checkpoint()
         now = self._now()
@@ -395,12 +487,17 @@ class MemoryBackend:
         rec = q.tasks.get(task_id)
         if rec is None or rec.state != TaskState.ACTIVE:
             return None
+        if rec.cancel_requested:
+            self._end_cancelled(q, rec, now)
+            return TaskState.CANCELLED
         if retry_in_ms is not None and rec.retried < rec.message.max_retry:
             rec.last_error = error
             rec.retried += 1
             rec.next_run_ms = now + max(0, retry_in_ms)
             self._place(q, rec, TaskState.RETRY, now)
+            self._count(q, rec, _FAILED, now)
         else:
+            rec.error = detail
             self._to_dead(q, rec, error, now)
         return rec.state
 
@@ -418,19 +515,21 @@ class MemoryBackend:
 
     async def renew(
         self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
-    ) -> list[str]:
+    ) -> Renewal:
         await anyio.lowlevel.checkpoint()
         now = self._now()
         q = self._queue(queue, now)
         self._touch(q, consumer, now)
-        lost: list[str] = []
+        renewal = Renewal()
         for task_id in task_ids:
             rec = q.tasks.get(task_id)
             if rec is not None and rec.state == TaskState.ACTIVE and rec.consumer == consumer:
                 rec.lease_until_ms = now + lease_ms
+                if rec.cancel_requested:
+                    renewal.cancel_requested.append(task_id)
             else:
-                lost.append(task_id)
-        return lost
+                renewal.lost.append(task_id)
+        return renewal
 
     async def claim_stale(
         self,
@@ -455,6 +554,9 @@ class MemoryBackend:
             for rec in stale:
                 if len(claimed) >= count:
                     return claimed
+                if rec.cancel_requested:  # its holder died before it could stop it
+                    self._end_cancelled(q, rec, now)
+                    continue
                 if rec.deliveries >= max_deliveries:
                     error = (
                         f"exceeded max deliveries ({max_deliveries}):"
@@ -499,10 +601,43 @@ class MemoryBackend:
         await anyio.lowlevel.checkpoint()
         now = self._now()
         q, rec = self._found(task_id, queue, now)
+        if rec.state == TaskState.ACTIVE:
+            rec.cancel_requested = True
+            for watch in self._cancel_watches.get(q.name, ()):
+                watch.put(q.name, rec.id)
+            return True
         if rec.state not in _CANCELLABLE:
             return False
         self._place(q, rec, TaskState.CANCELLED, now)
         return True
+
+    @asynccontextmanager
+    async def watch_ended(self, queue: str, task_id: str) -> AsyncIterator[Watch]:
+        self._now()
+        watch, key = Watch(), (queue, task_id)
+        self._ended_watches.setdefault(key, set()).add(watch)
+        try:
+            yield watch
+        finally:
+            watches = self._ended_watches[key]
+            watches.discard(watch)
+            if not watches:
+                del self._ended_watches[key]
+
+    @asynccontextmanager
+    async def watch_cancel_requests(self, queues: Sequence[str]) -> AsyncIterator[Watch]:
+        self._now()
+        watch, names = Watch(), list(queues)
+        for name in names:
+            self._cancel_watches.setdefault(name, set()).add(watch)
+        try:
+            yield watch
+        finally:
+            for name in names:
+                watches = self._cancel_watches[name]
+                watches.discard(watch)
+                if not watches:
+                    del self._cancel_watches[name]
 
     async def delete(self, task_id: str, queue: str | None = None) -> bool:
         await anyio.lowlevel.checkpoint()
@@ -510,6 +645,15 @@ class MemoryBackend:
         if rec.state == TaskState.ACTIVE:
             return False
         self._delete(q, rec)  # its heap entries go stale (skipped when they reach the top)
+        return True
+
+    async def run_now(self, task_id: str, queue: str | None = None) -> bool:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        q, rec = self._found(task_id, queue, now)
+        if rec.state not in _WAITING:
+            return False
+        self._place(q, rec, TaskState.PENDING, now)  # its due-heap entry goes stale
         return True
 
     async def requeue_dead(self, queue: str, task_id: str) -> bool:
@@ -585,9 +729,40 @@ class MemoryBackend:
 
     async def queue_info(self, queue: str) -> QueueInfo:
         await anyio.lowlevel.checkpoint()
-        q = self._queue(queue, self._now())
+        now = self._now()
+        q = self._queue(queue, now)
         counts = {state: len(q.by_state[state]) for state in TaskState}
-        return QueueInfo(name=queue, paused=q.paused, counts=counts)
+        # each priority's first pending task became pending first: at most 11 to look at
+        firsts = [next(iter(level.values())) for level in q.pending.values() if level]
+        since = [rec.pending_since_ms for rec in firsts]
+        # ended tasks are indexed by (end time, id): one bisection per state
+        recent = {
+            s: min(counts[s], len(q.index[s]) - q.index[s].bisect_left((now - MINUTE_MS, "")))
+            for s in _ENDED
+        }
+        return QueueInfo(
+            name=queue,
+            paused=q.paused,
+            counts=counts,
+            oldest_pending_age_ms=max(0, now - min(since)) if since else None,
+            ended_last_minute=recent,
+        )
+
+    async def throughput(
+        self, queue: str, *, minutes: int = 60, task_type: str | None = None
+    ) -> list[MinuteCount]:
+        await anyio.lowlevel.checkpoint()
+        check_minutes(minutes)
+        now = self._now()
+        q = self._queue(queue, now)
+        first = first_kept_minute(now, self.stats_retention_ms)
+        last = minute_of(now)
+        out = []
+        for minute_ms in range(last - (minutes - 1) * MINUTE_MS, last + MINUTE_MS, MINUTE_MS):
+            counts = q.stats.get(minute_ms, {}).get(task_type) if minute_ms >= first else None
+            c, f, d = counts if counts is not None else (0, 0, 0)
+            out.append(MinuteCount(minute_ms=minute_ms, completed=c, failed=f, dead=d))
+        return out
 
     async def list_tasks(
         self, queue: str, state: TaskState, *, cursor: str | None = None, limit: int = 100
@@ -661,6 +836,60 @@ class MemoryBackend:
         for name in removed:
             del q.consumers[name]
         return removed
+
+    # -- periodic schedules -----------------------------------------------------------------------
+
+    async def put_schedule(self, definition: ScheduleDefinition, next_ms: int) -> ScheduleInfo:
+        await anyio.lowlevel.checkpoint()
+        self._now()
+        old = self._schedules.get(definition.id)
+        if old is not None and old.definition == definition:
+            return old
+        if old is None:
+            new = ScheduleInfo(definition, 1, next_ms)
+        else:
+            new = attrs.evolve(
+                old, definition=definition, revision=old.revision + 1, next_ms=next_ms
+            )
+        self._schedules[definition.id] = new
+        return new
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        self._now()
+        return self._schedules.pop(check_schedule_id(schedule_id), None) is not None
+
+    async def list_schedules(self) -> ScheduleList:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        return ScheduleList(now, [self._schedules[k] for k in sorted(self._schedules)])
+
+    async def fire_schedule(
+        self, schedule: ScheduleInfo, tick_ms: int, next_ms: int, *, enqueue: bool = True
+    ) -> FireResult:
+        await anyio.lowlevel.checkpoint()
+        now = self._now()
+        stored = self._schedules.get(schedule.id)
+        if (
+            stored is None
+            or stored.revision != schedule.revision
+            or stored.next_ms != schedule.next_ms
+        ):
+            return FireResult.STALE
+        if tick_ms > now:
+            return FireResult.EARLY
+        if not enqueue:
+            self._schedules[schedule.id] = attrs.evolve(stored, next_ms=next_ms)
+            return FireResult.FIRED
+        task_id = tick_task_id(schedule.id, tick_ms)
+        message = attrs.evolve(stored.definition.template, id=task_id, created_ms=tick_ms)
+        # an id taken: fired before this schedule was put again; once is enough
+        with contextlib.suppress(TaskIdConflictError):
+            self._enqueue(message, now)
+        self._schedules[schedule.id] = attrs.evolve(
+            stored, next_ms=next_ms, last_fire_ms=tick_ms, last_task_id=task_id
+        )
+        return FireResult.FIRED
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()

@@ -7,6 +7,8 @@ real subprocess that they SIGKILL at will. Configured by environment:
   lines to a file of its own (O_APPEND writes: a line that returned survives a SIGKILL of the
   writer; the monotonic clock is the machine's, shared by every process and never faked)
 - STREGO_FAULT_LEASE (claim_stale_after, s), STREGO_FAULT_MAX_DELIVERIES, STREGO_FAULT_CONCURRENCY
+- STREGO_FAULT_CRON: an interval in ms: the server defines the schedule `tick`, a `job` (payload
+  0) every that long, catching up every missed tick
 
 Handlers: `job` (payload: seconds to sleep; records start and finish) and `poison` (records its
 start, then SIGKILLs its own process).
@@ -21,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from datetime import timedelta
 
 import anyio
 
@@ -64,6 +67,12 @@ def build_server() -> strego.Server:
         if task.payload:
             await anyio.sleep(float(task.payload))
         record("finish", task.id)
+
+    cron_ms = os.environ.get("STREGO_FAULT_CRON")
+    if cron_ms:
+        # "all": a tick found late (a loaded machine) fires late, never skipped
+        every = timedelta(milliseconds=int(cron_ms))
+        server.cron(every, strego.Task("job", 0), id="tick", catchup="all")
 
     @server.handler("poison")
     async def poison(task: strego.Task) -> None:

@@ -30,6 +30,7 @@ from strego.backends.redis.connection import (
     open_connection,
     pack_command,
 )
+from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.transport import Command, Script, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
 from strego.errors import (
@@ -210,6 +211,9 @@ class AnyioTransport:
         (reply,) = await self._shared_request(_PING, 1, idempotent=True)
         if isinstance(reply, hiredis.ReplyError):
             raise typed_error(reply)
+
+    async def open_pubsub(self) -> AnyioPubSub:
+        return await AnyioPubSub.open(self.settings)
 
     async def aclose(self) -> None:
         connections = [c for c in self._shared if c is not None] + self._idle_blocking

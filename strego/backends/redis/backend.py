@@ -6,23 +6,32 @@ The class is built in layers, one module each, every layer using the ones before
 
 - core.py: the shared calls (`keys`, `_now`, `_read_now`, `_run`, `_pipeline`);
 - foreign.py: foreign-key isolation (`_foreign`, `_skip_foreign`, `_isolate`);
-- reads.py: inspection (`queues`, `queue_info`, `list_tasks`, `get_task`, `consumers`, `held_by`);
+- reads.py: inspection (`queues`, `queue_info`, `throughput`, `list_tasks`, `get_task`,
+  `consumers`, `held_by`);
 - transitions.py: every transition but fetch (`enqueue`, `ack`, `fail`, `release`, `claim_stale`,
-  `promote`, `cancel`, `delete`, `requeue_dead`, `purge`, `pause`, ...);
+  `promote`, `cancel`, `delete`, `run_now`, `requeue_dead`, `purge`, `pause`, ...);
 - fetching.py: the multi-queue fetch and its idle-queue cache, and `wait_schedule_change`;
+- schedules.py: periodic schedules (`put_schedule`, `remove_schedule`, `list_schedules`,
+  `fire_schedule`);
 
-and this module: the constructor (which sets the state of every layer), `from_url` and `aclose`.
+and this module: the constructor (which sets the state of every layer), `from_url`, `aclose`,
+and the watches (`watch_ended`, `watch_cancel_requests`) on the pub/sub `Notifier` (notify.py).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
-from strego.backends.base import Clock
-from strego.backends.redis.fetching import IDLE_RECHECK_S, Fetching, IdleQueues
+from strego.backends.base import STATS_RETENTION_MS, Clock, check_stats_retention
+from strego.backends.redis.fetching import IDLE_RECHECK_S, IdleQueues
 from strego.backends.redis.keys import Keys, queues_key
+from strego.backends.redis.notify import Notifier, PubSubConnection
+from strego.backends.redis.schedules import Schedules
 from strego.backends.redis.transport import ClosedTransport, Transport
+from strego.backends.watch import Watch
 
 if TYPE_CHECKING:
     import anyio
@@ -33,7 +42,7 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
-class RedisBackend(Fetching):
+class RedisBackend(Schedules):
     """A backend storing tasks in Redis. Give it a `redis.asyncio.Redis` client (created with
     ``decode_responses=False`` or not: replies are read raw either way) or any `Transport`."""
 
@@ -48,10 +57,12 @@ class RedisBackend(Fetching):
         clock: Clock | None = None,
         completed_ttl_ms: int = 3_600_000,
         dead_ttl_ms: int = 7 * 86_400_000,
+        stats_retention_ms: int = STATS_RETENTION_MS,
         durable: bool = False,
         durable_timeout_ms: int = 1000,
         durable_replicas: int = 1,
     ) -> None:
+        check_stats_retention(stats_retention_ms)
         if hasattr(client_or_transport, "run_script"):
             self.transport: Transport = cast("Transport", client_or_transport)
         else:
@@ -71,6 +82,8 @@ class RedisBackend(Fetching):
         self._time_measured = float("-inf")
         self.completed_ttl_ms = completed_ttl_ms
         self.dead_ttl_ms = dead_ttl_ms
+        #: how long the per-minute history (`throughput`) is kept
+        self.stats_retention_ms = stats_retention_ms
         if durable_timeout_ms < 1:
             raise ValueError("durable_timeout_ms must be at least 1 (WAIT 0 waits forever)")
         if durable_replicas < 1:
@@ -95,6 +108,11 @@ class RedisBackend(Fetching):
         #: concurrent first calls wait for them (created in the event loop that first calls)
         self._first_call_checked = False
         self._first_call_lock: anyio.Lock | None = None
+        #: the one pub/sub connection of this backend, shared by every watch
+        self._notifier = Notifier(self._open_pubsub)
+
+    async def _open_pubsub(self) -> PubSubConnection:
+        return await self.transport.open_pubsub()
 
     @classmethod
     def from_url(
@@ -127,4 +145,17 @@ class RedisBackend(Fetching):
     async def aclose(self) -> None:
         """Close the transport; every call afterwards raises BackendClosedError."""
         transport, self.transport = self.transport, ClosedTransport()
+        await self._notifier.aclose()
         await transport.aclose()
+
+    @asynccontextmanager
+    async def watch_ended(self, queue: str, task_id: str) -> AsyncIterator[Watch]:
+        channel = self.keys(queue).ended_channel.encode()
+        async with self._notifier.listen([(channel, queue)], task_id) as watch:
+            yield watch
+
+    @asynccontextmanager
+    async def watch_cancel_requests(self, queues: Sequence[str]) -> AsyncIterator[Watch]:
+        channels = [(self.keys(q).cancel_channel.encode(), q) for q in queues]
+        async with self._notifier.listen(channels) as watch:
+            yield watch

@@ -40,6 +40,7 @@ import attrs
 
 from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.backends.redis.core import _pairs
+from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.slots import SLOTS, command_keys, key_slot
 from strego.backends.redis.transport import Command, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
@@ -274,6 +275,19 @@ class ClusterTransport:
         if failed:
             raise failed[0]
         return None
+
+    async def open_pubsub(self) -> AnyioPubSub:
+        """A subscription on any primary that answers: a PUBLISH (the scripts') reaches every
+        node of a cluster."""
+        await self._fresh()
+        errors: list[str] = []
+        for address in dict.fromkeys([*self._primaries, *self._seeds]):
+            try:
+                return await self.node(address).open_pubsub()
+            except BackendError as exc:
+                errors.append(str(exc))
+                self._stale = True
+        raise BackendConnectionError("no cluster node took a subscription: " + "; ".join(errors))
 
     async def aclose(self) -> None:
         nodes, self._nodes = list(self._nodes.values()), {}

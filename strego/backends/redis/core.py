@@ -59,6 +59,7 @@ class RedisCore:
     durable_timeout_ms: int
     durable_replicas: int
     dead_ttl_ms: int
+    stats_retention_ms: int
     _keys: dict[str, Keys]
     _registry: str
     _first_call_checked: bool

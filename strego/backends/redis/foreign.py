@@ -15,7 +15,8 @@ from strego.errors import ForeignKeyError, StregoError
 FOREIGN_LOG_INTERVAL_S = 60.0
 #: The Redis type of each kind of queue key (the priority streams p0..p10 are streams too).
 _KEY_TYPES = {"tasks": "hash", "unique": "hash", "consumers": "hash", "paused": "string",
-              "ready": "string", "signal": "stream"}  # fmt: skip
+              "ready": "string", "signal": "stream", "minutes": "hash", "crons": "hash",
+              "cron_defs": "hash"}  # fmt: skip
 
 
 class ForeignKeys(RedisCore):

@@ -18,6 +18,12 @@ def queues_key(prefix: str) -> str:
     return f"{prefix}:{LAYOUT_VERSION}:queues"
 
 
+def schedules_key(prefix: str) -> str:
+    """The global index of periodic schedules: a hash, schedule id -> its queue (whose `crons`
+    and `cron_defs` hold it)."""
+    return f"{prefix}:{LAYOUT_VERSION}:schedules"
+
+
 def schema_key(prefix: str) -> str:
     """The global hash holding the data's record version (field ``record``; see migrate.py)."""
     return f"{prefix}:{LAYOUT_VERSION}:schema"
@@ -37,23 +43,31 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
                 "completed", "dead", "cancelled", "ready"),
     "fetch": (STREAMS, "tasks", "leases", "consumers", "paused", "dead", "ready"),
     "peek": (STREAMS, "consumers", "paused", "ready"),
-    "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers"),
-    "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers"),
+    "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers",
+            "cancelled", "minutes", "minutes_index"),
+    "fail": (STREAMS, "tasks", "leases", "scheduled", "retry", "dead", "signal", "consumers",
+             "cancelled", "unique", "unique_exp", "minutes", "minutes_index"),
     "release": (STREAMS, "tasks", "leases", "consumers", "ready"),
     "renew": ("tasks", "leases", "consumers"),
-    "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers"),
+    "claim_stale": (STREAMS, "tasks", "leases", "dead", "consumers", "cancelled", "unique",
+                    "unique_exp", "minutes", "minutes_index"),
     "promote": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
                 "unique", "unique_exp", "signal", "ready"),
     "cancel": (STREAMS, "tasks", "scheduled", "retry", "cancelled", "unique", "unique_exp"),
     "delete": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
                "unique", "unique_exp"),
     "requeue_dead": (STREAMS, "tasks", "dead", "ready"),
+    "run_now": (STREAMS, "tasks", "scheduled", "retry", "ready"),
     "purge": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
               "unique", "unique_exp"),
     "remove_idle_consumers": (STREAMS, "consumers"),
     "list_pending": (STREAMS, "tasks"),
     "list_active": (STREAMS, "tasks"),
     "list_sorted": ("tasks", LISTED),
+    "oldest_pending": (STREAMS,),
+    "put_schedule": ("crons", "cron_defs"),
+    "remove_schedule": ("crons", "cron_defs"),
+    "fire_schedule": (STREAMS, "tasks", "crons", "ready"),
 }  # fmt: skip
 
 
@@ -71,8 +85,28 @@ class Keys:
     """The keys of one queue: ``<prefix>:v1:{<queue>}:<kind>``."""
 
     __slots__ = (
-        "_scripts", "cancelled", "completed", "consumers", "dead", "leases", "paused", "queue",
-        "ready", "retry", "scheduled", "signal", "streams", "tasks", "unique", "unique_exp",
+        "_scripts",
+        "cancel_channel",
+        "cancelled",
+        "completed",
+        "consumers",
+        "cron_defs",
+        "crons",
+        "dead",
+        "ended_channel",
+        "leases",
+        "minutes",
+        "minutes_index",
+        "paused",
+        "queue",
+        "ready",
+        "retry",
+        "scheduled",
+        "signal",
+        "streams",
+        "tasks",
+        "unique",
+        "unique_exp",
     )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -90,9 +124,22 @@ class Keys:
         self.consumers = base + "consumers"  #: hash: consumer name -> last seen ms
         self.paused = base + "paused"  #: string: exists while the queue is paused
         self.signal = base + "signal"  #: capped stream: an earlier due time was added
+        #: hash: schedule id -> 'revision,next tick ms,last fire ms,last task id' (scripts own it)
+        self.crons = base + "crons"
+        #: hash: schedule id -> its definition (JSON only Python reads)
+        self.cron_defs = base + "cron_defs"
         #: string: a counter INCRed whenever tasks become pending (or the queue is resumed), so a
         #: fetcher that found the queue idle can tell from one MGET whether to look at it again
         self.ready = base + "ready"
+        #: hash: per-minute counts `<minute><kind>[:<type>]` -> n (lib/minutes.lua), and zset:
+        #: each of its fields -> its minute, so the minutes past retention are found and removed
+        self.minutes = base + "minutes"
+        self.minutes_index = base + "minutes_index"
+        #: pub/sub channels (not keys: they hold nothing): the ids of tasks that ended
+        #: (completed, dead, cancelled), for result waiters; the ids of active tasks whose cancel
+        #: was requested, for the servers holding them
+        self.ended_channel = base + "ended"
+        self.cancel_channel = base + "cancel"
         #: one stream of task ids per priority (index = priority), with the consumer group
         self.streams: tuple[str, ...] = tuple(f"{base}p{p}" for p in PRIORITIES)
         #: each script's KEYS, built once
@@ -120,6 +167,6 @@ class Keys:
         fixed = (
             self.tasks, self.scheduled, self.retry, self.dead, self.completed, self.cancelled,
             self.leases, self.unique, self.unique_exp, self.consumers, self.paused, self.signal,
-            self.ready,
+            self.ready, self.minutes, self.minutes_index, self.crons, self.cron_defs,
         )  # fmt: skip
         return fixed + self.streams

@@ -10,7 +10,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from strego.backends.base import MAX_SCAN, ConsumerInfo, QueueInfo, TaskPage, check_limit
+from strego.backends.base import (
+    MAX_SCAN,
+    MINUTE_MS,
+    ConsumerInfo,
+    MinuteCount,
+    QueueInfo,
+    TaskPage,
+    check_limit,
+    check_minutes,
+    first_kept_minute,
+    minute_of,
+)
 from strego.backends.cursor import decode_cursor, encode_cursor
 from strego.backends.redis.core import _pairs, _str
 from strego.backends.redis.foreign import ForeignKeys
@@ -94,9 +105,17 @@ class Reads(ForeignKeys):
                 Command(("ZCOUNT", getattr(k, _RETAINED[s]), self._live_from(s, now), "+inf"))
                 for s in _RETAINED
             ),
+            *(
+                Command(("ZCOUNT", getattr(k, _RETAINED[s]), now - MINUTE_MS, "+inf"))
+                for s in _RETAINED
+            ),
             *(Command(("XLEN", s)) for s in k.streams),
+            self._call(
+                "oldest_pending", k.script_keys("oldest_pending"), (self._now(), self.group)
+            ),
         ]
         r = await self._pipeline(calls)
+        recent = {s: min(r[7 + i], r[4 + i]) for i, s in enumerate(_RETAINED)}
         counts = {
             TaskState.SCHEDULED: r[1],
             TaskState.RETRY: r[2],
@@ -105,9 +124,43 @@ class Reads(ForeignKeys):
             TaskState.CANCELLED: r[5],
             TaskState.DEAD: r[6],
             # every stream entry is a pending task or an active one (until it leaves active)
-            TaskState.PENDING: max(0, sum(r[7:]) - r[3]),
+            TaskState.PENDING: max(0, sum(r[10:-1]) - r[3]),
         }
-        return QueueInfo(name=queue, paused=bool(r[0]), counts={s: counts[s] for s in TaskState})
+        age = int(r[-1])
+        return QueueInfo(
+            name=queue,
+            paused=bool(r[0]),
+            counts={s: counts[s] for s in TaskState},
+            oldest_pending_age_ms=None if age < 0 else age,
+            ended_last_minute=recent,
+        )
+
+    async def throughput(
+        self, queue: str, *, minutes: int = 60, task_type: str | None = None
+    ) -> list[MinuteCount]:
+        check_minutes(minutes)
+        now = await self._read_now()
+        first = first_kept_minute(now, self.stats_retention_ms)
+        starts = [minute_of(now) - i * MINUTE_MS for i in range(minutes - 1, -1, -1)]
+        kept = [m for m in starts if m >= first]
+        # the fields lib/minutes.lua writes: <minute number><kind>[:<type>]
+        suffix = b"" if task_type is None else b":" + task_type.encode()
+        fields = [
+            b"%d%s%s" % (m // MINUTE_MS, kind, suffix) for m in kept for kind in (b"c", b"f", b"d")
+        ]
+        values: list[Any] = []
+        if fields:
+            values = await self.transport.execute(
+                Command(("HMGET", self.keys(queue).minutes, *fields), idempotent=True)
+            )
+        counts = {
+            m: [int(v) if v else 0 for v in values[3 * i : 3 * i + 3]] for i, m in enumerate(kept)
+        }
+        out = []
+        for m in starts:
+            c, f, d = counts.get(m, (0, 0, 0))
+            out.append(MinuteCount(minute_ms=m, completed=c, failed=f, dead=d))
+        return out
 
     async def _records(self, queue: str, ids: Sequence[bytes]) -> list[TaskInfo]:
         if not ids:

@@ -36,10 +36,12 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
+import attrs
+
 from strego.errors import UnreadableRecordError
 from strego.ids import ID_LENGTH, id_time_ms, time_prefix
 from strego.message import TaskMessage
-from strego.task import TaskInfo, TaskState
+from strego.task import TaskError, TaskInfo, TaskState
 
 STATE_OF = {
     b"s"[0]: TaskState.SCHEDULED,
@@ -66,9 +68,12 @@ DEFAULT_ENCODING = "json"
 
 #: The optional header fields this code knows: tag -> name (as lib/record.lua's OPTIONAL).
 #: Adding a field is one line here and one there (docs/architecture.md, "How to add a field").
-OPTIONAL: dict[bytes, str] = {}
+OPTIONAL: dict[bytes, str] = {b"R": "result", b"F": "failure", b"C": "cancel"}
 #: The optional envelope fields: tag -> name. Python alone writes and reads the envelope.
-ENVELOPE_OPTIONAL: dict[bytes, str] = {}
+ENVELOPE_OPTIONAL: dict[bytes, str] = {
+    b"T": "result_ttl",
+    b"h": "headers",  # propagation headers (trace context, baggage): a JSON object of strings
+}
 _TAG = re.compile(rb"[A-Za-z][0-9]*")
 
 
@@ -102,7 +107,16 @@ def _opt_values(
 
 def encode_envelope(message: TaskMessage, optional: Mapping[str, bytes] | None = None) -> bytes:
     """The immutable part of a task, as the enqueue script stores it after the header, with
-    the `optional` fields given (by name, from ENVELOPE_OPTIONAL)."""
+    the `optional` fields given (by name, from ENVELOPE_OPTIONAL); the message's result_ttl and
+    headers are among them when it sets them."""
+    if message.headers or message.result_ttl_ms is not None:
+        extra = {} if optional is None else dict(optional)
+        if message.headers:
+            extra["headers"] = encode_headers(message.headers)
+        if message.result_ttl_ms is not None:
+            extra["result_ttl"] = str(message.result_ttl_ms).encode()
+        optional = extra
+        message = attrs.evolve(message, headers={}, result_ttl_ms=None)
     if optional:
         return _with_optional(encode_envelope(message), optional)
     kind = message.type.encode()
@@ -122,6 +136,20 @@ def encode_envelope(message: TaskMessage, optional: Mapping[str, bytes] | None =
         return b"".join((head.encode(), kind, encoding, labels, message.payload))
     head = f"{created},{timeout},{len(kind)},{encoding_len},;"
     return b"".join((head.encode(), kind, encoding, message.payload))
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    return json.dumps(headers, separators=(",", ":")).encode()
+
+
+def decode_headers(value: bytes) -> dict[str, str]:
+    """The headers envelope field (ValueError unless a JSON object of strings)."""
+    headers = json.loads(value)
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ValueError("the headers field is not a JSON object of strings")
+    return headers
 
 
 def _with_optional(envelope: bytes, optional: Mapping[str, bytes]) -> bytes:
@@ -220,8 +248,9 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
     error_end = consumer_end + int(el) if el else consumer_end
     unique_end = error_end + int(ul) if ul else error_end
     opt_end = unique_end
-    if len(fields) > 11:  # optional header fields: none known to TaskInfo yet
-        _, opt_end = _opt_values(record, fields[11:], unique_end, OPTIONAL)
+    header_opt: dict[str, bytes] | None = None
+    if len(fields) > 11:  # optional header fields (result, failure, cancel)
+        header_opt, opt_end = _opt_values(record, fields[11:], unique_end, OPTIONAL)
     env_end = record.index(b";", opt_end)
     env_fields = record[opt_end:env_end].split(b",")
     created, timeout, tl, encl, ll = env_fields if len(env_fields) == 5 else env_fields[:5]
@@ -233,8 +262,14 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         encoding_end, encoding = type_end, DEFAULT_ENCODING
     labels_end = encoding_end + int(ll) if ll else encoding_end
     payload_at = labels_end
-    if len(env_fields) > 5:  # optional envelope fields: none known to TaskInfo yet
-        _, payload_at = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
+    result_ttl_ms = None
+    headers = {}
+    if len(env_fields) > 5:  # optional envelope fields (result_ttl, headers)
+        env_opt, payload_at = _opt_values(record, env_fields[5:], labels_end, ENVELOPE_OPTIONAL)
+        if "result_ttl" in env_opt:
+            result_ttl_ms = int(env_opt["result_ttl"])
+        if "headers" in env_opt:
+            headers = decode_headers(env_opt["headers"])
     created_ms = int(created) if created else id_time_ms(task_id)
     if created_ms is None:
         raise ValueError("no created time, and the task id does not start with one")
@@ -262,7 +297,34 @@ def _decode(queue: str, task_id: str, record: bytes) -> TaskInfo:
         if error_end > consumer_end
         else None,
         record[pos:consumer_end].decode(errors="replace") if consumer_end > pos else None,
-    )
+        *(_NO_OPTIONAL if header_opt is None and result_ttl_ms is None
+          else _optional_info(header_opt, result_ttl_ms)),
+        headers,
+    )  # fmt: skip
+
+
+#: TaskInfo's result, result_ttl_ms, error and cancel_requested when no optional field is set
+_NO_OPTIONAL = (None, None, None, False)
+
+
+def _optional_info(
+    header: dict[str, bytes] | None, result_ttl_ms: int | None
+) -> tuple[bytes | None, int | None, TaskError | None, bool]:
+    """TaskInfo's result, result_ttl_ms, error and cancel_requested from the optional fields."""
+    if not header:
+        return None, result_ttl_ms, None, False
+    failure = header.get("failure")
+    error = None
+    if failure is not None:
+        detail = json.loads(failure)
+        error = TaskError(str(detail["type"]), str(detail["message"]), str(detail["traceback"]))
+    return header.get("result"), result_ttl_ms, error, "cancel" in header
+
+
+def encode_error(error: TaskError) -> bytes:
+    """The `failure` field of a dead task (JSON; read back by `_optional_info`)."""
+    detail = {"type": error.type, "message": error.message, "traceback": error.traceback}
+    return json.dumps(detail, separators=(",", ":")).encode()
 
 
 def optional_fields(record: bytes) -> tuple[dict[str, bytes], dict[str, bytes]]:

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rx
 
 from strego.backends.redis.connection import pack_command
+from strego.backends.redis.pubsub import RedisPyPubSub
 from strego.backends.redis.transport import Arg, Command, ScriptCall, to_resend
 from strego.errors import (
     BackendConnectionError,
@@ -150,6 +151,9 @@ class RedisPyTransport:
 
     async def ping(self) -> None:
         await self.execute(Command(("PING",), idempotent=True))
+
+    async def open_pubsub(self) -> RedisPyPubSub:
+        return RedisPyPubSub(self.client)
 
     async def aclose(self) -> None:
         await self._blocking_pool.disconnect()

@@ -43,6 +43,7 @@ from strego.backends.redis.connection import (
     open_connection,
     pack_command,
 )
+from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.transport import Command, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
 from strego.errors import BackendConnectionError, BackendError
@@ -247,6 +248,14 @@ class SentinelTransport(AnyioTransport):
             again = await super().pipeline([calls[i] for i in positions])
             for position, reply in zip(positions, again, strict=True):
                 replies[position] = reply
+
+    async def open_pubsub(self) -> AnyioPubSub:
+        """A subscription on the master (found first if need be). When the master moves, the
+        sentinels kill the old one's pub/sub clients and the notifier opens another here."""
+        await self._check_watch()
+        if self._stale:
+            await self._discover()
+        return await super().open_pubsub()
 
     async def aclose(self) -> None:
         watches, self._watches = list(self._watches.values()), {}

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from strego.backends.base import AckItem, Renewal
 from strego.backends.redis import codes
 from strego.backends.redis.core import _str, log
 from strego.backends.redis.reads import Reads
@@ -17,6 +18,7 @@ from strego.backends.redis.record import (
     LETTER,
     decode,
     encode_envelope,
+    encode_error,
     unreadable_reason,
 )
 from strego.backends.redis.transport import Arg, Command, ScriptCall
@@ -30,7 +32,7 @@ from strego.errors import (
     UnreadableRecordError,
 )
 from strego.message import TaskMessage, check_unique_ttl
-from strego.task import TaskInfo, TaskState
+from strego.task import TaskError, TaskInfo, TaskState
 
 #: Messages of one queue sent in one enqueue script call.
 ENQUEUE_CHUNK = 100
@@ -195,26 +197,31 @@ class Transitions(Reads):
                 await self.fail(queue, task_id, consumer, unreadable_reason(exc), retry_in_ms=None)
         return out
 
-    async def ack(self, queue: str, task_id: str, consumer: str) -> bool:
-        return (await self.ack_many([(queue, task_id)], consumer))[0]
+    async def ack(
+        self, queue: str, task_id: str, consumer: str, *, result: bytes | None = None
+    ) -> bool:
+        return (await self.ack_many([(queue, task_id, result)], consumer))[0]
 
-    async def ack_many(self, items: Sequence[tuple[str, str]], consumer: str) -> list[bool]:
+    async def ack_many(self, items: Sequence[AckItem], consumer: str) -> list[bool]:
         if not items:
             return []
         now = self._now()
         by_queue: dict[str, list[int]] = defaultdict(list)
-        for i, (queue, _) in enumerate(items):
-            by_queue[queue].append(i)
+        for i, item in enumerate(items):
+            by_queue[item[0]].append(i)
         calls: list[ScriptCall | Command] = []
         for queue, indexes in by_queue.items():
             k = self.keys(queue)
-            calls.append(
-                self._call(
-                    "ack",
-                    k.script_keys("ack"),
-                    (now, self.group, consumer, *(items[i][1] for i in indexes)),
-                )
-            )  # fmt: skip
+            args: list[Arg] = [now, self.group, consumer, k.ended_channel, self.stats_retention_ms]
+            if any(_result_of(items[i]) is not None for i in indexes):
+                args.append(2)  # (id, result) pairs
+                for i in indexes:
+                    result = _result_of(items[i])
+                    args += (items[i][1], b"" if result is None else result)
+            else:  # no result in this call (the usual case): ids only
+                args.append(1)
+                args += (items[i][1] for i in indexes)
+            calls.append(self._call("ack", k.script_keys("ack"), args))
         replies = await self._pipeline(calls)
         done = [False] * len(items)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
@@ -223,16 +230,25 @@ class Transitions(Reads):
         return done
 
     async def fail(
-        self, queue: str, task_id: str, consumer: str, error: str, *, retry_in_ms: int | None
+        self,
+        queue: str,
+        task_id: str,
+        consumer: str,
+        error: str,
+        *,
+        retry_in_ms: int | None,
+        detail: TaskError | None = None,
     ) -> TaskState | None:
         k = self.keys(queue)
         letter = await self._run(
             "fail",
             k.script_keys("fail"),
             (self._now(), self.group, consumer, task_id, error,
-             "" if retry_in_ms is None else max(0, retry_in_ms)),
+             "" if retry_in_ms is None else max(0, retry_in_ms),
+             b"" if detail is None else encode_error(detail), k.ended_channel,
+             self.stats_retention_ms),
         )  # fmt: skip
-        return {b"r": TaskState.RETRY, b"d": TaskState.DEAD}.get(letter)
+        return {b"r": TaskState.RETRY, b"d": TaskState.DEAD, b"x": TaskState.CANCELLED}.get(letter)
 
     async def release(self, queue: str, task_ids: Sequence[str], consumer: str) -> int:
         k = self.keys(queue)
@@ -247,16 +263,16 @@ class Transitions(Reads):
 
     async def renew(
         self, queue: str, task_ids: Sequence[str], consumer: str, *, lease_ms: int
-    ) -> list[str]:
+    ) -> Renewal:
         k = self.keys(queue)
         if not task_ids:
-            return []
-        lost = await self._run(
+            return Renewal()
+        lost, cancel = await self._run(
             "renew",
             k.script_keys("renew"),
             (self._now(), consumer, lease_ms, *task_ids),
         )
-        return [_str(i) for i in lost]
+        return Renewal([_str(i) for i in lost], [_str(i) for i in cancel])
 
     async def claim_stale(
         self,
@@ -295,7 +311,7 @@ class Transitions(Reads):
                     "claim_stale",
                     k.script_keys("claim_stale"),
                     (self._now(), self.group, consumer, count - len(out), lease_ms,
-                     max_deliveries, error),
+                     max_deliveries, error, k.ended_channel, self.stats_retention_ms),
                 )  # fmt: skip
             except ForeignKeyError as exc:
                 errors.append((queue, await self._foreign(queue, exc)))
@@ -358,9 +374,9 @@ class Transitions(Reads):
         done = await self._run(
             "cancel",
             k.script_keys("cancel"),
-            (self._now(), self.group, task_id),
+            (self._now(), self.group, task_id, k.ended_channel, k.cancel_channel),
         )
-        return done == 1 or await self._refused(task_id, queue)
+        return done in (1, 2) or await self._refused(task_id, queue)
 
     async def delete(self, task_id: str, queue: str | None = None) -> bool:
         queue = await self._located(task_id, queue)
@@ -373,6 +389,13 @@ class Transitions(Reads):
         if done == -1:
             raise TaskNotFoundError(task_id)
         return bool(done == 1)
+
+    async def run_now(self, task_id: str, queue: str | None = None) -> bool:
+        queue = await self._located(task_id, queue)
+        done = await self._run(
+            "run_now", self.keys(queue).script_keys("run_now"), (self._now(), self.group, task_id)
+        )
+        return done == 1 or await self._refused(task_id, queue)
 
     async def _requeue(
         self, queue: str, task_ids: Sequence[str], until: Arg = ""
@@ -470,3 +493,7 @@ class Transitions(Reads):
         )
         self._consumer_scan[queue] = scan
         return [_str(n) for n in names]
+
+
+def _result_of(item: AckItem) -> bytes | None:
+    return item[2] if len(item) > 2 else None  # the 3-tuple form

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from strego.errors import BackendClosedError
+
+if TYPE_CHECKING:
+    from strego.backends.redis.notify import PubSubConnection
 
 #: One argument of a Redis command.
 Arg = bytes | str | int | float
@@ -101,6 +104,10 @@ class Transport(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def open_pubsub(self) -> PubSubConnection:
+        """A new connection of its own in subscribe mode (for the backend's `Notifier`)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -121,6 +128,9 @@ class ClosedTransport:
         raise BackendClosedError("the backend is closed")
 
     async def ping(self) -> None:
+        raise BackendClosedError("the backend is closed")
+
+    async def open_pubsub(self) -> PubSubConnection:
         raise BackendClosedError("the backend is closed")
 
     async def aclose(self) -> None:

@@ -17,7 +17,8 @@
 -- A pending task whose header is all defaults but its sid (a fresh one) is written short,
 -- `P<sid ms>-<sid seq>;<envelope>` with both numbers in base 36, so that the record of a small
 -- task fits a 32-byte allocation in Redis. The envelope (type, payload, options) belongs to
--- Python and is never parsed here: payloads stay opaque bytes.
+-- Python and is never parsed here, but for its task type (`envelope_type`, for the per-minute
+-- history): payloads stay opaque bytes.
 
 --#include lib/clock.lua
 
@@ -28,6 +29,9 @@ local HEADER =
 -- parse() gives their values as h.opt[name]; build() writes those set. Adding a field is one
 -- line here and one in record.py's OPTIONAL (docs/architecture.md, "How to add a field").
 local OPTIONAL = {
+  {'R', 'result'},   -- a completed task's return value (ack)
+  {'F', 'failure'},  -- a dead task's error: type, message, traceback as JSON (fail)
+  {'C', 'cancel'},   -- cancel requested while active (cancel); the holder stops the task
 }
 local NAME_OF = {}
 for _, f in ipairs(OPTIONAL) do NAME_OF[f[1]] = f[2] end
@@ -193,16 +197,21 @@ local function pending_sid(rec)
 end
 
 -- An active record's completed record (ended now, sid and consumer cleared, the rest kept,
--- optional fields byte for byte), and the sid, priority and unique key the ack needs; nil when
+-- optional fields byte for byte), and the sid, priority, unique key, optional part (the
+-- `,<tag><len>` entries: '' for none) and envelope position (in `rec`) the ack needs; nil when
 -- `rec` is not an active record.
 local ACTIVE =
   '^a(%d*),(%d*),(%d*),%d*,(%d*),(%d*),(%d*),([%d%-]*),(%d*),(%d*),(%d*)([,%a%d]*);()'
 local function completed(rec, now)
   if not rec then return nil end
   local r, d, st, due, mr, pr, sid, cl, el, ul, part, pos = string.match(rec, ACTIVE)
-  if not r or (part ~= '' and not parse_opts(rec, part, pos + (tonumber(cl) or 0)
-      + (tonumber(el) or 0) + (tonumber(ul) or 0))) then
-    return nil
+  if not r then return nil end
+  -- where the envelope starts: after the consumer, error, unique key and optional values
+  local env_at = pos + (tonumber(cl) or 0) + (tonumber(el) or 0) + (tonumber(ul) or 0)
+  if part ~= '' then
+    local tags, _, _, opt_end = parse_opts(rec, part, env_at)
+    if not tags then return nil end
+    env_at = opt_end
   end
   local after_consumer = pos + (tonumber(cl) or 0)
   local unique, ulen = '', tonumber(ul) or 0
@@ -212,7 +221,19 @@ local function completed(rec, now)
   end
   local new = 'c' .. r .. ',' .. d .. ',' .. st .. ',' .. now .. ',' .. due .. ',' .. mr .. ','
     .. pr .. ',,,' .. el .. ',' .. ul .. part .. ';' .. string.sub(rec, after_consumer)
-  return new, sid, tonumber(pr) or 0, unique
+  return new, sid, tonumber(pr) or 0, unique, part, env_at
+end
+
+-- The task type an envelope names (the one envelope field Lua reads, for the per-minute history
+-- by type), from position `at` of `rec`; nil when it does not parse. The envelope starts
+-- `<created>,<timeout>,<type_len>,<encoding_len>,<labels_len>[,<tag><len>]...;<type>`
+-- (strego/backends/redis/record.py): the pattern checks only what it needs, as it runs once per
+-- acked task (about 0.4 us).
+local ENVELOPE_TYPE = '^%d*,%d*,(%d*),[^;]*;()'
+local function envelope_type(rec, at)
+  local len, from = string.match(rec, ENVELOPE_TYPE, at)
+  if not len then return nil end
+  return string.sub(rec, from, from + (tonumber(len) or 0) - 1)
 end
 
 -- A record whose header does not parse can never run or be moved: it goes to dead (priority 0,
@@ -262,10 +283,16 @@ local function read_entries(reply)
   return reply[1][2] or {}
 end
 
--- Append a task id to a priority stream, creating the stream with its group on first use.
+-- Append a task id to a priority stream, creating the stream with its group on first use. The
+-- entry id's time is when the task became pending (QueueInfo.oldest_pending_age_ms): Redis TIME,
+-- or the injected clock when a test injects one (unless the stream already holds a later id).
 local function push(stream, group, id)
   if redis.call('EXISTS', stream) == 0 then
     redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  end
+  if injected_now then
+    local sid = redis.pcall('XADD', stream, injected_now .. '-*', 't', id)
+    if type(sid) == 'string' then return sid end
   end
   return redis.call('XADD', stream, '*', 't', id)
 end
@@ -327,4 +354,20 @@ local function call_chunked(name, key, items, extra)
       redis.call(name, key, unpack(items, first, last))
     end
   end
+end
+
+-- Tell waiters (pub/sub `channel`, '' for none) that these task ids ended: one message, the ids
+-- separated by spaces. A hint only: a waiter reads the record itself.
+local function publish_ended(channel, ids)
+  if channel ~= '' and ids[1] then redis.call('PUBLISH', channel, table.concat(ids, ' ')) end
+end
+
+-- End an active task (parsed into `h`, taken out of its stream and leases) as cancelled: its
+-- cancel was requested while it ran (cancel.lua); never retried, never dead.
+local function end_cancelled(h, id, now, tasks, cancelled, unique, unique_exp)
+  release_unique(unique, unique_exp, h.unique, id)
+  h.state, h.ended, h.due, h.sid, h.consumer = 'x', now, '', '', ''
+  h.opt.cancel = nil
+  redis.call('HSET', tasks, id, build(h))
+  redis.call('ZADD', cancelled, now, id)
 end

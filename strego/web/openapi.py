@@ -1,0 +1,302 @@
+"""The OpenAPI 3.1 document of the JSON API, served at /api/v1/openapi.json. Written by hand next
+to the routes (a test checks that every route is in it and every path in it is a route); its
+server URL is the app's mount point, so a client behind a proxy prefix finds the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strego import __version__
+from strego.backends.base import MAX_MINUTES, MAX_PAGE
+from strego.task import TaskState
+
+_STATES = [s.value for s in TaskState]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = _json(_ref("Error"), "refused: `error` says why")
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_NULLABLE_STR = {"type": ["string", "null"]}
+
+_QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
+_409 = (404, 409)
+_TASK = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _ERROR for s in statuses}
+
+
+def _action(summary: str, params: list[Any], result: str, *statuses: int) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": params,
+        "responses": {"200": _json(_ref(result), "done"), **_errors(403, 405, *statuses, 503)},
+    }
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "description": "a code: not_found, wrong_state, ..."},
+            "message": {"type": "string"},
+            "state": {**_NULLABLE_STR, "description": "409: the task's state now"},
+        },
+    },
+    "Counts": {
+        "type": "object",
+        "properties": {s: {"type": "integer"} for s in _STATES},
+    },
+    "Queue": {
+        "type": "object",
+        "required": ["name", "paused", "counts"],
+        "properties": {
+            "name": {"type": "string"},
+            "paused": {"type": "boolean"},
+            "counts": _ref("Counts"),
+            "oldest_pending_age_ms": {
+                **_NULLABLE_INT,
+                "description": "how long the next task to start has waited (null: none pending)",
+            },
+            "history": _ref("History"),
+        },
+    },
+    "History": {
+        "type": "object",
+        "description": "per-minute counts (the last hour unless asked), oldest minute first",
+        "properties": {
+            "start_ms": {**_NULLABLE_INT, "description": "the first minute's start"},
+            "minute_ms": {"const": 60000},
+            "completed": {"type": "array", "items": {"type": "integer"}},
+            "failed": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "runs that failed and went to retry",
+            },
+            "dead": {"type": "array", "items": {"type": "integer"}},
+            "total": {"type": "object"},
+        },
+    },
+    "Payload": {
+        "type": "object",
+        "description": "never deserialized: `text` when the shown bytes are UTF-8, else `base64`",
+        "properties": {
+            "encoding": {"type": "string"},
+            "size": {"type": "integer", "description": "bytes of the whole payload"},
+            "truncated": {"type": "boolean"},
+            "text": _NULLABLE_STR,
+            "base64": _NULLABLE_STR,
+        },
+    },
+    "Task": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "queue": {"type": "string"},
+            "type": {"type": "string"},
+            "state": {"enum": _STATES},
+            "priority": {"type": "integer"},
+            "max_retry": {"type": "integer"},
+            "retried": {"type": "integer"},
+            "deliveries": {"type": "integer"},
+            "timeout_ms": _NULLABLE_INT,
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "unique_key": _NULLABLE_STR,
+            "created_ms": {"type": "integer"},
+            "started_ms": _NULLABLE_INT,
+            "completed_ms": _NULLABLE_INT,
+            "next_run_ms": _NULLABLE_INT,
+            "ended_ms": _NULLABLE_INT,
+            "last_error": _NULLABLE_STR,
+            "consumer": {**_NULLABLE_STR, "description": "the holder of an active task"},
+            "payload": _ref("Payload"),
+        },
+    },
+    "TaskPage": {
+        "type": "object",
+        "properties": {
+            "queue": {"type": "string"},
+            "state": {"enum": _STATES},
+            "tasks": {"type": "array", "items": _ref("Task")},
+            "next_cursor": {**_NULLABLE_STR, "description": "null at the end"},
+        },
+    },
+    "Worker": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "queue": {"type": "string"},
+            "host": {**_NULLABLE_STR, "description": "from a default name host:pid:random"},
+            "pid": _NULLABLE_INT,
+            "idle_ms": {"type": "integer"},
+            "held": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "TaskAction": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "action": {"type": "string"},
+            "changed": {"type": "boolean"},
+            "state": {**_NULLABLE_STR, "description": "the task's state after (null: deleted)"},
+        },
+    },
+    "QueueAction": {
+        "type": "object",
+        "properties": {
+            "queue": {"type": "string"},
+            "action": {"type": "string"},
+            "changed": {"type": "integer", "description": "how many tasks it changed"},
+            "paused": {"type": "boolean"},
+            "states": {"type": "array", "items": {"enum": _STATES}},
+        },
+    },
+}
+
+_PATHS: dict[str, Any] = {
+    "/openapi.json": {
+        "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI"}}}
+    },
+    "/queues": {
+        "get": {
+            "summary": "every queue: counts per state, paused, oldest pending age, last hour",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {"queues": {"type": "array", "items": _ref("Queue")}},
+                    },
+                    "queues by name",
+                ),
+                **_errors(503),
+            },
+        }
+    },
+    "/queues/{queue}": {
+        "get": {
+            "summary": "one queue; its history over `minutes`, of one task `type` if given",
+            "parameters": [
+                _QUEUE,
+                {
+                    "name": "minutes",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES},
+                },
+                {"name": "type", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _json(_ref("Queue"), "the queue"), **_errors(400, 404, 503)},
+        }
+    },
+    "/queues/{queue}/tasks": {
+        "get": {
+            "summary": "a page of the tasks of one state",
+            "parameters": [
+                _QUEUE,
+                {"name": "state", "in": "query", "schema": {"enum": _STATES, "default": "pending"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "the previous page's next_cursor",
+                },
+            ],
+            "responses": {"200": _json(_ref("TaskPage"), "a page"), **_errors(400, 404, 503)},
+        }
+    },
+    "/queues/{queue}/pause": {"post": _action("pause a queue", [_QUEUE], "QueueAction", 404)},
+    "/queues/{queue}/resume": {"post": _action("resume a queue", [_QUEUE], "QueueAction", 404)},
+    "/queues/{queue}/requeue-dead": {
+        "post": _action("requeue every dead task", [_QUEUE], "QueueAction", 404)
+    },
+    "/queues/{queue}/purge": {
+        "post": _action(
+            "delete the tasks of the given states (never active ones)",
+            [
+                _QUEUE,
+                {
+                    "name": "state",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "array", "items": {"enum": _STATES}},
+                    "style": "form",
+                    "explode": True,
+                },
+            ],
+            "QueueAction",
+            400,
+            404,
+        )
+    },
+    "/tasks/{id}": {
+        "get": {
+            "summary": "one task",
+            "parameters": [_TASK],
+            "responses": {"200": _json(_ref("Task"), "the task"), **_errors(404, 503)},
+        },
+        "delete": _action("delete a task that is not active", [_TASK], "TaskAction", 404, 409),
+    },
+    "/tasks/{id}/payload": {
+        "get": {
+            "summary": "the whole payload as stored, to download",
+            "parameters": [_TASK],
+            "responses": {
+                "200": {
+                    "description": "the payload bytes",
+                    "content": {"application/octet-stream": {}},
+                },
+                **_errors(404, 503),
+            },
+        }
+    },
+    "/tasks/{id}/requeue": {
+        "post": _action("a dead task back to pending", [_TASK], "TaskAction", 404, 409)
+    },
+    "/tasks/{id}/cancel": {
+        "post": _action(
+            "cancel a task (a running one: its server stops it)", [_TASK], "TaskAction", 404, 409
+        )
+    },
+    "/tasks/{id}/run": {
+        "post": _action("a scheduled or retry task runs now", [_TASK], "TaskAction", *_409)
+    },
+    "/workers": {
+        "get": {
+            "summary": "each consumer of each queue",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {"workers": {"type": "array", "items": _ref("Worker")}},
+                    },
+                    "consumers by name",
+                ),
+                **_errors(503),
+            },
+        }
+    },
+}
+
+
+def document(api_root: str) -> dict[str, Any]:
+    """The document for the API at `api_root` (the app's mount point and /api/v1)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "strego", "version": __version__},
+        "servers": [{"url": api_root}],
+        "paths": _PATHS,
+        "components": {"schemas": _SCHEMAS},
+    }
