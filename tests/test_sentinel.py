@@ -205,3 +205,46 @@ async def test_passwords_of_the_master_and_of_the_sentinels() -> None:
                     await wrong.enqueue(message("t2"))
             finally:
                 await wrong.aclose()
+
+
+async def test_watches_subscribe_on_the_master_and_follow_it(
+    two_servers: tuple[RedisServer, RedisServer],
+) -> None:
+    a, b = two_servers
+    fake = FakeSentinel(a.port)
+    async with fake_redis(fake.handle) as port:
+        backend = RedisBackend(transport([port]), prefix="w")
+        try:
+            await backend.enqueue(message("t1"))
+            assert len(await backend.fetch(["q"], 1, "c", lease_ms=LEASE_MS)) == 1
+            async with backend.watch_ended("q", "t1") as watch:  # first call: finds a
+                await backend.ack("q", "t1", "c")
+                assert await watch.wait(10) == [("q", "t1")]
+            fake.master_port = b.port
+            await fake.publish()
+            await backend.enqueue(message("t2"))  # on b now
+            await backend.fetch(["q"], 1, "c", lease_ms=LEASE_MS)
+            # the old master drops its subscribers (as the sentinels make it do)
+            redis.Redis(port=a.port).client_kill_filter(_type="pubsub")
+            on_b = redis.Redis(port=b.port)
+            async with backend.watch_ended("q", "t2") as watch:
+                # the notifier finds its connection lost and subscribes again, on b
+                async with anyio.create_task_group() as tg:
+
+                    async def keep_waiting() -> None:
+                        while True:  # the waiter reads (and so reconnects)
+                            await watch.wait(0.1)
+
+                    tg.start_soon(keep_waiting)
+                    await eventually(
+                        lambda: len(on_b.client_list(_type="pubsub")) >= 1, "subscribed on b"
+                    )
+                    tg.cancel_scope.cancel()
+                await backend.ack("q", "t2", "c")
+                ended: list[tuple[str, str]] = []
+                with anyio.fail_after(10):
+                    while not ended:  # (a wake-up left from the lost connection is empty)
+                        ended = await watch.wait(10)
+                assert ended == [("q", "t2")]
+        finally:
+            await backend.aclose()
