@@ -125,6 +125,12 @@ class BackendTimeoutError(BackendError, TimeoutError):
     """The backend did not answer in time."""
 
 
+class NotReplicatedError(BackendError):
+    """With durable enqueues: the master stored the tasks, but fewer replicas than asked for
+    confirmed them within the timeout, so a failover now could lose them. They were not undone:
+    they will run unless the master is lost before it replicates them."""
+
+
 class OutOfMemoryError(BackendError):
     """The backend refused a write because it is out of memory. Nothing was written."""
 

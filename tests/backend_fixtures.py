@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import pytest
 
 from strego.backends.base import STATS_RETENTION_MS, Backend, Clock
 from strego.backends.memory import MemoryBackend
+
+if TYPE_CHECKING:
+    from tests.cluster_setup import ClusterSetup
 
 
 class BackendFactory(Protocol):
@@ -110,6 +113,22 @@ def _anyio_redis(request: pytest.FixtureRequest) -> BackendFactory:
     return _redis_factory(lambda: AnyioTransport.from_url(url))
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterSetup]:
+    """A 6-node Redis Cluster (3 primaries, 3 replicas) for this session."""
+    from tests.cluster_setup import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+def _cluster_redis(request: pytest.FixtureRequest) -> BackendFactory:
+    from strego.backends.redis.cluster import ClusterTransport
+
+    url = request.getfixturevalue("redis_cluster").url()
+    return _redis_factory(lambda: ClusterTransport.from_url(url))
+
+
 def _fakeredis(request: pytest.FixtureRequest) -> BackendFactory:
     import fakeredis
 
@@ -124,6 +143,8 @@ BACKENDS: dict[str, BackendKind] = {
     "fakeredis": BackendKind(_fakeredis, event_loops=frozenset({"asyncio"})),
     # RedisBackend over strego's own anyio transport: asyncio and trio
     "anyio-redis": BackendKind(_anyio_redis),
+    # the same over ClusterTransport, on a 6-node Redis Cluster
+    "cluster-redis": BackendKind(_cluster_redis),
 }
 
 

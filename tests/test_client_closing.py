@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.parametrize(
-    "make_backend", ["memory", "redis", "anyio-redis", "fakeredis"], indirect=True
+    "make_backend", ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"], indirect=True
 )
 async def test_a_client_leaves_open_the_backend_it_was_given(backend: Backend) -> None:
     async with strego.Client(backend) as client:

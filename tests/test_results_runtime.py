@@ -24,7 +24,7 @@ __all__ = ["backend"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.anyio
 #: most tests run on every backend; the memory-only ones simulate lost or stale notifications
 EVERY = pytest.mark.parametrize(
-    "make_backend", ["memory", "redis", "anyio-redis", "fakeredis"], indirect=True
+    "make_backend", ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"], indirect=True
 )
 
 

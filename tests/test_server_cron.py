@@ -20,7 +20,9 @@ __all__ = ["backend"]  # the fixture, imported for pytest
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.parametrize(
-        "make_backend", ["memory", "redis", "anyio-redis", "fakeredis"], indirect=True
+        "make_backend",
+        ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"],
+        indirect=True,
     ),
 ]
 

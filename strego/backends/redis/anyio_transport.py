@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import ssl
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -52,6 +53,16 @@ def typed_error(error: hiredis.ReplyError) -> BackendError:
     if text.startswith("WRONGTYPE"):
         return ForeignKeyError(text)
     return BackendError(text)
+
+
+class _Attempts:
+    """The failures of one call so far, and when the first happened (for a time-bounded retry)."""
+
+    __slots__ = ("count", "first")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = 0.0
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -106,7 +117,13 @@ class AnyioTransport:
         self._backoff_max = backoff_max
         self._blocking_margin = blocking_margin
         self._write_timeout = write_timeout
+        #: Seconds a failed call keeps being retried after its first failure (None: `retries`
+        #: times); set by transports that wait out a failover.
+        self.retry_window: float | None = None
         self._shared: list[Connection | None] = [None] * shared_connections
+        # Bumped when pooled connections are dropped: a blocking connection of an older
+        # generation is not put back in the pool.
+        self._generation = 0
         self._next_shared = 0
         # Per shared slot: how many times it was (re)connected, and the last attempt's failure.
         self._connect_failures: list[tuple[int, BackendError | None]] = [
@@ -179,13 +196,13 @@ class AnyioTransport:
         # Block time 0 means "forever" to Redis: then so does the wait for the reply.
         read_timeout = None if timeout_ms <= 0 else timeout_ms / 1000 + self._blocking_margin
         payload = _pack(command)
-        failures = 0
+        attempts = _Attempts()
         while True:
             try:
                 (reply,) = await self._blocking_request(payload, read_timeout)
                 break
             except ConnectionLost as lost:
-                failures = await self._after_failure(lost, failures, command.idempotent)
+                await self._after_failure(lost, attempts, command.idempotent)
         if isinstance(reply, hiredis.ReplyError):
             raise typed_error(reply)
         return reply
@@ -230,36 +247,60 @@ class AnyioTransport:
             replies[position] = reply
 
     async def _shared_request(self, payload: bytes, count: int, *, idempotent: bool) -> list[Any]:
-        failures = 0
+        attempts = _Attempts()
         while True:
             index = self._next_shared
             self._next_shared = (index + 1) % len(self._shared)
             conn = self._shared[index]
             try:
                 if conn is None or conn.broken:
-                    conn = await self._reconnect_shared(index)
+                    conn = await self._reconnect_shared_or_lost(index)
                 return await conn.request(payload, count)
             except ConnectionLost as lost:
-                failures = await self._after_failure(lost, failures, idempotent)
+                await self._after_failure(lost, attempts, idempotent)
+
+    async def _reconnect_shared_or_lost(self, index: int) -> Connection:
+        """`_reconnect_shared`; within a retry window, a failed connect counts as a lost call
+        that was never sent (so it is tried again until the window closes)."""
+        if self.retry_window is None:
+            return await self._reconnect_shared(index)
+        try:
+            return await self._reconnect_shared(index)
+        except BackendConnectionError as exc:
+            raise ConnectionLost(str(exc), written=False) from None
 
     async def _blocking_request(self, payload: bytes, read_timeout: float | None) -> list[Any]:
         async with self._blocking_slots_():
-            conn = self._idle_blocking.pop() if self._idle_blocking else await self._connect()
+            generation = self._generation
+            if self._idle_blocking:
+                conn = self._idle_blocking.pop()
+            elif self.retry_window is None:
+                conn = await self._connect()
+            else:
+                try:
+                    conn = await self._connect()
+                except BackendConnectionError as exc:
+                    raise ConnectionLost(str(exc), written=False) from None
             reusable = False
             try:
                 replies = await conn.request(payload, 1, read_timeout=read_timeout)
                 reusable = True
             finally:
-                # A blocking call cut short leaves its reply coming: never reuse that one.
-                if reusable and not conn.broken:
+                # A blocking call cut short leaves its reply coming: never reuse that one; nor one
+                # to a server the transport has since left (`_drop_connections`).
+                if reusable and not conn.broken and generation == self._generation:
                     self._idle_blocking.append(conn)
                 else:
                     await conn.aclose()
             return replies
 
-    async def _after_failure(self, lost: ConnectionLost, failures: int, idempotent: bool) -> int:
+    async def _after_failure(
+        self, lost: ConnectionLost, attempts: _Attempts, idempotent: bool
+    ) -> None:
         """Raise the error for `lost` if the call must not be tried again; else back off if this
-        is not the first retry, and return the count of failures so far."""
+        is not the first retry. A call is tried again `retries` times, or, with a
+        `retry_window`, for that many seconds after its first failure."""
+        await self._connection_failed()
         if lost.timeout:
             raise BackendTimeoutError(str(lost)) from None
         if lost.written and not idempotent:
@@ -267,12 +308,33 @@ class AnyioTransport:
                 f"{lost}; the command was sent but its reply was lost, so it may or may "
                 "not have taken effect (not retried: the call is not idempotent)"
             ) from None
-        failures += 1
-        if failures > self._retries:
-            raise BackendConnectionError(f"{lost} (gave up after {failures} attempts)") from None
-        if failures > 1:
-            await anyio.sleep(self._backoff(failures - 1))
-        return failures
+        attempts.count += 1
+        if attempts.count == 1:
+            attempts.first = time.monotonic()
+        if self.retry_window is None:
+            give_up = attempts.count > self._retries
+        else:
+            give_up = time.monotonic() - attempts.first > self.retry_window
+        if give_up:
+            raise BackendConnectionError(
+                f"{lost} (gave up after {attempts.count} attempts)"
+            ) from None
+        if attempts.count > 1:
+            await anyio.sleep(self._backoff(attempts.count - 1))
+
+    async def _connection_failed(self) -> None:
+        """Called on every lost connection, before deciding on a retry (a hook for subclasses
+        that must look for another server)."""
+
+    async def _drop_connections(self) -> None:
+        """Close every pooled connection now (the server they reach is no longer the one to
+        use); blocking connections in use are closed when their call returns."""
+        self._generation += 1
+        connections = [c for c in self._shared if c is not None] + self._idle_blocking
+        self._shared = [None] * len(self._shared)
+        self._idle_blocking = []
+        for conn in connections:
+            await conn.aclose()
 
     async def _reconnect_shared(self, index: int) -> Connection:
         if self._shared_locks is None:
@@ -301,13 +363,15 @@ class AnyioTransport:
             if attempt:
                 await anyio.sleep(self._backoff(attempt))
             try:
-                return await open_connection(
-                    self.settings, self.stats, write_timeout=self._write_timeout
-                )
+                return await self._open()
             except BackendConnectionError:
                 if attempt == self._connect_attempts - 1:
                     raise
         raise AssertionError("unreachable")
+
+    async def _open(self) -> Connection:
+        """One attempt to open a connection to the server (a hook for subclasses)."""
+        return await open_connection(self.settings, self.stats, write_timeout=self._write_timeout)
 
     def _backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (1-based): exponential, with jitter."""

@@ -61,6 +61,9 @@ class RedisBackend(Schedules):
         stats_retention_ms: int = STATS_RETENTION_MS,
         history: bool = False,
         history_cap: int = DEFAULT_HISTORY_CAP,
+        durable: bool = False,
+        durable_timeout_ms: int = 1000,
+        durable_replicas: int = 1,
     ) -> None:
         check_stats_retention(stats_retention_ms)
         if history and (not isinstance(history_cap, int) or history_cap < 1):
@@ -89,6 +92,15 @@ class RedisBackend(Schedules):
         #: with history on, every transition appends an event to its queue's history stream,
         #: capped at about history_cap entries (docs/redis.md, "History"); 0: off
         self.history_cap = history_cap if history else 0
+        if durable_timeout_ms < 1:
+            raise ValueError("durable_timeout_ms must be at least 1 (WAIT 0 waits forever)")
+        if durable_replicas < 1:
+            raise ValueError("durable_replicas must be at least 1")
+        #: an enqueue returns only once `durable_replicas` replicas have its tasks, waiting up to
+        #: durable_timeout_ms (docs/deploy.md)
+        self.durable = durable
+        self.durable_timeout_ms = durable_timeout_ms
+        self.durable_replicas = durable_replicas
         self._keys: dict[str, Keys] = {}
         self._registry = queues_key(prefix)
         #: newest signal-stream id seen per queue, so wait_schedule_change misses nothing
@@ -116,12 +128,27 @@ class RedisBackend(Schedules):
     ) -> RedisBackend:
         """A backend for a redis://, rediss:// or unix:// URL over strego's anyio transport, which
         runs under asyncio and trio and pipelines concurrent calls (bench/bench_transport.py
-        measured it at least as fast as redis-py under asyncio). `transport_options` go to
-        `AnyioTransport`; `options` to the constructor. To use redis-py instead, pass a
-        `redis.asyncio.Redis` to the constructor."""
+        measured it at least as fast as redis-py under asyncio); or for a redis+sentinel:// URL
+        (`SentinelTransport`) or a redis+cluster:// URL (`ClusterTransport`): docs/deploy.md.
+        The URL options durable=true, durable_timeout_ms=N and durable_replicas=N set the
+        constructor's options of those names. `transport_options` go to the transport;
+        `options` to the constructor. To use redis-py instead, pass a `redis.asyncio.Redis` to
+        the constructor."""
         from strego.backends.redis.anyio_transport import AnyioTransport
+        from strego.backends.redis.cluster import ClusterTransport, is_cluster_url
+        from strego.backends.redis.sentinel import SentinelTransport, is_sentinel_url
+        from strego.backends.redis.url import backend_options
 
-        return cls(AnyioTransport.from_url(url, **(transport_options or {})), **options)
+        url, from_query = backend_options(url)
+        options = {**from_query, **options}
+        transport: Transport
+        if is_sentinel_url(url):
+            transport = SentinelTransport.from_url(url, **(transport_options or {}))
+        elif is_cluster_url(url):
+            transport = ClusterTransport.from_url(url, **(transport_options or {}))
+        else:
+            transport = AnyioTransport.from_url(url, **(transport_options or {}))
+        return cls(transport, **options)
 
     async def aclose(self) -> None:
         """Close the transport; every call afterwards raises BackendClosedError."""

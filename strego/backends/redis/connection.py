@@ -174,6 +174,11 @@ class Connection:
             raise req.error
         return req.replies
 
+    def has_unread(self) -> bool:
+        """Whether the server sent bytes nobody asked for, or closed: on a subscribed connection,
+        that a message came (it is not read: the caller reacts to the news alone)."""
+        return self.broken or self._closed_while_idle()
+
     async def aclose(self) -> None:
         if not self.broken:
             await self._fail(f"connection to {self._address} was closed", timed_out=False)

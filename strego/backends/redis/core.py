@@ -67,6 +67,10 @@ class RedisCore:
     _time_offset_ms: float
     _time_measured: float
     completed_ttl_ms: int
+    #: wait for replicas (WAIT durable_replicas durable_timeout_ms) before an enqueue returns
+    durable: bool
+    durable_timeout_ms: int
+    durable_replicas: int
     dead_ttl_ms: int
     stats_retention_ms: int
     #: the history streams' MAXLEN, 0 while history is off (docs/redis.md, "History")

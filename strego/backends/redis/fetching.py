@@ -104,8 +104,13 @@ class Fetching(Transitions):
             return []
         streams = [s for s, _ in waits]
         ids = [i for _, i in waits]
+        # XREAD without a group only reads: idempotent, so a wait cut by a failover goes on
         await self.transport.blocking(
-            Command(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *ids)), block_ms
+            Command(
+                ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *ids),
+                idempotent=True,
+            ),
+            block_ms,
         )
         return (await self._fetch_once(queues, count, consumer, lease_ms, ordered)).tasks
 
@@ -285,7 +290,8 @@ class Fetching(Transitions):
         ids = [self._signal_ids.get(q, b"$") for q in queues]
         try:
             reply = await self.transport.blocking(
-                Command(("XREAD", "BLOCK", timeout_ms, "STREAMS", *streams, *ids)), timeout_ms
+                Command(("XREAD", "BLOCK", timeout_ms, "STREAMS", *streams, *ids), idempotent=True),
+                timeout_ms,
             )
         except ForeignKeyError as exc:  # wait on the other queues' signals
             types = await self._pipeline([Command(("TYPE", k), idempotent=True) for k in streams])

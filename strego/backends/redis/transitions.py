@@ -26,6 +26,7 @@ from strego.errors import (
     BackendError,
     ForeignKeyError,
     InvalidTaskError,
+    NotReplicatedError,
     StregoError,
     TaskNotFoundError,
     UnreadableRecordError,
@@ -64,8 +65,8 @@ class Transitions(Reads):
         now = self._now()
         queue = message.queue
         register = Command(("SADD", self._registry, queue), idempotent=True)
-        first, reply, last = await self._send(
-            [register, self._enqueue_call(queue, now, [message]), register]
+        first, reply, last, *waited = await self._send(
+            [register, self._enqueue_call(queue, now, [message]), register, *self._durable()]
         )
         if isinstance(reply, ForeignKeyError):
             raise await self._foreign(queue, reply) from None
@@ -76,6 +77,7 @@ class Transitions(Reads):
         result = self._enqueued(message, code, detail)
         if isinstance(result, StregoError):
             raise result
+        self._check_replicated(waited, 1)
         return result
 
     async def enqueue_many(self, messages: Sequence[TaskMessage]) -> list[TaskInfo | StregoError]:
@@ -95,7 +97,10 @@ class Transitions(Reads):
                 calls.append(self._enqueue_call(queue, now, [messages[i] for i in chunk]))
                 chunks.append((queue, chunk))
         calls.append(register)
-        first, *replies, last = await self._send(calls)
+        durable = self._durable()
+        sent = await self._send([*calls, *durable])
+        waited = sent[len(calls) :]
+        first, *replies, last = sent[: len(calls)]
         self._check_registered(list(by_queue), first, last)
         results: list[TaskInfo | StregoError | None] = [None] * len(messages)
         failed = [r for r in replies if isinstance(r, BaseException)]
@@ -113,7 +118,29 @@ class Transitions(Reads):
                 raise reply
             for i, (code, detail) in zip(chunk, reply, strict=True):
                 results[i] = self._enqueued(messages[i], code, detail)
+        self._check_replicated(waited, len(messages))
         return [r for r in results if r is not None]
+
+    def _durable(self) -> list[Command]:
+        """With `durable`, the WAIT that follows an enqueue's writes on the same connection."""
+        if not self.durable:
+            return []
+        return [Command(("WAIT", self.durable_replicas, self.durable_timeout_ms), idempotent=True)]
+
+    def _check_replicated(self, waited: list[Any], count: int) -> None:
+        """Raise NotReplicatedError unless the WAIT after an enqueue (if any) saw enough
+        replicas."""
+        if not waited:
+            return
+        (reply,) = waited
+        if isinstance(reply, BaseException):
+            raise NotReplicatedError(f"{count} task(s) stored, but WAIT failed: {reply}")
+        if int(reply) < self.durable_replicas:
+            raise NotReplicatedError(
+                f"{count} task(s) stored on the master, but {reply} replica(s), not "
+                f"{self.durable_replicas}, confirmed them within {self.durable_timeout_ms} ms: "
+                "a failover now could lose them"
+            )
 
     @staticmethod
     def _check_registered(queues: Sequence[str], first: Any, last: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import attrs
 
@@ -125,6 +125,35 @@ def parse_url(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Connect
             raise ValueError("TLS over a Unix socket is not supported")
         fields["ssl_context"] = ssl_context
     return ConnectionSettings(**fields)
+
+
+#: URL options that configure RedisBackend rather than the connection.
+BACKEND_OPTIONS = {"durable", "durable_timeout_ms", "durable_replicas"}
+
+
+def backend_options(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL without the RedisBackend options (durable=true|false, durable_timeout_ms=N,
+    durable_replicas=N), and
+    those options as constructor keywords. Raises ValueError on a bad value."""
+    base, sep, query_text = url.partition("?")
+    if not sep:
+        return url, {}
+    query = parse_qs(query_text, keep_blank_values=True)
+    options: dict[str, Any] = {}
+    if "durable" in query:
+        text = query.pop("durable")[-1].lower()
+        if text not in {"1", "true", "yes", "0", "false", "no"}:
+            raise ValueError(f"durable must be true or false, not {text!r}")
+        options["durable"] = text in {"1", "true", "yes"}
+    for name in ("durable_timeout_ms", "durable_replicas"):
+        if name in query:
+            text = query.pop(name)[-1]
+            try:
+                options[name] = int(text)
+            except ValueError:
+                raise ValueError(f"{name} must be an integer, not {text!r}") from None
+    rest = urlencode(query, doseq=True)
+    return (f"{base}?{rest}" if rest else base), options
 
 
 def _ssl_context(query: dict[str, str]) -> ssl.SSLContext:

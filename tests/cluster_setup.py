@@ -1,0 +1,161 @@
+"""A throwaway Redis Cluster on loopback for tests: six `redis-server --cluster-enabled yes` (three
+primaries, three replicas) joined by `redis-cli --cluster create`, on free ports, killed at the
+end."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import attrs
+import redis
+
+from tests.redis_server import RedisServer, unavailable
+
+NODE_TIMEOUT_MS = 2000
+
+
+def free_cluster_port() -> int:
+    """A free port P <= 55535 whose cluster bus port P + 10000 is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 55535)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@attrs.define
+class ClusterSetup:
+    servers: list[RedisServer]
+
+    def url(self, query: str = "") -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.servers[:3])
+        return f"redis+cluster://{hosts}/0" + (f"?{query}" if query else "")
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=5)
+
+    def server(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def primaries(self) -> list[int]:
+        ports = []
+        for s in self.servers:
+            with contextlib.suppress(redis.RedisError, OSError):
+                if self.client(s.port).info("replication")["role"] == "master":
+                    ports.append(s.port)
+        return ports
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait until every node says cluster_state:ok and every primary has a replica in sync."""
+        deadline = time.monotonic() + timeout
+        problem = ""
+        while time.monotonic() < deadline:
+            problem = self._problem()
+            if not problem:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the cluster did not settle within {timeout}s: {problem}")
+
+    def _problem(self) -> str:
+        try:
+            for s in self.servers:
+                info = self.client(s.port).execute_command("CLUSTER INFO")
+                if info["cluster_state"] != "ok":
+                    return f"{s.port}: cluster_state {info['cluster_state']}"
+            primaries = self.primaries()
+            if len(primaries) != 3:
+                return f"{len(primaries)} primaries"
+            for port in primaries:
+                replication = self.client(port).info("replication")
+                if replication["connected_slaves"] < 1:
+                    return f"{port} has no replica"
+                if replication["slave0"]["state"] != "online":
+                    return f"{port}'s replica is {replication['slave0']['state']}"
+        except (redis.RedisError, OSError, KeyError) as exc:
+            return repr(exc)
+        return ""
+
+    def wait_role(self, port: int, role: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.client(port).info("replication")["role"] != role:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{port} did not become {role} within {timeout}s")
+            time.sleep(0.02)
+
+    def blocked_clients(self, port: int) -> int:
+        return int(self.client(port).info("clients")["blocked_clients"])
+
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        """Wait until every primary's replica has acknowledged all its writes so far."""
+        deadline = time.monotonic() + timeout
+        for port in self.primaries():
+            target = self.client(port).info("replication")["master_repl_offset"]
+            while self.client(port).info("replication")["slave0"]["offset"] < target:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{port}'s replica did not catch up in {timeout}s")
+                time.sleep(0.01)
+
+    def migrate_slot(self, slot: int, source: int, target: int, batch: int = 2) -> None:
+        """Move `slot` from primary `source` to primary `target` as redis-cli --cluster reshard
+        does: IMPORTING on the target, MIGRATING on the source, MIGRATE its keys a few at a time
+        (meanwhile, calls get ASK and TRYAGAIN), then give the slot to the target everywhere."""
+        src, dst = self.client(source), self.client(target)
+        src_id = src.execute_command("CLUSTER MYID")
+        dst_id = dst.execute_command("CLUSTER MYID")
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for client in [dst, src, *(self.client(p) for p in self.primaries())]:
+            client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[ClusterSetup]:
+    setup = ClusterSetup([])
+    try:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not on PATH")
+        for _ in range(6):
+            server = RedisServer(
+                port=free_cluster_port(),
+                dir=tempfile.mkdtemp(prefix="strego-cluster-"),
+                args=(
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                ),
+            )  # fmt: skip
+            server.start()
+            setup.servers.append(server)
+        create = [cli, "--cluster", "create"]
+        create += [f"127.0.0.1:{s.port}" for s in setup.servers]
+        create += ["--cluster-replicas", "1", "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout.decode()[-2000:]}")
+        setup.wait_healthy()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        setup.stop()
+        unavailable(f"no Redis Cluster could be started: {exc}")
+    try:
+        yield setup
+    finally:
+        setup.stop()
