@@ -43,6 +43,9 @@ def test_command_keys() -> None:
     ]
     grouped = ("XREADGROUP", "GROUP", "streams", "streams", "STREAMS", "s1", ">")
     assert command_keys(grouped) == ["s1"]
+    # the key after a subcommand (the task history's drainer creates its group so)
+    assert command_keys(("XGROUP", "CREATE", "h", "g", "0", "MKSTREAM")) == ["h"]
+    assert command_keys(("XINFO", "GROUPS", "s")) == ["s"]
 
 
 def test_cluster_url() -> None:

@@ -53,11 +53,14 @@ def key_slot(key: Arg) -> int:
 KEYLESS = frozenset({b"PING", b"TIME", b"WAIT", b"INFO", b"CONFIG", b"SCRIPT", b"CLUSTER"})
 #: Commands whose every argument is a key.
 ALL_KEYS = frozenset({b"MGET", b"EXISTS", b"DEL", b"UNLINK", b"TOUCH"})
+#: Commands with a subcommand first, then the key (XGROUP CREATE <key> ..., XINFO GROUPS <key>).
+KEY_AFTER_SUBCOMMAND = frozenset({b"XGROUP", b"XINFO", b"OBJECT", b"MEMORY"})
 
 
 def command_keys(args: Sequence[Arg]) -> list[Arg]:
     """The keys among a command's arguments: none, all (MGET...), those after STREAMS (XREAD,
-    XREADGROUP: the first half), or else the first argument."""
+    XREADGROUP: the first half), the one after a subcommand (XGROUP, XINFO...), or else the
+    first argument."""
     name = _bytes(args[0]).upper()
     if name in KEYLESS or len(args) < 2:
         return []
@@ -71,4 +74,6 @@ def command_keys(args: Sequence[Arg]) -> list[Arg]:
                 rest = args[i + 1 :]
                 return list(rest[: len(rest) // 2])
         return []
+    if name in KEY_AFTER_SUBCOMMAND:
+        return [args[2]] if len(args) > 2 else []
     return [args[1]]
