@@ -1,9 +1,8 @@
 """The overview the UI shows and streams (Server-Sent Events): every queue's counts, paused flag,
 oldest-pending age, live consumers and per-minute history, or the error of a queue that could not
-be read. Built from the API's shared reads
-(`Api.overview`, `Api.workers`: one backend read per interval per process, refreshed after every
-mutation), so any number of open tabs, event streams and API pollers cost the backend what one
-does."""
+be read. Built from the API's shared reads (`Api.overview`, `Api.workers`: one backend read per
+interval per process, refreshed after every mutation), so any number of open tabs, event streams
+and API pollers cost the backend what one does."""
 
 from __future__ import annotations
 
