@@ -9,9 +9,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import anyio
+import attrs
 
 from strego.backends.base import Backend, ConsumerInfo, MinuteCount, QueueInfo
-from strego.errors import InvalidTaskError, StregoError, TaskNotFoundError
+from strego.errors import (
+    BackendClosedError,
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+    InvalidTaskError,
+    StregoError,
+    TaskNotFoundError,
+)
 from strego.task import TaskInfo, TaskState, validate_queue_name
 
 T = TypeVar("T")
@@ -19,6 +28,9 @@ R = TypeVar("R")
 
 #: How many queues are read at once for an overview (a transport pipelines concurrent calls).
 READ_CONCURRENCY = 16
+#: A read failing with one of these means the backend is out of reach, not that one queue is
+#: unreadable: the whole overview fails (503), as it would on its first read.
+OUTAGE = (BackendConnectionError, BackendTimeoutError, BackendClosedError)
 
 
 class QueueNotFoundError(StregoError, LookupError):
@@ -63,6 +75,50 @@ async def each(
     return results  # type: ignore[return-value]  # every slot was filled
 
 
+@attrs.frozen
+class Unreadable:
+    """A queue whose keys could not be read (another program's key of another type under the
+    prefix, a record of a newer schema, ...): its name and why, as text. An overview shows it
+    beside the queues that could be read rather than failing as a whole."""
+
+    queue: str
+    error: str
+
+
+@attrs.frozen
+class QueueSummary:
+    """A readable queue of an overview: its counts and its per-minute history."""
+
+    info: QueueInfo
+    history: list[MinuteCount]
+
+
+@attrs.frozen
+class Consumers:
+    """Every consumer of every readable queue, by name then queue, and the queues that were
+    not."""
+
+    found: list[ConsumerInfo]
+    unreadable: list[Unreadable]
+
+
+async def per_queue(
+    queues: Sequence[str], call: Callable[[str], Awaitable[R]]
+) -> list[R | Unreadable]:
+    """`call` on every queue (as `each`), a queue whose read failed as Unreadable; a backend
+    out of reach (OUTAGE) or an error that is not the backend's is raised."""
+
+    async def guarded(queue: str) -> R | Unreadable:
+        try:
+            return await call(queue)
+        except OUTAGE:
+            raise
+        except BackendError as exc:
+            return Unreadable(queue, f"{type(exc).__name__}: {exc}")
+
+    return await each(queues, guarded)
+
+
 async def require_queue(backend: Backend, queue: str) -> str:
     """`queue` if it is registered, else QueueNotFoundError (an invalid name included: no queue
     can have it)."""
@@ -75,26 +131,26 @@ async def require_queue(backend: Backend, queue: str) -> str:
     return queue
 
 
-async def overview(backend: Backend) -> list[QueueInfo]:
-    """Every queue's counts, paused flag and oldest pending age, by name."""
-    return await each(await backend.queues(), backend.queue_info)
+async def overview(backend: Backend, minutes: int = 60) -> list[QueueSummary | Unreadable]:
+    """Every queue, by name: its counts, paused flag, oldest pending age and per-minute counts
+    over the last `minutes`, or why it could not be read."""
+
+    async def summary(queue: str) -> QueueSummary:
+        info = await backend.queue_info(queue)
+        return QueueSummary(info, await backend.throughput(queue, minutes=minutes))
+
+    return await per_queue(await backend.queues(), summary)
 
 
-async def history(
-    backend: Backend, queues: Sequence[str], minutes: int = 60
-) -> list[list[MinuteCount]]:
-    """Each queue's per-minute counts over the last `minutes`."""
-
-    async def of(queue: str) -> list[MinuteCount]:
-        return await backend.throughput(queue, minutes=minutes)
-
-    return await each(queues, of)
-
-
-async def consumers(backend: Backend) -> list[ConsumerInfo]:
-    """Every consumer of every queue, by name then queue."""
-    found = await each(await backend.queues(), backend.consumers)
-    return sorted((c for per_queue in found for c in per_queue), key=lambda c: (c.name, c.queue))
+async def consumers(backend: Backend) -> Consumers:
+    """Every consumer of every queue, by name then queue, and the queues that could not be
+    read."""
+    found = await per_queue(await backend.queues(), backend.consumers)
+    read = [c for of_queue in found if not isinstance(of_queue, Unreadable) for c in of_queue]
+    return Consumers(
+        sorted(read, key=lambda c: (c.name, c.queue)),
+        [u for u in found if isinstance(u, Unreadable)],
+    )
 
 
 async def find_task(backend: Backend, task_id: str) -> TaskInfo:

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from strego.backends.base import ConsumerInfo, MinuteCount, QueueInfo, ScheduleInfo
+from strego.operate import QueueSummary, Unreadable
 from strego.server import parse_consumer_name
 from strego.task import TaskError, TaskInfo, TaskState
 
@@ -125,8 +126,10 @@ def history_view(minutes: list[MinuteCount]) -> dict[str, Any]:
 
 
 def queue_view(info: QueueInfo, history: list[MinuteCount] | None = None) -> dict[str, Any]:
+    """A queue; `error` is null (a queue of an overview that could not be read has its text)."""
     view = {
         "name": info.name,
+        "error": None,
         "paused": info.paused,
         "counts": {state.value: info.counts.get(state, 0) for state in STATES},
         "oldest_pending_age_ms": info.oldest_pending_age_ms,
@@ -134,6 +137,25 @@ def queue_view(info: QueueInfo, history: list[MinuteCount] | None = None) -> dic
     if history is not None:
         view["history"] = history_view(history)
     return view
+
+
+def unreadable_view(queue: Unreadable) -> dict[str, Any]:
+    """A queue that could not be read: its name and the error's text (type and message)."""
+    return {"name": queue.queue, "error": queue.error}
+
+
+def summary_view(summary: QueueSummary | Unreadable) -> dict[str, Any]:
+    """A queue of an overview: as `queue_view` with its history, or, when it could not be read,
+    its error and null where the counts would be (never zeros that are not)."""
+    if isinstance(summary, Unreadable):
+        return {
+            **unreadable_view(summary),
+            "paused": None,
+            "counts": None,
+            "oldest_pending_age_ms": None,
+            "history": None,
+        }
+    return queue_view(summary.info, summary.history)
 
 
 def consumer_view(consumer: ConsumerInfo) -> dict[str, Any]:

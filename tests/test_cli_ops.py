@@ -18,9 +18,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import redis
 
 from strego import Client, Task
 from strego.backends.redis import RedisBackend
+from strego.backends.redis.keys import Keys
 from tests.redis_server import free_port
 from tests.web.support import Seeded, seed
 
@@ -121,6 +123,43 @@ def test_reads_as_json_and_as_tables(clean_redis_url: str, prefix: str) -> None:
     ]
     assert workers[0]["held"] == [ids.active]
     assert CONSUMER in strego(clean_redis_url, prefix, "workers").stdout
+
+
+def test_a_queue_whose_keys_are_foreign_is_listed_as_unreadable(
+    clean_redis_url: str, prefix: str
+) -> None:
+    """Another program's string in place of a queue's leases key: `queues` and `workers` still
+    list every other queue (exit 0), that one with its error."""
+    seeded(clean_redis_url, prefix)
+    raw = redis.Redis.from_url(clean_redis_url)
+    try:
+        key = Keys(prefix, "other").leases
+        raw.set(key, "someone else's")
+    finally:
+        raw.close()
+    error = "ForeignKeyError: WRONGTYPE Operation against a key holding the wrong kind of value"
+    other, work = ok(strego(clean_redis_url, prefix, "queues", "--json"))["queues"]
+    assert other == {
+        "name": "other",
+        "error": error,
+        "paused": None,
+        "counts": None,
+        "oldest_pending_age_ms": None,
+        "history": None,
+    }
+    assert work["error"] is None and work["counts"] == dict.fromkeys(work["counts"], 1)
+    shown = strego(clean_redis_url, prefix, "queues")
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout.splitlines()
+    assert table[1].split() == ["other", *["?"] * 10]
+    assert table[2].split()[:8] == ["work", "1", "1", "1", "1", "1", "1", "1"]
+    assert table[3] == f"other: unreadable: {error}"
+    workers = ok(strego(clean_redis_url, prefix, "workers", "--json"))
+    assert [(w["name"], w["queue"]) for w in workers["workers"]] == [(CONSUMER, "work")]
+    assert workers["unreadable"] == [{"name": "other", "error": error}]
+    listed = strego(clean_redis_url, prefix, "workers")
+    assert listed.returncode == 0 and CONSUMER in listed.stdout
+    assert listed.stdout.endswith(f"other: unreadable: {error}\n")
 
 
 def test_paging_with_the_cursor(clean_redis_url: str, prefix: str) -> None:

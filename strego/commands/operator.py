@@ -25,7 +25,14 @@ from strego.commands.common import (
     when,
 )
 from strego.errors import TaskCancelledError, TaskFailedError, TaskNotFoundError
-from strego.report import consumer_view, queue_view, result_view, schedule_view, task_view
+from strego.report import (
+    consumer_view,
+    result_view,
+    schedule_view,
+    summary_view,
+    task_view,
+    unreadable_view,
+)
 from strego.task import TaskState
 
 if TYPE_CHECKING:
@@ -37,9 +44,7 @@ SHOWN_PAYLOAD = 2000
 
 
 async def queues(backend: Backend, args: argparse.Namespace) -> int:
-    infos = await operate.overview(backend)
-    history = await operate.history(backend, [i.name for i in infos])
-    views = [queue_view(i, h) for i, h in zip(infos, history, strict=True)]
+    views = [summary_view(q) for q in await operate.overview(backend)]
     if args.json:
         print_json({"queues": views})
         return DONE
@@ -53,10 +58,20 @@ async def queues(backend: Backend, args: argparse.Namespace) -> int:
             v["history"]["total"]["completed"],
             v["history"]["total"]["failed"],
         ]
+        if v["error"] is None
+        else [v["name"], "", *(["?"] * len(states)), "?", "?", "?"]
         for v in views
     ]
     table(["QUEUE", "PAUSED", *(s.upper() for s in states), "OLDEST", "DONE/H", "FAILED/H"], rows)
+    _unreadable(views)
     return DONE
+
+
+def _unreadable(views: list[dict[str, Any]]) -> None:
+    """Below a table: each queue that could not be read, and why (as text)."""
+    for v in views:
+        if v["error"] is not None:
+            print(f"{clean(v['name'])}: unreadable: {clean(v['error'])}")
 
 
 async def tasks(backend: Backend, args: argparse.Namespace) -> int:
@@ -196,15 +211,18 @@ async def purge(backend: Backend, args: argparse.Namespace) -> int:
 
 
 async def workers(backend: Backend, args: argparse.Namespace) -> int:
-    views = [consumer_view(c) for c in await operate.consumers(backend)]
+    found = await operate.consumers(backend)
+    views = [consumer_view(c) for c in found.found]
+    unreadable = [unreadable_view(u) for u in found.unreadable]
     if args.json:
-        print_json({"workers": views})
+        print_json({"workers": views, "unreadable": unreadable})
         return DONE
     table(
         ["CONSUMER", "QUEUE", "HOST", "PID", "IDLE", "HELD"],
         [[v["name"], v["queue"], v["host"], v["pid"], age(v["idle_ms"]), len(v["held"])]
          for v in views],
     )  # fmt: skip
+    _unreadable(unreadable)
     return DONE
 
 

@@ -20,7 +20,9 @@ from strego.report import (
     dumps,
     queue_view,
     schedule_view,
+    summary_view,
     task_view,
+    unreadable_view,
 )
 from strego.task import TaskState
 from strego.web.openapi import document
@@ -65,10 +67,16 @@ class Snapshot:
 
     data: list[dict[str, Any]]
     body: bytes
+    #: the queues that could not be read (the workers' read; the overview has them as rows)
+    unreadable: list[dict[str, Any]] = attrs.field(factory=list)
 
 
-def _snapshot(key: str, data: list[dict[str, Any]]) -> Snapshot:
-    return Snapshot(data, dumps({key: data}))
+def _snapshot(
+    key: str, data: list[dict[str, Any]], unreadable: list[dict[str, Any]] | None = None
+) -> Snapshot:
+    if unreadable is None:
+        return Snapshot(data, dumps({key: data}))
+    return Snapshot(data, dumps({key: data, "unreadable": unreadable}), unreadable)
 
 
 class Api:
@@ -108,14 +116,16 @@ class Api:
     # -- reads --------------------------------------------------------------------------------
 
     async def _overview(self) -> Snapshot:
-        infos = await operate.overview(self.backend)
-        history = await operate.history(self.backend, [i.name for i in infos], HISTORY_MINUTES)
-        views = [queue_view(i, h) for i, h in zip(infos, history, strict=True)]
-        return _snapshot("queues", views)
+        found = await operate.overview(self.backend, HISTORY_MINUTES)
+        return _snapshot("queues", [summary_view(q) for q in found])
 
     async def _workers(self) -> Snapshot:
         found = await operate.consumers(self.backend)
-        return _snapshot("workers", [consumer_view(c) for c in found])
+        return _snapshot(
+            "workers",
+            [consumer_view(c) for c in found.found],
+            [unreadable_view(u) for u in found.unreadable],
+        )
 
     async def openapi(self, request: Request) -> Response:
         # within the API's mount, root_path is the app's mount point and /api/v1

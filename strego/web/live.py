@@ -1,8 +1,8 @@
 """The overview the UI shows and streams (Server-Sent Events): every queue's counts, paused flag,
-oldest-pending age, live consumers and per-minute history. Built from the API's shared reads
-(`Api.overview`, `Api.workers`: one backend read per interval per process, refreshed after every
-mutation), so any number of open tabs, event streams and API pollers cost the backend what one
-does."""
+oldest-pending age, live consumers and per-minute history, or the error of a queue that could not
+be read. Built from the API's shared reads (`Api.overview`, `Api.workers`: one backend read per
+interval per process, refreshed after every mutation), so any number of open tabs, event streams
+and API pollers cost the backend what one does."""
 
 from __future__ import annotations
 
@@ -44,11 +44,26 @@ def compose(queues: list[dict[str, Any]], workers: list[dict[str, Any]]) -> Snap
             served[w["queue"]] = served.get(w["queue"], 0) + 1
     rows = []
     for q in queues:
-        counts = q["counts"]
         live = served.get(q["name"], 0)
+        if q.get("error") is not None:  # could not be read: its error, and no counts to show
+            rows.append(
+                {
+                    "name": q["name"],
+                    "error": q["error"],
+                    "paused": None,
+                    "counts": None,
+                    "oldest_pending_age_ms": None,
+                    "consumers": live,
+                    "no_workers": False,
+                    "history": None,
+                }
+            )
+            continue
+        counts = q["counts"]
         rows.append(
             {
                 "name": q["name"],
+                "error": None,
                 "paused": q["paused"],
                 "counts": counts,
                 "oldest_pending_age_ms": q.get("oldest_pending_age_ms"),

@@ -58,17 +58,31 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Queue": {
         "type": "object",
-        "required": ["name", "paused", "counts"],
+        "description": (
+            "a queue; in the list of every queue, one that could not be read (another program's"
+            " key under the prefix, say) has its `error` and null counts, paused and history"
+        ),
+        "required": ["name", "error", "paused", "counts"],
         "properties": {
             "name": {"type": "string"},
-            "paused": {"type": "boolean"},
-            "counts": _ref("Counts"),
+            "error": {
+                **_NULLABLE_STR,
+                "description": "null, or why the queue could not be read (text: type and message)",
+            },
+            "paused": {"type": ["boolean", "null"]},
+            "counts": {"anyOf": [_ref("Counts"), {"type": "null"}]},
             "oldest_pending_age_ms": {
                 **_NULLABLE_INT,
                 "description": "how long the next task to start has waited (null: none pending)",
             },
-            "history": _ref("History"),
+            "history": {"anyOf": [_ref("History"), {"type": "null"}]},
         },
+    },
+    "Unreadable": {
+        "type": "object",
+        "description": "a queue that could not be read, and why",
+        "required": ["name", "error"],
+        "properties": {"name": {"type": "string"}, "error": {"type": "string"}},
     },
     "History": {
         "type": "object",
@@ -211,7 +225,10 @@ _PATHS: dict[str, Any] = {
     },
     "/queues": {
         "get": {
-            "summary": "every queue: counts per state, paused, oldest pending age, last hour",
+            "summary": (
+                "every queue: counts per state, paused, oldest pending age, last hour; a queue"
+                " that could not be read has its error instead"
+            ),
             "responses": {
                 "200": _json(
                     {
@@ -323,9 +340,16 @@ _PATHS: dict[str, Any] = {
                 "200": _json(
                     {
                         "type": "object",
-                        "properties": {"workers": {"type": "array", "items": _ref("Worker")}},
+                        "properties": {
+                            "workers": {"type": "array", "items": _ref("Worker")},
+                            "unreadable": {
+                                "type": "array",
+                                "items": _ref("Unreadable"),
+                                "description": "queues whose consumers could not be read",
+                            },
+                        },
                     },
-                    "consumers by name",
+                    "consumers by name (of every queue that could be read)",
                 ),
                 **_errors(503),
             },

@@ -264,8 +264,9 @@ class UI:
         )
 
     async def workers(self, request: Request) -> Response:
+        read = await self.api.workers.get()
         by_name: dict[str, dict[str, Any]] = {}
-        for c in await self._workers():
+        for c in read.data:
             row = by_name.setdefault(c["name"], {"name": c["name"], "queues": [], "held": []})
             held = len(c["held"])
             row["queues"].append({"queue": c["queue"], "idle_ms": c["idle_ms"], "held": held})
@@ -273,4 +274,6 @@ class UI:
         workers = [by_name[name] for name in sorted(by_name)]
         for row in workers:
             row["idle_ms"] = min(q["idle_ms"] for q in row["queues"])
-        return self.render(request, "workers.html", title="Workers", workers=workers)
+        return self.render(
+            request, "workers.html", title="Workers", workers=workers, unreadable=read.unreadable
+        )

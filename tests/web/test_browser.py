@@ -26,8 +26,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import redis
 
 from strego.backends.redis import RedisBackend
+from strego.backends.redis.keys import Keys
 from strego.clock import wall_clock_ms
 from tests.redis_server import IN_CI, free_port
 from tests.web.seed import HOSTILE, HOSTILE_CONSUMER, message, seed, seed_history
@@ -368,6 +370,33 @@ def test_live_updates_without_reload(server: Server, page: Watched) -> None:
         assert ("polling" in (p.locator("#live").get_attribute("class") or "")) == (
             source == "polling"
         )
+
+
+def test_an_unreadable_queue_beside_live_ones(redis_url: str, page: Watched) -> None:
+    """Another program's key under one queue: the overview shows that queue's error as text, and
+    the others keep updating live (events, and polling) with no script error."""
+    with serving(redis_url, loop="asyncio") as server:
+        raw = redis.Redis.from_url(redis_url)
+        try:
+            raw.set(Keys(server.key_prefix, "images").leases, "someone else's")
+        finally:
+            raw.close()
+        error = "ForeignKeyError: WRONGTYPE Operation against a key holding the wrong kind of value"
+        deadline = time.monotonic() + 10  # the server's shared read is refreshed every 0.3 s
+        while error not in [q["error"] for q in server.api.get("/queues").json()["queues"]]:
+            assert time.monotonic() < deadline, "the API never showed the unreadable queue"
+            time.sleep(0.05)
+        p = page.page
+        for path, source in (("/", "events"), ("/?poll=1", "polling")):
+            p.goto(server.base + path)
+            shown = p.locator('tr[data-queue="images"] [data-field="error"]')
+            expect(shown).to_have_text(error)
+            cell = p.locator('tr[data-queue="reports"] [data-count="pending"]')
+            before = int(cell.text_content())
+            server.enqueue(f"late-{source}", "reports")
+            expect(cell).to_have_text(str(before + 1))
+            expect(p.locator("#live")).not_to_contain_text("reload")
+            expect(shown).to_have_text(error)
 
 
 def test_csp_blocks_inline_script(server: Server, context: Any) -> None:

@@ -183,6 +183,14 @@
         unknown += 1;
         continue;
       }
+      // a queue that could not be read shows its error (as text); one that became readable, or
+      // stopped being, has other cells: a reload shows them
+      const unreadable = row.dataset.error !== undefined;
+      if (unreadable || q.error) {
+        if (unreadable && q.error) row.querySelector('[data-field="error"]').textContent = q.error;
+        else unknown += 1;
+        continue;
+      }
       for (const cell of row.querySelectorAll("[data-count]")) {
         cell.textContent = String(q.counts[cell.dataset.count]);
       }
@@ -196,7 +204,7 @@
       drawChart(row.querySelector("[data-chart]"), q.history);
     }
     const at = new Date(snapshot.at_ms).toISOString().slice(11, 19);
-    live.textContent = `updated ${at} UTC` + (unknown ? ` · ${unknown} new queue(s): reload` : "");
+    live.textContent = `updated ${at} UTC` + (unknown ? ` · ${unknown} new or changed queue(s): reload` : "");
     live.dataset.at = String(snapshot.at_ms);
   }
 
