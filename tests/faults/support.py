@@ -15,11 +15,10 @@ from pathlib import Path
 
 import anyio
 import attrs
-import pytest
 
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.anyio_transport import AnyioTransport
-from tests.redis_server import IN_CI
+from tests.redis_server import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,10 +71,7 @@ def faketime(shift: str | None) -> dict[str, str]:
     found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
     found += sorted(glob.glob("/usr/lib/faketime/libfaketimeMT.so.1"))
     if not found:
-        reason = "libfaketime is not installed (apt-get install faketime)"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("libfaketime is not installed (apt-get install faketime)")
     return {"LD_PRELOAD": found[0], "FAKETIME": shift, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
