@@ -18,6 +18,13 @@ from strego.task import TaskInfo, TaskState
 PATIENCE = 20.0
 
 
+#: The runtime tests' backends: memory, Redis through redis-py and through strego's own
+#: transport, fakeredis, and a Redis Cluster (the `backend` fixture below, made by `make_backend`).
+ON_EVERY_BACKEND = pytest.mark.parametrize(
+    "make_backend", ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"], indirect=True
+)
+
+
 @pytest.fixture
 async def backend(make_backend: Any) -> AsyncIterator[Backend]:
     """A fresh backend (each kind of tests.backend_fixtures) judging time by the wall clock, as a

@@ -13,17 +13,13 @@ from strego.backends.base import Backend
 from strego.errors import TaskIdConflictError
 from strego.serializers import MsgpackSerializer
 from strego.task import TaskState
-from tests.runtime_support import backend, eventually
+from tests.runtime_support import ON_EVERY_BACKEND, backend, eventually
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.parametrize(
-        "make_backend",
-        ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"],
-        indirect=True,
-    ),
+    ON_EVERY_BACKEND,
 ]
 
 

@@ -8,16 +8,14 @@ import pytest
 import strego
 from strego.backends.base import Backend
 from strego.backends.redis import RedisBackend
-from tests.runtime_support import backend
+from tests.runtime_support import ON_EVERY_BACKEND, backend
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.parametrize(
-    "make_backend", ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"], indirect=True
-)
+@ON_EVERY_BACKEND
 async def test_a_client_leaves_open_the_backend_it_was_given(backend: Backend) -> None:
     async with strego.Client(backend) as client:
         first = await client.enqueue(strego.Task("t"))

@@ -17,15 +17,18 @@ from strego.backends.memory import MemoryBackend
 from strego.backends.watch import Watch
 from strego.clock import wall_clock_ms
 from strego.task import TaskState
-from tests.runtime_support import backend, eventually, make_server, wait_for_state
+from tests.runtime_support import (
+    ON_EVERY_BACKEND,
+    backend,
+    eventually,
+    make_server,
+    wait_for_state,
+)
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.anyio
-#: most tests run on every backend; the memory-only ones simulate lost or stale notifications
-EVERY = pytest.mark.parametrize(
-    "make_backend", ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"], indirect=True
-)
+# most tests run on every backend; the memory-only ones simulate lost or stale notifications
 
 
 @attrs.frozen
@@ -60,7 +63,7 @@ def _server(backend: Backend, **options: object) -> strego.Server:
     return server
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_result_returns_the_value_structured_when_asked(backend: Backend) -> None:
     client = strego.Client(backend)
     async with _server(backend):
@@ -73,7 +76,7 @@ async def test_result_returns_the_value_structured_when_asked(backend: Backend) 
         assert await client.result(n.id, timeout=20) is None
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_result_waits_for_a_task_that_has_not_run(backend: Backend) -> None:
     client = strego.Client(backend)
     a = await client.enqueue(strego.Task("add", [4, 5], process_in=0.3))
@@ -81,7 +84,7 @@ async def test_result_waits_for_a_task_that_has_not_run(backend: Backend) -> Non
         assert (await client.result(a.id, timeout=20))["total"] == 9
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_result_of_a_dead_task_raises_with_its_error(backend: Backend) -> None:
     client = strego.Client(backend)
     async with _server(backend):
@@ -93,7 +96,7 @@ async def test_result_of_a_dead_task_raises_with_its_error(backend: Backend) -> 
     assert "in boom" in error.traceback and "ValueError: bad input" in error.traceback
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_result_timeout_unknown_and_ttl_zero(backend: Backend) -> None:
     client = strego.Client(backend)
     a = await client.enqueue(strego.Task("add", [1]))
@@ -110,7 +113,7 @@ async def test_result_timeout_unknown_and_ttl_zero(backend: Backend) -> None:
         assert await client.result(a.id, timeout=20) == {"total": 1, "parts": [1]}
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_cancel_stops_a_running_handler_and_frees_its_key(backend: Backend) -> None:
     client = strego.Client(backend)
     async with _server(backend) as server:
@@ -131,7 +134,7 @@ async def test_cancel_stops_a_running_handler_and_frees_its_key(backend: Backend
         assert server.stats.dead == 0 and server.stats.retried == 0
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_a_sync_handler_ends_cancelled_when_its_thread_returns(backend: Backend) -> None:
     client = strego.Client(backend)
     server = _server(backend)
@@ -156,7 +159,7 @@ async def test_a_sync_handler_ends_cancelled_when_its_thread_returns(backend: Ba
             await client.result(a.id, timeout=20)
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_an_async_handler_waiting_on_a_thread_ends_cancelled(backend: Backend) -> None:
     """The request cancels the runner's scope while the handler waits on a thread (a shielded
     call): the handler returns, and the task must still end cancelled from that cancelled
@@ -231,7 +234,7 @@ async def test_a_stale_cancel_notification_never_stops_a_later_task(backend: Bac
         await wait_for_state(backend, "same", TaskState.CANCELLED)
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_a_return_value_that_cannot_be_stored_kills_the_task(backend: Backend) -> None:
     client = strego.Client(backend)
     server = _server(backend)
@@ -248,7 +251,7 @@ async def test_a_return_value_that_cannot_be_stored_kills_the_task(backend: Back
     assert caught.value.error is not None and caught.value.error.type == "SerializationError"
 
 
-@EVERY
+@ON_EVERY_BACKEND
 async def test_a_released_task_with_a_request_ends_cancelled_without_running(
     backend: Backend,
 ) -> None:

@@ -16,18 +16,14 @@ import strego
 from strego.backends.base import Backend
 from strego.message import TaskMessage
 from strego.task import TaskState
-from tests.runtime_support import backend, eventually, make_server, wait_for_state
+from tests.runtime_support import ON_EVERY_BACKEND, backend, eventually, make_server, wait_for_state
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
 #: the runtime runs on MemoryBackend and on RedisBackend over redis-py, anyio and fakeredis
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.parametrize(
-        "make_backend",
-        ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"],
-        indirect=True,
-    ),
+    ON_EVERY_BACKEND,
 ]
 
 

@@ -13,17 +13,13 @@ import pytest
 import strego
 from strego.backends.base import Backend
 from strego.task import TaskState
-from tests.runtime_support import backend, eventually, make_server
+from tests.runtime_support import ON_EVERY_BACKEND, backend, eventually, make_server
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.parametrize(
-        "make_backend",
-        ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"],
-        indirect=True,
-    ),
+    ON_EVERY_BACKEND,
 ]
 
 EVERY = timedelta(milliseconds=100)

@@ -19,17 +19,13 @@ from strego.backends.base import Backend
 from strego.message import TaskMessage
 from strego.serializers import JsonSerializer
 from strego.task import TaskState
-from tests.runtime_support import backend, eventually, make_server, wait_for_state
+from tests.runtime_support import ON_EVERY_BACKEND, backend, eventually, make_server, wait_for_state
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.parametrize(
-        "make_backend",
-        ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"],
-        indirect=True,
-    ),
+    ON_EVERY_BACKEND,
 ]
 
 

@@ -11,17 +11,13 @@ import pytest
 import strego
 from strego.backends.base import Backend
 from strego.task import TaskState
-from tests.runtime_support import backend, eventually, wait_for_state
+from tests.runtime_support import ON_EVERY_BACKEND, backend, eventually, wait_for_state
 
 __all__ = ["backend"]  # the fixture, imported for pytest
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.parametrize(
-        "make_backend",
-        ["memory", "redis", "anyio-redis", "fakeredis", "cluster-redis"],
-        indirect=True,
-    ),
+    ON_EVERY_BACKEND,
 ]
 
 
