@@ -44,6 +44,7 @@ from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.slots import SLOTS, command_keys, key_slot
 from strego.backends.redis.transport import Command, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
+from strego.backends.redis.wakeups import Wakeups
 from strego.errors import (
     BackendConnectionError,
     BackendError,
@@ -195,6 +196,8 @@ class ClusterTransport:
         self._refresh_lock: anyio.Lock | None = None
         self._refresh_count = 0
         self.stats = ClusterStats()
+        #: the sharded subscriptions that wake waiting fetches and schedulers (wakeups.py)
+        self.wakeups = Wakeups(self)
 
     @classmethod
     def from_url(
@@ -290,6 +293,7 @@ class ClusterTransport:
         raise BackendConnectionError("no cluster node took a subscription: " + "; ".join(errors))
 
     async def aclose(self) -> None:
+        await self.wakeups.aclose()
         nodes, self._nodes = list(self._nodes.values()), {}
         self._refresh_lock = None
         self._stale = True
@@ -307,6 +311,18 @@ class ClusterTransport:
 
     def owner(self, slot: int) -> Address | None:
         return self._slots[slot]
+
+    @property
+    def primaries(self) -> list[Address]:
+        return list(self._primaries)
+
+    def mark_stale(self) -> None:
+        """Read the slot map again before the next call (a slot moved)."""
+        self._stale = True
+
+    async def fresh(self) -> None:
+        """Read the slot map if it is stale or older than REFRESH_S."""
+        await self._fresh()
 
     async def refresh(self) -> None:
         """Read the slot map again now (concurrent callers share one reading)."""

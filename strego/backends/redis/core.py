@@ -75,6 +75,8 @@ class RedisCore:
     stats_retention_ms: int
     #: the history streams' MAXLEN, 0 while history is off (docs/redis.md, "History")
     history_cap: int
+    #: the scripts SPUBLISH wake-ups (Cluster: `transport.wakeups`, wakeups.py)
+    _sharded_notify: bool
     _keys: dict[str, Keys]
     _registry: str
     _first_call_checked: bool
@@ -112,8 +114,10 @@ class RedisCore:
             tasks = keys[_TASKS_AT[name]]
             assert isinstance(tasks, str) and tasks.endswith(":tasks")
             history = tasks[: -len("tasks")] + "history"
-            return ScriptCall(script(name, self.history_cap), (*keys, history), args)
-        return ScriptCall(script(name), keys, args)
+            return ScriptCall(
+                script(name, self.history_cap, self._sharded_notify), (*keys, history), args
+            )
+        return ScriptCall(script(name, 0, self._sharded_notify), keys, args)
 
     async def _run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         if not self._first_call_checked:

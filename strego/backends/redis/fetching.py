@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -18,6 +18,9 @@ from strego.backends.redis.transitions import Transitions
 from strego.backends.redis.transport import Command, ScriptCall
 from strego.errors import ForeignKeyError
 from strego.task import TaskInfo
+
+if TYPE_CHECKING:
+    from strego.backends.redis.wakeups import Wakeups
 
 #: Redis times out a BLOCK in its cron, every 1000/hz ms (100 ms at the default hz 10), so a
 #: blocking read returns up to that much late. Schedule waits end this much early, and the last
@@ -81,6 +84,7 @@ class Fetching(Transitions):
 
     _idle: dict[str, IdleQueues]
     idle_recheck_s: float
+    _wakeups: Wakeups | None
 
     async def fetch(
         self,
@@ -94,14 +98,21 @@ class Fetching(Transitions):
     ) -> list[TaskInfo]:
         if not self._first_call_checked:
             await self._first_call_checks()
+        if self._wakeups is not None and block_ms > 0 and count > 0:
+            return await self._fetch_sharded(queues, count, consumer, lease_ms, block_ms, ordered)
         taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
         out = taken.tasks
         if out or block_ms <= 0 or count <= 0 or taken.more:
             return out
+        await self._block_on_streams(taken, block_ms)
+        return (await self._fetch_once(queues, count, consumer, lease_ms, ordered)).tasks
+
+    async def _block_on_streams(self, taken: Taken, block_ms: int) -> None:
+        """Wait until an entry is added after where the fetch pass left each stream."""
         waits = [w for group in taken.waits for w in group]
         if not waits:  # every queue is paused: nothing to wait on but time
             await anyio.sleep(block_ms / 1000)
-            return []
+            return
         streams = [s for s, _ in waits]
         ids = [i for _, i in waits]
         # XREAD without a group only reads: idempotent, so a wait cut by a failover goes on
@@ -112,6 +123,30 @@ class Fetching(Transitions):
             ),
             block_ms,
         )
+
+    async def _fetch_sharded(
+        self,
+        queues: Sequence[str],
+        count: int,
+        consumer: str,
+        lease_ms: int,
+        block_ms: int,
+        ordered: bool,
+    ) -> list[TaskInfo]:
+        """The blocking fetch on Cluster: subscribed first to the queues' `ready` channels
+        (wakeups.py: one connection per node, not one per slot), then the fetch pass, then a
+        wait for a message; after it, one more pass. Nothing is lost in between: a task made
+        pending after the subscription publishes, one before it is seen by the first pass."""
+        assert self._wakeups is not None
+        channels = [(self.keys(q).ready.encode(), q) for q in queues]
+        async with self._wakeups.listen(channels) as watch:
+            taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
+            if taken.tasks or taken.more:
+                return taken.tasks
+            if watch is None:  # a channel could not be subscribed: block on the streams
+                await self._block_on_streams(taken, block_ms)
+            else:
+                await watch.wait(block_ms / 1000)
         return (await self._fetch_once(queues, count, consumer, lease_ms, ordered)).tasks
 
     def _idle_of(self, consumer: str, queues: Sequence[str]) -> IdleQueues:
@@ -285,6 +320,16 @@ class Fetching(Transitions):
             # no longer than one step
             await anyio.sleep(min(timeout_ms, SCHEDULE_STEP_MS) / 1000)
             return
+        if self._wakeups is not None:  # Cluster: subscribe, look, then wait (wakeups.py)
+            channels = [(self.keys(q).signal.encode(), q) for q in queues]
+            async with self._wakeups.listen(channels) as watch:
+                news = None if watch is None else await self._signal_news(queues)
+                if news is False:
+                    assert watch is not None
+                    await watch.wait(timeout_ms / 1000)  # a local timer: no Redis slack
+                if news is not None:
+                    return
+            # a channel could not be subscribed, or a signal stream not read: block on them
         timeout_ms -= REDIS_TIMER_SLACK_MS
         streams = [self.keys(q).signal for q in queues]
         ids = [self._signal_ids.get(q, b"$") for q in queues]
@@ -305,3 +350,23 @@ class Fetching(Transitions):
         for key, entries in _pairs(reply):
             if entries:
                 self._signal_ids[by_key[_str(key)]] = entries[-1][0]
+
+    async def _signal_news(self, queues: Sequence[str]) -> bool | None:
+        """Did a queue's signal stream get an entry since the last one seen (True), or not
+        (False)? A queue seen for the first time starts from its last entry (as XREAD's `$`).
+        None when a stream could not be read (a foreign key: the XREAD wait isolates it)."""
+        last_entries = [
+            Command(("XREVRANGE", self.keys(q).signal, "+", "-", "COUNT", 1), idempotent=True)
+            for q in queues
+        ]
+        replies = await self._send(last_entries)
+        news = False
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, BaseException):
+                return None
+            last = reply[0][0] if reply else _FROM_START
+            seen = self._signal_ids.get(queue)
+            if seen != last:
+                self._signal_ids[queue] = last
+                news = news or seen is not None
+        return news
