@@ -90,6 +90,7 @@ async def test_an_idle_server_holds_one_waiting_connection_per_node(
     @server.handler("job")
     async def handler(task: strego.Task) -> None:
         done.append(time.monotonic())
+
     async with server:
         # the server's fetch and its scheduler both wait: one subscriber per node between them
         transport = backend.transport
@@ -107,7 +108,8 @@ async def test_an_idle_server_holds_one_waiting_connection_per_node(
         for queue in queues:
             sent = time.monotonic()
             await client.enqueue(strego.Task("job", 1, queue=queue))
-            await eventually(lambda n=len(done): len(done) > n, "the task run")
+            seen = len(done)
+            await eventually(lambda n=seen: len(done) > n, "the task run")
             delays.append(done[-1] - sent)
         assert max(delays) < 1.0, delays
         waiting = {p: waiting_connections(redis_cluster, p) - before[p] for p in primaries}

@@ -135,19 +135,26 @@ class Fetching(Transitions):
     ) -> list[TaskInfo]:
         """The blocking fetch on Cluster: subscribed first to the queues' `ready` channels
         (wakeups.py: one connection per node, not one per slot), then the fetch pass, then a
-        wait for a message; after it, one more pass. Nothing is lost in between: a task made
-        pending after the subscription publishes, one before it is seen by the first pass."""
+        wait for a message. Nothing is lost in between: a task made pending after the
+        subscription publishes, one before it is seen by the pass. A wake-up without a task (a
+        lost connection, a moved slot) subscribes and looks again until `block_ms` is over, as
+        a blocked XREAD would go on after a failover."""
         assert self._wakeups is not None
         channels = [(self.keys(q).ready.encode(), q) for q in queues]
-        async with self._wakeups.listen(channels) as watch:
-            taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
-            if taken.tasks or taken.more:
-                return taken.tasks
-            if watch is None:  # a channel could not be subscribed: block on the streams
-                await self._block_on_streams(taken, block_ms)
-            else:
-                await watch.wait(block_ms / 1000)
-        return (await self._fetch_once(queues, count, consumer, lease_ms, ordered)).tasks
+        deadline = anyio.current_time() + block_ms / 1000
+        while True:
+            remaining = deadline - anyio.current_time()
+            async with self._wakeups.listen(channels, max(0.0, remaining)) as watch:
+                taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
+                remaining = deadline - anyio.current_time()
+                if taken.tasks or taken.more or remaining <= 0:
+                    return taken.tasks
+                if watch is None:  # a channel could not be subscribed: block on the streams
+                    await self._block_on_streams(taken, max(1, int(remaining * 1000)))
+                    return (
+                        await self._fetch_once(queues, count, consumer, lease_ms, ordered)
+                    ).tasks
+                await watch.wait(remaining)
 
     def _idle_of(self, consumer: str, queues: Sequence[str]) -> IdleQueues:
         """The idle-queue findings of `consumer`, kept for its last set of queues only (a server

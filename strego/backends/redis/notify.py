@@ -106,6 +106,7 @@ class Notifier:
         watch: Watch,
         channels: Sequence[tuple[bytes, str]],
         wanted: set[str] | None = None,
+        timeout_s: float = SUBSCRIBE_TIMEOUT_S,
     ) -> AsyncIterator[bool]:
         """`listen` with a watch of the caller's (one watch may join several notifiers: wait
         on it with `pump` of each). Yields whether Redis confirmed every channel."""
@@ -116,7 +117,7 @@ class Notifier:
             channel.watches[watch] = wanted
         names = [name for name, _ in channels]
         try:
-            await self._subscribed(names, watch)
+            await self._subscribed(names, watch, timeout_s)
             watch.take()  # confirmations woke it: not news for its owner
             yield set(names) <= self._confirmed
         finally:
@@ -129,8 +130,8 @@ class Notifier:
         # a channel Redis refused or dropped is no longer in _channels: not waited for
         return any(n in self._channels and n not in self._confirmed for n in names)
 
-    async def _subscribed(self, names: list[bytes], watch: Watch) -> None:
-        deadline = anyio.current_time() + SUBSCRIBE_TIMEOUT_S
+    async def _subscribed(self, names: list[bytes], watch: Watch, timeout_s: float) -> None:
+        deadline = anyio.current_time() + timeout_s
         sent = self._conn
         if sent is not None and self._unconfirmed(names):
             try:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from strego.backends.redis.notify import Notifier, PubSubConnection
+from strego.backends.redis.notify import SUBSCRIBE_TIMEOUT_S, Notifier, PubSubConnection
 from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.slots import key_slot
 from strego.backends.watch import Watch
@@ -87,10 +87,13 @@ class Wakeups:
         return notifier
 
     @asynccontextmanager
-    async def listen(self, channels: Sequence[tuple[bytes, str]]) -> AsyncIterator[Watch | None]:
+    async def listen(
+        self, channels: Sequence[tuple[bytes, str]], timeout_s: float = SUBSCRIBE_TIMEOUT_S
+    ) -> AsyncIterator[Watch | None]:
         """A watch woken by a message on any of these (channel, queue) pairs, subscribed when
-        this returns; None when one of them could not be subscribed (the caller waits
-        otherwise)."""
+        this returns; None when one of them could not be subscribed within `timeout_s` (at
+        most SUBSCRIBE_TIMEOUT_S): the caller waits otherwise."""
+        deadline = anyio.current_time() + min(timeout_s, SUBSCRIBE_TIMEOUT_S)
         await self._cluster.fresh()
         await self._prune()
         by_node: dict[Address, list[tuple[bytes, str]]] = {}
@@ -106,7 +109,9 @@ class Wakeups:
             for address, part in by_node.items():
                 notifier = self._notifier(address)
                 watch.notifiers.append(notifier)
-                complete &= await stack.enter_async_context(notifier.join(watch, part))
+                timeout = max(0.0, deadline - anyio.current_time())
+                joined = notifier.join(watch, part, None, timeout)
+                complete &= await stack.enter_async_context(joined)
             watch.take()  # a confirmation or message during the joins: the caller looks next
             yield watch if complete else None
 
