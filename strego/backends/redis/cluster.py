@@ -19,9 +19,10 @@ call keeps retrying while slots move or a primary is replaced.
   cluster_timeout. A node that cannot be reached: the map is refreshed and the call sent again
   (only if it never reached the node, or is idempotent, as on one server).
 - NOSCRIPT: the node's own transport loads the script on that node and calls again.
-- MGET over several slots is split per slot; a blocking XREAD over several slots blocks on each
-  slot at once (a connection each) and returns the first reply (a wake-up: the rest are
-  cancelled; XREAD without a group consumes nothing).
+- MGET over several slots is split per slot. Fetches and schedulers wait on `wakeups` (sharded
+  pub/sub, wakeups.py: one subscriber connection per primary); a blocking XREAD over several
+  slots, their fallback, blocks on each slot at once (a connection each) and returns the first
+  reply (a wake-up: the rest are cancelled; XREAD without a group consumes nothing).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 skips the queues it found idle while their `ready` counters hold (`IdleQueues`, "The idle-queue
 cache and the `ready` rule" in docs/architecture.md), peeks at the others in one pipeline, runs
 the fetch script on those with work (`Taken` gathers the result), and waits on the streams when
-nothing came. `wait_schedule_change` waits on the queues' signal streams for the scheduler."""
+nothing came. `wait_schedule_change` waits on the queues' signal streams for the scheduler. On
+Cluster both wait on sharded pub/sub instead (`_wakeups`, wakeups.py: one connection per node,
+where blocking on the streams would take one per slot)."""
 
 from __future__ import annotations
 
