@@ -68,6 +68,8 @@ class Wakeups:
     def __init__(self, cluster: ClusterTransport) -> None:
         self._cluster = cluster
         self._nodes: dict[Address, Notifier] = {}
+        #: each channel's slot (CRC16 in Python costs more than the rest of a listen)
+        self._slot_of: dict[bytes, int] = {}
 
     @property
     def nodes(self) -> list[Address]:
@@ -98,7 +100,10 @@ class Wakeups:
         await self._prune()
         by_node: dict[Address, list[tuple[bytes, str]]] = {}
         for name, queue in channels:
-            owner = self._cluster.owner(key_slot(name))
+            slot = self._slot_of.get(name)
+            if slot is None:
+                slot = self._slot_of[name] = key_slot(name)
+            owner = self._cluster.owner(slot)
             if owner is None:
                 by_node = {}
                 break
