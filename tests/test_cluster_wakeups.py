@@ -164,6 +164,8 @@ async def test_a_fetch_wait_resumes_across_a_failover(
         await eventually(lambda: waiting_connections(redis_cluster, primary) > 0, "the wait")
         redis_cluster.client(replica).execute_command("CLUSTER FAILOVER")
         redis_cluster.wait_role(replica, "master")
+        await eventually(lambda: waiting_connections(redis_cluster, replica) > 0, "the new wait")
+        assert redis_cluster.blocked_clients(replica) == 0
         await backend.enqueue(message("after", queue=queue))
     assert got == ["after"]
     redis_cluster.wait_healthy()
@@ -197,6 +199,8 @@ async def test_a_fetch_wait_resumes_across_a_slot_migration(
         await eventually(lambda: waiting_connections(redis_cluster, source) > 0, "the wait")
         await anyio.to_thread.run_sync(redis_cluster.migrate_slot, slot, source, target)
         await eventually(lambda: waiting_connections(redis_cluster, target) > 0, "the new wait")
+        # subscribed there, not fallen back on a blocking XREAD
+        assert redis_cluster.blocked_clients(target) == 0
         sent = time.monotonic()
         await backend.enqueue(message("after", queue=queue))
     assert got == ["after"]

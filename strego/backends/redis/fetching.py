@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -20,9 +20,6 @@ from strego.backends.redis.transitions import Transitions
 from strego.backends.redis.transport import Command, ScriptCall
 from strego.errors import ForeignKeyError
 from strego.task import TaskInfo
-
-if TYPE_CHECKING:
-    from strego.backends.redis.wakeups import Wakeups
 
 #: Redis times out a BLOCK in its cron, every 1000/hz ms (100 ms at the default hz 10), so a
 #: blocking read returns up to that much late. Schedule waits end this much early, and the last
@@ -86,7 +83,6 @@ class Fetching(Transitions):
 
     _idle: dict[str, IdleQueues]
     idle_recheck_s: float
-    _wakeups: Wakeups | None
 
     async def fetch(
         self,

@@ -22,19 +22,43 @@ on one node).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
 
+from strego.backends.redis.eviction import _info_field
 from strego.backends.redis.notify import SUBSCRIBE_TIMEOUT_S, Notifier, PubSubConnection
 from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.slots import key_slot
+from strego.backends.redis.transport import Command
 from strego.backends.watch import Watch
+from strego.errors import BackendError
 
 if TYPE_CHECKING:
     from strego.backends.redis.cluster import Address, ClusterTransport
+
+log = logging.getLogger("strego.backends.redis")
+
+
+async def sharded_pubsub_supported(cluster: ClusterTransport) -> bool:
+    """Does every primary run Redis 7 or newer (SPUBLISH, SSUBSCRIBE)? strego supports Redis 6.2,
+    where a script calling SPUBLISH would fail: there the waits stay on XREAD. Unknown (INFO
+    refused): no."""
+    await cluster.fresh()
+    for address in cluster.primaries:
+        try:
+            reply = await cluster.node(address).execute(Command(("INFO", "server"), True))
+        except BackendError:
+            return False
+        version = _info_field(reply, "redis_version") or ""
+        major = version.split(".", 1)[0]
+        if not major.isdigit() or int(major) < 7:
+            log.info("Redis %s on %s:%s: waits block on the streams", version, *address)
+            return False
+    return True
 
 
 class NodesWatch(Watch):
@@ -66,7 +90,7 @@ class Wakeups:
     """The sharded subscriptions of one `ClusterTransport` (see the module docstring)."""
 
     def __init__(self, cluster: ClusterTransport) -> None:
-        self._cluster = cluster
+        self.cluster = cluster
         self._nodes: dict[Address, Notifier] = {}
         #: each channel's slot (CRC16 in Python costs more than the rest of a listen)
         self._slot_of: dict[bytes, int] = {}
@@ -81,10 +105,10 @@ class Wakeups:
         if notifier is None:
 
             async def open_connection() -> PubSubConnection:
-                settings = self._cluster.node(address).settings
+                settings = self.cluster.node(address).settings
                 return await AnyioPubSub.open(settings, sharded=True)
 
-            notifier = Notifier(open_connection, on_moved=self._cluster.mark_stale)
+            notifier = Notifier(open_connection, on_moved=self.cluster.mark_stale)
             self._nodes[address] = notifier
         return notifier
 
@@ -96,14 +120,14 @@ class Wakeups:
         this returns; None when one of them could not be subscribed within `timeout_s` (at
         most SUBSCRIBE_TIMEOUT_S): the caller waits otherwise."""
         deadline = anyio.current_time() + min(timeout_s, SUBSCRIBE_TIMEOUT_S)
-        await self._cluster.fresh()
+        await self.cluster.fresh()
         await self._prune()
         by_node: dict[Address, list[tuple[bytes, str]]] = {}
         for name, queue in channels:
             slot = self._slot_of.get(name)
             if slot is None:
                 slot = self._slot_of[name] = key_slot(name)
-            owner = self._cluster.owner(slot)
+            owner = self.cluster.owner(slot)
             if owner is None:
                 by_node = {}
                 break
@@ -123,7 +147,7 @@ class Wakeups:
     async def _prune(self) -> None:
         """Close the connections to nodes that are no primary any more (failover): their
         waiters are woken and listen again on the new primaries."""
-        primaries = set(self._cluster.primaries)
+        primaries = set(self.cluster.primaries)
         for address in [a for a in self._nodes if a not in primaries]:
             await self._nodes.pop(address).aclose()
 
