@@ -249,3 +249,27 @@ def test_single_redis_scripts_never_publish() -> None:
         assert "local SHARDED_NOTIFY = false\n" in script(name).source
         assert "local SHARDED_NOTIFY = true\n" in script(name, 0, True).source
         assert "SPUBLISH" in script(name).source  # present, and only behind the gate
+
+
+async def test_resume_wakes_a_fetch_waiting_on_a_paused_queue(
+    redis_cluster: ClusterSetup, cluster_backend: RedisBackend
+) -> None:
+    backend = cluster_backend
+    queue = f"r{uuid.uuid4().hex[:8]}"
+    await backend.pause(queue)
+    await backend.enqueue(message("held", queue=queue))
+    got: list[str] = []
+
+    async def fetch() -> None:
+        with anyio.fail_after(30):
+            while not got:
+                tasks = await backend.fetch([queue], 1, "w", lease_ms=60_000, block_ms=BLOCK_MS)
+                got.extend(t.id for t in tasks)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fetch)
+        await anyio.sleep(0.3)  # subscribed and waiting
+        sent = time.monotonic()
+        await backend.resume(queue)
+    assert got == ["held"]
+    assert time.monotonic() - sent < 1.0

@@ -473,7 +473,7 @@ class Transitions(Reads):
         calls = [Command(("DEL", k.paused), idempotent=True),
                  Command(("INCR", k.ready), idempotent=True)]  # fmt: skip
         if self._sharded_notify:  # Cluster: wake fetches waiting on the queue (wakeups.py)
-            calls.append(Command(("SPUBLISH", k.ready, ""), idempotent=True))
+            calls.append(Command(("SPUBLISH", k.ready, "resumed"), idempotent=True))
         try:
             await self._pipeline(calls)
         except ForeignKeyError as exc:
