@@ -157,3 +157,15 @@ async def test_sharded_pubsub_needs_redis_7_on_every_primary(
     versions: tuple[str | None, ...], supported: bool
 ) -> None:
     assert await sharded_pubsub_supported(FakeCluster(*versions)) is supported  # type: ignore[arg-type]
+
+
+def test_every_move_of_the_ready_counter_publishes_on_cluster() -> None:
+    """A script that INCRs `ready` by itself, not through ready_moved(), would leave fetches
+    waiting on Cluster asleep until their block time."""
+    from strego.backends.redis.scripts import NAMES, script, source
+
+    for name in NAMES:
+        assert "INCR', K.ready" not in source(name), name
+        if "ready_moved()" in source(name):
+            assert "local SHARDED_NOTIFY = false\n" in script(name).source
+            assert "local SHARDED_NOTIFY = true\n" in script(name, 0, True).source
