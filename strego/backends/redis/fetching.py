@@ -134,12 +134,17 @@ class Fetching(Transitions):
         """The blocking fetch on Cluster: subscribed first to the queues' `ready` channels
         (wakeups.py: one connection per node, not one per slot), then the fetch pass, then a
         wait for a message. Nothing is lost in between: a task made pending after the
-        subscription publishes, one before it is seen by the pass. A wake-up without a task (a
+        subscription publishes, one before it is seen by the pass. (A first pass before the
+        subscription returns at once when it finds tasks.) A wake-up without a task (a
         lost connection, a moved slot) subscribes and looks again until `block_ms` is over, as
         a blocked XREAD would go on after a failover."""
         assert self._wakeups is not None
-        channels = [(self.keys(q).ready.encode(), q) for q in queues]
         deadline = anyio.current_time() + block_ms / 1000
+        # a busy server finds tasks here and never pays for the subscription
+        taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
+        if taken.tasks or taken.more:
+            return taken.tasks
+        channels = [(self.keys(q).ready.encode(), q) for q in queues]
         while True:
             remaining = deadline - anyio.current_time()
             async with self._wakeups.listen(channels, max(0.0, remaining)) as watch:
