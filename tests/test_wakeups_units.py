@@ -1,6 +1,7 @@
 """Units of the Cluster wake-ups (strego/backends/redis/wakeups.py) without a cluster: the sharded
 subscription (one SSUBSCRIBE per slot), what `Notifier` does with a subscription Redis drops
-(SUNSUBSCRIBE) or refuses (MOVED), and the Redis 7 check that keeps a Redis 6.2 Cluster on XREAD.
+(SUNSUBSCRIBE) or refuses (MOVED), the Redis 7 check that keeps a Redis 6.2 Cluster on XREAD, and
+the transport waiting while nodes disagree after a failover (which the wake-up tests ran into).
 The real cluster is tests/test_cluster_wakeups.py."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.slots import key_slot
 from strego.backends.redis.wakeups import sharded_pubsub_supported
 from strego.backends.watch import Watch
-from strego.errors import BackendConnectionError
+from strego.errors import BackendConnectionError, BackendError
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +170,50 @@ def test_every_move_of_the_ready_counter_publishes_on_cluster() -> None:
         if "ready_moved()" in source(name):
             assert "local SHARDED_NOTIFY = false\n" in script(name).source
             assert "local SHARDED_NOTIFY = true\n" in script(name, 0, True).source
+
+
+class DisagreeingNodes:
+    """Two primaries just after a failover: until `agree_at`, each says the other serves every
+    slot (MOVED), and CLUSTER SHARDS still names the old one; then the new one answers."""
+
+    OLD, NEW = ("127.0.0.1", 1), ("127.0.0.1", 2)
+
+    def __init__(self, agree_after_s: float) -> None:
+        self.agree_at = anyio.current_time() + agree_after_s
+
+    def node(self, address: tuple[str, int]) -> Any:
+        world = self
+
+        class Node:
+            async def execute(self, command: Any) -> Any:  # CLUSTER SHARDS
+                owner = world.NEW if anyio.current_time() >= world.agree_at else world.OLD
+                port = owner[1]
+                return [[b"slots", [0, 16383], b"nodes", [
+                    [b"port", port, b"ip", b"127.0.0.1", b"role", b"master"]]]]  # fmt: skip
+
+            async def pipeline(self, calls: Sequence[Any]) -> list[Any]:
+                if address == world.NEW and anyio.current_time() >= world.agree_at:
+                    return [b"OK" for _ in calls]
+                other = world.OLD if address == world.NEW else world.NEW
+                return [BackendError(f"MOVED 1 127.0.0.1:{other[1]}") for _ in calls]
+
+            async def aclose(self) -> None:
+                pass
+
+        return Node()
+
+
+async def test_calls_wait_while_the_nodes_disagree_after_a_failover() -> None:
+    """MOVED back and forth (the nodes not yet agreeing on a slot's owner) is waited out with
+    backoff until cluster_timeout, not raised after 16 rounds in a few milliseconds."""
+    from strego.backends.redis.cluster import ClusterTransport
+    from strego.backends.redis.transport import Command
+    from strego.backends.redis.url import parse_url
+
+    world = DisagreeingNodes(agree_after_s=0.5)
+    transport = ClusterTransport(
+        [world.OLD], parse_url("redis://127.0.0.1:1"), cluster_timeout=5, backoff_max=0.05
+    )
+    transport.node = world.node  # type: ignore[method-assign]
+    with anyio.fail_after(5):
+        assert await transport.execute(Command(("SET", "k", "v"))) == b"OK"

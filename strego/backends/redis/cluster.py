@@ -444,7 +444,11 @@ class ClusterTransport:
                     ) from None
                 await anyio.sleep(self._backoff(rounds))
             elif rounds > 16:
-                raise BackendError(f"calls redirected {rounds} times in a row: {replies}")
+                # MOVED back and forth: the nodes do not agree yet on who serves the slot (just
+                # after a failover), and the map read again says the old owner. Wait for them.
+                if time.monotonic() - started > self.cluster_timeout:
+                    raise BackendError(f"calls redirected {rounds} times in a row: {replies}")
+                await anyio.sleep(self._backoff(rounds - 16))
         return replies
 
     def _waves(
