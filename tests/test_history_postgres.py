@@ -471,3 +471,94 @@ async def test_the_history_command_drains_a_redis(
     )  # fmt: skip
     assert bad.returncode == 1
     assert b"strego history: OperationalError" in bad.stderr
+    usage = await anyio.run_process(
+        [sys.executable, "-m", "strego.cli", "history", "--redis", redis_url, "--postgres",
+         pg_dsn, "--batch", "100", "--max-batch", "50"],
+        check=False,
+    )  # fmt: skip
+    assert usage.returncode == 2 and b"--max-batch" in usage.stderr
+
+
+def _schema_dsn(pg_database: str) -> str:
+    name = f"b_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    return _in_schema(pg_database, name)
+
+
+def _record_reads(backend: MemoryBackend) -> list[int]:
+    """The event counts the drainer asks the memory backend's history for, in order."""
+    assert backend.history is not None
+    asked: list[int] = []
+    read = backend.history.read_history
+
+    async def recording(count: int) -> list[HistoryEvent]:
+        asked.append(count)
+        return await read(count)
+
+    backend.history.read_history = recording  # type: ignore[method-assign]
+    return asked
+
+
+async def test_a_backlog_grows_the_batch_and_gives_the_same_rows(
+    pg_database: str, pg_dsn: str
+) -> None:
+    backend = MemoryBackend(history=True)
+    expected = await _work(backend, 200, "g")
+    assert backend.history is not None
+    events = await backend.history.read_history(10_000)
+    assert len(events) == expected
+    one_go = PostgresHistory(_schema_dsn(pg_database))  # the reference: one batch
+    await one_go.store(events)
+    reference = await _rows(one_go.dsn)
+    await one_go.aclose()
+
+    asked = _record_reads(backend)
+    history = PostgresHistory(pg_dsn)
+    stored: list[int] = []
+    store = history.store
+
+    async def counting(batch: Any) -> None:
+        stored.append(len(batch))
+        await store(batch)
+
+    history.store = counting  # type: ignore[method-assign]
+    await history.drain(backend, batch=10, max_batch=80, until_idle=True)
+    await history.aclose()
+    # full reads double the batch up to max_batch; the last, short one brings it back
+    assert asked[:5] == [10, 20, 40, 80, 80]
+    assert max(stored) == 80 and sum(stored) == expected
+    assert history.stats.batch_size == 10
+    # a task's events folded in one batch give the rows one batch of everything gives
+    assert await _rows(pg_dsn) == reference
+    with pytest.raises(InvalidTaskError):
+        await history.drain(backend, batch=10, max_batch=5)
+
+
+async def test_a_failing_grown_batch_loses_nothing_and_starts_small_again(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = MemoryBackend(history=True)
+    expected = await _work(backend, 100, "f")
+    asked = _record_reads(backend)
+    history = PostgresHistory(pg_dsn)
+    store = history.store
+    failed: list[int] = []
+
+    async def failing_once(batch: Any) -> None:
+        if len(batch) >= 40 and not failed:
+            failed.append(len(batch))
+            raise psycopg.OperationalError("the server closed the connection")
+        await store(batch)
+
+    history.store = failing_once  # type: ignore[method-assign]
+    await history.drain(backend, batch=10, max_batch=80, retry_s=0.01, until_idle=True)
+    await history.aclose()
+    assert failed == [40] and history.stats.failures == 1
+    # after the failure the drainer reads from its last commit again, `batch` events at first
+    at = asked.index(40)
+    assert 10 in asked[at + 1 : at + 4]
+    assert await _count_events(pg_dsn) == expected
+    assert backend.history is not None
+    assert sum((await backend.history.history_backlog()).values()) == 0
+    assert any("PostgreSQL failed" in r.message for r in caplog.records)

@@ -41,6 +41,12 @@ def add_parser(commands: Any) -> None:
         "--batch", type=_positive, default=1000, help="events per transaction (default 1000)"
     )
     history.add_argument(
+        "--max-batch",
+        type=_positive,
+        help="while a backlog lasts the batch doubles up to this many events (default 20 x "
+        "--batch)",
+    )
+    history.add_argument(
         "--cap",
         type=_positive,
         default=DEFAULT_HISTORY_CAP,
@@ -79,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from strego.backends.redis import RedisBackend
     from strego.errors import BackendError
 
+    if args.max_batch is not None and args.max_batch < args.batch:
+        print("strego history: --max-batch must be at least --batch", file=sys.stderr)
+        return 2
     try:
         backend = RedisBackend.from_url(
             args.redis, prefix=args.prefix, history=True, history_cap=args.cap
@@ -92,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         try:
             await history.migrate()  # a wrong DSN fails here, not in the retry loop
-            await history.drain(backend, batch=args.batch, retention=retention,
-                                until_idle=args.until_idle)  # fmt: skip
+            await history.drain(backend, batch=args.batch, max_batch=args.max_batch,
+                                retention=retention, until_idle=args.until_idle)  # fmt: skip
         finally:
             with anyio.CancelScope(shield=True):
                 await history.aclose()

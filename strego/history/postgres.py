@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import logging
+import operator
 import re
 import threading
 import time
@@ -35,6 +36,9 @@ T = TypeVar("T")
 
 #: Events per batch: one transaction, two statements (events, then tasks).
 BATCH = 1000
+#: While a backlog lasts (each read comes back full), the batch doubles up to this many times
+#: `batch`: a task's events then tend to fall in one batch and make one row write, not three.
+GROW = 20
 #: The most tasks one search returns.
 MAX_LIMIT = 1000
 #: A WARNING when a queue's backlog reaches this share of its stream's cap.
@@ -106,6 +110,8 @@ class DrainStats:
     lag_by_queue: dict[str, int] = attrs.field(factory=dict)
     #: when the last batch was committed (time.time()), None before
     last_commit: float | None = None
+    #: the events asked for at the last read: `batch`, more while a backlog lasts
+    batch_size: int = 0
 
 
 def _ms_to_dt(ms: int) -> datetime:
@@ -132,16 +138,20 @@ def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
     """One task row per task of `events`: the state of its newest event (by seq), its enqueue's
     fields, its newest error. The same set of events gives the same rows in any order."""
     rows: dict[str, dict[str, Any]] = {}
-    for e in sorted(events, key=lambda e: (e.queue, e.seq)):
+    for e in sorted(events, key=_event_order):
         row = rows.get(e.task_id)
         if row is None:
             row = rows[e.task_id] = {
-                "id": e.task_id, "created_ms": _created_ms(e.task_id), "queue": e.queue,
-                "type": None, "labels": None, "payload": None, "encoding": None,
-                "enqueued_ms": None, "retried": None, "error": None, "error_seq": None,
-                "words": None,
+                "id": e.task_id, "created_ms": _created_ms(e.task_id), "type": None,
+                "labels": None, "payload": None, "encoding": None, "enqueued_ms": None,
+                "retried": None, "error": None, "error_seq": None, "words": None,
             }  # fmt: skip
-        row.update(state=e.state, at_ms=e.at_ms, seq=e.seq, consumer=e.consumer, queue=e.queue)
+        # plain item stores: this runs for every event of a batch
+        row["state"] = e.state
+        row["at_ms"] = e.at_ms
+        row["seq"] = e.seq
+        row["consumer"] = e.consumer
+        row["queue"] = e.queue
         if e.retried is not None:
             row["retried"] = e.retried
         if e.error is not None:
@@ -152,6 +162,9 @@ def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
                 encoding=e.encoding, enqueued_ms=e.created_ms, words=_words(e),
             )  # fmt: skip
     return list(rows.values())
+
+
+_event_order = operator.attrgetter("queue", "seq")
 
 
 _COPY_EVENTS = (
@@ -329,14 +342,12 @@ class PostgresHistory:
         rows = fold(events)
         with conn.transaction():
             schema.ensure_partitions(
-                conn, "strego_events", {schema.day_of(e.at_ms) for e in events}, self._partitions
+                conn, "strego_events", schema.days_of(e.at_ms for e in events), self._partitions
             )
             schema.ensure_partitions(
-                conn,
-                "strego_tasks",
-                {schema.day_of(r["created_ms"]) for r in rows},
+                conn, "strego_tasks", schema.days_of(r["created_ms"] for r in rows),
                 self._partitions,
-            )
+            )  # fmt: skip
             self._insert_events(conn, events)
             conn.execute(_STAGE_TASKS)
             with conn.cursor().copy(_COPY_TASKS) as copy:
@@ -354,12 +365,16 @@ class PostgresHistory:
     def _insert_events(conn: _Conn, events: Sequence[HistoryEvent]) -> None:
         """COPY the events (the fast way); when some are stored already (a batch read again),
         COPY fails on the primary key, and they go through INSERT ... ON CONFLICT DO NOTHING."""
+        at: dict[int, datetime] = {}  # the events of one entry share their time
         try:
             with conn.transaction(), conn.cursor().copy(_COPY_EVENTS) as copy:
                 for e in events:
+                    when = at.get(e.at_ms)
+                    if when is None:
+                        when = at[e.at_ms] = _ms_to_dt(e.at_ms)
                     copy.write_row((
-                        _ms_to_dt(e.at_ms), e.queue, e.seq[0], e.seq[1], e.task_id, e.state,
-                        e.retried, e.error, e.consumer,
+                        when, e.queue, e.seq[0], e.seq[1], e.task_id, e.state, e.retried,
+                        e.error, e.consumer,
                     ))  # fmt: skip
         except psycopg.errors.UniqueViolation:
             conn.execute(
@@ -384,6 +399,7 @@ class PostgresHistory:
         backend: object,
         *,
         batch: int = BATCH,
+        max_batch: int | None = None,
         poll_s: float = 0.1,
         retry_s: float = 1.0,
         lag_every_s: float = 5.0,
@@ -392,12 +408,29 @@ class PostgresHistory:
     ) -> None:
         """Store the history events of `backend` (a RedisBackend or MemoryBackend with
         history on) as they come, `batch` per transaction, acknowledging each batch after it
-        commits. PostgreSQL down: the batch is logged and read again every `retry_s` (nothing
-        lost while the streams stay under their cap; a WARNING as a backlog nears it). With
-        `retention`, partitions older than that are dropped once an hour. Runs until cancelled
-        (`until_idle`: until no event is left)."""
+        commits. While a backlog lasts (reads come back at least half full) the batch doubles,
+        up to `max_batch` (default `GROW` times `batch`), and it is back to `batch` once a read
+        is not: fewer, larger transactions, in which a task's events fold into one row write.
+        PostgreSQL down: the batch is logged and read again every `retry_s`, from `batch`
+        events (nothing lost while the streams stay under their cap; a WARNING as a backlog
+        nears it). With `retention`, partitions older than that are dropped once an hour. Runs
+        until cancelled (`until_idle`: until no event is left)."""
         if batch < 1:
             raise InvalidTaskError(f"batch must be at least 1, got {batch}")
+        if max_batch is None:
+            max_batch = GROW * batch
+        elif max_batch < batch:
+            raise InvalidTaskError(f"max_batch must be at least batch ({batch}), got {max_batch}")
+        size = self.stats.batch_size = batch
+
+        def grow(read: list[HistoryEvent]) -> list[HistoryEvent]:
+            """Follow the backlog: a read at least half full (Redis counts entries, each of one
+            or many events, so a full read is only about `size`) asks for twice as many."""
+            nonlocal size
+            size = min(2 * size, max_batch) if 2 * len(read) >= size else batch
+            self.stats.batch_size = size
+            return read
+
         source = history_source(backend)
         last_lag = last_prune = float("-inf")
         down_since: float | None = None
@@ -416,7 +449,7 @@ class PostgresHistory:
                 except psycopg.Error as exc:
                     log.warning("history: dropping old partitions failed: %s", exc)
             try:
-                events = ahead if ahead is not None else await source.read_history(batch)
+                events = ahead if ahead is not None else grow(await source.read_history(size))
                 ahead = None
             except BackendError as exc:
                 log.error("history: reading the events failed (again in %.1f s): %s", retry_s, exc)
@@ -434,11 +467,12 @@ class PostgresHistory:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._store_into, events, failed)
                 try:
-                    ahead = await source.read_history(batch)
+                    ahead = grow(await source.read_history(size))
                 except BackendError:
                     source.rewind()  # its reply may be lost: read the pending entries again
             if failed:
                 ahead = None  # read again with the failed batch
+                size = self.stats.batch_size = batch
                 source.rewind()
                 self.stats.failures += 1
                 if down_since is None:

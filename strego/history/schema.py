@@ -7,6 +7,7 @@ that both give the same catalog, so the two cannot drift apart."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 
@@ -64,6 +65,14 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], *, fresh: bool = True)
 
 def day_of(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000, UTC).date()
+
+
+_DAY_MS = 86_400_000
+
+
+def days_of(times_ms: Iterable[int]) -> set[date]:
+    """The UTC days of epoch milliseconds (by integer division: a batch has thousands)."""
+    return {NO_TIME_DAY + timedelta(days=d) for d in {ms // _DAY_MS for ms in times_ms}}
 
 
 def partition_name(table: str, day: date) -> str:
