@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -516,14 +518,14 @@ async def test_a_backlog_grows_the_batch_and_gives_the_same_rows(
     asked = _record_reads(backend)
     history = PostgresHistory(pg_dsn)
     stored: list[int] = []
-    store = history.store
+    store = history._store
 
-    async def counting(batch: Any) -> None:
+    def counting(conn: Any, batch: Any, known: Any = None) -> None:
         stored.append(len(batch))
-        await store(batch)
+        store(conn, batch, known)
 
-    history.store = counting  # type: ignore[method-assign]
-    await history.drain(backend, batch=10, max_batch=80, until_idle=True)
+    history._store = counting  # type: ignore[method-assign]
+    await history.drain(backend, batch=10, max_batch=80, connections=1, until_idle=True)
     await history.aclose()
     # full reads double the batch up to max_batch; the last, short one brings it back
     assert asked[:5] == [10, 20, 40, 80, 80]
@@ -542,17 +544,19 @@ async def test_a_failing_grown_batch_loses_nothing_and_starts_small_again(
     expected = await _work(backend, 100, "f")
     asked = _record_reads(backend)
     history = PostgresHistory(pg_dsn)
-    store = history.store
+    store = history._store
     failed: list[int] = []
 
-    async def failing_once(batch: Any) -> None:
+    def failing_once(conn: Any, batch: Any, known: Any = None) -> None:
         if len(batch) >= 40 and not failed:
             failed.append(len(batch))
             raise psycopg.OperationalError("the server closed the connection")
-        await store(batch)
+        store(conn, batch, known)
 
-    history.store = failing_once  # type: ignore[method-assign]
-    await history.drain(backend, batch=10, max_batch=80, retry_s=0.01, until_idle=True)
+    history._store = failing_once  # type: ignore[method-assign]
+    await history.drain(
+        backend, batch=10, max_batch=80, connections=1, retry_s=0.01, until_idle=True
+    )
     await history.aclose()
     assert failed == [40] and history.stats.failures == 1
     # after the failure the drainer reads from its last commit again, `batch` events at first
@@ -561,4 +565,80 @@ async def test_a_failing_grown_batch_loses_nothing_and_starts_small_again(
     assert await _count_events(pg_dsn) == expected
     assert backend.history is not None
     assert sum((await backend.history.history_backlog()).values()) == 0
+    assert any("PostgreSQL failed" in r.message for r in caplog.records)
+
+
+async def _reference_rows(pg_database: str, backend: Any) -> tuple[int, Any]:
+    """The events waiting in `backend`'s history (read, left unacknowledged: a drainer reads
+    them again) and the rows they give stored in one batch, in a schema of their own."""
+    source = history_source(backend)
+    events: list[HistoryEvent] = []
+    while more := await source.read_history(100_000):  # Redis counts entries: several reads
+        events += more
+    one_go = PostgresHistory(_schema_dsn(pg_database))
+    await one_go.store(events)
+    rows = await _rows(one_go.dsn)
+    await one_go.aclose()
+    return len(events), rows
+
+
+def _overlapping(history: PostgresHistory, fail_at: int | None = None) -> list[int]:
+    """Make each batch's store last a little (so that batches overlap) and count the batches in
+    flight at once ([the most seen]); with `fail_at`, that store (1-based) fails."""
+    store = history._store
+    lock = threading.Lock()
+    state = {"now": 0, "calls": 0}
+    most = [0]
+
+    def slow(conn: Any, batch: Any, known: Any = None) -> None:
+        with lock:
+            state["now"] += 1
+            state["calls"] += 1
+            call = state["calls"]
+            most[0] = max(most[0], state["now"])
+        try:
+            time.sleep(0.02)
+            if call == fail_at:
+                raise psycopg.OperationalError("the server closed the connection")
+            store(conn, batch, known)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    history._store = slow  # type: ignore[method-assign]
+    return most
+
+
+async def test_concurrent_batches_give_the_same_rows(
+    hbackend: Any, pg_database: str, pg_dsn: str
+) -> None:
+    for round_ in range(3):
+        await _work(hbackend, 60, f"p{round_}-")
+    expected, reference = await _reference_rows(pg_database, hbackend)
+    history = PostgresHistory(pg_dsn)
+    most = _overlapping(history)
+    await history.drain(hbackend, batch=20, max_batch=20, connections=4, until_idle=True)
+    await history.aclose()
+    assert most[0] >= 2, "batches were stored at once"
+    assert history.stats.stored >= expected
+    assert await _rows(pg_dsn) == reference
+    assert sum((await history_source(hbackend).history_backlog()).values()) == 0
+
+
+async def test_a_failing_batch_among_concurrent_ones_loses_nothing(
+    hbackend: Any, pg_database: str, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for round_ in range(3):
+        await _work(hbackend, 60, f"q{round_}-")
+    expected, reference = await _reference_rows(pg_database, hbackend)
+    history = PostgresHistory(pg_dsn)
+    most = _overlapping(history, fail_at=3)
+    await history.drain(
+        hbackend, batch=20, max_batch=20, connections=3, retry_s=0.01, until_idle=True
+    )
+    await history.aclose()
+    assert most[0] >= 2 and history.stats.failures == 1
+    assert await _count_events(pg_dsn) == expected
+    assert await _rows(pg_dsn) == reference
+    assert sum((await history_source(hbackend).history_backlog()).values()) == 0
     assert any("PostgreSQL failed" in r.message for r in caplog.records)

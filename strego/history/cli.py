@@ -47,6 +47,12 @@ def add_parser(commands: Any) -> None:
         "--batch)",
     )
     history.add_argument(
+        "--connections",
+        type=_positive,
+        default=2,
+        help="batches in flight at once, each on a PostgreSQL connection of its own (default 2)",
+    )
+    history.add_argument(
         "--cap",
         type=_positive,
         default=DEFAULT_HISTORY_CAP,
@@ -101,8 +107,14 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         try:
             await history.migrate()  # a wrong DSN fails here, not in the retry loop
-            await history.drain(backend, batch=args.batch, max_batch=args.max_batch,
-                                retention=retention, until_idle=args.until_idle)  # fmt: skip
+            await history.drain(
+                backend,
+                batch=args.batch,
+                max_batch=args.max_batch,
+                connections=args.connections,
+                retention=retention,
+                until_idle=args.until_idle,
+            )
         finally:
             with anyio.CancelScope(shield=True):
                 await history.aclose()

@@ -83,10 +83,16 @@ def ensure_partitions(
     conn: psycopg.Connection[tuple[object, ...]], table: str, days: set[date], known: set[str]
 ) -> None:
     """Create the day partitions of `table` that `days` need and `known` lacks (adds them)."""
+    locked = False
     for day in sorted(days):
         name = partition_name(table, day)
         if name in known:
             continue
+        if not locked:
+            # two batches in flight may need the same new day: the second waits for the first
+            # to commit (the lock is the transaction's), then finds the partition made
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('strego_history_partitions'))")
+            locked = True
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         end = start + timedelta(days=1)
         conn.execute(
