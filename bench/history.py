@@ -2,12 +2,15 @@
 
     python bench/history.py [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
                             [--tasks 20000] [--lag-tasks 100000] [--rows 1000000]
+                            [--parts 123] [--drainer-args '--connections 3']
 
 1. process rate with history on against off: one Server (concurrency 32, asyncio, anyio
    transport) runs `--tasks` no-op tasks already enqueued, runs alternating off/on, medians;
 2. drainer lag: a Server runs `--lag-tasks` tasks with history on while `strego history` (its own
-   process) drains into PostgreSQL; the backlog (XLEN of the history stream) is sampled every
-   100 ms: its maximum, and how long the drainer took after the last task to store the rest;
+   process, with `--drainer-args`) drains into PostgreSQL; the backlog (XLEN of the history
+   stream, in entries) is sampled every 100 ms: its maximum, its value at 25/50/75/100% of the
+   server's run (growing, or level), how long the drainer took after the last task to store the
+   rest, and the CPU time per event of the drainer and of its PostgreSQL connections;
 3. search: `--rows` tasks (one enqueue event each, over 30 days, 20 types, 3 queues, 5 states)
    stored through PostgresHistory.store in batches, then 200 searches by type, state and a
    time window: p50 and p95, and the same for label and text searches.

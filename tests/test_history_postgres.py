@@ -535,6 +535,8 @@ async def test_a_backlog_grows_the_batch_and_gives_the_same_rows(
     assert await _rows(pg_dsn) == reference
     with pytest.raises(InvalidTaskError):
         await history.drain(backend, batch=10, max_batch=5)
+    with pytest.raises(InvalidTaskError):
+        await history.drain(backend, connections=0)
 
 
 async def test_a_failing_grown_batch_loses_nothing_and_starts_small_again(
