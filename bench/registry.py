@@ -3,11 +3,12 @@ interleaved (bench/ab.sh style: runs alternate, so a machine that drifts drifts 
 
     python bench/registry.py REV [--n 10000] [--queues 12] [--pairs 3]
 
-On one throwaway redis-server: N single `enqueue` calls (one task each, 16 at a time, the anyio
-transport), as tasks/s, Redis CPU per task and Redis commands per task. On a throwaway 6-node
-Cluster (tests/cluster_setup.py): the same N enqueues over `--queues` queues, and per primary
-how many commands it ran per enqueue (INFO commandstats), the node holding the registry key
-marked: the registry's slot is hot when its node runs a command for every enqueue."""
+On one throwaway redis-server: N single `enqueue` calls (one task each, `--concurrency` at a
+time, 16 by default; `RedisBackend.from_url`'s transport), as tasks/s, Redis CPU per task and
+Redis commands per task. On a throwaway 6-node Cluster (tests/cluster_setup.py): the same N
+enqueues over `--queues` queues, and per primary how many commands it ran per enqueue (INFO
+commandstats), the node holding the registry key marked: the registry's slot is hot when its
+node runs a command for every enqueue."""
 
 from __future__ import annotations
 
@@ -27,10 +28,8 @@ import json, sys, time
 import anyio
 from strego import Client, Task
 from strego.backends.redis.backend import RedisBackend
-import strego
-print(strego.__file__, file=sys.stderr)
 
-url, n, queues = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+url, n, queues, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
 async def main():
     backend = RedisBackend.from_url(url, prefix="bench")
@@ -48,7 +47,7 @@ async def main():
             await client.enqueue(Task("noop", queue=names[i % queues]))
 
     async with anyio.create_task_group() as tg:
-        for _ in range(16):
+        for _ in range(concurrency):
             tg.start_soon(worker)
     print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
     await backend.aclose()
@@ -71,10 +70,12 @@ def stats(port: int) -> tuple[dict[str, int], float]:
         r.close()
 
 
-def run_side(tree: str, url: str, ports: list[int], n: int, queues: int) -> dict[str, object]:
+def run_side(
+    tree: str, url: str, ports: list[int], n: int, queues: int, concurrency: int
+) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": tree}
     proc = subprocess.Popen(
-        [sys.executable, "-c", LOAD, url, str(n), str(queues)],
+        [sys.executable, "-c", LOAD, url, str(n), str(queues), str(concurrency)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tree,
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--queues", type=int, default=12)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16, help="enqueues at once")
     args = parser.parse_args()
     sys.path.insert(0, HERE)
     import redis
@@ -111,7 +113,9 @@ def main() -> None:
 
     work = tempfile.mkdtemp()
     old = os.path.join(work, "old")
-    subprocess.run(["git", "-C", HERE, "worktree", "add", "-q", "--detach", old, args.rev], check=True)
+    subprocess.run(
+        ["git", "-C", HERE, "worktree", "add", "-q", "--detach", old, args.rev], check=True
+    )
     try:
         with running_redis_server() as server, running_cluster() as cluster:
             primaries = cluster.primaries()
@@ -120,7 +124,9 @@ def main() -> None:
             for _ in range(args.pairs):
                 for side, tree in (("old", old), ("new", HERE)):
                     redis.Redis(port=server.port).flushall()
-                    one = run_side(tree, server.url, [server.port], args.n, args.queues)
+                    one = run_side(
+                        tree, server.url, [server.port], args.n, args.queues, args.concurrency
+                    )
                     node = one["nodes"][server.port]  # type: ignore[index]
                     total = sum(node["per_task"].values())
                     print(f"{side} one Redis: {one['rate']:7.0f} enqueues/s  "
@@ -128,7 +134,9 @@ def main() -> None:
                           f"{total:.2f} commands/task {node['per_task']}", flush=True)  # fmt: skip
                     for p in primaries:
                         redis.Redis(port=p).flushall()
-                    many = run_side(tree, cluster.url(), primaries, args.n, args.queues)
+                    many = run_side(
+                        tree, cluster.url(), primaries, args.n, args.queues, args.concurrency
+                    )
                     print(f"{side} cluster: {many['rate']:7.0f} enqueues/s", flush=True)
                     for p, node in many["nodes"].items():  # type: ignore[attr-defined]
                         mark = " (holds the registry)" if p == holder else ""
