@@ -1,6 +1,7 @@
 """RedisBackend's management calls where Redis alone can go wrong: the queue registry (a global
-key, outside every queue's script) against interleaved enqueue and purge, the order of a
-pipeline's commands after a NOSCRIPT, enqueue chunks that meet a foreign key, purge batches."""
+key, outside every queue's script, written only when a script set the queue's `registered` flag)
+against every order of enqueue's and purge's calls, the order of a pipeline's commands after a
+NOSCRIPT, enqueue chunks that meet a foreign key, purge batches."""
 
 from __future__ import annotations
 
