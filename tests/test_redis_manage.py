@@ -447,6 +447,21 @@ async def test_only_a_queues_first_task_touches_the_registry(redis_url: str) -> 
         await inner.aclose()
 
 
+async def test_a_lost_sadd_lasts_until_the_flag_expires(backend: RedisBackend) -> None:
+    """A queue whose flag is set but whose registry entry is gone (its producer died between
+    script and SADD; a purge by an older strego, whose count does not clear the flag) is not
+    listed by the next enqueues, until the flag's TTL ends: the next task registers it again."""
+    await backend.enqueue(message("a"))
+    registered = backend.keys("q").registered
+    await backend.transport.execute(Command(("SREM", queues_key(backend.prefix), "q")))
+    await backend.enqueue(message("b"))
+    assert await backend.queues() == []  # the flag still says "taken care of"
+    await backend.transport.execute(Command(("PEXPIRE", registered, 1)))
+    await anyio.sleep(0.01)
+    await backend.enqueue(message("c"))
+    assert await backend.queues() == ["q"]
+
+
 async def test_a_fired_schedule_registers_its_queue(backend: RedisBackend) -> None:
     from conformance.test_schedules import definition
 
