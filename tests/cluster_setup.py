@@ -1,6 +1,7 @@
 """A throwaway Redis Cluster on loopback for tests: six `redis-server --cluster-enabled yes` (three
 primaries, three replicas) joined by `redis-cli --cluster create`, on free ports, killed at the
-end."""
+end. With `tls`, every node listens on TLS alone, and the nodes talk TLS to each other
+(tls-cluster, tls-replication); with `password`, the nodes require it (requirepass, masterauth)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import redis
 
-from tests.redis_server import RedisServer, unavailable
+from tests.redis_server import RedisServer, TlsFiles, unavailable
 
 NODE_TIMEOUT_MS = 2000
 
@@ -38,13 +40,22 @@ def free_cluster_port() -> int:
 @attrs.define
 class ClusterSetup:
     servers: list[RedisServer]
+    tls: TlsFiles | None = None
+    password: str | None = None
 
     def url(self, query: str = "") -> str:
+        """A strego URL of this cluster, with its TLS files and password."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.servers[:3])
-        return f"redis+cluster://{hosts}/0" + (f"?{query}" if query else "")
+        scheme = "redis+cluster" if self.tls is None else "rediss+cluster"
+        login = "" if self.password is None else f":{self.password}@"
+        options = [] if self.tls is None else [self.tls.query()]
+        if query:
+            options.append(query)
+        return f"{scheme}://{login}{hosts}/0" + "?" * bool(options) + "&".join(options)
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5)
+        tls: dict[str, Any] = {} if self.tls is None else self.tls.redis_py()
+        return redis.Redis(port=port, socket_timeout=5, password=self.password, **tls)
 
     def server(self, port: int) -> RedisServer:
         return next(s for s in self.servers if s.port == port)
@@ -127,8 +138,14 @@ class ClusterSetup:
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[ClusterSetup]:
-    setup = ClusterSetup([])
+def running_cluster(
+    *, tls: TlsFiles | None = None, password: str | None = None
+) -> Iterator[ClusterSetup]:
+    """The cluster for the duration of the block (see the module docstring for the options)."""
+    setup = ClusterSetup([], tls, password)
+    options: tuple[str, ...] = () if tls is None else ("--tls-cluster", "yes")
+    if password is not None:
+        options += ("--requirepass", password, "--masterauth", password)
     try:
         cli = shutil.which("redis-cli")
         if cli is None:
@@ -141,11 +158,16 @@ def running_cluster() -> Iterator[ClusterSetup]:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    *options,
                 ),
+                tls=tls,
             )  # fmt: skip
             server.start()
             setup.servers.append(server)
-        create = [cli, "--cluster", "create"]
+        create = [cli, *([] if tls is None else tls.cli_args())]
+        if password is not None:
+            create += ["--no-auth-warning", "-a", password]
+        create += ["--cluster", "create"]
         create += [f"127.0.0.1:{s.port}" for s in setup.servers]
         create += ["--cluster-replicas", "1", "--cluster-yes"]
         done = subprocess.run(create, capture_output=True, timeout=60, check=False)

@@ -34,6 +34,7 @@ from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.transport import Command, Script, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
 from strego.errors import (
+    BackendCertificateError,
     BackendConnectionError,
     BackendError,
     BackendTimeoutError,
@@ -266,6 +267,8 @@ class AnyioTransport:
             return await self._reconnect_shared(index)
         try:
             return await self._reconnect_shared(index)
+        except BackendCertificateError:
+            raise  # trying again cannot help
         except BackendConnectionError as exc:
             raise ConnectionLost(str(exc), written=False) from None
 
@@ -279,6 +282,8 @@ class AnyioTransport:
             else:
                 try:
                     conn = await self._connect()
+                except BackendCertificateError:
+                    raise
                 except BackendConnectionError as exc:
                     raise ConnectionLost(str(exc), written=False) from None
             reusable = False
@@ -364,6 +369,8 @@ class AnyioTransport:
                 await anyio.sleep(self._backoff(attempt))
             try:
                 return await self._open()
+            except BackendCertificateError:
+                raise
             except BackendConnectionError:
                 if attempt == self._connect_attempts - 1:
                     raise
