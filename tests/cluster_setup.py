@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import redis
 
-from tests.redis_server import RedisServer, TlsFiles, unavailable
+from tests.redis_server import RedisServer, TlsFiles, free_port, unavailable
 
 NODE_TIMEOUT_MS = 2000
 
@@ -131,6 +131,29 @@ class ClusterSetup:
             src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
         for client in [dst, src, *(self.client(p) for p in self.primaries())]:
             client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+
+    def open_plain_ports(self, timeout: float = 10.0) -> None:
+        """Give every node of a TLS cluster a plain port as well (CONFIG SET port), as a
+        cluster being moved to TLS has, and wait until every node lists both ports of every
+        other node in CLUSTER SHARDS (Redis 7.0 lists a port set at run time only for the others:
+        they learn it by gossip)."""
+        assert self.tls is not None
+        for s in self.servers:
+            self.client(s.port).config_set("port", free_port())
+        deadline = time.monotonic() + timeout
+        while not all(self._lists_plain_ports(s.port) for s in self.servers):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CLUSTER SHARDS did not list the plain ports in {timeout}s")
+            time.sleep(0.05)
+
+    def close_plain_ports(self) -> None:
+        for s in self.servers:
+            self.client(s.port).config_set("port", 0)
+
+    def _lists_plain_ports(self, port: int) -> bool:
+        shards = self.client(port).execute_command("CLUSTER SHARDS")
+        nodes = [node for shard in shards for node in shard[b"nodes"]]
+        return sum(1 for node in nodes if node.get(b"port")) >= len(self.servers) - 1
 
     def stop(self) -> None:
         for s in self.servers:

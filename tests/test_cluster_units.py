@@ -99,6 +99,19 @@ def test_parse_shards_takes_the_online_primary() -> None:
     }
 
 
+def test_parse_shards_picks_the_port_of_the_connection_kind() -> None:
+    # A node with a plain and a TLS port (tls-cluster yes) lists both; a TLS-only node only
+    # tls-port.
+    both = {b"port": 7000, b"tls-port": 7100, b"ip": b"127.0.0.1", b"role": b"master"}
+    tls_only = {b"tls-port": 7101, b"ip": b"127.0.0.1", b"role": b"master"}
+    reply = [
+        [b"slots", [0, 9], b"nodes", [[x for kv in both.items() for x in kv]]],
+        [b"slots", [10, 19], b"nodes", [[x for kv in tls_only.items() for x in kv]]],
+    ]
+    assert set(parse_shards(reply)) == {("127.0.0.1", 7000), ("127.0.0.1", 7101)}
+    assert set(parse_shards(reply, tls=True)) == {("127.0.0.1", 7100), ("127.0.0.1", 7101)}
+
+
 def test_redirects() -> None:
     assert _redirect(BackendError("MOVED 3999 127.0.0.1:6381")) == (
         "MOVED",

@@ -219,6 +219,30 @@ async def test_cluster_tls_follows_moved(tls_cluster: ClusterSetup) -> None:
         assert transport.owner(slot) == ("127.0.0.1", target)
 
 
+async def test_cluster_with_plain_ports_too_is_reached_on_its_tls_ports(
+    tls_cluster: ClusterSetup,
+) -> None:
+    """A cluster with plain ports as well (tls-cluster yes, as while moving to TLS) lists both
+    ports of each node in CLUSTER SHARDS: a rediss+cluster:// client uses the TLS ones (it
+    used the plain ones, and its TLS handshakes there waited for the connect timeout)."""
+    await anyio.to_thread.run_sync(tls_cluster.open_plain_ports)
+    try:
+        url = tls_cluster.url(query="connect_timeout=1&cluster_timeout=2")
+        async with _backend(url) as backend:
+            transport = backend.transport
+            assert isinstance(transport, ClusterTransport)
+            with anyio.fail_after(PROMPT_S):
+                await transport.refresh()
+                queues = _queues_on_every_primary(transport, per_node=1)
+                client = strego.Client(backend)
+                async with _server(backend, queues):
+                    await _run_all(client, queues)
+            tls_ports = {s.port for s in tls_cluster.servers}
+            assert {transport.owner(key_slot(q))[1] for q in queues} <= tls_ports  # type: ignore[index]
+    finally:
+        await anyio.to_thread.run_sync(tls_cluster.close_plain_ports)
+
+
 async def test_cluster_wrong_ca_fails_at_once(
     tls_cluster: ClusterSetup, tls_files: TlsFiles, other_ca: Path
 ) -> None:

@@ -132,9 +132,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_shards(reply: Any) -> dict[Address, list[tuple[int, int]]]:
+def parse_shards(reply: Any, *, tls: bool = False) -> dict[Address, list[tuple[int, int]]]:
     """Each primary's slot ranges from a CLUSTER SHARDS reply: per shard, the primary that is
-    online (else any primary)."""
+    online (else any primary). A node listening on a plain and a TLS port lists both: `tls`
+    picks the TLS one."""
     owners: dict[Address, list[tuple[int, int]]] = {}
     for shard in reply:
         fields = {_text(k): v for k, v in _pairs(shard)}
@@ -150,7 +151,8 @@ def parse_shards(reply: Any) -> dict[Address, list[tuple[int, int]]]:
             host = _text(info.get("endpoint") or info.get("ip") or "")
             if host in ("", "?"):
                 host = _text(info.get("ip", ""))
-            port = int(info.get("port") or info.get("tls-port") or 0)
+            ports = ("tls-port", "port") if tls else ("port", "tls-port")
+            port = int(info.get(ports[0]) or info.get(ports[1]) or 0)
             online = _text(info.get("health", "online")) == "online"
             primaries.append((not online, (host, port)))
         if primaries:
@@ -326,7 +328,7 @@ class ClusterTransport:
                 except BackendError as exc:
                     errors.append(f"{address[0]}:{address[1]}: {exc}")
                     continue
-                owners = parse_shards(reply)
+                owners = parse_shards(reply, tls=self._settings.ssl_context is not None)
                 if not owners:
                     errors.append(f"{address[0]}:{address[1]} serves no slot")
                     continue
