@@ -125,20 +125,21 @@ class SentinelSetup:
     def server(self, port: int) -> RedisServer:
         return next(s for s in self.servers if s.port == port)
 
-    def wait_healthy(self, timeout: float = 30.0) -> int:
+    def wait_healthy(self, timeout: float = 30.0, replicas: int = 2) -> int:
         """Wait until every sentinel names the same master, which answers ROLE master and has
-        both replicas in sync, and the sentinels see those replicas up: then a failover can
-        happen. Returns the master's port."""
+        `replicas` replicas in sync, and the sentinels see those replicas up: then a failover
+        can happen. Returns the master's port. (After a failover the second replica takes the
+        sentinels' 10 s INFO period to be seen again: replicas=1 need not wait for it.)"""
         deadline = time.monotonic() + timeout
         problem = ""
         while time.monotonic() < deadline:
-            problem = self._problem()
+            problem = self._problem(replicas)
             if not problem:
                 return self.master_port()
             time.sleep(0.05)
         raise AssertionError(f"the Sentinel setup did not settle within {timeout}s: {problem}")
 
-    def _problem(self) -> str:
+    def _problem(self, wanted: int = 2) -> str:
         try:
             named = {
                 int(self.sentinel_client(i).sentinel_get_master_addr_by_name(SERVICE)[1])
@@ -149,7 +150,7 @@ class SentinelSetup:
             (port,) = named
             master = self.client(port)
             info = master.info("replication")
-            if info["role"] != "master" or info["connected_slaves"] < 2:
+            if info["role"] != "master" or info["connected_slaves"] < wanted:
                 return f"{port}: {info['role']} with {info['connected_slaves']} replicas"
             for i in range(len(self.sentinels)):
                 replicas = self.sentinel_client(i).sentinel_slaves(SERVICE)
@@ -162,11 +163,28 @@ class SentinelSetup:
                     and r.get("master-link-status") == "ok"
                     and int(r.get("master-port", 0)) == port
                 ]
-                if len(up) < 2:
+                if len(up) < wanted:
                     return f"sentinel {i} sees {len(up)} replicas of {port} up"
         except (redis.RedisError, OSError) as exc:
             return str(exc)
         return ""
+
+    def fail_over(self, timeout: float = 30.0) -> None:
+        """SENTINEL FAILOVER, asked again while the sentinel refuses because its previous
+        failover is still being finished (INPROG) or it sees no replica ready (NOGOODSLAVE)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sentinel_client().sentinel_failover(SERVICE)
+                return
+            except redis.ResponseError as exc:
+                if not str(exc).startswith(("INPROG", "NOGOODSLAVE")):
+                    raise
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"SENTINEL FAILOVER refused for {timeout}s: {exc}"
+                    ) from None
+                time.sleep(0.1)
 
     def kill_master(self) -> RedisServer:
         server = self.server(self.master_port())

@@ -28,7 +28,7 @@ from strego.errors import BackendCertificateError, BackendError
 from tests.cluster_setup import ClusterSetup, running_cluster
 from tests.redis_server import TlsFiles, make_certificate
 from tests.runtime_support import eventually, make_server
-from tests.sentinel_setup import SERVICE, SentinelSetup, running_sentinel_setup
+from tests.sentinel_setup import SentinelSetup, running_sentinel_setup
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -124,16 +124,14 @@ async def test_sentinel_tls_runs_tasks(tls_sentinel: SentinelSetup) -> None:
 async def test_sentinel_tls_work_resumes_after_sentinel_failover(
     tls_sentinel: SentinelSetup,
 ) -> None:
-    await anyio.to_thread.run_sync(tls_sentinel.wait_healthy)
+    await anyio.to_thread.run_sync(lambda: tls_sentinel.wait_healthy(replicas=1))
     old = tls_sentinel.master_port()
     queue = f"q{uuid.uuid4().hex[:8]}"
     async with _backend(tls_sentinel.url()) as backend:
         client = strego.Client(backend)
         async with _server(backend, [queue]):
             await _run_all(client, [queue])
-            await anyio.to_thread.run_sync(
-                lambda: tls_sentinel.sentinel_client().execute_command("SENTINEL FAILOVER", SERVICE)
-            )
+            await anyio.to_thread.run_sync(tls_sentinel.fail_over)
 
             async def switched() -> bool:
                 return await anyio.to_thread.run_sync(tls_sentinel.master_port) != old

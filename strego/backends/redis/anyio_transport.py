@@ -9,6 +9,8 @@ Retries. A call whose connection failed before its request was written is retrie
 connection. After it was written, only idempotent calls (PING, `Command(idempotent=True)`,
 `ScriptCall(idempotent=True)`) are retried; any other raises ReplyLostError, since it may or may not
 have taken effect. Connecting again backs off exponentially (with jitter) between failed attempts.
+A server certificate that does not verify (BackendCertificateError) or a refused login is raised at
+once: trying again cannot help.
 """
 
 from __future__ import annotations
