@@ -23,7 +23,9 @@ import pytest
 import strego
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.cluster import ClusterTransport
+from strego.backends.redis.sentinel import SentinelTransport
 from strego.backends.redis.slots import key_slot
+from strego.backends.redis.transport import Command
 from strego.errors import BackendCertificateError, BackendError
 from tests.cluster_setup import ClusterSetup, running_cluster
 from tests.redis_server import TlsFiles, make_certificate
@@ -133,15 +135,22 @@ async def test_sentinel_tls_work_resumes_after_sentinel_failover(
             await _run_all(client, [queue])
             await anyio.to_thread.run_sync(tls_sentinel.fail_over)
 
-            async def switched() -> bool:
-                return await anyio.to_thread.run_sync(tls_sentinel.master_port) != old
+            transport = backend.transport
+            assert isinstance(transport, SentinelTransport)
 
-            await eventually(switched, "the sentinels to name a new master")
-            # Enqueued after the switch: the client and the server find the new master (over
-            # TLS, with the password) and every task runs.
+            async def followed() -> bool:
+                # A call reads the sentinels' news (+failover-state-reconf-slaves, over TLS with
+                # the sentinel password) and moves to the new master.
+                await transport.execute(Command(("PING",), idempotent=True))
+                return transport.settings.port != old
+
+            await eventually(followed, "the transport to follow the new master")
+            assert transport.switches >= 1
+            assert transport.settings.port == await anyio.to_thread.run_sync(
+                tls_sentinel.master_port
+            )
+            # Enqueued after the switch: they run, and their results are read, on the new master.
             await _run_all(client, [queue], start=TASKS)
-            assert backend.transport.settings.port != old  # type: ignore[attr-defined]
-            assert backend.transport.switches >= 1  # type: ignore[attr-defined]
 
 
 async def test_sentinel_wrong_ca_fails_at_once(
