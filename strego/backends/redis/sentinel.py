@@ -382,8 +382,10 @@ class SentinelTransport(AnyioTransport):
             message = f"no sentinel named the master of {self.sentinel.service!r}: "
             if len(lasting) == len(errors):
                 # Every sentinel refused us for good: raised as is, not retried for the window.
-                cls = type(lasting[0]) if len({type(e) for e in lasting}) == 1 else BackendError
-                raise cls(message + "; ".join(errors))
+                certificates = all(isinstance(e, BackendCertificateError) for e in lasting)
+                raise (BackendCertificateError if certificates else BackendError)(
+                    message + "; ".join(errors)
+                )
             raise BackendConnectionError(message + "; ".join(errors))
 
     async def _ask(self, host: str, port: int) -> tuple[str, int] | None:
