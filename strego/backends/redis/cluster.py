@@ -45,6 +45,7 @@ from strego.backends.redis.slots import SLOTS, command_keys, key_slot
 from strego.backends.redis.transport import Command, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
 from strego.errors import (
+    BackendCertificateError,
     BackendConnectionError,
     BackendError,
     ReplyLostError,
@@ -472,7 +473,7 @@ class ClusterTransport:
                 part.append(calls[position])
             try:
                 replies = await self.node(address).pipeline(part)
-            except ReplyLostError as exc:
+            except (ReplyLostError, BackendCertificateError) as exc:  # not retried
                 lost.append(exc)
                 self._stale = True
                 return
@@ -512,7 +513,7 @@ class ClusterTransport:
             address = self._route(command, None)
             try:
                 return await self.node(address).blocking(command, timeout_ms)
-            except ReplyLostError:
+            except (ReplyLostError, BackendCertificateError):
                 self._stale = True
                 raise
             except BackendConnectionError as exc:
