@@ -200,6 +200,9 @@ def running_cluster(
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         setup.stop()
         unavailable(f"no Redis Cluster could be started: {exc}")
+    except BaseException:  # e.g. wait_healthy timing out: no server is left running
+        setup.stop()
+        raise
     try:
         yield setup
     finally:

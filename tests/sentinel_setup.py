@@ -236,6 +236,9 @@ def running_sentinel_setup(
     except (RuntimeError, OSError) as exc:
         setup.stop()
         unavailable(f"no Sentinel setup could be started: {exc}")
+    except BaseException:  # e.g. wait_healthy timing out: no server is left running
+        setup.stop()
+        raise
     try:
         yield setup
     finally:
