@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,6 +32,13 @@ DEFAULT_HISTORY_CAP = 1_000_000
 
 #: The consumer group the drainers read history streams with.
 GROUP = "strego-history"
+
+#: An entry read by a drainer and neither stored nor read again for this long (ms) is taken over
+#: by another drainer: its reader stopped (a live one reads its unstored entries again every
+#: retry, which makes them young again).
+CLAIM_IDLE_MS = 60_000
+#: How often (s) a drainer looks for such entries.
+CLAIM_EVERY_S = 30.0
 
 #: Event state letters (the record's, plus `g`: deleted) -> the state names stored.
 STATES = {
@@ -87,13 +95,15 @@ class HistorySource(Protocol):
         ...
 
 
-def history_source(backend: object) -> HistorySource:
-    """The history of a RedisBackend or MemoryBackend (created with history on)."""
+def history_source(backend: object, consumer: str | None = None) -> HistorySource:
+    """The history of a RedisBackend or MemoryBackend (created with history on). On Redis,
+    `consumer` is the drainer's name in the consumer group (default ``hostname:pid:random``,
+    unique per source): several drainers share the group, each reading other entries."""
     from strego.backends.memory import MemoryBackend
     from strego.backends.redis import RedisBackend
 
     if isinstance(backend, RedisBackend):
-        return RedisHistorySource(backend)
+        return RedisHistorySource(backend, consumer)
     if isinstance(backend, MemoryBackend):
         if backend.history is None:
             raise BackendError("the memory backend was created without history=True")
@@ -183,13 +193,19 @@ def _entries(reply: Any, trimmed: list[bytes]) -> list[tuple[bytes, list[bytes]]
 class RedisHistorySource:
     """The history streams of every queue in the registry, read with the consumer group `GROUP`
     as `consumer`. One stream per queue (in the queue's hash tag) keeps every script in one
-    Cluster slot; queues are found in the registry at each read."""
+    Cluster slot; queues are found in the registry at each read.
 
-    def __init__(self, backend: RedisBackend, consumer: str = "drainer") -> None:
+    Drainers must have distinct consumer names (the default is unique), or one would read the
+    other's entries in flight as its own pending ones. The entries a stopped drainer read and
+    never stored stay pending under its name: every `CLAIM_EVERY_S` a drainer takes over those
+    idle for `CLAIM_IDLE_MS` (XAUTOCLAIM) and reads them first."""
+
+    def __init__(self, backend: RedisBackend, consumer: str | None = None) -> None:
         from strego.backends.redis.transport import Command
+        from strego.server import consumer_name
 
         self._backend = backend
-        self._consumer = consumer
+        self._consumer = consumer or consumer_name()
         self._command = Command
         self._grouped: set[str] = set()
         #: read the group's pending entries (read before, not acknowledged) first: at start (a
@@ -197,6 +213,12 @@ class RedisHistorySource:
         self._pending_first = True
         #: events per entry in the last read, to ask for about `count` events
         self._per_entry: float | None = None
+        #: when to look for entries a stopped drainer left (monotonic s): at the first read
+        self._claim_at = float("-inf")
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
 
     @property
     def history_cap(self) -> int:
@@ -219,10 +241,37 @@ class RedisHistorySource:
                 self._grouped.add(queue)
         return queues
 
+    async def _claim_idle(self, queues: Sequence[str]) -> None:
+        """Take over the entries other drainers read and left idle for CLAIM_IDLE_MS (their
+        drainer stopped): they become this one's pending entries, read first."""
+        calls = [
+            self._command(("XAUTOCLAIM", self._backend.keys(q).history, GROUP, self._consumer,
+                           CLAIM_IDLE_MS, "0-0", "COUNT", 1000, "JUSTID"))
+            for q in queues
+        ]  # fmt: skip
+        claimed = 0
+        for queue, reply in zip(queues, await self._backend.transport.pipeline(calls), strict=True):
+            if isinstance(reply, BaseException):
+                if "NOGROUP" not in str(reply):
+                    log.warning("history: taking over idle entries of queue %s failed: %s",
+                                queue, reply)  # fmt: skip
+                continue
+            claimed += len(reply[1])
+            if len(reply) > 2 and reply[2]:
+                log.error("history: %d events of queue %s were trimmed before being stored"
+                          " (the backlog passed the cap)", len(reply[2]), queue)  # fmt: skip
+        if claimed:
+            log.warning("history: took over %d entries another drainer read and did not store",
+                        claimed)  # fmt: skip
+            self._pending_first = True
+
     async def read_history(self, count: int) -> list[HistoryEvent]:
         queues = await self._queues()
         if not queues:
             return []
+        if time.monotonic() >= self._claim_at:
+            self._claim_at = time.monotonic() + CLAIM_EVERY_S
+            await self._claim_idle(queues)
         start = "0" if self._pending_first else ">"
         # COUNT is in entries, of one or many events each (a batch): by the last read's mean
         # (before any read: at most 100 entries, as an entry may hold hundreds of events)
