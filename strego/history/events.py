@@ -112,6 +112,55 @@ def history_source(backend: object, consumer: str | None = None) -> HistorySourc
     raise TypeError(f"no history source for {type(backend).__name__}")
 
 
+def history_cap(backend: object) -> int:
+    """The cap of `backend`'s history streams: 0 when its history is off (or it has none)."""
+    from strego.backends.memory import MemoryBackend
+
+    if isinstance(backend, MemoryBackend):
+        return 0 if backend.history is None else backend.history.history_cap
+    cap = getattr(backend, "history_cap", 0)
+    return cap if isinstance(cap, int) else 0
+
+
+def enable_history(backend: object, cap: int = DEFAULT_HISTORY_CAP) -> None:
+    """Turn history on for a RedisBackend or MemoryBackend before it is used (``strego worker
+    --history-postgres``); a backend with history on already keeps its cap."""
+    from strego.backends.memory import MemoryBackend
+    from strego.backends.redis import RedisBackend
+
+    if history_cap(backend):
+        return
+    if isinstance(backend, RedisBackend):
+        backend.history_cap = cap  # read by each script call (core.py `_call`)
+    elif isinstance(backend, MemoryBackend):
+        backend.history = MemoryHistoryLog(cap)
+    else:
+        raise TypeError(f"no history for {type(backend).__name__}")
+
+
+async def history_backlog(backend: object, queues: Sequence[str]) -> dict[str, int]:
+    """Per queue of `queues`, the entries of its history not stored yet, read without a
+    consumer group (for metrics: no drainer needed). A queue whose stream cannot be read (a key
+    of another type) is logged and left out; a lost connection raises."""
+    from strego.backends.memory import MemoryBackend
+    from strego.backends.redis import RedisBackend
+    from strego.backends.redis.transport import Command
+
+    if isinstance(backend, MemoryBackend):
+        waiting = await backend.history.history_backlog() if backend.history else {}
+        return {q: waiting.get(q, 0) for q in queues}
+    if not isinstance(backend, RedisBackend) or not queues:
+        return {}
+    calls = [Command(("XLEN", backend.keys(q).history), idempotent=True) for q in queues]
+    found: dict[str, int] = {}
+    for queue, reply in zip(queues, await backend.transport.pipeline(calls), strict=True):
+        if isinstance(reply, BaseException):
+            log.warning("history: reading the backlog of queue %s failed: %s", queue, reply)
+        else:
+            found[queue] = int(reply)
+    return found
+
+
 #: A Redis entry holds the events of one transition of several tasks: the k-th task's event is
 #: seq (ms, n * SEQ_SPREAD + k), so events sort by entry id, then by place in the entry.
 SEQ_SPREAD = 1 << 16
