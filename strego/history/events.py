@@ -239,6 +239,11 @@ def _entries(reply: Any, trimmed: list[bytes]) -> list[tuple[bytes, list[bytes]]
     return out
 
 
+def _id_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, n = entry_id.partition(b"-")
+    return int(ms), int(n or 0)
+
+
 class RedisHistorySource:
     """The history streams of every queue in the registry, read with the consumer group `GROUP`
     as `consumer`. One stream per queue (in the queue's hash tag) keeps every script in one
@@ -260,6 +265,9 @@ class RedisHistorySource:
         #: read the group's pending entries (read before, not acknowledged) first: at start (a
         #: drainer that stopped mid-batch) and after a batch was not stored
         self._pending_first = True
+        #: per queue, the last pending entry read in this pass over the pending entries: the
+        #: next read goes on after it (read from "0" again, the same entries would come twice)
+        self._pending_from: dict[str, bytes] = {}
         #: events per entry in the last read, to ask for about `count` events
         self._per_entry: float | None = None
         #: when to look for entries a stopped drainer left (monotonic s): at the first read
@@ -312,7 +320,7 @@ class RedisHistorySource:
         if claimed:
             log.warning("history: took over %d entries another drainer read and did not store",
                         claimed)  # fmt: skip
-            self._pending_first = True
+            self.rewind()
 
     async def read_history(self, count: int) -> list[HistoryEvent]:
         queues = await self._queues()
@@ -321,14 +329,15 @@ class RedisHistorySource:
         if time.monotonic() >= self._claim_at:
             self._claim_at = time.monotonic() + CLAIM_EVERY_S
             await self._claim_idle(queues)
-        start = "0" if self._pending_first else ">"
+        pending = self._pending_first
         # COUNT is in entries, of one or many events each (a batch): by the last read's mean
         # (before any read: at most 100 entries, as an entry may hold hundreds of events)
         per_entry = self._per_entry or max(1.0, count / 100)
         per_queue = max(1, int(count / len(queues) / per_entry))
         calls = [
             self._command(("XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", per_queue,
-                           "STREAMS", self._backend.keys(q).history, start))
+                           "STREAMS", self._backend.keys(q).history,
+                           self._pending_from.get(q, b"0") if pending else ">"))
             for q in queues
         ]  # fmt: skip
         replies = await self._backend.transport.pipeline(calls)
@@ -341,9 +350,12 @@ class RedisHistorySource:
                     continue
                 raise reply
             trimmed: list[bytes] = []
-            for entry_id, flat in _entries(reply, trimmed):
+            found = _entries(reply, trimmed)
+            for entry_id, flat in found:
                 events += _events_of_entry(queue, entry_id, flat)
                 entries += 1
+            if pending and (found or trimmed):
+                self._pending_from[queue] = max([e for e, _ in found] + trimmed, key=_id_order)
             if trimmed:
                 # trimmed by the cap while pending (read, never stored): lost; acknowledged, so
                 # that re-reading the pending entries goes past them
@@ -356,15 +368,18 @@ class RedisHistorySource:
                 dropped += len(trimmed)
         if entries:
             self._per_entry = max(1.0, len(events) / entries)
-        if start == "0" and not events:
+        if pending and not events:
             # the entries read before and never acknowledged are all stored (or were trimmed,
             # and more may follow them): new ones now
             self._pending_first = dropped > 0
+            if not self._pending_first:
+                self._pending_from.clear()
             return await self.read_history(count)
         return events
 
     def rewind(self) -> None:
         self._pending_first = True
+        self._pending_from.clear()
 
     async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
         by_queue: dict[str, list[str]] = {}
