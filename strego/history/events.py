@@ -112,6 +112,16 @@ def history_source(backend: object, consumer: str | None = None) -> HistorySourc
     raise TypeError(f"no history source for {type(backend).__name__}")
 
 
+async def release_history(backend: object, consumer: str) -> int:
+    """Hand the entries `consumer` (a stopped drainer) read and did not store to the next
+    drainer at once (RedisHistorySource.release); 0 on the memory backend (one reader)."""
+    from strego.backends.redis import RedisBackend
+
+    if not isinstance(backend, RedisBackend):
+        return 0
+    return await RedisHistorySource(backend, consumer).release()
+
+
 def history_cap(backend: object) -> int:
     """The cap of `backend`'s history streams: 0 when its history is off (or it has none)."""
     from strego.backends.memory import MemoryBackend
@@ -321,6 +331,33 @@ class RedisHistorySource:
             log.warning("history: took over %d entries another drainer read and did not store",
                         claimed)  # fmt: skip
             self.rewind()
+
+    async def release(self) -> int:
+        """Hand this drainer's pending entries (read, not stored) to the next drainer: they are
+        marked idle for longer than CLAIM_IDLE_MS, so another drainer takes them over at its
+        next look instead of a minute later. Returns how many."""
+        queues = await self._backend.queues()
+        calls = [
+            self._command(("XPENDING", self._backend.keys(q).history, GROUP, "-", "+", 10_000,
+                           self._consumer), idempotent=True)
+            for q in queues
+        ]  # fmt: skip
+        replies = await self._backend.transport.pipeline(calls) if calls else []
+        marks = []
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, BaseException) or not reply:  # NOGROUP: never drained
+                continue
+            marks.append(
+                self._command(("XCLAIM", self._backend.keys(queue).history, GROUP, self._consumer,
+                               0, *(entry[0] for entry in reply), "IDLE", 1000 * CLAIM_IDLE_MS,
+                               "JUSTID"),
+                              idempotent=True)
+            )  # fmt: skip
+        released = 0
+        for reply in await self._backend.transport.pipeline(marks) if marks else []:
+            if not isinstance(reply, BaseException):
+                released += len(reply)
+        return released
 
     async def read_history(self, count: int) -> list[HistoryEvent]:
         queues = await self._queues()
