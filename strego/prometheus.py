@@ -276,8 +276,11 @@ class BackendCollector:
             self._readings[queue] = _Reading(now, info, oldest)
 
     async def _read_backlog(self, queues: Sequence[str]) -> None:
-        self._cap = history_cap(self.backend)
-        if not (self.history if self.history is not None else self._cap):
+        cap = history_cap(self.backend)
+        on = self.history if self.history is not None else bool(cap)
+        self._cap = cap if on else 0
+        if not on:
+            self._backlog.clear()
             return
         try:
             self._backlog.update(await history_backlog(self.backend, queues))
@@ -325,12 +328,14 @@ class BackendCollector:
             )
             for queue, waiting in sorted(self._backlog.items()):
                 backlog.add_metric((queue,), waiting)
+            families.append(backlog)
+        if self._cap:  # unknown here when history is read with the backend's off
             cap = GaugeMetricFamily(
                 "strego_history_cap_entries",
                 "Each history stream's cap: entries past it are trimmed, oldest first.",
             )
             cap.add_metric((), self._cap)
-            families += [backlog, cap]
+            families.append(cap)
         return families
 
 

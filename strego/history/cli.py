@@ -92,6 +92,18 @@ def _metrics(args: argparse.Namespace, backend: Any, history: Any) -> Any:
     )
 
 
+def _failure(exc: BaseException, kinds: tuple[type[Exception], ...]) -> BaseException | None:
+    """`exc` if it is of `kinds`, or the first such member of an exception group."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for member in exc.exceptions:
+            found = _failure(member, kinds)
+            if found is not None:
+                return found
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level),
@@ -139,9 +151,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         anyio.run(main, backend="trio" if args.trio else "asyncio")
-    except KeyboardInterrupt:
-        return 0
-    except (psycopg.Error, BackendError) as exc:
-        print(f"strego history: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except BaseException as exc:  # alone, or in the group of the metrics server's task group
+        from strego.cli import _interrupted
+
+        if _interrupted(exc):
+            return 0
+        cause = _failure(exc, (psycopg.Error, BackendError))
+        if cause is None:
+            raise
+        print(f"strego history: {type(cause).__name__}: {cause}", file=sys.stderr)
         return 1
     return 0
