@@ -153,7 +153,7 @@ async def test_the_drainer_counters_while_postgres_is_unreachable(anyio_backend:
 @pytest.mark.redis
 @pytest.mark.anyio
 async def test_two_drainers_at_once_store_every_event_once(
-    redis_url: str, pg_dsn: str, anyio_backend: Any
+    redis_url: str, pg_dsn: str, anyio_backend: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = RedisBackend.from_url(redis_url, prefix=f"p{uuid.uuid4().hex[:10]}", history=True)
     drainers = [PostgresHistory(pg_dsn), PostgresHistory(pg_dsn)]
@@ -173,6 +173,8 @@ async def test_two_drainers_at_once_store_every_event_once(
         # each event stored by one drainer only: neither read the other's entries in flight
         assert [d.stats.stored > 0 for d in drainers] == [True, True]
         assert sum(d.stats.stored for d in drainers) == expected
+        # nor did they trip over each other (creating the same day partition at once, say)
+        assert [d.stats.failures for d in drainers] == [0, 0], caplog.text
     finally:
         for d in drainers:
             await d.aclose()
