@@ -133,9 +133,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
+        from strego.history.supervised import hand_on
+        from strego.server import consumer_name
+
+        consumer = consumer_name()
         try:
             await history.migrate()  # a wrong DSN fails here, not in the retry loop
-            drain = functools.partial(history.drain, backend, batch=args.batch,
+            drain = functools.partial(history.drain, backend, batch=args.batch, consumer=consumer,
                                       retention=retention, until_idle=args.until_idle)  # fmt: skip
             if metrics is None:
                 await drain()
@@ -145,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
                 await drain()
                 group.cancel_scope.cancel()
         finally:
+            await hand_on(backend, consumer)  # Ctrl-C: what it read goes to the next drainer
             with anyio.CancelScope(shield=True):
                 await history.aclose()
                 await backend.aclose()

@@ -46,8 +46,15 @@ async def drain_beside(
                 log.exception("history: the drainer failed; it restarts in %.0f s", restart_s)
             await anyio.sleep(restart_s)
     finally:
-        with anyio.move_on_after(RELEASE_S, shield=True):
-            try:
-                await release_history(backend, consumer)
-            except Exception as exc:  # they are taken over a minute later instead
-                log.warning("history: handing on the entries not stored failed: %s", exc)
+        await hand_on(backend, consumer)
+
+
+async def hand_on(backend: object, consumer: str) -> None:
+    """At a drainer's stop (even a cancelled one): hand the entries it read and did not store to
+    the next drainer (`release_history`), within RELEASE_S; a failure is only logged (they are
+    taken over a minute later instead)."""
+    with anyio.move_on_after(RELEASE_S, shield=True):
+        try:
+            await release_history(backend, consumer)
+        except Exception as exc:
+            log.warning("history: handing on the entries not stored failed: %s", exc)
