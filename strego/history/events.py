@@ -328,8 +328,9 @@ class RedisHistorySource:
                 log.error("history: %d events of queue %s were trimmed before being stored"
                           " (the backlog passed the cap)", len(reply[2]), queue)  # fmt: skip
         if claimed:
-            log.warning("history: took over %d entries another drainer read and did not store",
-                        claimed)  # fmt: skip
+            # a drainer stopped (handing them on) or died (after CLAIM_IDLE_MS)
+            log.info("history: took over %d entries another drainer read and did not store",
+                     claimed)  # fmt: skip
             self.rewind()
 
     async def release(self) -> int:
