@@ -171,8 +171,8 @@ def _worker(args: argparse.Namespace) -> int:
                                               consumer=server.name)
                         )  # fmt: skip
                     await server.run()
-                    # the graceful shutdown is done: the drainer stops, the events it has not
-                    # stored stay in Redis for the next drainer
+                    # the graceful shutdown is done: the drainer stops, handing the entries it
+                    # has not stored to the next drainer (they stay in Redis)
                     group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
