@@ -106,6 +106,8 @@ class DrainStats:
     lag_by_queue: dict[str, int] = attrs.field(factory=dict)
     #: when the last batch was committed (time.time()), None before
     last_commit: float | None = None
+    #: when `drain` last started (time.time()), None before
+    started: float | None = None
 
 
 def _ms_to_dt(ms: int) -> datetime:
@@ -389,16 +391,20 @@ class PostgresHistory:
         lag_every_s: float = 5.0,
         retention: timedelta | None = None,
         until_idle: bool = False,
+        consumer: str | None = None,
     ) -> None:
         """Store the history events of `backend` (a RedisBackend or MemoryBackend with
         history on) as they come, `batch` per transaction, acknowledging each batch after it
         commits. PostgreSQL down: the batch is logged and read again every `retry_s` (nothing
         lost while the streams stay under their cap; a WARNING as a backlog nears it). With
         `retention`, partitions older than that are dropped once an hour. Runs until cancelled
-        (`until_idle`: until no event is left)."""
+        (`until_idle`: until no event is left). On Redis, `consumer` names this drainer in the
+        consumer group (default: unique, ``hostname:pid:random``); several drainers may run at
+        once, each under its own name."""
         if batch < 1:
             raise InvalidTaskError(f"batch must be at least 1, got {batch}")
-        source = history_source(backend)
+        source = history_source(backend, consumer)
+        self.stats.started = time.time()
         last_lag = last_prune = float("-inf")
         down_since: float | None = None
         #: the next batch, read while the last one was being stored
