@@ -20,11 +20,11 @@ from markupsafe import escape
 
 from strego import Client, Task
 from strego.backends.memory import MemoryBackend
-from strego.history import HistoryEvent, PostgresHistory
+from strego.history import PostgresHistory
 from strego.web import create_app
 from strego.web.history import MAX_LIMIT
 from tests.redis_server import free_port
-from tests.web.seed import HOSTILE, HOSTILE_CONSUMER
+from tests.web.seed import HOSTILE, HOSTILE_CONSUMER, HistoryEvents
 from tests.web.support import http
 from tests.web.test_ui import inline_code
 
@@ -35,44 +35,6 @@ API = "/api/v1"
 
 def ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
-class Story:
-    """History events as a server's transitions write them, for PostgresHistory.store."""
-
-    def __init__(self) -> None:
-        self.events: list[HistoryEvent] = []
-        self._n = 0
-
-    def task(
-        self,
-        task_id: str,
-        queue: str,
-        type_: str,
-        at: int,
-        steps: list[tuple[str, str | None, str | None]],
-        *,
-        labels: dict[str, str] | None = None,
-        payload: bytes = b"{}",
-    ) -> None:
-        """The enqueue (pending, with type, labels and payload), then each (state, error,
-        consumer) a second apart."""
-        retried = 0
-        for i, (state, err, consumer) in enumerate([("pending", None, None), *steps]):
-            self._n += 1
-            if state == "retry":
-                retried += 1
-            enqueue = i == 0
-            self.events.append(
-                HistoryEvent(
-                    queue, (at + i * 1000, self._n), task_id, state, at + i * 1000,
-                    retried=retried if state != "active" else None, error=err,
-                    consumer=consumer, type=type_ if enqueue else None,
-                    labels=(labels or {}) if enqueue else None,
-                    payload=payload if enqueue else None,
-                    encoding="json" if enqueue else None, created_ms=at if enqueue else None,
-                )
-            )  # fmt: skip
 
 
 A_AT = ms("2026-03-01T12:00:00+00:00")
@@ -90,7 +52,7 @@ def ids_at(at: int, n: int = 1) -> list[str]:
 async def stored(history: PostgresHistory) -> dict[str, Any]:
     """Task a (mail, email.send, order=1234: a retry, then completed), b (reports, dead) and
     seven bulk.job tasks (pending), stored in the history."""
-    story = Story()
+    story = HistoryEvents()
     [a] = ids_at(A_AT)
     [b] = ids_at(B_AT)
     bulk = ids_at(BULK_AT, 7)
@@ -225,7 +187,7 @@ async def test_story_lists_each_attempt_with_its_error(
 
 
 async def test_hostile_task_data_is_inert_text(history: PostgresHistory) -> None:
-    story = Story()
+    story = HistoryEvents()
     [task_id] = ids_at(A_AT)
     error = "\n".join(HOSTILE)
     story.task(
