@@ -337,3 +337,25 @@ def test_the_command_refuses_a_malformed_dsn() -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "--postgres" in done.stderr
+
+
+async def test_under_a_path_prefix(history: PostgresHistory, hbackend: MemoryBackend) -> None:
+    """Behind a proxy that strips /ops/strego: every history link carries the prefix."""
+    info = await Client(hbackend).enqueue(Task("email.send", queue="mail"))
+    assert await hbackend.delete(info.id, "mail")
+    await history.drain(hbackend, until_idle=True)
+    async with http(create_app(hbackend, history=history), root_path="/ops/strego") as web:
+        assert found(await web.get(f"{API}/history")) == {info.id}
+        search = await web.get("/history")
+        assert f'href="{link("/ops/strego/history", info.id)}"' in search.text
+        assert 'href="/ops/strego/history" id="nav-history"' in search.text
+        gone = await web.get(f"/tasks/{info.id}")
+        assert f'<a href="{link("/ops/strego/history", info.id)}">' in gone.text
+        story = await web.get(f"/history/{info.id}")
+        assert f'href="{link("/ops/strego/tasks", info.id)}"' in story.text
+
+
+def test_the_limit_is_the_search_s() -> None:
+    from strego.history.postgres import MAX_LIMIT as SEARCH_LIMIT
+
+    assert MAX_LIMIT == SEARCH_LIMIT
