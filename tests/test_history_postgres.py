@@ -23,48 +23,12 @@ from strego.history import HistoryEvent, PostgresHistory, history_source
 from strego.history import schema as history_schema
 from strego.message import TaskMessage
 from strego.task import TaskState
-from tests.postgres_server import Cluster, session_admin_dsn, throwaway_cluster, throwaway_database
+from tests.postgres_server import Cluster, in_schema, throwaway_cluster, throwaway_database
 from tests.runtime_support import eventually
 
 pytestmark = pytest.mark.anyio
 
 LEASE_MS = 30_000
-
-
-@pytest.fixture(scope="session")
-def pg_admin() -> Iterator[str]:
-    with session_admin_dsn() as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="session")
-def pg_database(pg_admin: str) -> Iterator[str]:
-    with throwaway_database(pg_admin) as dsn:
-        yield dsn
-
-
-def _in_schema(dsn: str, name: str) -> str:
-    return f"{dsn}?options=-csearch_path%3D{name}"
-
-
-@pytest.fixture
-def pg_dsn(pg_database: str) -> Iterator[str]:
-    """The session database, seen through a schema of this test's own (dropped after it)."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield _in_schema(pg_database, name)
-    finally:
-        with psycopg.connect(pg_database, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
-
-
-@pytest.fixture
-async def history(pg_dsn: str) -> AsyncIterator[PostgresHistory]:
-    h = PostgresHistory(pg_dsn)
-    yield h
-    await h.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -186,7 +150,7 @@ async def test_replayed_and_reordered_batches_give_the_same_rows(
         name = f"r_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {name}")
-        dsn = _in_schema(pg_database, name)
+        dsn = in_schema(pg_database, name)
         shuffled = PostgresHistory(dsn)
         try:
             order = events[:]
