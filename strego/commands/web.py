@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 import anyio
 
 from strego.commands.common import DONE, USAGE, add_options, fail, redis_url
+from strego.errors import InvalidTaskError
 
 
 def _port(text: str) -> int:
@@ -77,8 +79,10 @@ def web(args: argparse.Namespace) -> int:
         history = PostgresHistory(args.postgres)
 
     try:
-        backend = RedisBackend.from_url(redis_url(args), prefix=args.prefix)
-    except ValueError as exc:
+        # with the history shown, the UI's own changes (retry, cancel, ...) are part of it too
+        on: dict[str, Any] = {"history": True} if history is not None else {}
+        backend = RedisBackend.from_url(redis_url(args), prefix=args.prefix, **on)
+    except (ValueError, InvalidTaskError) as exc:
         return fail(args, USAGE, "usage", str(exc))
     password = os.environ.get("STREGO_WEB_PASSWORD")
     basic = (os.environ.get("STREGO_WEB_USER") or "admin", password) if password else None

@@ -339,6 +339,27 @@ def test_the_command_refuses_a_malformed_dsn() -> None:
     assert done.returncode == 2 and "--postgres" in done.stderr
 
 
+@pytest.mark.parametrize("postgres", [None, "postgresql://127.0.0.1:1/none"])
+def test_the_command_turns_history_on_with_postgres(
+    postgres: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --postgres the UI's own changes (cancel, retry, ...) must reach the history too, so
+    its backend writes the events; without it the URL decides (off here)."""
+    import strego.web.serve
+    from strego.cli import main
+
+    seen: list[Any] = []
+
+    async def serve(backend: Any, make_app: Any, **kwargs: Any) -> None:
+        seen.append(backend)
+        await backend.aclose()
+
+    monkeypatch.setattr(strego.web.serve, "serve", serve)
+    args = ["web", "--redis", "redis://127.0.0.1:1/0", "--port", "0"]
+    assert main(args + (["--postgres", postgres] if postgres else [])) == 0
+    assert (seen[0].history_cap > 0) is (postgres is not None)
+
+
 async def test_under_a_path_prefix(history: PostgresHistory, hbackend: MemoryBackend) -> None:
     """Behind a proxy that strips /ops/strego: every history link carries the prefix."""
     info = await Client(hbackend).enqueue(Task("email.send", queue="mail"))
