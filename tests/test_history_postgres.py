@@ -25,48 +25,12 @@ from strego.history import HistoryEvent, PostgresHistory, history_source
 from strego.history import schema as history_schema
 from strego.message import TaskMessage
 from strego.task import TaskState
-from tests.postgres_server import Cluster, session_admin_dsn, throwaway_cluster, throwaway_database
+from tests.postgres_server import Cluster, in_schema, throwaway_cluster, throwaway_database
 from tests.runtime_support import eventually
 
 pytestmark = pytest.mark.anyio
 
 LEASE_MS = 30_000
-
-
-@pytest.fixture(scope="session")
-def pg_admin() -> Iterator[str]:
-    with session_admin_dsn() as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="session")
-def pg_database(pg_admin: str) -> Iterator[str]:
-    with throwaway_database(pg_admin) as dsn:
-        yield dsn
-
-
-def _in_schema(dsn: str, name: str) -> str:
-    return f"{dsn}?options=-csearch_path%3D{name}"
-
-
-@pytest.fixture
-def pg_dsn(pg_database: str) -> Iterator[str]:
-    """The session database, seen through a schema of this test's own (dropped after it)."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield _in_schema(pg_database, name)
-    finally:
-        with psycopg.connect(pg_database, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
-
-
-@pytest.fixture
-async def history(pg_dsn: str) -> AsyncIterator[PostgresHistory]:
-    h = PostgresHistory(pg_dsn)
-    yield h
-    await h.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -188,7 +152,7 @@ async def test_replayed_and_reordered_batches_give_the_same_rows(
         name = f"r_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {name}")
-        dsn = _in_schema(pg_database, name)
+        dsn = in_schema(pg_database, name)
         shuffled = PostgresHistory(dsn)
         try:
             order = events[:]
@@ -485,7 +449,7 @@ def _schema_dsn(pg_database: str) -> str:
     name = f"b_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {name}")
-    return _in_schema(pg_database, name)
+    return in_schema(pg_database, name)
 
 
 def _record_reads(backend: MemoryBackend) -> list[int]:
@@ -573,7 +537,7 @@ async def test_a_failing_grown_batch_loses_nothing_and_starts_small_again(
 async def _reference_rows(pg_database: str, backend: Any) -> tuple[int, Any]:
     """The events waiting in `backend`'s history (read, left unacknowledged: a drainer reads
     them again) and the rows they give stored in one batch, in a schema of their own."""
-    source = history_source(backend)
+    source = history_source(backend, "drainer")  # the drainer's name: they are its pending ones
     events: list[HistoryEvent] = []
     while more := await source.read_history(100_000):  # Redis counts entries: several reads
         events += more
@@ -619,7 +583,9 @@ async def test_concurrent_batches_give_the_same_rows(
     expected, reference = await _reference_rows(pg_database, hbackend)
     history = PostgresHistory(pg_dsn)
     most = _overlapping(history)
-    await history.drain(hbackend, batch=20, max_batch=20, connections=4, until_idle=True)
+    await history.drain(
+        hbackend, batch=20, max_batch=20, connections=4, until_idle=True, consumer="drainer"
+    )
     await history.aclose()
     assert most[0] >= 2, "batches were stored at once"
     assert history.stats.stored >= expected
@@ -636,8 +602,9 @@ async def test_a_failing_batch_among_concurrent_ones_loses_nothing(
     history = PostgresHistory(pg_dsn)
     most = _overlapping(history, fail_at=3)
     await history.drain(
-        hbackend, batch=20, max_batch=20, connections=3, retry_s=0.01, until_idle=True
-    )
+        hbackend, batch=20, max_batch=20, connections=3, retry_s=0.01, until_idle=True,
+        consumer="drainer",
+    )  # fmt: skip
     await history.aclose()
     assert most[0] >= 2 and history.stats.failures == 1
     assert await _count_events(pg_dsn) == expected

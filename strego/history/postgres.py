@@ -112,6 +112,8 @@ class DrainStats:
     last_commit: float | None = None
     #: the events asked for at the last read: `batch`, more while a backlog lasts
     batch_size: int = 0
+    #: when `drain` last started (time.time()), None before
+    started: float | None = None
 
 
 def _ms_to_dt(ms: int) -> datetime:
@@ -422,6 +424,7 @@ class PostgresHistory:
         lag_every_s: float = 5.0,
         retention: timedelta | None = None,
         until_idle: bool = False,
+        consumer: str | None = None,
     ) -> None:
         """Store the history events of `backend` (a RedisBackend or MemoryBackend with
         history on) as they come, `batch` per transaction, acknowledging each batch after it
@@ -433,7 +436,9 @@ class PostgresHistory:
         again every `retry_s`, from `batch` events (nothing lost while the streams stay under
         their cap; a WARNING as a backlog nears it). With `retention`, partitions older than
         that are dropped once an hour. Runs until cancelled (`until_idle`: until no event is
-        left)."""
+        left). On Redis, `consumer` names this drainer in the consumer group (default: unique,
+        ``hostname:pid:random``; its batches in flight share it); several drainers may run at
+        once, each under its own name."""
         if batch < 1:
             raise InvalidTaskError(f"batch must be at least 1, got {batch}")
         if max_batch is None:
@@ -442,7 +447,8 @@ class PostgresHistory:
             raise InvalidTaskError(f"max_batch must be at least batch ({batch}), got {max_batch}")
         if connections < 1:
             raise InvalidTaskError(f"connections must be at least 1, got {connections}")
-        source = history_source(backend)
+        source = history_source(backend, consumer)
+        self.stats.started = time.time()
         run = _Drain(self, source, batch, max_batch, retry_s, lag_every_s, retention)
         async with anyio.create_task_group() as tg:
             for _ in range(connections):

@@ -82,7 +82,9 @@ def partition_name(table: str, day: date) -> str:
 def ensure_partitions(
     conn: psycopg.Connection[tuple[object, ...]], table: str, days: set[date], known: set[str]
 ) -> None:
-    """Create the day partitions of `table` that `days` need and `known` lacks (adds them)."""
+    """Create the day partitions of `table` that `days` need and `known` lacks (adds them).
+    Called in the batch's transaction: a lock held to its end keeps two drainers from creating
+    the same partition at once (IF NOT EXISTS alone races: "relation already exists")."""
     locked = False
     for day in sorted(days):
         name = partition_name(table, day)
