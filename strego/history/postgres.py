@@ -36,8 +36,8 @@ T = TypeVar("T")
 
 #: Events per batch: one transaction, two statements (events, then tasks).
 BATCH = 1000
-#: While a backlog lasts (each read comes back full), the batch doubles up to this many times
-#: `batch`: a task's events then tend to fall in one batch and make one row write, not three.
+#: While a backlog lasts (reads come back at least half full), the batch doubles up to this many
+#: times `batch`: a task's events then tend to fall in one batch and make one row write, not three.
 GROW = 20
 #: The most tasks one search returns.
 MAX_LIMIT = 1000
