@@ -39,11 +39,7 @@ from tests.test_history_postgres import (  # noqa: F401 (fixtures)
     _count_events,
     _work,
     hbackend,
-    history,
     message,
-    pg_admin,
-    pg_database,
-    pg_dsn,
 )
 from tests.test_prometheus import samples, total
 

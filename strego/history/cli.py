@@ -42,6 +42,18 @@ def add_parser(commands: Any) -> None:
         "--batch", type=_positive, default=1000, help="events per transaction (default 1000)"
     )
     history.add_argument(
+        "--max-batch",
+        type=_positive,
+        help="while a backlog lasts the batch doubles up to this many events (default 20 x "
+        "--batch)",
+    )
+    history.add_argument(
+        "--connections",
+        type=_positive,
+        default=2,
+        help="batches in flight at once, each on a PostgreSQL connection of its own (default 2)",
+    )
+    history.add_argument(
         "--cap",
         type=_positive,
         default=DEFAULT_HISTORY_CAP,
@@ -119,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     from strego.backends.redis import RedisBackend
     from strego.errors import BackendError
 
+    if args.max_batch is not None and args.max_batch < args.batch:
+        print("strego history: --max-batch must be at least --batch", file=sys.stderr)
+        return 2
     try:
         backend = RedisBackend.from_url(
             args.redis, prefix=args.prefix, history=True, history_cap=args.cap
@@ -139,8 +154,16 @@ def run(args: argparse.Namespace) -> int:
         consumer = consumer_name()
         try:
             await history.migrate()  # a wrong DSN fails here, not in the retry loop
-            drain = functools.partial(history.drain, backend, batch=args.batch, consumer=consumer,
-                                      retention=retention, until_idle=args.until_idle)  # fmt: skip
+            drain = functools.partial(
+                history.drain,
+                backend,
+                batch=args.batch,
+                max_batch=args.max_batch,
+                connections=args.connections,
+                consumer=consumer,
+                retention=retention,
+                until_idle=args.until_idle,
+            )
             if metrics is None:
                 await drain()
                 return

@@ -206,28 +206,30 @@ def _events_of_entry(queue: str, entry_id: bytes, flat: list[bytes]) -> list[His
     head = dict(zip(flat[0:10:2], flat[1:10:2], strict=True))
     ms, n = (int(x) for x in entry_id.split(b"-"))
     state = head[b"s"].decode()
-    retried = head.get(b"r", b"")
-    common: dict[str, Any] = {
-        "queue": queue,
-        "state": STATES.get(state, state),
-        "at_ms": int(head[b"t"]),
-        "retried": int(retried) if retried else None,
-        "error": head[b"e"].decode(errors="replace") if head.get(b"e") else None,
-        "consumer": head[b"c"].decode(errors="replace") if head.get(b"c") else None,
-    }
+    state = STATES.get(state, state)
+    at_ms = int(head[b"t"])
+    retried_b, error_b, consumer_b = head.get(b"r"), head.get(b"e"), head.get(b"c")
+    retried = int(retried_b) if retried_b else None
+    error = error_b.decode(errors="replace") if error_b else None
+    consumer = consumer_b.decode(errors="replace") if consumer_b else None
     events = []
+    first = n * SEQ_SPREAD
+    # positional arguments: an entry holds up to hundreds of events, and keywords cost more
     for k, i in enumerate(range(10, len(flat) - 1, 2)):
         task_id, env = flat[i].decode(errors="replace"), flat[i + 1]
-        seq = (ms, n * SEQ_SPREAD + k)
+        seq = (ms, first + k)
         if env:
             try:
-                fields = _envelope(task_id, env)
+                f = _envelope(task_id, env)
             except (ValueError, IndexError):  # not an envelope: the event without its fields
                 log.warning("history: task %s of queue %s: unreadable envelope", task_id, queue)
-                fields = {}
-            events.append(HistoryEvent(seq=seq, task_id=task_id, **common, **fields))
-        else:
-            events.append(HistoryEvent(seq=seq, task_id=task_id, **common))
+            else:
+                events.append(HistoryEvent(
+                    queue, seq, task_id, state, at_ms, retried, error, consumer, f["type"],
+                    f["labels"], f["payload"], f["encoding"], f["created_ms"],
+                ))  # fmt: skip
+                continue
+        events.append(HistoryEvent(queue, seq, task_id, state, at_ms, retried, error, consumer))
     return events
 
 

@@ -7,6 +7,7 @@ that both give the same catalog, so the two cannot drift apart."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 
@@ -66,6 +67,14 @@ def day_of(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000, UTC).date()
 
 
+_DAY_MS = 86_400_000
+
+
+def days_of(times_ms: Iterable[int]) -> set[date]:
+    """The UTC days of epoch milliseconds (by integer division: a batch has thousands)."""
+    return {NO_TIME_DAY + timedelta(days=d) for d in {ms // _DAY_MS for ms in times_ms}}
+
+
 def partition_name(table: str, day: date) -> str:
     return f"{table}_p{day:%Y%m%d}"
 
@@ -82,6 +91,8 @@ def ensure_partitions(
         if name in known:
             continue
         if not locked:
+            # two batches in flight may need the same new day: the second waits for the first
+            # to commit (the lock is the transaction's), then finds the partition made
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('strego_history_partitions'))")
             locked = True
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
