@@ -13,8 +13,9 @@ import pytest
 
 from tests.redis_server import RedisServer, running_redis_server
 
-#: make_backend, parametrized over our backends (runs the conformance suite on each)
-pytest_plugins = ["tests.backend_fixtures"]
+#: make_backend, parametrized over our backends (runs the conformance suite on each); the
+#: PostgreSQL fixtures (pg_dsn, history, ...)
+pytest_plugins = ["tests.backend_fixtures", "tests.postgres_fixtures"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

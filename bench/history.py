@@ -2,12 +2,15 @@
 
     python bench/history.py [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
                             [--tasks 20000] [--lag-tasks 100000] [--rows 1000000]
+                            [--parts 123] [--drainer-args '--connections 3']
 
 1. process rate with history on against off: one Server (concurrency 32, asyncio, anyio
    transport) runs `--tasks` no-op tasks already enqueued, runs alternating off/on, medians;
 2. drainer lag: a Server runs `--lag-tasks` tasks with history on while `strego history` (its own
-   process) drains into PostgreSQL; the backlog (XLEN of the history stream) is sampled every
-   100 ms: its maximum, and how long the drainer took after the last task to store the rest;
+   process, with `--drainer-args`) drains into PostgreSQL; the backlog (XLEN of the history
+   stream, in entries) is sampled every 100 ms: its maximum, its value at 25/50/75/100% of the
+   server's run (growing, or level), how long the drainer took after the last task to store the
+   rest, and the CPU time per event of the drainer and of its PostgreSQL connections;
 3. search: `--rows` tasks (one enqueue event each, over 30 days, 20 types, 3 queues, 5 states)
    stored through PostgresHistory.store in batches, then 200 searches by type, state and a
    time window: p50 and p95, and the same for label and text searches.
@@ -89,21 +92,45 @@ def on_off(url: str, n: int, runs: int) -> dict[str, float]:
     }  # fmt: skip
 
 
-async def _lag_run(url: str, dsn: str, n: int) -> dict[str, float]:
+def _cpu_s(pid: int) -> float:
+    """A process's CPU time (user + system) so far, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _backends(dsn: str) -> list[int]:
+    """The PostgreSQL server processes of the drainer's connections."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'strego-history'"
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]
+
+
+async def _lag_run(url: str, dsn: str, n: int, drainer_args: list[str]) -> dict[str, Any]:
     backend = RedisBackend.from_url(url, history=True)
     await enqueue_batches(Client(backend), n)
     key = backend.keys("default").history
     drainer = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measure)
         [sys.executable, "-m", "strego.cli", "history", "--redis", url, "--postgres", dsn,
-         "--log-level", "WARNING"],
+         "--log-level", "WARNING", *drainer_args],
     )  # fmt: skip
-    samples: list[int] = []
+    #: (seconds since the server started, backlog in stream entries), every 100 ms
+    samples: list[tuple[float, int]] = []
     r = redis.Redis.from_url(url)
     stop = anyio.Event()
+    t0 = time.perf_counter()
 
     async def sample() -> None:
         while not stop.is_set():
-            samples.append(int(await anyio.to_thread.run_sync(r.xlen, key)))
+            backlog = int(await anyio.to_thread.run_sync(r.xlen, key))
+            samples.append((time.perf_counter() - t0, backlog))
             await anyio.sleep(0.1)
 
     try:
@@ -111,19 +138,29 @@ async def _lag_run(url: str, dsn: str, n: int) -> dict[str, float]:
             tg.start_soon(sample)
             t0 = time.perf_counter()
             seconds = await drain(backend, n, CONCURRENCY)
-            lag_at_end = samples[-1] if samples else 0
             t1 = time.perf_counter()
+            lag_at_end = int(await anyio.to_thread.run_sync(r.xlen, key))
             while int(await anyio.to_thread.run_sync(r.xlen, key)) > 0:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
             catch_up = time.perf_counter() - t1
             stop.set()
+        during = [(t, b) for t, b in samples if t <= seconds]
+
+        def at(share: float) -> int:
+            """The backlog sampled last before `share` of the server's run."""
+            before = [b for t, b in during if t <= share * seconds]
+            return before[-1] if before else 0
+
         events = 3 * n  # enqueue, active, completed
+        cpu = _cpu_s(drainer.pid), sum(_cpu_s(pid) for pid in _backends(dsn))
         return {
-            "tasks/s": n / seconds,
-            "max lag (events)": max(samples),
-            "lag at last task": lag_at_end,
-            "catch-up s": catch_up,
-            "drained events/s": events / (time.perf_counter() - t0 - 0.0),
+            "tasks/s": round(n / seconds),
+            "max backlog (entries)": max(b for _, b in during) if during else lag_at_end,
+            "backlog at 25/50/75/100% of the run": [at(0.25), at(0.5), at(0.75), lag_at_end],
+            "catch-up s": round(catch_up, 2),
+            "drained events/s": round(events / (time.perf_counter() - t0)),
+            "drainer cpu us/event": round(cpu[0] / events * 1e6, 1),
+            "postgres cpu us/event": round(cpu[1] / events * 1e6, 1),
         }
     finally:
         drainer.terminate()
@@ -203,6 +240,9 @@ def main() -> None:
     parser.add_argument("--lag-tasks", type=int, default=100_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--parts", default="123", help="which figures (default 123: all)")
+    parser.add_argument(
+        "--drainer-args", default="", help="more arguments for `strego history` (part 2)"
+    )
     a = parser.parse_args()
     server = None if a.url else start_redis_server()
     url = a.url or server.url  # type: ignore[union-attr]
@@ -212,7 +252,8 @@ def main() -> None:
             _flush(url)
         if "2" in a.parts:
             with throwaway_database(a.dsn) as dsn:
-                print("2. drainer lag:", anyio.run(_lag_run, url, dsn, a.lag_tasks), flush=True)
+                lag = anyio.run(_lag_run, url, dsn, a.lag_tasks, a.drainer_args.split())
+                print("2. drainer lag:", lag, flush=True)
         if "3" in a.parts:
             with throwaway_database(a.dsn) as dsn:
                 print("3. search:", anyio.run(_search_run, dsn, a.rows), flush=True)

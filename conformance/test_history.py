@@ -14,6 +14,7 @@ from conformance.helpers import LEASE_MS, message
 from strego.backends.base import Backend
 from strego.errors import InvalidTaskError
 from strego.history import HistoryEvent, history_source
+from strego.history.events import release_history
 from strego.task import TaskState
 
 pytestmark = pytest.mark.anyio
@@ -88,7 +89,7 @@ async def test_every_transition_writes_an_event(hbackend: Backend, clock: FakeCl
 
 
 async def test_unacknowledged_events_come_again_after_rewind(hbackend: Backend) -> None:
-    source = history_source(hbackend)
+    source = history_source(hbackend, "d1")
     for i in range(5):
         await hbackend.enqueue(message(f"t{i}"))
     first = await source.read_history(3)
@@ -103,8 +104,12 @@ async def test_unacknowledged_events_come_again_after_rewind(hbackend: Backend) 
     source.rewind()
     assert [e.task_id for e in await source.read_history(10)] == ["t4"]
     assert await source.history_backlog() == {"q": 1}
-    # a new source (a drainer restarted) starts with what was never acknowledged
-    assert [e.task_id for e in await history_source(hbackend).read_history(10)] == ["t4"]
+    # a new source under the same name (a drainer restarted) starts with what was never
+    # acknowledged
+    assert [e.task_id for e in await history_source(hbackend, "d1").read_history(10)] == ["t4"]
+    # another drainer takes it over once the first one hands it on (or after CLAIM_IDLE_MS)
+    await release_history(hbackend, "d1")
+    assert [e.task_id for e in await history_source(hbackend, "d2").read_history(10)] == ["t4"]
 
 
 async def test_the_cap_bounds_the_backlog(make_backend: Any, clock: FakeClock) -> None:

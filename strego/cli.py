@@ -24,6 +24,7 @@ from strego.server import Server
 
 if TYPE_CHECKING:
     from strego.backends.redis import RedisBackend
+    from strego.history.postgres import PostgresHistory
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
@@ -150,30 +151,61 @@ def _worker(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     server = load_server(args.server)
-    metrics = None if args.metrics_port is None else _metrics_server(server, args)
+    history = None if args.history_postgres is None else _history(server, args)
+    metrics = None if args.metrics_port is None else _metrics_server(server, args, history)
 
     async def main() -> None:
         try:
-            if metrics is None:
+            if metrics is None and history is None:
                 await server.run()
             else:
                 async with anyio.create_task_group() as group:
-                    await group.start(metrics)
+                    if metrics is not None:
+                        await group.start(metrics)
+                    if history is not None:
+                        from strego.history.supervised import drain_beside
+
+                        # under the server's name: its own consumer in the history group
+                        group.start_soon(
+                            functools.partial(drain_beside, history, server.backend,
+                                              consumer=server.name)
+                        )  # fmt: skip
                     await server.run()
+                    # the graceful shutdown is done: the drainer stops, handing the entries it
+                    # has not stored to the next drainer (they stay in Redis)
                     group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                if history is not None:
+                    await history.aclose()
                 await server.backend.aclose()
 
     anyio.run(main, backend="trio" if args.trio else "asyncio")
     return 0
 
 
+def _history(server: Server, args: argparse.Namespace) -> PostgresHistory:
+    """The drainer of the worker's --history-postgres: history is turned on for the server's
+    backend (unless it is on already), stored in the database DSN."""
+    try:
+        from strego.history.postgres import PostgresHistory
+    except ImportError as exc:
+        raise SystemExit(f"--history-postgres needs strego[postgres]: {exc}") from exc
+    from strego.history.events import enable_history
+
+    try:
+        enable_history(server.backend)
+    except TypeError as exc:
+        raise SystemExit(f"--history-postgres: {exc}") from exc
+    return PostgresHistory(args.history_postgres)
+
+
 def _metrics_server(
-    server: Server, args: argparse.Namespace
+    server: Server, args: argparse.Namespace, history: PostgresHistory | None = None
 ) -> Callable[..., Coroutine[Any, Any, None]]:
     """`strego.prometheus.serve` for the worker's --metrics-port: the server gets a
-    MetricsMiddleware unless it has one, and the exposition its queues' backend metrics."""
+    MetricsMiddleware unless it has one, and the exposition its queues' backend metrics (and
+    the drainer's, with --history-postgres)."""
     try:
         from strego import prometheus
     except ImportError as exc:
@@ -183,11 +215,14 @@ def _metrics_server(
         found.append(prometheus.MetricsMiddleware())
         server.middleware = server.middleware.with_(found[0])
     collector = prometheus.BackendCollector(server.backend, queues=server.queues)
+    registry = found[0].registry or prometheus.REGISTRY
+    if history is not None:
+        registry.register(prometheus.DrainerCollector(history))
     return functools.partial(
         prometheus.serve,
         args.metrics_port,
         host=args.metrics_host,
-        registry=found[0].registry or prometheus.REGISTRY,
+        registry=registry,
         collector=collector,
     )
 
@@ -273,6 +308,12 @@ def parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--metrics-host", default="0.0.0.0", help="address to serve metrics on (0.0.0.0)"
+    )
+    worker.add_argument(
+        "--history-postgres",
+        metavar="DSN",
+        help="turn history on for the server's backend and run a drainer beside the server, "
+        "storing it in this PostgreSQL database (needs strego[postgres]; docs/history.md)",
     )
     worker.set_defaults(run=_worker)
 

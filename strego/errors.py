@@ -116,6 +116,11 @@ class BackendConnectionError(BackendError, ConnectionError):
     """The backend could not be reached, or the connection dropped."""
 
 
+class BackendCertificateError(BackendConnectionError):
+    """The server's TLS certificate was refused (an unknown CA, another host name, expired). It
+    is not retried: trying again cannot help."""
+
+
 class ReplyLostError(BackendConnectionError):
     """A non-idempotent command was sent, but the connection dropped before its reply arrived: it
     may or may not have taken effect. It is not retried automatically."""

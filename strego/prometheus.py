@@ -19,10 +19,15 @@
   ``strego_queue_oldest_pending_age_seconds{queue}`` (how long the oldest pending task has
   waited since it became pending), ``strego_queue_ended_per_minute{queue,state}`` (tasks
   completed, dead or cancelled in the last minute), and
-  ``strego_collector_queues`` (queues known). One scrape lists the queues and reads at most
-  `max_queues` of them (the least recently read first, so every queue is covered within
+  ``strego_collector_queues`` (queues known); with history on,
+  ``strego_history_backlog_entries{queue}`` (history stream entries not stored yet) and
+  ``strego_history_cap_entries``. One scrape lists the queues and reads at most `max_queues` of
+  them (the least recently read first, so every queue is covered within
   ``ceil(queues / max_queues)`` scrapes; the others show their last reading); a scrape within
   `max_age` seconds of the last read, or during it, reuses it.
+- `DrainerCollector`: what a history drainer running in this process has done (register it):
+  ``strego_history_stored_events_total``, ``strego_history_failed_batches_total``,
+  ``strego_history_last_commit_age_seconds``.
 - Exposition: `render` (bytes and content type), `metrics_app` (an ASGI app, mount it at
   ``/metrics``) and `serve` (a small HTTP server on the event loop, asyncio or trio: what
   ``strego worker --metrics-port`` runs).
@@ -35,6 +40,7 @@ import contextlib
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 
@@ -51,10 +57,19 @@ from prometheus_client.metrics_core import (
 )
 
 from strego.backends.base import Backend, QueueInfo
+from strego.history.events import history_backlog, history_cap
 from strego.middleware import Attempt, EnqueueCall, Middleware
 from strego.task import TaskState
 
-__all__ = ["REGISTRY", "BackendCollector", "MetricsMiddleware", "metrics_app", "render", "serve"]
+__all__ = [
+    "REGISTRY",
+    "BackendCollector",
+    "DrainerCollector",
+    "MetricsMiddleware",
+    "metrics_app",
+    "render",
+    "serve",
+]
 
 log = logging.getLogger("strego.prometheus")
 
@@ -189,7 +204,9 @@ class BackendCollector:
     collector) and `await refresh()` yourself.
 
     `queues`: the queues to report (default: every queue the backend knows). `max_queues`: the
-    most queues one refresh reads. `max_age`: seconds a reading is reused."""
+    most queues one refresh reads. `max_age`: seconds a reading is reused. `history`: also read
+    each queue's history backlog (one XLEN each, in one round trip), by default when the backend
+    has history on."""
 
     def __init__(
         self,
@@ -198,6 +215,7 @@ class BackendCollector:
         queues: Sequence[str] | None = None,
         max_queues: int = 50,
         max_age: float = 1.0,
+        history: bool | None = None,
     ) -> None:
         if isinstance(max_queues, bool) or not isinstance(max_queues, int) or max_queues < 1:
             raise ValueError(f"max_queues must be an integer >= 1, not {max_queues!r}")
@@ -205,6 +223,7 @@ class BackendCollector:
         self.queues = None if queues is None else list(queues)
         self.max_queues = max_queues
         self.max_age = max_age
+        self.history = history
         self._lock = anyio.Lock()
         self._read_at = -math.inf
         #: queue -> its last reading
@@ -212,6 +231,9 @@ class BackendCollector:
         self._known = 0
         #: when each queue was last tried (read or failed): the order queues are read in
         self._tried: dict[str, float] = {}
+        #: queue -> history entries not stored yet, at its last reading
+        self._backlog: dict[str, int] = {}
+        self._cap = 0
 
     async def refresh(self) -> None:
         """Read the backend unless a reading younger than `max_age` exists; concurrent callers
@@ -234,10 +256,12 @@ class BackendCollector:
         for gone in [q for q in self._tried if q not in listed]:
             del self._tried[gone]
             self._readings.pop(gone, None)
+            self._backlog.pop(gone, None)
         # never tried first, then the least recently tried
-        chosen = sorted(names, key=lambda q: self._tried.get(q, -math.inf))
+        chosen = sorted(names, key=lambda q: self._tried.get(q, -math.inf))[: self.max_queues]
         now = anyio.current_time()
-        for queue in chosen[: self.max_queues]:
+        await self._read_backlog(chosen)
+        for queue in chosen:
             # tried, read or not: a queue that cannot be read (its keys foreign, say) goes to
             # the back, and the others are still read; it keeps its last reading
             self._tried[queue] = now
@@ -250,6 +274,18 @@ class BackendCollector:
             age_ms = info.oldest_pending_age_ms
             oldest = None if age_ms is None else age_ms / 1000
             self._readings[queue] = _Reading(now, info, oldest)
+
+    async def _read_backlog(self, queues: Sequence[str]) -> None:
+        cap = history_cap(self.backend)
+        on = self.history if self.history is not None else bool(cap)
+        self._cap = cap if on else 0
+        if not on:
+            self._backlog.clear()
+            return
+        try:
+            self._backlog.update(await history_backlog(self.backend, queues))
+        except Exception as exc:  # the queues' own readings are still worth taking
+            log.warning("reading the history backlog failed: %s", exc)
 
     def describe(self) -> list[Metric]:
         return []  # its metrics depend on the backend: not checked for clashes at register
@@ -282,7 +318,61 @@ class BackendCollector:
             oldest.add_metric((queue,), 0 if age is None else age)
         known = GaugeMetricFamily("strego_collector_queues", "Queues the collector reports.")
         known.add_metric((), self._known)
-        return [tasks, ended, paused, oldest, known]
+        families: list[Metric] = [tasks, ended, paused, oldest, known]
+        if self._backlog or self._cap:
+            backlog = GaugeMetricFamily(
+                "strego_history_backlog_entries",
+                "Entries of the queue's history stream not stored in PostgreSQL yet (one"
+                " transition of one or more tasks each).",
+                labels=("queue",),
+            )
+            for queue, waiting in sorted(self._backlog.items()):
+                backlog.add_metric((queue,), waiting)
+            families.append(backlog)
+        if self._cap:  # unknown here when history is read with the backend's off
+            cap = GaugeMetricFamily(
+                "strego_history_cap_entries",
+                "Each history stream's cap: entries past it are trimmed, oldest first.",
+            )
+            cap.add_metric((), self._cap)
+            families.append(cap)
+        return families
+
+
+class DrainerCollector:
+    """What a history drainer (`strego.history.PostgresHistory.drain`) running in this process
+    has done, read from its `stats` at scrape time. Register it:
+    ``REGISTRY.register(DrainerCollector(history))``."""
+
+    def __init__(self, history: Any) -> None:
+        self.history = history
+
+    def describe(self) -> list[Metric]:
+        return self._families()  # their names, for the registry's clash check
+
+    def collect(self) -> list[Metric]:
+        return self._families(self.history.stats)
+
+    @staticmethod
+    def _families(stats: Any = None) -> list[Metric]:
+        stored = CounterMetricFamily(
+            "strego_history_stored_events", "History events stored in PostgreSQL by this drainer."
+        )
+        failed = CounterMetricFamily(
+            "strego_history_failed_batches",
+            "Batches this drainer failed to store (PostgreSQL down, ...) and read again.",
+        )
+        age = GaugeMetricFamily(
+            "strego_history_last_commit_age_seconds",
+            "Seconds since this drainer last committed a batch (since it started, before one).",
+        )
+        if stats is not None:
+            stored.add_metric((), stats.stored)
+            failed.add_metric((), stats.failures)
+            since = stats.last_commit if stats.last_commit is not None else stats.started
+            if since is not None:
+                age.add_metric((), max(0.0, time.time() - since))
+        return [stored, failed, age]
 
 
 async def render(

@@ -1,6 +1,7 @@
 """A throwaway Redis Cluster on loopback for tests: six `redis-server --cluster-enabled yes` (three
 primaries, three replicas) joined by `redis-cli --cluster create`, on free ports, killed at the
-end."""
+end. With `tls`, every node listens on TLS alone, and the nodes talk TLS to each other
+(tls-cluster, tls-replication); with `password`, the nodes require it (requirepass, masterauth)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import redis
 
-from tests.redis_server import RedisServer, unavailable
+from tests.redis_server import RedisServer, TlsFiles, free_port, unavailable
 
 NODE_TIMEOUT_MS = 2000
 
@@ -38,13 +40,22 @@ def free_cluster_port() -> int:
 @attrs.define
 class ClusterSetup:
     servers: list[RedisServer]
+    tls: TlsFiles | None = None
+    password: str | None = None
 
     def url(self, query: str = "") -> str:
+        """A strego URL of this cluster, with its TLS files and password."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.servers[:3])
-        return f"redis+cluster://{hosts}/0" + (f"?{query}" if query else "")
+        scheme = "redis+cluster" if self.tls is None else "rediss+cluster"
+        login = "" if self.password is None else f":{self.password}@"
+        options = [] if self.tls is None else [self.tls.query()]
+        if query:
+            options.append(query)
+        return f"{scheme}://{login}{hosts}/0" + "?" * bool(options) + "&".join(options)
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5)
+        tls: dict[str, Any] = {} if self.tls is None else self.tls.redis_py()
+        return redis.Redis(port=port, socket_timeout=5, password=self.password, **tls)
 
     def server(self, port: int) -> RedisServer:
         return next(s for s in self.servers if s.port == port)
@@ -121,14 +132,43 @@ class ClusterSetup:
         for client in [dst, src, *(self.client(p) for p in self.primaries())]:
             client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
 
+    def open_plain_ports(self, timeout: float = 10.0) -> None:
+        """Give every node of a TLS cluster a plain port as well (CONFIG SET port), as a
+        cluster being moved to TLS has, and wait until every node lists both ports of every
+        other node in CLUSTER SHARDS (Redis 7.0 lists a port set at run time only for the others:
+        they learn it by gossip)."""
+        assert self.tls is not None
+        for s in self.servers:
+            self.client(s.port).config_set("port", free_port())
+        deadline = time.monotonic() + timeout
+        while not all(self._lists_plain_ports(s.port) for s in self.servers):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CLUSTER SHARDS did not list the plain ports in {timeout}s")
+            time.sleep(0.05)
+
+    def close_plain_ports(self) -> None:
+        for s in self.servers:
+            self.client(s.port).config_set("port", 0)
+
+    def _lists_plain_ports(self, port: int) -> bool:
+        shards = self.client(port).execute_command("CLUSTER SHARDS")
+        nodes = [node for shard in shards for node in shard[b"nodes"]]
+        return sum(1 for node in nodes if node.get(b"port")) >= len(self.servers) - 1
+
     def stop(self) -> None:
         for s in self.servers:
             s.stop()
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[ClusterSetup]:
-    setup = ClusterSetup([])
+def running_cluster(
+    *, tls: TlsFiles | None = None, password: str | None = None
+) -> Iterator[ClusterSetup]:
+    """The cluster for the duration of the block (see the module docstring for the options)."""
+    setup = ClusterSetup([], tls, password)
+    options: tuple[str, ...] = () if tls is None else ("--tls-cluster", "yes")
+    if password is not None:
+        options += ("--requirepass", password, "--masterauth", password)
     try:
         cli = shutil.which("redis-cli")
         if cli is None:
@@ -141,11 +181,16 @@ def running_cluster() -> Iterator[ClusterSetup]:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    *options,
                 ),
+                tls=tls,
             )  # fmt: skip
             server.start()
             setup.servers.append(server)
-        create = [cli, "--cluster", "create"]
+        create = [cli, *([] if tls is None else tls.cli_args())]
+        if password is not None:
+            create += ["--no-auth-warning", "-a", password]
+        create += ["--cluster", "create"]
         create += [f"127.0.0.1:{s.port}" for s in setup.servers]
         create += ["--cluster-replicas", "1", "--cluster-yes"]
         done = subprocess.run(create, capture_output=True, timeout=60, check=False)
@@ -155,6 +200,9 @@ def running_cluster() -> Iterator[ClusterSetup]:
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         setup.stop()
         unavailable(f"no Redis Cluster could be started: {exc}")
+    except BaseException:  # e.g. wait_healthy timing out: no server is left running
+        setup.stop()
+        raise
     try:
         yield setup
     finally:

@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,9 +22,15 @@ def free_port() -> int:
 
 @contextmanager
 def worker(
-    loop: str, *, redis_url: str | None = None, spans: Path | None = None, port: int | None = None
+    loop: str,
+    *,
+    redis_url: str | None = None,
+    spans: Path | None = None,
+    port: int | None = None,
+    extra: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[str]]:
-    """The worker subprocess, stopped with SIGTERM (its graceful shutdown) on leaving."""
+    """The worker subprocess (`extra`: more options), stopped with SIGTERM (its graceful
+    shutdown) on leaving."""
     env = dict(os.environ)
     env.pop("OBS_REDIS", None)
     env.pop("OBS_SPANS", None)
@@ -38,6 +44,7 @@ def worker(
         args += ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
     if loop == "trio":
         args.append("--trio")
+    args += extra
     proc = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -87,6 +87,11 @@ def throwaway_cluster() -> Iterator[Cluster]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def in_schema(dsn: str, name: str) -> str:
+    """`dsn` with `name` as its search path: a test's own schema in a shared database."""
+    return f"{dsn}?options=-csearch_path%3D{name}"
+
+
 def _with_db(dsn: str, name: str) -> str:
     base, _, _ = dsn.rpartition("/")
     return f"{base}/{name}"

@@ -7,10 +7,13 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -27,17 +30,99 @@ def free_port() -> int:
         return port
 
 
+def make_certificate(directory: Path, name: str = "cert") -> Path:
+    """A self-signed certificate for 127.0.0.1 and localhost made by the openssl CLI, as
+    `<name>.pem`, its key next to it as `<name>-key.pem`. It is its own CA, and serves as server
+    and client certificate alike."""
+    if shutil.which("openssl") is None:
+        unavailable("the openssl CLI is not installed: cannot make a test certificate")
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert
+
+
+@attrs.frozen
+class TlsFiles:
+    """A certificate and key (`make_certificate`) that servers serve and present to each other
+    (replication, cluster bus, sentinels), and that clients must present (tls-auth-clients
+    yes); the certificate is also the CA."""
+
+    cert: Path
+
+    @property
+    def key(self) -> Path:
+        return self.cert.with_name(self.cert.stem + "-key.pem")
+
+    def server_args(self, port: int) -> tuple[str, ...]:
+        """redis-server options for TLS only on `port` (no plain TCP port)."""
+        return (
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.cert),
+            "--tls-auth-clients", "yes",
+            "--tls-replication", "yes",
+        )  # fmt: skip
+
+    def query(self) -> str:
+        """The ssl_* options of a strego URL that trusts this CA and presents this certificate."""
+        return f"ssl_ca_certs={self.cert}&ssl_certfile={self.cert}&ssl_keyfile={self.key}"
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.cert))
+        context.load_cert_chain(str(self.cert), str(self.key))
+        return context
+
+    def redis_py(self) -> dict[str, Any]:
+        """Keyword arguments of a redis-py client that connects over this TLS."""
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.cert),
+            "ssl_certfile": str(self.cert),
+            "ssl_keyfile": str(self.key),
+        }
+
+    def cli_args(self) -> list[str]:
+        return ["--tls", "--cacert", str(self.cert), "--cert", str(self.cert),
+                "--key", str(self.key)]  # fmt: skip
+
+
+def ping_port(port: int, tls: TlsFiles | None = None) -> bool:
+    """Whether something answers PING (or NOAUTH) on 127.0.0.1:`port`, over TLS if given."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
+            s = raw if tls is None else tls.context().wrap_socket(raw, server_hostname="127.0.0.1")
+            with s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
 @attrs.define
 class RedisServer:
-    """One redis-server process on 127.0.0.1:`port` (and a Unix socket), with its own directory."""
+    """One redis-server process on 127.0.0.1:`port` (and a Unix socket), with its own directory.
+    With `tls`, `port` is its only TCP port and speaks TLS alone."""
 
     port: int
     dir: str
     args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
+    tls: TlsFiles | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?{self.tls.query()}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -58,6 +143,7 @@ class RedisServer:
             "--save", "",
             "--appendonly", "no",
             "--logfile", os.path.join(self.dir, "redis.log"),
+            *(() if self.tls is None else self.tls.server_args(self.port)),
             *self.args,
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -73,12 +159,7 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer within {timeout}s{self.log_tail()}")
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-        except OSError:
-            return False
+        return ping_port(self.port, self.tls)
 
     def log_tail(self) -> str:
         try:

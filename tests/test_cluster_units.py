@@ -3,9 +3,11 @@ URLs, reading CLUSTER SHARDS, MGET split per slot."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from strego.backends.redis.cluster import (
+    ClusterTransport,
     _merge,
     _redirect,
     _split_multi_slot,
@@ -15,7 +17,8 @@ from strego.backends.redis.cluster import (
 from strego.backends.redis.keys import Keys
 from strego.backends.redis.slots import command_keys, crc16, key_slot
 from strego.backends.redis.transport import Command
-from strego.errors import BackendConnectionError, BackendError
+from strego.backends.redis.url import ConnectionSettings
+from strego.errors import BackendCertificateError, BackendConnectionError, BackendError
 
 
 def test_crc16_and_slots() -> None:
@@ -99,6 +102,19 @@ def test_parse_shards_takes_the_online_primary() -> None:
     }
 
 
+def test_parse_shards_picks_the_port_of_the_connection_kind() -> None:
+    # A node with a plain and a TLS port (tls-cluster yes) lists both; a TLS-only node only
+    # tls-port.
+    both = {b"port": 7000, b"tls-port": 7100, b"ip": b"127.0.0.1", b"role": b"master"}
+    tls_only = {b"tls-port": 7101, b"ip": b"127.0.0.1", b"role": b"master"}
+    reply = [
+        [b"slots", [0, 9], b"nodes", [[x for kv in both.items() for x in kv]]],
+        [b"slots", [10, 19], b"nodes", [[x for kv in tls_only.items() for x in kv]]],
+    ]
+    assert set(parse_shards(reply)) == {("127.0.0.1", 7000), ("127.0.0.1", 7101)}
+    assert set(parse_shards(reply, tls=True)) == {("127.0.0.1", 7100), ("127.0.0.1", 7101)}
+
+
 def test_redirects() -> None:
     assert _redirect(BackendError("MOVED 3999 127.0.0.1:6381")) == (
         "MOVED",
@@ -123,3 +139,38 @@ def test_mget_split_per_slot_and_merged_in_order() -> None:
     assert _merge(replies, merges) == [b"gx", [f"v{k}".encode() for k in keys]]
     error = BackendError("CLUSTERDOWN")
     assert _merge([b"gx", error, [b"v"], [b"w"]], merges)[1] is error
+
+
+class _RefusingNode:
+    """A node whose slot map reads fine (as from a seed whose certificate names it) but whose
+    calls fail certificate verification (as on an address the certificate does not name)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def execute(self, command: Command) -> object:
+        return [[b"slots", [0, 16383], b"nodes", [_node(1, b"master")]]]
+
+    async def pipeline(self, calls: object) -> list[object]:
+        self.calls += 1
+        raise BackendCertificateError("could not connect: certificate verify failed")
+
+    async def blocking(self, command: Command, timeout_ms: int) -> object:
+        return await self.pipeline([command])
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_a_refused_certificate_is_raised_at_once() -> None:
+    # Not retried for cluster_timeout: the same certificate is refused every time.
+    transport = ClusterTransport([("127.0.0.1", 1)], ConnectionSettings(), cluster_timeout=30)
+    node = _RefusingNode()
+    transport._nodes[("127.0.0.1", 1)] = node  # type: ignore[assignment]
+    with anyio.fail_after(5):
+        with pytest.raises(BackendCertificateError):
+            await transport.execute(Command(("GET", "k")))
+        with pytest.raises(BackendCertificateError):
+            await transport.blocking(Command(("BLPOP", "k", 1)), 1000)
+    assert node.calls == 2

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -23,48 +25,12 @@ from strego.history import HistoryEvent, PostgresHistory, history_source
 from strego.history import schema as history_schema
 from strego.message import TaskMessage
 from strego.task import TaskState
-from tests.postgres_server import Cluster, session_admin_dsn, throwaway_cluster, throwaway_database
+from tests.postgres_server import Cluster, in_schema, throwaway_cluster, throwaway_database
 from tests.runtime_support import eventually
 
 pytestmark = pytest.mark.anyio
 
 LEASE_MS = 30_000
-
-
-@pytest.fixture(scope="session")
-def pg_admin() -> Iterator[str]:
-    with session_admin_dsn() as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="session")
-def pg_database(pg_admin: str) -> Iterator[str]:
-    with throwaway_database(pg_admin) as dsn:
-        yield dsn
-
-
-def _in_schema(dsn: str, name: str) -> str:
-    return f"{dsn}?options=-csearch_path%3D{name}"
-
-
-@pytest.fixture
-def pg_dsn(pg_database: str) -> Iterator[str]:
-    """The session database, seen through a schema of this test's own (dropped after it)."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield _in_schema(pg_database, name)
-    finally:
-        with psycopg.connect(pg_database, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
-
-
-@pytest.fixture
-async def history(pg_dsn: str) -> AsyncIterator[PostgresHistory]:
-    h = PostgresHistory(pg_dsn)
-    yield h
-    await h.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -186,7 +152,7 @@ async def test_replayed_and_reordered_batches_give_the_same_rows(
         name = f"r_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {name}")
-        dsn = _in_schema(pg_database, name)
+        dsn = in_schema(pg_database, name)
         shuffled = PostgresHistory(dsn)
         try:
             order = events[:]
@@ -471,3 +437,177 @@ async def test_the_history_command_drains_a_redis(
     )  # fmt: skip
     assert bad.returncode == 1
     assert b"strego history: OperationalError" in bad.stderr
+    usage = await anyio.run_process(
+        [sys.executable, "-m", "strego.cli", "history", "--redis", redis_url, "--postgres",
+         pg_dsn, "--batch", "100", "--max-batch", "50"],
+        check=False,
+    )  # fmt: skip
+    assert usage.returncode == 2 and b"--max-batch" in usage.stderr
+
+
+def _schema_dsn(pg_database: str) -> str:
+    name = f"b_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    return in_schema(pg_database, name)
+
+
+def _record_reads(backend: MemoryBackend) -> list[int]:
+    """The event counts the drainer asks the memory backend's history for, in order."""
+    assert backend.history is not None
+    asked: list[int] = []
+    read = backend.history.read_history
+
+    async def recording(count: int) -> list[HistoryEvent]:
+        asked.append(count)
+        return await read(count)
+
+    backend.history.read_history = recording  # type: ignore[method-assign]
+    return asked
+
+
+async def test_a_backlog_grows_the_batch_and_gives_the_same_rows(
+    pg_database: str, pg_dsn: str
+) -> None:
+    backend = MemoryBackend(history=True)
+    expected = await _work(backend, 200, "g")
+    assert backend.history is not None
+    events = await backend.history.read_history(10_000)
+    assert len(events) == expected
+    one_go = PostgresHistory(_schema_dsn(pg_database))  # the reference: one batch
+    await one_go.store(events)
+    reference = await _rows(one_go.dsn)
+    await one_go.aclose()
+
+    asked = _record_reads(backend)
+    history = PostgresHistory(pg_dsn)
+    stored: list[int] = []
+    store = history._store
+
+    def counting(conn: Any, batch: Any, known: Any = None) -> None:
+        stored.append(len(batch))
+        store(conn, batch, known)
+
+    history._store = counting  # type: ignore[method-assign]
+    await history.drain(backend, batch=10, max_batch=80, connections=1, until_idle=True)
+    await history.aclose()
+    # full reads double the batch up to max_batch; the last, short one brings it back
+    assert asked[:5] == [10, 20, 40, 80, 80]
+    assert max(stored) == 80 and sum(stored) == expected
+    assert history.stats.batch_size == 10
+    # a task's events folded in one batch give the rows one batch of everything gives
+    assert await _rows(pg_dsn) == reference
+    with pytest.raises(InvalidTaskError):
+        await history.drain(backend, batch=10, max_batch=5)
+    with pytest.raises(InvalidTaskError):
+        await history.drain(backend, connections=0)
+
+
+async def test_a_failing_grown_batch_loses_nothing_and_starts_small_again(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = MemoryBackend(history=True)
+    expected = await _work(backend, 100, "f")
+    asked = _record_reads(backend)
+    history = PostgresHistory(pg_dsn)
+    store = history._store
+    failed: list[int] = []
+
+    def failing_once(conn: Any, batch: Any, known: Any = None) -> None:
+        if len(batch) >= 40 and not failed:
+            failed.append(len(batch))
+            raise psycopg.OperationalError("the server closed the connection")
+        store(conn, batch, known)
+
+    history._store = failing_once  # type: ignore[method-assign]
+    await history.drain(
+        backend, batch=10, max_batch=80, connections=1, retry_s=0.01, until_idle=True
+    )
+    await history.aclose()
+    assert failed == [40] and history.stats.failures == 1
+    # after the failure the drainer reads from its last commit again, `batch` events at first
+    at = asked.index(40)
+    assert 10 in asked[at + 1 : at + 4]
+    assert await _count_events(pg_dsn) == expected
+    assert backend.history is not None
+    assert sum((await backend.history.history_backlog()).values()) == 0
+    assert any("PostgreSQL failed" in r.message for r in caplog.records)
+
+
+async def _reference_rows(pg_database: str, backend: Any) -> tuple[int, Any]:
+    """The events waiting in `backend`'s history (read, left unacknowledged: a drainer reads
+    them again) and the rows they give stored in one batch, in a schema of their own."""
+    source = history_source(backend, "drainer")  # the drainer's name: they are its pending ones
+    events: list[HistoryEvent] = []
+    while more := await source.read_history(100_000):  # Redis counts entries: several reads
+        events += more
+    one_go = PostgresHistory(_schema_dsn(pg_database))
+    await one_go.store(events)
+    rows = await _rows(one_go.dsn)
+    await one_go.aclose()
+    return len(events), rows
+
+
+def _overlapping(history: PostgresHistory, fail_at: int | None = None) -> list[int]:
+    """Make each batch's store last a little (so that batches overlap) and count the batches in
+    flight at once ([the most seen]); with `fail_at`, that store (1-based) fails."""
+    store = history._store
+    lock = threading.Lock()
+    state = {"now": 0, "calls": 0}
+    most = [0]
+
+    def slow(conn: Any, batch: Any, known: Any = None) -> None:
+        with lock:
+            state["now"] += 1
+            state["calls"] += 1
+            call = state["calls"]
+            most[0] = max(most[0], state["now"])
+        try:
+            time.sleep(0.02)
+            if call == fail_at:
+                raise psycopg.OperationalError("the server closed the connection")
+            store(conn, batch, known)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    history._store = slow  # type: ignore[method-assign]
+    return most
+
+
+async def test_concurrent_batches_give_the_same_rows(
+    hbackend: Any, pg_database: str, pg_dsn: str
+) -> None:
+    for round_ in range(3):
+        await _work(hbackend, 60, f"p{round_}-")
+    expected, reference = await _reference_rows(pg_database, hbackend)
+    history = PostgresHistory(pg_dsn)
+    most = _overlapping(history)
+    await history.drain(
+        hbackend, batch=20, max_batch=20, connections=4, until_idle=True, consumer="drainer"
+    )
+    await history.aclose()
+    assert most[0] >= 2, "batches were stored at once"
+    assert history.stats.stored >= expected
+    assert await _rows(pg_dsn) == reference
+    assert sum((await history_source(hbackend).history_backlog()).values()) == 0
+
+
+async def test_a_failing_batch_among_concurrent_ones_loses_nothing(
+    hbackend: Any, pg_database: str, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for round_ in range(3):
+        await _work(hbackend, 60, f"q{round_}-")
+    expected, reference = await _reference_rows(pg_database, hbackend)
+    history = PostgresHistory(pg_dsn)
+    most = _overlapping(history, fail_at=3)
+    await history.drain(
+        hbackend, batch=20, max_batch=20, connections=3, retry_s=0.01, until_idle=True,
+        consumer="drainer",
+    )  # fmt: skip
+    await history.aclose()
+    assert most[0] >= 2 and history.stats.failures == 1
+    assert await _count_events(pg_dsn) == expected
+    assert await _rows(pg_dsn) == reference
+    assert sum((await history_source(hbackend).history_backlog()).values()) == 0
+    assert any("PostgreSQL failed" in r.message for r in caplog.records)

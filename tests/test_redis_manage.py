@@ -1,10 +1,10 @@
 """RedisBackend's management calls where Redis alone can go wrong: the queue registry (a global
-key, outside every queue's script) against interleaved enqueue and purge, the order of a
-pipeline's commands after a NOSCRIPT, enqueue chunks that meet a foreign key, purge batches."""
+key, outside every queue's script, written only when a script set the queue's `registered` flag)
+against every order of enqueue's and purge's calls, the order of a pipeline's commands after a
+NOSCRIPT, enqueue chunks that meet a foreign key, purge batches."""
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -16,12 +16,14 @@ import redis.asyncio
 import strego.backends.redis.transitions as redis_transitions
 from conformance.clock import FakeClock
 from conformance.helpers import LEASE_MS, make_dead, message, start
+from strego.backends.base import FireResult
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.backends.redis.keys import queues_key
 from strego.backends.redis.redispy_transport import RedisPyTransport
 from strego.backends.redis.transport import Command, Script, ScriptCall, Transport
 from strego.errors import ForeignKeyError
+from strego.message import TaskMessage
 from strego.task import TaskInfo, TaskState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -72,97 +74,219 @@ class Stepped:
         pass
 
 
-#: A purge of one small queue that ends empty sends at most 4 calls (the purge script, SREM, the
-#: count, SADD); positions 0..4 cover every place between and around them.
-PURGE_POSITIONS = range(5)
+#: An actor given its gate (awaited before each of its calls).
+Gated = Callable[[Callable[[], Awaitable[None]]], Awaitable[Any]]
 
 
-@pytest.mark.parametrize(
-    "at",
-    [p for p in itertools.product(PURGE_POSITIONS, repeat=3) if p[0] <= p[1] <= p[2]],
-    ids=lambda p: "-".join(map(str, p)),
-)
-async def test_no_interleaving_of_enqueue_and_purge_hides_a_task(
-    redis_url: str, at: tuple[int, int, int]
-) -> None:
-    """Enqueue sends three calls (SADD to the registry, its script, SADD again); purge sends its
-    script, then SREM, a count and maybe SADD. Enqueue's k-th call runs after purge has sent
-    at[k] calls: whatever the order, the new task stays visible, listed and cancellable."""
-    clock = FakeClock()
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    inner = RedisPyTransport(redis.asyncio.Redis.from_url(redis_url))
-    plain = RedisBackend(inner, prefix=prefix, clock=clock)
-    purged = enqueued = 0  # calls sent so far by each side
-    purge_done = enqueue_done = False
+class Interleaver:
+    """Runs actors (each a coroutine over a backend of its own, on a `Stepped` transport) one call
+    at a time: once every actor is blocked before its next call (or done), one of them sends its
+    call. `schedule` picks, step by step, which (by index); past its end the lowest index goes.
+    `trace` records each step's choices and pick, so that `explore` can enumerate every order."""
 
-    moved = anyio.Event()  # set (and replaced) each time either side sent a call or ended
+    def __init__(self, schedule: Sequence[int]) -> None:
+        self.schedule = schedule
+        self.trace: list[tuple[list[int], int]] = []
+        self.waiting: dict[int, anyio.Event] = {}
+        self.done: set[int] = set()
+        self.changed = anyio.Event()
 
-    def move() -> None:
-        nonlocal moved
-        moved.set()
-        moved = anyio.Event()
+    def _move(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
 
-    async def purge_gate() -> None:
-        # purge's next call waits for the enqueue calls placed before it
-        while not enqueue_done and enqueued < sum(1 for p in at if p <= purged):
-            await moved.wait()
+    async def turn(self, actor: int) -> None:
+        go = self.waiting[actor] = anyio.Event()
+        self._move()
+        await go.wait()
 
-    async def enqueue_gate() -> None:
-        while not purge_done and purged < at[enqueued]:
-            await moved.wait()
-
-    purger = Stepped(inner, purge_gate)
-    producer = Stepped(inner, enqueue_gate)
-    try:
-        await make_dead(plain, "dead")
-
-        def counted(transport: Stepped, sent: Callable[[], None]) -> RedisBackend:
-            """A backend over `transport` that calls `sent` after each call it sent."""
-            original = transport._one
-
-            async def one(call: ScriptCall | Command) -> Any:
-                reply = await original(call)
-                sent()
-                move()
-                return reply
-
-            transport._one = one  # type: ignore[method-assign]
-            backend = RedisBackend(transport, prefix=prefix, clock=clock)
-            backend._first_call_checked = True  # its INFO is no step of the interleaving
-            return backend
-
-        def purge_sent() -> None:
-            nonlocal purged
-            purged += 1
-
-        def enqueue_sent() -> None:
-            nonlocal enqueued
-            enqueued += 1
-
-        async def purge() -> None:
-            nonlocal purge_done
-            backend = counted(purger, purge_sent)
-            assert await backend.purge("q", [TaskState.DEAD]) == 1
-            purge_done = True
-            move()
-
-        async def enqueue() -> None:
-            nonlocal enqueue_done
-            await counted(producer, enqueue_sent).enqueue(message("new"))
-            enqueue_done = True
-            move()
+    async def run(self, actors: Sequence[Gated]) -> None:
+        async def one(i: int) -> None:
+            await actors[i](lambda: self.turn(i))
+            self.done.add(i)
+            self._move()
 
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(purge)
-                tg.start_soon(enqueue)
-        order = (producer.sent, purger.sent)
-        assert await plain.queues() == ["q"], order
-        assert await plain.get_task("new") is not None, order
-        assert await plain.cancel("new") is True, order
-        assert producer.sent == ["SADD", "enqueue", "SADD"]
+                for i in range(len(actors)):
+                    tg.start_soon(one, i)
+                while len(self.done) < len(actors):
+                    while len(self.waiting) + len(self.done) < len(actors):
+                        await self.changed.wait()
+                    if not self.waiting:
+                        continue
+                    choices = sorted(self.waiting)
+                    step = len(self.trace)
+                    pick = self.schedule[step] if step < len(self.schedule) else choices[0]
+                    assert pick in choices, "a replay took another path"
+                    self.trace.append((choices, pick))
+                    self.waiting.pop(pick).set()
+                    # the picked actor runs until its next gate (or its end) before any other
+                    while pick not in self.waiting and pick not in self.done:
+                        await self.changed.wait()
+
+
+async def explore(run: Callable[[Sequence[int]], Awaitable[list[tuple[list[int], int]]]]) -> int:
+    """Runs `run` once per distinct order of the actors' calls (depth first: each run replays a
+    prefix of an earlier one and then takes another choice); returns how many orders there were."""
+    todo: list[list[int]] = [[]]
+    runs = 0
+    while todo:
+        prefix = todo.pop()
+        trace = await run(prefix)
+        runs += 1
+        picks = [pick for _, pick in trace]
+        for i in range(len(prefix), len(trace)):
+            choices, pick = trace[i]
+            todo += [[*picks[:i], other] for other in choices if other != pick]
+    return runs
+
+
+Actor = Callable[[RedisBackend], Awaitable[Any]]
+
+
+async def check_every_order(
+    redis_url: str,
+    setup: Actor,
+    actors: Sequence[Actor],
+    queues: Sequence[str],
+    new: Sequence[tuple[str, str]],
+) -> tuple[int, list[list[str]]]:
+    """Runs `actors` (each on a backend of its own) in every order of their calls, each time on
+    fresh data made by `setup`. After each: every queue that holds a task, or whose `registered`
+    flag is set, is listed (a set flag with no entry would hide the queue's next tasks: no
+    enqueue would SADD it); every task of `new` (id, queue) still there is found by id (a
+    lookup through the registry) and cancellable; and a later enqueue to each queue lists it.
+    Returns how many orders ran and the calls each actor sent, one list per run."""
+    clock = FakeClock()
+    inner = RedisPyTransport(redis.asyncio.Redis.from_url(redis_url))
+    sent: list[list[str]] = []
+    try:
+
+        async def run(schedule: Sequence[int]) -> list[tuple[list[int], int]]:
+            prefix = f"t{uuid.uuid4().hex[:8]}"
+            plain = RedisBackend(inner, prefix=prefix, clock=clock)
+            await setup(plain)
+            interleaver = Interleaver(schedule)
+            transports: list[Stepped] = []
+
+            def actor(i: int) -> Gated:
+                async def go(gate: Callable[[], Awaitable[None]]) -> Any:
+                    transport = Stepped(inner, gate)
+                    transports.append(transport)
+                    backend = RedisBackend(transport, prefix=prefix, clock=clock)
+                    backend._first_call_checked = True  # its INFO is no step of the order
+                    return await actors[i](backend)
+
+                return go
+
+            await interleaver.run([actor(i) for i in range(len(actors))])
+            listed = set(await plain.queues())
+            for queue in queues:
+                k = plain.keys(queue)
+                held, flagged = await inner.pipeline(
+                    [Command(("HLEN", k.tasks)), Command(("EXISTS", k.registered))]
+                )
+                assert not (held or flagged) or queue in listed, (queue, interleaver.trace)
+            for task_id, queue in new:
+                if await plain.get_task(task_id, queue) is not None:
+                    assert await plain.cancel(task_id) is True, interleaver.trace
+            for queue in queues:
+                await plain.enqueue(message(f"after-{queue}", queue=queue))
+            assert set(await plain.queues()) >= set(queues), interleaver.trace
+            sent.extend(t.sent for t in transports)
+            return interleaver.trace
+
+        return await explore(run), sent
     finally:
         await inner.aclose()
+
+
+def purging(queue: str, states: Sequence[TaskState] | None = None) -> Actor:
+    async def purge(backend: RedisBackend) -> int:
+        return await backend.purge(queue, states)
+
+    return purge
+
+
+def enqueuing(*messages: TaskMessage) -> Actor:
+    async def enqueue(backend: RedisBackend) -> Any:
+        if len(messages) == 1:
+            return await backend.enqueue(messages[0])
+        return await backend.enqueue_many(messages)
+
+    return enqueue
+
+
+def dead_in(*queues: str, unflagged: Sequence[str] = ()) -> Actor:
+    """Setup: a dead task in each of `queues`, which are listed; those of `unflagged` without
+    their `registered` flag, as data written before it existed (or once it expired)."""
+
+    async def setup(backend: RedisBackend) -> None:
+        for queue in queues:
+            await make_dead(backend, f"dead-{queue}", queue=queue)
+        for queue in unflagged:
+            await backend.transport.execute(Command(("DEL", backend.keys(queue).registered)))
+
+    return setup
+
+
+@pytest.mark.parametrize("unflagged", [(), ("q",)], ids=["flagged", "old-data"])
+async def test_no_order_of_enqueue_and_purge_hides_a_task(
+    redis_url: str, unflagged: tuple[str, ...]
+) -> None:
+    """Enqueue runs its script, then SADDs the queue only if the script set the queue's
+    `registered` flag; purge runs its script, then SREM, a count that clears the flag when the
+    queue is empty, and SADD if it is not. In every order the new task stays listed."""
+    runs, sent = await check_every_order(
+        redis_url, dead_in("q", unflagged=unflagged),
+        [enqueuing(message("new")), purging("q", [TaskState.DEAD])], ["q"], [("new", "q")],
+    )  # fmt: skip
+    # flagged: the enqueue's one call before the purge's script, or after its first 1, 2 or 3
+    # calls; old data: its two calls (it registers) among the purge's 1 to 4
+    assert runs == (10 if unflagged else 4)
+    assert ["purge", "SREM", "purge", "SADD"] in sent
+    assert (["enqueue", "SADD"] if unflagged else ["enqueue"]) in sent
+
+
+async def test_no_order_of_enqueue_and_two_purges_hides_a_task(redis_url: str) -> None:
+    """Two purges, one of the dead tasks and one of every state (which may take the new task
+    too): one's SREM may come after the other's count, or its count before the enqueue."""
+    runs, sent = await check_every_order(
+        redis_url, dead_in("q"),
+        [enqueuing(message("new")), purging("q", [TaskState.DEAD]), purging("q")],
+        ["q"], [("new", "q")],
+    )  # fmt: skip
+    assert runs == 292
+    assert ["enqueue", "SADD"] in sent
+
+
+async def test_no_order_of_two_enqueues_and_a_purge_hides_a_task(redis_url: str) -> None:
+    """After the purge emptied the queue, one enqueue may find the flag set by the other, whose
+    SADD is still to come."""
+    runs, sent = await check_every_order(
+        redis_url, dead_in("q"),
+        [enqueuing(message("a")), enqueuing(message("b")), purging("q")],
+        ["q"], [("a", "q"), ("b", "q")],
+    )  # fmt: skip
+    assert runs == 26
+    assert ["enqueue", "SADD"] in sent
+
+
+@pytest.mark.parametrize("purged", ["q", "r"])
+async def test_no_order_of_enqueue_many_and_a_purge_hides_a_task(
+    redis_url: str, purged: str
+) -> None:
+    """enqueue_many over a registered queue (q), one written before the flag existed (r) and a
+    new one (s): its three scripts, then one SADD of r and s, against a purge of q or r."""
+    runs, sent = await check_every_order(
+        redis_url, dead_in("q", "r", unflagged=["r"]),
+        [enqueuing(message("new-q"), message("new-r", queue="r"), message("new-s", queue="s")),
+         purging(purged, [TaskState.DEAD])],
+        ["q", "r", "s"], [("new-q", "q"), ("new-r", "r"), ("new-s", "s")],
+    )  # fmt: skip
+    assert runs == {"q": 35, "r": 45}[purged]
+    assert ["enqueue", "enqueue", "enqueue", "SADD"] in sent
 
 
 INCR = Script("incr_registry_test", "return redis.call('INCR', KEYS[1])")
@@ -247,10 +371,13 @@ async def test_a_foreign_key_fails_a_whole_chunk(backend: RedisBackend, foreign:
 async def test_a_foreign_registry_never_refuses_a_stored_task(
     backend: RedisBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The registry SADDs around the script both fail: the task the script stored is reported
-    stored (it is, and servers fetch it by queue name), and the registry's failure is logged."""
+    """The registry SADD after the script fails: the task the script stored is reported stored
+    (it is, and servers fetch it by queue name), the failure is logged, and the queue's flag is
+    cleared so that the next enqueue tries again."""
     await backend.transport.execute(Command(("SET", queues_key(backend.prefix), "foreign")))
     info = await backend.enqueue(message("a"))
+    registered = backend.keys("q").registered
+    assert await backend.transport.execute(Command(("EXISTS", registered))) == 0
     [other] = await backend.enqueue_many([message("b")])
     assert isinstance(other, TaskInfo)
     assert (info.id, other.id) == ("a", "b")
@@ -258,6 +385,99 @@ async def test_a_foreign_registry_never_refuses_a_stored_task(
     assert [t.id for t in await backend.fetch(["q"], 5, "c1", lease_ms=LEASE_MS)] == ["a", "b"]
     errors = [r for r in caplog.records if "registry did not list" in r.getMessage()]
     assert len(errors) == 2
+    await backend.transport.execute(Command(("DEL", queues_key(backend.prefix))))
+    await backend.enqueue(message("c"))
+    assert await backend.queues() == ["q"]
+
+
+class Recording(Stepped):
+    """Sends every call at once, recording each (command name or script name, and SADD's
+    arguments)."""
+
+    def __init__(self, inner: Transport) -> None:
+        async def open_gate() -> None:
+            pass
+
+        super().__init__(inner, open_gate)
+        self.sadds: list[tuple[Any, ...]] = []
+
+    async def _one(self, call: ScriptCall | Command) -> Any:
+        if isinstance(call, Command) and call.args[0] == "SADD":
+            self.sadds.append(tuple(call.args[2:]))
+        return await super()._one(call)
+
+
+async def test_only_a_queues_first_task_touches_the_registry(redis_url: str) -> None:
+    """The hot path: an enqueue into a registered queue sends its script only. The registry is
+    SADDed once per queue whose flag the script set: at its first task, after a purge emptied
+    it, or after the flag's TTL (or for data written before the flag existed)."""
+    inner = RedisPyTransport(redis.asyncio.Redis.from_url(redis_url))
+    recording = Recording(inner)
+    backend = RedisBackend(recording, prefix=f"t{uuid.uuid4().hex[:8]}", clock=FakeClock())
+    backend._first_call_checked = True
+    try:
+        await backend.enqueue(message("a"))
+        assert (recording.sent, recording.sadds) == (["enqueue", "SADD"], [("q",)])
+        ttl = await inner.execute(Command(("PTTL", backend.keys("q").registered)))
+        assert 0 < ttl <= 60_000
+        recording.sent.clear()
+        await backend.enqueue(message("b"))
+        await backend.enqueue_many([message(f"c{i}") for i in range(150)])  # two chunks
+        assert recording.sent == ["enqueue"] * 3
+        # a chunk of q, two of r, one of s: r and s SADDed at once
+        await backend.enqueue_many(
+            [message("d"), *(message(f"r{i}", queue="r") for i in range(101)),
+             message("s", queue="s"), message("a", queue="s")]
+        )  # fmt: skip
+        assert recording.sadds[1:] == [("r", "s")]
+        # a duplicate stores nothing: no flag set, nothing to register
+        await inner.execute(Command(("DEL", backend.keys("s").registered)))
+        await backend.enqueue_many([message("s", queue="s")])
+        assert recording.sadds[1:] == [("r", "s")]
+        # the flag gone (its TTL, or data written before it existed): registered again
+        await backend.enqueue(message("e", queue="s"))
+        assert recording.sadds[2:] == [("s",)]
+        assert await backend.queues() == ["q", "r", "s"]
+        assert await backend.purge("s") == 3
+        assert await inner.execute(Command(("EXISTS", backend.keys("s").registered))) == 0
+        await backend.enqueue(message("f", queue="s"))
+        assert recording.sadds[3:] == [("s",)]
+        assert await backend.queues() == ["q", "r", "s"]
+    finally:
+        await inner.aclose()
+
+
+async def test_a_lost_sadd_lasts_until_the_flag_expires(backend: RedisBackend) -> None:
+    """A queue whose flag is set but whose registry entry is gone (its producer died between
+    script and SADD; a purge by an older strego, whose count does not clear the flag) is not
+    listed by the next enqueues, until the flag's TTL ends: the next task registers it again."""
+    await backend.enqueue(message("a"))
+    registered = backend.keys("q").registered
+    await backend.transport.execute(Command(("SREM", queues_key(backend.prefix), "q")))
+    await backend.enqueue(message("b"))
+    assert await backend.queues() == []  # the flag still says "taken care of"
+    await backend.transport.execute(Command(("PEXPIRE", registered, 1)))
+    await anyio.sleep(0.01)
+    await backend.enqueue(message("c"))
+    assert await backend.queues() == ["q"]
+
+
+async def test_a_fired_schedule_registers_its_queue(backend: RedisBackend) -> None:
+    from conformance.test_schedules import definition
+
+    now = backend.clock()
+    info = await backend.put_schedule(definition(queue="cron"), now)
+    assert await backend.queues() == []
+    assert await backend.fire_schedule(info, now, now + 1000) is FireResult.FIRED
+    assert await backend.queues() == ["cron"]
+    assert await backend.purge("cron") == 1
+    assert await backend.queues() == []
+    info = (await backend.list_schedules()).schedules[0]
+    clock = backend.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(1000)
+    assert await backend.fire_schedule(info, now + 1000, now + 2000) is FireResult.FIRED
+    assert await backend.queues() == ["cron"]
 
 
 # -- purge batches --------------------------------------------------------------------------------

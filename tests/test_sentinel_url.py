@@ -7,6 +7,7 @@ import pytest
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.sentinel import SentinelTransport, parse_sentinel_url
 from strego.backends.redis.url import backend_options
+from strego.errors import InvalidTaskError
 
 
 def test_sentinels_service_and_db() -> None:
@@ -78,6 +79,20 @@ def test_backend_options() -> None:
         backend_options("redis://h?durable=maybe")
     with pytest.raises(ValueError):
         backend_options("redis://h?durable_timeout_ms=soon")
+
+
+def test_history_from_the_url() -> None:
+    """One URL turns history on for every process that uses it (CLI, web, workers)."""
+    assert backend_options("redis://h/0?history=true&history_cap=5000") == (
+        "redis://h/0", {"history": True, "history_cap": 5000},
+    )  # fmt: skip
+    assert RedisBackend.from_url("redis://h/0?history=yes&history_cap=7").history_cap == 7
+    assert RedisBackend.from_url("redis://h/0?history=false").history_cap == 0
+    assert RedisBackend.from_url("redis+cluster://h1:7000/0?history=1").history_cap > 0
+    with pytest.raises(ValueError):
+        backend_options("redis://h?history=sometimes")
+    with pytest.raises(InvalidTaskError):
+        RedisBackend.from_url("redis://h/0?history=1&history_cap=0")
 
 
 def test_from_url_picks_the_transport() -> None:

@@ -3,9 +3,7 @@ certificate made for the test by the openssl CLI."""
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +12,15 @@ import pytest
 
 from strego.backends.redis.anyio_transport import AnyioTransport
 from strego.backends.redis.transport import Command, Script, ScriptCall
-from strego.errors import BackendConnectionError
-from tests.redis_server import RedisServer, free_port, start_redis_server, unavailable
+from strego.errors import BackendCertificateError
+from tests.redis_server import (
+    RedisServer,
+    TlsFiles,
+    free_port,
+    make_certificate,
+    start_redis_server,
+    unavailable,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -24,28 +29,15 @@ INCR = Script("incr", "return redis.call('INCR', KEYS[1])")
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A self-signed certificate for 127.0.0.1 and localhost; its key is next to it as key.pem."""
-    if shutil.which("openssl") is None:
-        unavailable("the openssl CLI is not installed: cannot make a test certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert
+    """A self-signed certificate for 127.0.0.1 and localhost (tests.redis_server)."""
+    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")
 def tls_server(certificate: Path) -> Iterator[tuple[RedisServer, int]]:
     """A redis-server with a TLS port (and its plain port, which the fixture uses to see it up)."""
     tls_port = free_port()
-    key = certificate.parent / "key.pem"
+    key = TlsFiles(certificate).key
     args = [
         "--tls-port", str(tls_port),
         "--tls-cert-file", str(certificate),
@@ -100,8 +92,9 @@ async def test_cert_reqs_none_skips_verification(tls_server: tuple[RedisServer, 
 
 async def test_unknown_certificate_is_refused(tls_server: tuple[RedisServer, int]) -> None:
     _, port = tls_server
-    t = AnyioTransport.from_url(f"rediss://127.0.0.1:{port}", connect_attempts=1)
-    with pytest.raises(BackendConnectionError, match="could not connect"):
+    t = AnyioTransport.from_url(f"rediss://127.0.0.1:{port}")
+    # A BackendConnectionError that says why, raised at the first refusal: not retried.
+    with anyio.fail_after(1), pytest.raises(BackendCertificateError, match="could not connect"):
         await t.ping()
 
 

@@ -1,16 +1,20 @@
 """`strego web`: the web app (`strego.web.create_app`) on Redis, served by Hypercorn under asyncio
 or trio. Read-only unless --no-readonly; HTTP Basic when $STREGO_WEB_PASSWORD is set (user
-$STREGO_WEB_USER, default admin): a password on the command line would show in `ps`."""
+$STREGO_WEB_USER, default admin): a password on the command line would show in `ps`. With
+--postgres DSN, the task history in PostgreSQL (docs/history.md) gets a History tab and
+/api/v1/history."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import Any
 
 import anyio
 
 from strego.commands.common import DONE, USAGE, add_options, fail, redis_url
+from strego.errors import InvalidTaskError
 
 
 def _port(text: str) -> int:
@@ -58,9 +62,27 @@ def web(args: argparse.Namespace) -> int:
     from strego.backends.base import Backend
     from strego.backends.redis import RedisBackend
 
+    history = None
+    if args.postgres:
+        try:
+            import psycopg
+            from psycopg.conninfo import conninfo_to_dict
+
+            from strego.history.postgres import PostgresHistory
+        except ImportError as exc:
+            return fail(args, USAGE, "usage", f"{exc}: --postgres needs strego[postgres]")
+        try:
+            conninfo_to_dict(args.postgres)  # a malformed DSN is a usage error, now
+        except psycopg.ProgrammingError as exc:
+            return fail(args, USAGE, "usage", f"--postgres: {exc}")
+        # not connected here: PostgreSQL down makes the history pages answer 503, not the UI
+        history = PostgresHistory(args.postgres)
+
     try:
-        backend = RedisBackend.from_url(redis_url(args), prefix=args.prefix)
-    except ValueError as exc:
+        # with the history shown, the UI's own changes (retry, cancel, ...) are part of it too
+        on: dict[str, Any] = {"history": True} if history is not None else {}
+        backend = RedisBackend.from_url(redis_url(args), prefix=args.prefix, **on)
+    except (ValueError, InvalidTaskError) as exc:
         return fail(args, USAGE, "usage", str(exc))
     password = os.environ.get("STREGO_WEB_PASSWORD")
     basic = (os.environ.get("STREGO_WEB_USER") or "admin", password) if password else None
@@ -72,21 +94,30 @@ def web(args: argparse.Namespace) -> int:
             basic_auth=basic,
             snapshot_interval_s=args.interval,
             allowed_hosts=_allowed_hosts(args),
+            history=history,
         )
 
     mode = "read-only" if not args.no_readonly else "read-write"
     where = f"http://{args.host}:{args.port}{args.root_path}/"
-    print(f"strego web: {mode}, on {where} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    with_history = ", with the task history" if history is not None else ""
+    print(
+        f"strego web: {mode}{with_history}, on {where} (Ctrl-C stops)", file=sys.stderr, flush=True
+    )
 
     async def main() -> None:
-        await serve(
-            backend,
-            make_app,
-            host=args.host,
-            port=args.port,
-            root_path=args.root_path,
-            trio=args.trio,
-        )
+        try:
+            await serve(
+                backend,
+                make_app,
+                host=args.host,
+                port=args.port,
+                root_path=args.root_path,
+                trio=args.trio,
+            )
+        finally:
+            if history is not None:
+                with anyio.CancelScope(shield=True):
+                    await history.aclose()
 
     anyio.run(main, backend="trio" if args.trio else "asyncio")
     return DONE
@@ -122,5 +153,11 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=1.0,
         help="read the overview (queues, workers) from Redis at most once per this many seconds,"
         " however many clients poll it (1; 0 reads it for every request)",
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="the task history's PostgreSQL (what `strego history` fills): a History tab and"
+        " /api/v1/history; a password is best in PGPASSWORD or ~/.pgpass, not here",
     )
     parser.set_defaults(run=web)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from datetime import timedelta
@@ -41,6 +42,18 @@ def add_parser(commands: Any) -> None:
         "--batch", type=_positive, default=1000, help="events per transaction (default 1000)"
     )
     history.add_argument(
+        "--max-batch",
+        type=_positive,
+        help="while a backlog lasts the batch doubles up to this many events (default 20 x "
+        "--batch)",
+    )
+    history.add_argument(
+        "--connections",
+        type=_positive,
+        default=2,
+        help="batches in flight at once, each on a PostgreSQL connection of its own (default 2)",
+    )
+    history.add_argument(
         "--cap",
         type=_positive,
         default=DEFAULT_HISTORY_CAP,
@@ -53,6 +66,16 @@ def add_parser(commands: Any) -> None:
         help="drop history partitions older than this many days (hourly; default: keep all)",
     )
     history.add_argument("--until-idle", action="store_true", help="stop when no event is left")
+    history.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics at http://HOST:P/metrics: the drainer's counters and "
+        "each queue's backlog (needs strego[prometheus])",
+    )
+    history.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address to serve metrics on (0.0.0.0)"
+    )
     history.add_argument("--trio", action="store_true", help="run under trio instead of asyncio")
     history.add_argument(
         "--log-level",
@@ -62,6 +85,35 @@ def add_parser(commands: Any) -> None:
         help="logging level (default INFO)",
     )
     history.set_defaults(run=run)
+
+
+def _metrics(args: argparse.Namespace, backend: Any, history: Any) -> Any:
+    """`strego.prometheus.serve` on --metrics-port: the default registry with the drainer's
+    counters, and a BackendCollector of the backend (each queue's backlog, its tasks)."""
+    try:
+        from strego import prometheus
+    except ImportError as exc:
+        print(f"strego history: --metrics-port needs strego[prometheus]: {exc}", file=sys.stderr)
+        return None
+    prometheus.REGISTRY.register(prometheus.DrainerCollector(history))
+    return functools.partial(
+        prometheus.serve,
+        args.metrics_port,
+        host=args.metrics_host,
+        collector=prometheus.BackendCollector(backend),
+    )
+
+
+def _failure(exc: BaseException, kinds: tuple[type[Exception], ...]) -> BaseException | None:
+    """`exc` if it is of `kinds`, or the first such member of an exception group."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for member in exc.exceptions:
+            found = _failure(member, kinds)
+            if found is not None:
+                return found
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     from strego.backends.redis import RedisBackend
     from strego.errors import BackendError
 
+    if args.max_batch is not None and args.max_batch < args.batch:
+        print("strego history: --max-batch must be at least --batch", file=sys.stderr)
+        return 2
     try:
         backend = RedisBackend.from_url(
             args.redis, prefix=args.prefix, history=True, history_cap=args.cap
@@ -88,22 +143,50 @@ def run(args: argparse.Namespace) -> int:
         return 2
     history = PostgresHistory(args.postgres)
     retention = None if args.retention_days is None else timedelta(days=args.retention_days)
+    metrics = None if args.metrics_port is None else _metrics(args, backend, history)
+    if metrics is None and args.metrics_port is not None:
+        return 2
 
     async def main() -> None:
+        from strego.history.supervised import hand_on
+        from strego.server import consumer_name
+
+        consumer = consumer_name()
         try:
             await history.migrate()  # a wrong DSN fails here, not in the retry loop
-            await history.drain(backend, batch=args.batch, retention=retention,
-                                until_idle=args.until_idle)  # fmt: skip
+            drain = functools.partial(
+                history.drain,
+                backend,
+                batch=args.batch,
+                max_batch=args.max_batch,
+                connections=args.connections,
+                consumer=consumer,
+                retention=retention,
+                until_idle=args.until_idle,
+            )
+            if metrics is None:
+                await drain()
+                return
+            async with anyio.create_task_group() as group:
+                await group.start(metrics)
+                await drain()
+                group.cancel_scope.cancel()
         finally:
+            await hand_on(backend, consumer)  # Ctrl-C: what it read goes to the next drainer
             with anyio.CancelScope(shield=True):
                 await history.aclose()
                 await backend.aclose()
 
     try:
         anyio.run(main, backend="trio" if args.trio else "asyncio")
-    except KeyboardInterrupt:
-        return 0
-    except (psycopg.Error, BackendError) as exc:
-        print(f"strego history: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except BaseException as exc:  # alone, or in the group of the metrics server's task group
+        from strego.cli import _interrupted
+
+        if _interrupted(exc):
+            return 0
+        cause = _failure(exc, (psycopg.Error, BackendError))
+        if cause is None:
+            raise
+        print(f"strego history: {type(cause).__name__}: {cause}", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,6 +32,13 @@ DEFAULT_HISTORY_CAP = 1_000_000
 
 #: The consumer group the drainers read history streams with.
 GROUP = "strego-history"
+
+#: An entry read by a drainer and neither stored nor read again for this long (ms) is taken over
+#: by another drainer: its reader stopped (a live one reads its unstored entries again every
+#: retry, which makes them young again).
+CLAIM_IDLE_MS = 60_000
+#: How often (s) a drainer looks for such entries.
+CLAIM_EVERY_S = 30.0
 
 #: Event state letters (the record's, plus `g`: deleted) -> the state names stored.
 STATES = {
@@ -87,19 +95,80 @@ class HistorySource(Protocol):
         ...
 
 
-def history_source(backend: object) -> HistorySource:
-    """The history of a RedisBackend or MemoryBackend (created with history on)."""
+def history_source(backend: object, consumer: str | None = None) -> HistorySource:
+    """The history of a RedisBackend or MemoryBackend (created with history on). On Redis,
+    `consumer` is the drainer's name in the consumer group (default ``hostname:pid:random``,
+    unique per source): several drainers share the group, each reading other entries."""
     from strego.backends.memory import MemoryBackend
     from strego.backends.redis import RedisBackend
 
     if isinstance(backend, RedisBackend):
-        return RedisHistorySource(backend)
+        return RedisHistorySource(backend, consumer)
     if isinstance(backend, MemoryBackend):
         if backend.history is None:
             raise BackendError("the memory backend was created without history=True")
         backend.history.rewind()  # one reader, as Redis's one consumer: it starts over
         return backend.history
     raise TypeError(f"no history source for {type(backend).__name__}")
+
+
+async def release_history(backend: object, consumer: str) -> int:
+    """Hand the entries `consumer` (a stopped drainer) read and did not store to the next
+    drainer at once (RedisHistorySource.release); 0 on the memory backend (one reader)."""
+    from strego.backends.redis import RedisBackend
+
+    if not isinstance(backend, RedisBackend):
+        return 0
+    return await RedisHistorySource(backend, consumer).release()
+
+
+def history_cap(backend: object) -> int:
+    """The cap of `backend`'s history streams: 0 when its history is off (or it has none)."""
+    from strego.backends.memory import MemoryBackend
+
+    if isinstance(backend, MemoryBackend):
+        return 0 if backend.history is None else backend.history.history_cap
+    cap = getattr(backend, "history_cap", 0)
+    return cap if isinstance(cap, int) else 0
+
+
+def enable_history(backend: object, cap: int = DEFAULT_HISTORY_CAP) -> None:
+    """Turn history on for a RedisBackend or MemoryBackend before it is used (``strego worker
+    --history-postgres``); a backend with history on already keeps its cap."""
+    from strego.backends.memory import MemoryBackend
+    from strego.backends.redis import RedisBackend
+
+    if history_cap(backend):
+        return
+    if isinstance(backend, RedisBackend):
+        backend.history_cap = cap  # read by each script call (core.py `_call`)
+    elif isinstance(backend, MemoryBackend):
+        backend.history = MemoryHistoryLog(cap)
+    else:
+        raise TypeError(f"no history for {type(backend).__name__}")
+
+
+async def history_backlog(backend: object, queues: Sequence[str]) -> dict[str, int]:
+    """Per queue of `queues`, the entries of its history not stored yet, read without a
+    consumer group (for metrics: no drainer needed). A queue whose stream cannot be read (a key
+    of another type) is logged and left out; a lost connection raises."""
+    from strego.backends.memory import MemoryBackend
+    from strego.backends.redis import RedisBackend
+    from strego.backends.redis.transport import Command
+
+    if isinstance(backend, MemoryBackend):
+        waiting = await backend.history.history_backlog() if backend.history else {}
+        return {q: waiting.get(q, 0) for q in queues}
+    if not isinstance(backend, RedisBackend) or not queues:
+        return {}
+    calls = [Command(("XLEN", backend.keys(q).history), idempotent=True) for q in queues]
+    found: dict[str, int] = {}
+    for queue, reply in zip(queues, await backend.transport.pipeline(calls), strict=True):
+        if isinstance(reply, BaseException):
+            log.warning("history: reading the backlog of queue %s failed: %s", queue, reply)
+        else:
+            found[queue] = int(reply)
+    return found
 
 
 #: A Redis entry holds the events of one transition of several tasks: the k-th task's event is
@@ -137,28 +206,30 @@ def _events_of_entry(queue: str, entry_id: bytes, flat: list[bytes]) -> list[His
     head = dict(zip(flat[0:10:2], flat[1:10:2], strict=True))
     ms, n = (int(x) for x in entry_id.split(b"-"))
     state = head[b"s"].decode()
-    retried = head.get(b"r", b"")
-    common: dict[str, Any] = {
-        "queue": queue,
-        "state": STATES.get(state, state),
-        "at_ms": int(head[b"t"]),
-        "retried": int(retried) if retried else None,
-        "error": head[b"e"].decode(errors="replace") if head.get(b"e") else None,
-        "consumer": head[b"c"].decode(errors="replace") if head.get(b"c") else None,
-    }
+    state = STATES.get(state, state)
+    at_ms = int(head[b"t"])
+    retried_b, error_b, consumer_b = head.get(b"r"), head.get(b"e"), head.get(b"c")
+    retried = int(retried_b) if retried_b else None
+    error = error_b.decode(errors="replace") if error_b else None
+    consumer = consumer_b.decode(errors="replace") if consumer_b else None
     events = []
+    first = n * SEQ_SPREAD
+    # positional arguments: an entry holds up to hundreds of events, and keywords cost more
     for k, i in enumerate(range(10, len(flat) - 1, 2)):
         task_id, env = flat[i].decode(errors="replace"), flat[i + 1]
-        seq = (ms, n * SEQ_SPREAD + k)
+        seq = (ms, first + k)
         if env:
             try:
-                fields = _envelope(task_id, env)
+                f = _envelope(task_id, env)
             except (ValueError, IndexError):  # not an envelope: the event without its fields
                 log.warning("history: task %s of queue %s: unreadable envelope", task_id, queue)
-                fields = {}
-            events.append(HistoryEvent(seq=seq, task_id=task_id, **common, **fields))
-        else:
-            events.append(HistoryEvent(seq=seq, task_id=task_id, **common))
+            else:
+                events.append(HistoryEvent(
+                    queue, seq, task_id, state, at_ms, retried, error, consumer, f["type"],
+                    f["labels"], f["payload"], f["encoding"], f["created_ms"],
+                ))  # fmt: skip
+                continue
+        events.append(HistoryEvent(queue, seq, task_id, state, at_ms, retried, error, consumer))
     return events
 
 
@@ -180,23 +251,43 @@ def _entries(reply: Any, trimmed: list[bytes]) -> list[tuple[bytes, list[bytes]]
     return out
 
 
+def _id_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, n = entry_id.partition(b"-")
+    return int(ms), int(n or 0)
+
+
 class RedisHistorySource:
     """The history streams of every queue in the registry, read with the consumer group `GROUP`
     as `consumer`. One stream per queue (in the queue's hash tag) keeps every script in one
-    Cluster slot; queues are found in the registry at each read."""
+    Cluster slot; queues are found in the registry at each read.
 
-    def __init__(self, backend: RedisBackend, consumer: str = "drainer") -> None:
+    Drainers must have distinct consumer names (the default is unique), or one would read the
+    other's entries in flight as its own pending ones. The entries a stopped drainer read and
+    never stored stay pending under its name: every `CLAIM_EVERY_S` a drainer takes over those
+    idle for `CLAIM_IDLE_MS` (XAUTOCLAIM) and reads them first."""
+
+    def __init__(self, backend: RedisBackend, consumer: str | None = None) -> None:
         from strego.backends.redis.transport import Command
+        from strego.server import consumer_name
 
         self._backend = backend
-        self._consumer = consumer
+        self._consumer = consumer or consumer_name()
         self._command = Command
         self._grouped: set[str] = set()
         #: read the group's pending entries (read before, not acknowledged) first: at start (a
         #: drainer that stopped mid-batch) and after a batch was not stored
         self._pending_first = True
+        #: per queue, the last pending entry read in this pass over the pending entries: the
+        #: next read goes on after it (read from "0" again, the same entries would come twice)
+        self._pending_from: dict[str, bytes] = {}
         #: events per entry in the last read, to ask for about `count` events
         self._per_entry: float | None = None
+        #: when to look for entries a stopped drainer left (monotonic s): at the first read
+        self._claim_at = float("-inf")
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
 
     @property
     def history_cap(self) -> int:
@@ -219,18 +310,74 @@ class RedisHistorySource:
                 self._grouped.add(queue)
         return queues
 
+    async def _claim_idle(self, queues: Sequence[str]) -> None:
+        """Take over the entries other drainers read and left idle for CLAIM_IDLE_MS (their
+        drainer stopped): they become this one's pending entries, read first."""
+        calls = [
+            self._command(("XAUTOCLAIM", self._backend.keys(q).history, GROUP, self._consumer,
+                           CLAIM_IDLE_MS, "0-0", "COUNT", 1000, "JUSTID"))
+            for q in queues
+        ]  # fmt: skip
+        claimed = 0
+        for queue, reply in zip(queues, await self._backend.transport.pipeline(calls), strict=True):
+            if isinstance(reply, BaseException):
+                if "NOGROUP" not in str(reply):
+                    log.warning("history: taking over idle entries of queue %s failed: %s",
+                                queue, reply)  # fmt: skip
+                continue
+            claimed += len(reply[1])
+            if len(reply) > 2 and reply[2]:
+                log.error("history: %d events of queue %s were trimmed before being stored"
+                          " (the backlog passed the cap)", len(reply[2]), queue)  # fmt: skip
+        if claimed:
+            # a drainer stopped (handing them on) or died (after CLAIM_IDLE_MS)
+            log.info("history: took over %d entries another drainer read and did not store",
+                     claimed)  # fmt: skip
+            self.rewind()
+
+    async def release(self) -> int:
+        """Hand this drainer's pending entries (read, not stored) to the next drainer: they are
+        marked idle for longer than CLAIM_IDLE_MS, so another drainer takes them over at its
+        next look instead of a minute later. Returns how many."""
+        queues = await self._backend.queues()
+        calls = [
+            self._command(("XPENDING", self._backend.keys(q).history, GROUP, "-", "+", 10_000,
+                           self._consumer), idempotent=True)
+            for q in queues
+        ]  # fmt: skip
+        replies = await self._backend.transport.pipeline(calls) if calls else []
+        marks = []
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, BaseException) or not reply:  # NOGROUP: never drained
+                continue
+            marks.append(
+                self._command(("XCLAIM", self._backend.keys(queue).history, GROUP, self._consumer,
+                               0, *(entry[0] for entry in reply), "IDLE", 1000 * CLAIM_IDLE_MS,
+                               "JUSTID"),
+                              idempotent=True)
+            )  # fmt: skip
+        released = 0
+        for reply in await self._backend.transport.pipeline(marks) if marks else []:
+            if not isinstance(reply, BaseException):
+                released += len(reply)
+        return released
+
     async def read_history(self, count: int) -> list[HistoryEvent]:
         queues = await self._queues()
         if not queues:
             return []
-        start = "0" if self._pending_first else ">"
+        if time.monotonic() >= self._claim_at:
+            self._claim_at = time.monotonic() + CLAIM_EVERY_S
+            await self._claim_idle(queues)
+        pending = self._pending_first
         # COUNT is in entries, of one or many events each (a batch): by the last read's mean
         # (before any read: at most 100 entries, as an entry may hold hundreds of events)
         per_entry = self._per_entry or max(1.0, count / 100)
         per_queue = max(1, int(count / len(queues) / per_entry))
         calls = [
             self._command(("XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", per_queue,
-                           "STREAMS", self._backend.keys(q).history, start))
+                           "STREAMS", self._backend.keys(q).history,
+                           self._pending_from.get(q, b"0") if pending else ">"))
             for q in queues
         ]  # fmt: skip
         replies = await self._backend.transport.pipeline(calls)
@@ -243,9 +390,12 @@ class RedisHistorySource:
                     continue
                 raise reply
             trimmed: list[bytes] = []
-            for entry_id, flat in _entries(reply, trimmed):
+            found = _entries(reply, trimmed)
+            for entry_id, flat in found:
                 events += _events_of_entry(queue, entry_id, flat)
                 entries += 1
+            if pending and (found or trimmed):
+                self._pending_from[queue] = max([e for e, _ in found] + trimmed, key=_id_order)
             if trimmed:
                 # trimmed by the cap while pending (read, never stored): lost; acknowledged, so
                 # that re-reading the pending entries goes past them
@@ -258,15 +408,18 @@ class RedisHistorySource:
                 dropped += len(trimmed)
         if entries:
             self._per_entry = max(1.0, len(events) / entries)
-        if start == "0" and not events:
+        if pending and not events:
             # the entries read before and never acknowledged are all stored (or were trimmed,
             # and more may follow them): new ones now
             self._pending_first = dropped > 0
+            if not self._pending_first:
+                self._pending_from.clear()
             return await self.read_history(count)
         return events
 
     def rewind(self) -> None:
         self._pending_first = True
+        self._pending_from.clear()
 
     async def ack_history(self, events: Sequence[HistoryEvent]) -> None:
         by_queue: dict[str, list[str]] = {}

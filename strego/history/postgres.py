@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import logging
+import operator
 import re
 import threading
 import time
@@ -35,6 +36,9 @@ T = TypeVar("T")
 
 #: Events per batch: one transaction, two statements (events, then tasks).
 BATCH = 1000
+#: While a backlog lasts (reads come back at least half full), the batch doubles up to this many
+#: times `batch`: a task's events then tend to fall in one batch and make one row write, not three.
+GROW = 20
 #: The most tasks one search returns.
 MAX_LIMIT = 1000
 #: A WARNING when a queue's backlog reaches this share of its stream's cap.
@@ -106,6 +110,10 @@ class DrainStats:
     lag_by_queue: dict[str, int] = attrs.field(factory=dict)
     #: when the last batch was committed (time.time()), None before
     last_commit: float | None = None
+    #: the events asked for at the last read: `batch`, more while a backlog lasts
+    batch_size: int = 0
+    #: when `drain` last started (time.time()), None before
+    started: float | None = None
 
 
 def _ms_to_dt(ms: int) -> datetime:
@@ -132,16 +140,20 @@ def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
     """One task row per task of `events`: the state of its newest event (by seq), its enqueue's
     fields, its newest error. The same set of events gives the same rows in any order."""
     rows: dict[str, dict[str, Any]] = {}
-    for e in sorted(events, key=lambda e: (e.queue, e.seq)):
+    for e in sorted(events, key=_event_order):
         row = rows.get(e.task_id)
         if row is None:
             row = rows[e.task_id] = {
-                "id": e.task_id, "created_ms": _created_ms(e.task_id), "queue": e.queue,
-                "type": None, "labels": None, "payload": None, "encoding": None,
-                "enqueued_ms": None, "retried": None, "error": None, "error_seq": None,
-                "words": None,
+                "id": e.task_id, "created_ms": _created_ms(e.task_id), "type": None,
+                "labels": None, "payload": None, "encoding": None, "enqueued_ms": None,
+                "retried": None, "error": None, "error_seq": None, "words": None,
             }  # fmt: skip
-        row.update(state=e.state, at_ms=e.at_ms, seq=e.seq, consumer=e.consumer, queue=e.queue)
+        # plain item stores: this runs for every event of a batch
+        row["state"] = e.state
+        row["at_ms"] = e.at_ms
+        row["seq"] = e.seq
+        row["consumer"] = e.consumer
+        row["queue"] = e.queue
         if e.retried is not None:
             row["retried"] = e.retried
         if e.error is not None:
@@ -152,6 +164,9 @@ def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
                 encoding=e.encoding, enqueued_ms=e.created_ms, words=_words(e),
             )  # fmt: skip
     return list(rows.values())
+
+
+_event_order = operator.attrgetter("queue", "seq")
 
 
 _COPY_EVENTS = (
@@ -189,6 +204,9 @@ SELECT id, to_timestamp(created_ms / 1000.0), queue, type, state, labels::jsonb,
     to_timestamp(at_ms / 1000.0), seq_ms, seq_n, error_seq_ms, error_seq_n,
     to_tsvector('simple', words)
 FROM strego_tasks_in
+-- one order for every batch: two batches in flight that share tasks lock their rows in the same
+-- order, so they wait for each other instead of deadlocking
+ORDER BY created_ms, id
 ON CONFLICT (created_at, id) DO UPDATE SET
     type = coalesce(t.type, excluded.type),
     labels = coalesce(t.labels, excluded.labels),
@@ -282,20 +300,29 @@ class PostgresHistory:
 
     # -- connection -------------------------------------------------------------------------------
 
+    def _connect(self) -> _Conn:
+        conn = psycopg.connect(
+            self.dsn,
+            autocommit=True,
+            connect_timeout=self.connect_timeout,
+            application_name="strego-history",
+        )
+        if not self._migrated:
+            try:
+                schema.migrate(conn)  # an advisory lock serializes concurrent callers
+            except BaseException:
+                conn.close()
+                raise
+            self._migrated = True
+        return conn
+
     def _connection(self) -> _Conn:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            self._conn = psycopg.connect(
-                self.dsn,
-                autocommit=True,
-                connect_timeout=self.connect_timeout,
-                application_name="strego-history",
-            )
+            self._conn = None
+            self._conn = self._connect()
             self._partitions = set()
-        if not self._migrated:
-            schema.migrate(self._conn)
-            self._migrated = True
         return self._conn
 
     def _sync(self, fn: Callable[[_Conn], T]) -> T:
@@ -325,17 +352,19 @@ class PostgresHistory:
 
     # -- storing ----------------------------------------------------------------------------------
 
-    def _store(self, conn: _Conn, events: Sequence[HistoryEvent]) -> None:
+    def _store(
+        self, conn: _Conn, events: Sequence[HistoryEvent], known: set[str] | None = None
+    ) -> None:
+        """One batch in one transaction on `conn`; `known`: the partitions `conn` has seen
+        (per connection: another's may not be committed yet)."""
+        known = self._partitions if known is None else known
         rows = fold(events)
         with conn.transaction():
             schema.ensure_partitions(
-                conn, "strego_events", {schema.day_of(e.at_ms) for e in events}, self._partitions
+                conn, "strego_events", schema.days_of(e.at_ms for e in events), known
             )
             schema.ensure_partitions(
-                conn,
-                "strego_tasks",
-                {schema.day_of(r["created_ms"]) for r in rows},
-                self._partitions,
+                conn, "strego_tasks", schema.days_of(r["created_ms"] for r in rows), known
             )
             self._insert_events(conn, events)
             conn.execute(_STAGE_TASKS)
@@ -354,12 +383,16 @@ class PostgresHistory:
     def _insert_events(conn: _Conn, events: Sequence[HistoryEvent]) -> None:
         """COPY the events (the fast way); when some are stored already (a batch read again),
         COPY fails on the primary key, and they go through INSERT ... ON CONFLICT DO NOTHING."""
+        at: dict[int, datetime] = {}  # the events of one entry share their time
         try:
             with conn.transaction(), conn.cursor().copy(_COPY_EVENTS) as copy:
                 for e in events:
+                    when = at.get(e.at_ms)
+                    if when is None:
+                        when = at[e.at_ms] = _ms_to_dt(e.at_ms)
                     copy.write_row((
-                        _ms_to_dt(e.at_ms), e.queue, e.seq[0], e.seq[1], e.task_id, e.state,
-                        e.retried, e.error, e.consumer,
+                        when, e.queue, e.seq[0], e.seq[1], e.task_id, e.state, e.retried,
+                        e.error, e.consumer,
                     ))  # fmt: skip
         except psycopg.errors.UniqueViolation:
             conn.execute(
@@ -384,98 +417,44 @@ class PostgresHistory:
         backend: object,
         *,
         batch: int = BATCH,
+        max_batch: int | None = None,
+        connections: int = 2,
         poll_s: float = 0.1,
         retry_s: float = 1.0,
         lag_every_s: float = 5.0,
         retention: timedelta | None = None,
         until_idle: bool = False,
+        consumer: str | None = None,
     ) -> None:
         """Store the history events of `backend` (a RedisBackend or MemoryBackend with
         history on) as they come, `batch` per transaction, acknowledging each batch after it
-        commits. PostgreSQL down: the batch is logged and read again every `retry_s` (nothing
-        lost while the streams stay under their cap; a WARNING as a backlog nears it). With
-        `retention`, partitions older than that are dropped once an hour. Runs until cancelled
-        (`until_idle`: until no event is left)."""
+        commits. While a backlog lasts (reads come back at least half full) the batch doubles,
+        up to `max_batch` (default `GROW` times `batch`), and it is back to `batch` once a read
+        is not: fewer, larger transactions, in which a task's events fold into one row write.
+        Up to `connections` batches are in flight, each on a connection of its own (one is read
+        from Redis while another is written). PostgreSQL down: the batch is logged and read
+        again every `retry_s`, from `batch` events (nothing lost while the streams stay under
+        their cap; a WARNING as a backlog nears it). With `retention`, partitions older than
+        that are dropped once an hour. Runs until cancelled (`until_idle`: until no event is
+        left). On Redis, `consumer` names this drainer in the consumer group (default: unique,
+        ``hostname:pid:random``; its batches in flight share it); several drainers may run at
+        once, each under its own name."""
         if batch < 1:
             raise InvalidTaskError(f"batch must be at least 1, got {batch}")
-        source = history_source(backend)
-        last_lag = last_prune = float("-inf")
-        down_since: float | None = None
-        #: the next batch, read while the last one was being stored
-        ahead: list[HistoryEvent] | None = None
-        while True:
-            now = time.monotonic()
-            if now - last_lag >= lag_every_s:
-                with contextlib.suppress(BackendError):  # a failing read says so below
-                    await self._look_at_lag(source)
-                last_lag = now
-            if retention is not None and now - last_prune >= 3600:
-                try:
-                    await self.drop_partitions(datetime.now(UTC) - retention)
-                    last_prune = now
-                except psycopg.Error as exc:
-                    log.warning("history: dropping old partitions failed: %s", exc)
-            try:
-                events = ahead if ahead is not None else await source.read_history(batch)
-                ahead = None
-            except BackendError as exc:
-                log.error("history: reading the events failed (again in %.1f s): %s", retry_s, exc)
-                source.rewind()
-                await anyio.sleep(retry_s)
-                continue
-            if not events:
-                if until_idle:
-                    await self._look_at_lag(source)
-                    return
-                await anyio.sleep(poll_s)
-                continue
-            failed: list[psycopg.Error] = []
-            # store this batch (in a worker thread) while the next one is read
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._store_into, events, failed)
-                try:
-                    ahead = await source.read_history(batch)
-                except BackendError:
-                    source.rewind()  # its reply may be lost: read the pending entries again
-            if failed:
-                ahead = None  # read again with the failed batch
-                source.rewind()
-                self.stats.failures += 1
-                if down_since is None:
-                    down_since = now
-                with contextlib.suppress(BackendError):
-                    await self._look_at_lag(source)
-                last_lag = now
-                log.error(
-                    "history: PostgreSQL failed, %d events kept in Redis to store again"
-                    " (PostgreSQL failing for %.0f s, %d events waiting): %s",
-                    len(events), now - down_since, self.stats.lag, failed[0],
-                )  # fmt: skip
-                await anyio.sleep(retry_s)
-                continue
-            if down_since is not None:
-                log.warning(
-                    "history: PostgreSQL is back after %.0f s", time.monotonic() - down_since
-                )
-                down_since = None
-            try:
-                await source.ack_history(events)
-            except BackendError as exc:
-                # stored but not acknowledged: they come again, and storing them again is a no-op
-                log.error("history: acknowledging a stored batch failed: %s", exc)
-                source.rewind()
-                await anyio.sleep(retry_s)
-                continue
-            self.stats.stored += len(events)
-            self.stats.last_commit = time.time()
-
-    async def _store_into(
-        self, events: Sequence[HistoryEvent], failed: list[psycopg.Error]
-    ) -> None:
-        try:
-            await self.store(events)
-        except psycopg.Error as exc:
-            failed.append(exc)
+        if max_batch is None:
+            max_batch = GROW * batch
+        elif max_batch < batch:
+            raise InvalidTaskError(f"max_batch must be at least batch ({batch}), got {max_batch}")
+        if connections < 1:
+            raise InvalidTaskError(f"connections must be at least 1, got {connections}")
+        source = history_source(backend, consumer)
+        self.stats.started = time.time()
+        run = _Drain(self, source, batch, max_batch, retry_s, lag_every_s, retention)
+        async with anyio.create_task_group() as tg:
+            for _ in range(connections):
+                tg.start_soon(run.worker, poll_s, until_idle)
+        if until_idle:
+            await self._look_at_lag(source)
 
     async def _look_at_lag(self, source: HistorySource) -> None:
         backlog = await source.history_backlog()
@@ -591,3 +570,144 @@ class PostgresHistory:
         """Drop the day partitions wholly before `before` (retention without DELETE)."""
         day = before.date() if isinstance(before, datetime) else before
         return await self._run(lambda conn: schema.drop_before(conn, day))
+
+
+class _Writer:
+    """A connection of the drainer's own, for one batch in flight at a time."""
+
+    def __init__(self, history: PostgresHistory) -> None:
+        self._history = history
+        self._conn: _Conn | None = None
+        #: the partitions this connection has made or seen
+        self._known: set[str] = set()
+
+    def store(self, events: Sequence[HistoryEvent]) -> None:  # in a worker thread
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            self._conn = self._history._connect()
+        try:
+            self._history._store(self._conn, events, self._known)
+        except psycopg.OperationalError:
+            self.close()  # made again at the next batch
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self._known = set()
+
+
+class _Drain:
+    """One `drain` call: its workers share the source, the batch size and the outage state.
+    Reads (and rewinds) take turns under a lock; stores run at once, on a connection each."""
+
+    def __init__(
+        self,
+        history: PostgresHistory,
+        source: HistorySource,
+        batch: int,
+        max_batch: int,
+        retry_s: float,
+        lag_every_s: float,
+        retention: timedelta | None,
+    ) -> None:
+        self.history, self.source, self.stats = history, source, history.stats
+        self.batch, self.max_batch, self.retry_s = batch, max_batch, retry_s
+        self.lag_every_s, self.retention = lag_every_s, retention
+        self.size = self.stats.batch_size = batch
+        self.reading = anyio.Lock()
+        self.last_lag = self.last_prune = float("-inf")
+        self.down_since: float | None = None
+
+    async def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self.last_lag >= self.lag_every_s:
+            with contextlib.suppress(BackendError):  # a failing read says so below
+                await self.history._look_at_lag(self.source)
+            self.last_lag = now
+        if self.retention is not None and now - self.last_prune >= 3600:
+            try:
+                await self.history.drop_partitions(datetime.now(UTC) - self.retention)
+                self.last_prune = now
+            except psycopg.Error as exc:
+                log.warning("history: dropping old partitions failed: %s", exc)
+
+    async def _read(self) -> list[HistoryEvent] | None:
+        """The next batch ([]: none waiting; None: Redis failed)."""
+        async with self.reading:
+            await self._housekeeping()
+            try:
+                events = await self.source.read_history(self.size)
+            except BackendError as exc:
+                log.error(
+                    "history: reading the events failed (again in %.1f s): %s", self.retry_s, exc
+                )
+                self.source.rewind()  # its reply may be lost: read the pending entries again
+                return None
+            # follow the backlog: a read at least half full (Redis counts entries, of one or
+            # many events each, so a full read is only about `size`) asks for twice as many
+            full = 2 * len(events) >= self.size
+            self.size = min(2 * self.size, self.max_batch) if full else self.batch
+            self.stats.batch_size = self.size
+            return events
+
+    async def _failed(self, events: list[HistoryEvent], exc: psycopg.Error) -> None:
+        async with self.reading:
+            # read again from the last commit (the batches in flight may be stored twice,
+            # which changes nothing), `batch` events at first
+            self.source.rewind()
+            self.size = self.stats.batch_size = self.batch
+            now = time.monotonic()
+            self.stats.failures += 1
+            if self.down_since is None:
+                self.down_since = now
+            with contextlib.suppress(BackendError):
+                await self.history._look_at_lag(self.source)
+            self.last_lag = now
+        log.error(
+            "history: PostgreSQL failed, %d events kept in Redis to store again"
+            " (PostgreSQL failing for %.0f s, %d events waiting): %s",
+            len(events), now - self.down_since, self.stats.lag, exc,
+        )  # fmt: skip
+
+    async def worker(self, poll_s: float, until_idle: bool) -> None:
+        writer = _Writer(self.history)
+        try:
+            while True:
+                events = await self._read()
+                if events is None:
+                    await anyio.sleep(self.retry_s)
+                    continue
+                if not events:
+                    if until_idle:
+                        return
+                    await anyio.sleep(poll_s)
+                    continue
+                try:
+                    await anyio.to_thread.run_sync(writer.store, events)
+                except psycopg.Error as exc:
+                    await self._failed(events, exc)
+                    await anyio.sleep(self.retry_s)
+                    continue
+                if self.down_since is not None:
+                    log.warning(
+                        "history: PostgreSQL is back after %.0f s",
+                        time.monotonic() - self.down_since,
+                    )
+                    self.down_since = None
+                try:
+                    await self.source.ack_history(events)
+                except BackendError as exc:
+                    # stored but not acknowledged: they come again, and storing them again
+                    # is a no-op
+                    log.error("history: acknowledging a stored batch failed: %s", exc)
+                    async with self.reading:
+                        self.source.rewind()
+                    await anyio.sleep(self.retry_s)
+                    continue
+                self.stats.stored += len(events)
+                self.stats.last_commit = time.time()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(writer.close)

@@ -7,6 +7,7 @@ that both give the same catalog, so the two cannot drift apart."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 
@@ -66,6 +67,14 @@ def day_of(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000, UTC).date()
 
 
+_DAY_MS = 86_400_000
+
+
+def days_of(times_ms: Iterable[int]) -> set[date]:
+    """The UTC days of epoch milliseconds (by integer division: a batch has thousands)."""
+    return {NO_TIME_DAY + timedelta(days=d) for d in {ms // _DAY_MS for ms in times_ms}}
+
+
 def partition_name(table: str, day: date) -> str:
     return f"{table}_p{day:%Y%m%d}"
 
@@ -73,11 +82,19 @@ def partition_name(table: str, day: date) -> str:
 def ensure_partitions(
     conn: psycopg.Connection[tuple[object, ...]], table: str, days: set[date], known: set[str]
 ) -> None:
-    """Create the day partitions of `table` that `days` need and `known` lacks (adds them)."""
+    """Create the day partitions of `table` that `days` need and `known` lacks (adds them).
+    Called in the batch's transaction: a lock held to its end keeps two drainers from creating
+    the same partition at once (IF NOT EXISTS alone races: "relation already exists")."""
+    locked = False
     for day in sorted(days):
         name = partition_name(table, day)
         if name in known:
             continue
+        if not locked:
+            # two batches in flight may need the same new day: the second waits for the first
+            # to commit (the lock is the transaction's), then finds the partition made
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('strego_history_partitions'))")
+            locked = True
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         end = start + timedelta(days=1)
         conn.execute(

@@ -1,7 +1,7 @@
 -- enqueue: new tasks -> pending (XADD to their priority stream) or scheduled (due later),
 -- taking each unique key in the same step.
 -- KEYS: streams, tasks, scheduled, retry, unique, unique_exp, signal, completed, dead, cancelled,
---       ready
+--       ready, registered
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 completed_ttl_ms, 4 dead_ttl_ms, then 3 per task:
 --       id, options, envelope; options '' = the defaults (pending now, priority 0, max_retry 3,
 --       no unique key), else 'due,priority,max_retry,unique_ttl_ms,unique_key' (due '' = now,
@@ -9,12 +9,15 @@
 --       not after now; unique_key '' = none). Three arguments, not seven, keep a big batch
 --       cheap to send.
 -- Returns one reply per task: {'OK', 'p'} (pending) | {'OK', due ms} (scheduled) |
---         {'DUPLICATE', holder_id} | {'ID_CONFLICT', ''}
+--         {'DUPLICATE', holder_id} | {'ID_CONFLICT', ''}; then one more element, 'REGISTER', when
+--         a task was stored and the queue's `registered` flag was unset (lib/registered.lua): the
+--         caller SADDs the queue to the registry
 -- All or nothing: every key the call will write is checked before the first write, so a key of
 -- another type (written by something else) fails the whole call with WRONGTYPE, nothing written.
 --#include lib/record.lua
 --#include lib/ready.lua
 --#include lib/history.lua
+--#include lib/registered.lua
 local now, group = clock(ARGV[1]), ARGV[2]
 local refused = ready_refused(K.ready)  -- before any write
 if refused then return refused end
@@ -118,4 +121,5 @@ end
 if pushed then ready_moved() end
 history_pairs('p', now, hist_p, 0)
 history_pairs('s', now, hist_s, 0)
+if next(taken) and newly_registered(K.registered) then out[#out + 1] = 'REGISTER' end
 return out

@@ -1,16 +1,20 @@
 -- fire_schedule: a schedule's due tick -> its task pending (XADD to its priority stream), and the
 -- schedule on to its next tick, only if the schedule still holds the tick the caller saw: any
 -- number of servers may try a tick, one fires it (no leader, no lock).
--- KEYS: streams, tasks, crons, ready
+-- KEYS: streams, tasks, crons, ready, registered
 -- ARGV: 1 now ('' = Redis TIME), 2 group, 3 schedule id, 4 revision seen, 5 next tick seen (ms),
 --       6 tick to fire (ms), 7 next tick after it (ms), 8 the tick's task id ('' = skip the
 --       tick: enqueue nothing), 9 priority, 10 max_retry, 11 envelope
--- Returns 'FIRED' | 'STALE' (the revision or next tick moved on, or the schedule is gone; nothing
--- written) | 'EARLY' (the tick is after now by this script's clock; nothing written)
+-- Returns 'FIRED' | 'FIRED_REGISTER' (fired, and the task it stored found the queue's
+-- `registered` flag unset: the caller SADDs the queue to the registry) | 'STALE' (the revision
+-- or next tick moved on, or the schedule is gone; nothing written) | 'EARLY' (the tick is after
+-- now by this script's clock; nothing written)
 --#include lib/record.lua
 --#include lib/ready.lua
 --#include lib/history.lua
+--#include lib/registered.lua
 local now, group, id, task_id = clock(ARGV[1]), ARGV[2], ARGV[3], ARGV[8]
+local fired = 'FIRED'
 local state = redis.call('HGET', K.crons, id)
 if not state then return 'STALE' end
 local rev, seen, last = string.match(state, '^(%d+),(%-?%d+),(.*)$')
@@ -28,8 +32,9 @@ if task_id ~= '' then
     redis.call('HSET', K.tasks, task_id, build(h))
     ready_moved()
     history_pairs('p', now, {task_id, ARGV[11]}, 0)
+    if newly_registered(K.registered) then fired = 'FIRED_REGISTER' end
   end
   last = ARGV[6] .. ',' .. task_id
 end
 redis.call('HSET', K.crons, id, rev .. ',' .. ARGV[7] .. ',' .. last)
-return 'FIRED'
+return fired

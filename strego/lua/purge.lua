@@ -6,9 +6,12 @@
 -- which the deletes move on), then the streams p0..p10 from the cursor `<priority> <entry id>`
 -- (the last entry looked at: entries of active tasks stay, so the next call starts after them).
 -- Retained tasks whose retention ended are deleted but not counted (they were already gone).
--- KEYS: streams, tasks, scheduled, retry, dead, completed, cancelled, unique, unique_exp
+-- KEYS: streams, tasks, scheduled, retry, dead, completed, cancelled, unique, unique_exp,
+--       registered
 -- ARGV: 1 now ('' = Redis TIME), 2 completed_ttl_ms, 3 dead_ttl_ms, 4 limit, 5 cursor ('' = start), 6 state
---       letters to purge (a subset of 'sprdcx'; '' only counts the tasks left)
+--       letters to purge (a subset of 'sprdcx'; '' only counts the tasks left, and clears the
+--       queue's `registered` flag when none is left: the caller has just SREMed the queue from
+--       the registry, lib/registered.lua)
 -- Returns {deleted, the cursor to call again from, tasks left in the queue (retention ended: not
 --          counted) once done, else -1}: the caller calls again until `left` is not -1.
 -- A record that does not parse, met through its zset or stream entry, is deleted with it (it
@@ -33,6 +36,7 @@ local function done(next_cursor)
   for _, spec in ipairs({{K.dead, ARGV[3]}, {K.completed, ARGV[2]}, {K.cancelled, ARGV[2]}}) do
     left = left - redis.call('ZCOUNT', spec[1], '-inf', add_ms(now, -tonumber(spec[2])))
   end
+  if states == '' and left == 0 then redis.call('DEL', K.registered) end
   return {n, '', left}
 end
 if cursor == '' then

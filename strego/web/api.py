@@ -4,7 +4,7 @@ contract only, through `strego.operate` (the CLI's operations too); refusals are
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from starlette.requests import Request
@@ -25,9 +25,13 @@ from strego.report import (
     unreadable_view,
 )
 from strego.task import TaskState
+from strego.web.history import HistoryApi
 from strego.web.openapi import document
 from strego.web.responses import JsonResponse
 from strego.web.shared import Shared
+
+if TYPE_CHECKING:
+    from strego.history.postgres import PostgresHistory
 
 #: The minutes of per-minute history a queue's summary shows.
 HISTORY_MINUTES = 60
@@ -80,10 +84,19 @@ def _snapshot(
 
 
 class Api:
-    """The routes, bound to one backend and the reads shared by every caller."""
+    """The routes, bound to one backend and the reads shared by every caller (and to the task
+    history in PostgreSQL, when there is one)."""
 
-    def __init__(self, backend: Backend, *, snapshot_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        snapshot_interval_s: float = 1.0,
+        history: PostgresHistory | None = None,
+    ) -> None:
         self.backend = backend
+        self.history = history
+        self._history_api = HistoryApi(history)
         #: every queue's summary, read once per interval whatever the number of pollers
         self.overview: Shared[Snapshot] = Shared(self._overview, snapshot_interval_s)
         self.workers: Shared[Snapshot] = Shared(self._workers, snapshot_interval_s)
@@ -106,6 +119,8 @@ class Api:
             Route("/tasks/{id}/run", self.run_task, methods=["POST"]),
             Route("/workers", self.list_workers),
             Route("/schedules", self.list_schedules),
+            Route("/history", self._history_api.search),
+            Route("/history/{id}", self._history_api.story),
         ]
 
     def changed(self) -> None:

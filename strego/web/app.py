@@ -7,6 +7,7 @@ another ASGI app or behind a proxy."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,6 +23,9 @@ from strego.web.responses import EXCEPTION_HANDLERS
 from strego.web.security import AuthHook, Guard
 from strego.web.ui import UI
 
+if TYPE_CHECKING:
+    from strego.history.postgres import PostgresHistory
+
 #: The API's version prefix; a new version is a new mount beside it.
 API_PREFIX = "/api/v1"
 
@@ -36,6 +40,7 @@ def create_app(
     allowed_hosts: Collection[str] | None = None,
     snapshot_interval_s: float = 1.0,
     metrics: bool = True,
+    history: PostgresHistory | None = None,
 ) -> Starlette:
     """The web app on `backend`. Read-only unless `readonly=False` (every mutation answers 405
     otherwise). `auth` is called with each request and refuses it (403) by returning false;
@@ -47,14 +52,16 @@ def create_app(
     overview (queues, workers) is read from the backend at most once per interval, however many
     clients poll it. `metrics`: serve the Prometheus exposition at /metrics (this process's
     registry and the backend's queues, read at most once per `snapshot_interval_s`) when
-    prometheus-client is installed; behind the same gate as every route."""
+    prometheus-client is installed; behind the same gate as every route. `history`: the task
+    history in PostgreSQL (`strego.history.PostgresHistory`): a History tab (search, each task's
+    story) and /api/v1/history; without it those answer 404 and the tab is absent."""
     if basic_auth is not None and (
         not isinstance(basic_auth, tuple)
         or len(basic_auth) != 2
         or not all(isinstance(part, str) and part for part in basic_auth)
     ):
         raise ValueError("basic_auth is a (user, password) pair of non-empty strings")
-    api = Api(backend, snapshot_interval_s=snapshot_interval_s)
+    api = Api(backend, snapshot_interval_s=snapshot_interval_s, history=history)
     ui = UI(api, readonly=readonly)  # the web UI at /, on the same shared reads
     routes: list[BaseRoute] = [Mount(API_PREFIX, routes=api.routes()), *ui.routes()]
     scrape: Route | None = metrics_route(backend, snapshot_interval_s) if metrics else None

@@ -8,9 +8,12 @@ from typing import Any
 
 from strego import __version__
 from strego.backends.base import MAX_MINUTES, MAX_PAGE
+from strego.history.events import STATES as _HISTORY_STATE_LETTERS
 from strego.task import TaskState
+from strego.web.history import MAX_LIMIT as _HISTORY_LIMIT
 
 _STATES = [s.value for s in TaskState]
+_HISTORY_STATES = list(_HISTORY_STATE_LETTERS.values())
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -41,6 +44,11 @@ def _action(summary: str, params: list[Any], result: str, *statuses: int) -> dic
         "responses": {"200": _json(_ref(result), "done"), **_errors(403, 405, *statuses, 503)},
     }
 
+
+_HISTORY = (
+    "needs the task history (strego web --postgres DSN): 404 `not_configured` without it, 503 when"
+    " its PostgreSQL cannot be read"
+)
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -207,6 +215,53 @@ _SCHEMAS: dict[str, Any] = {
             "state": {**_NULLABLE_STR, "description": "the task's state after (null: deleted)"},
         },
     },
+    "HistoryTask": {
+        "type": "object",
+        "description": "a task as the history last saw it (it outlives Redis's retention)",
+        "properties": {
+            "id": {"type": "string"},
+            "queue": {"type": "string"},
+            "type": {**_NULLABLE_STR, "description": "null when its enqueue was not recorded"},
+            "state": {"enum": _HISTORY_STATES},
+            "created_ms": {"type": "integer", "description": "from its id (0: no time in it)"},
+            "updated_ms": {"type": "integer", "description": "its last event"},
+            "enqueued_ms": _NULLABLE_INT,
+            "retried": _NULLABLE_INT,
+            "last_error": _NULLABLE_STR,
+            "consumer": {**_NULLABLE_STR, "description": "of its last event"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "payload": {"oneOf": [_ref("Payload"), {"type": "null"}]},
+        },
+    },
+    "HistoryEvent": {
+        "type": "object",
+        "description": "one transition of the task",
+        "properties": {
+            "at_ms": {"type": "integer"},
+            "state": {"enum": _HISTORY_STATES, "description": "the state it reached"},
+            "attempt": {
+                **_NULLABLE_INT,
+                "description": "the attempt (the n-th start, `active`) it belongs to; null before",
+            },
+            "retried": _NULLABLE_INT,
+            "error": _NULLABLE_STR,
+            "consumer": _NULLABLE_STR,
+        },
+    },
+    "HistoryPage": {
+        "type": "object",
+        "properties": {
+            "tasks": {"type": "array", "items": _ref("HistoryTask")},
+            "next_cursor": {**_NULLABLE_STR, "description": "null at the end"},
+        },
+    },
+    "TaskStory": {
+        "type": "object",
+        "properties": {
+            "task": _ref("HistoryTask"),
+            "events": {"type": "array", "items": _ref("HistoryEvent")},
+        },
+    },
     "QueueAction": {
         "type": "object",
         "properties": {
@@ -370,6 +425,68 @@ _PATHS: dict[str, Any] = {
                     "schedules by id",
                 ),
                 **_errors(503),
+            },
+        }
+    },
+    "/history": {
+        "get": {
+            "summary": (
+                "search the task history, newest first; every filter given must match. " + _HISTORY
+            ),
+            "parameters": [
+                {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                {"name": "type", "in": "query", "schema": {"type": "string"}},
+                {"name": "state", "in": "query", "schema": {"enum": _HISTORY_STATES}},
+                {
+                    "name": "label",
+                    "in": "query",
+                    "schema": {"type": "array", "items": {"type": "string"}},
+                    "style": "form",
+                    "explode": True,
+                    "description": "key=value; repeat it: every pair must match",
+                },
+                {
+                    "name": "text",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "words of the type, labels or payload, or a task id",
+                },
+                *(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": f"creation time, {how}: an ISO 8601 date-time with its"
+                        " time zone (2026-03-01T12:00:00Z) or epoch milliseconds",
+                    }
+                    for name, how in (("since", "inclusive"), ("until", "exclusive"))
+                ),
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": _HISTORY_LIMIT},
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "the previous page's next_cursor",
+                },
+            ],
+            "responses": {
+                "200": _json(_ref("HistoryPage"), "a page"),
+                **_errors(400, 404, 503),
+            },
+        }
+    },
+    "/history/{id}": {
+        "get": {
+            "summary": "a task's whole story: every event, each attempt with its error. "
+            + _HISTORY,
+            "parameters": [_TASK],
+            "responses": {
+                "200": _json(_ref("TaskStory"), "the story"),
+                **_errors(400, 404, 503),
             },
         }
     },

@@ -1,5 +1,6 @@
 """The web UI: server-rendered pages (Jinja2, autoescaped: task data is only ever text) for the
-overview, a queue, a task (its payload, result and error), the workers and the schedules, a
+overview, a queue, a task (its payload, result and error), the workers, the schedules and, when
+a history in PostgreSQL is configured, the history's search and each task's whole story, a
 static script and stylesheet, and the live overview as Server-Sent Events with a JSON poll as
 fallback. Actions are the script calling the JSON API with the page's CSRF token; the pages
 never change anything themselves."""
@@ -19,12 +20,20 @@ from starlette.staticfiles import StaticFiles
 
 from strego import operate
 from strego.backends.base import MAX_SCAN, Backend
-from strego.errors import InvalidCursorError
+from strego.errors import InvalidCursorError, InvalidTaskError
 from strego.operate import QueueNotFoundError
 from strego.report import dumps
 from strego.task import TASK_ID_PATTERN, TaskInfo, TaskState
 from strego.web import csrf
 from strego.web.api import Api
+from strego.web.history import (
+    HISTORY_STATES,
+    NOT_CONFIGURED,
+    HistoryUnavailableError,
+    attempts,
+    read,
+    search_arguments,
+)
 from strego.web.live import LiveOverview
 from strego.web.payload_view import payload_view
 
@@ -75,6 +84,25 @@ def when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def utc(at: datetime | None) -> str:
+    """A history time (an aware datetime) for people, in UTC like `when`."""
+    if at is None:
+        return "-"
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+#: Characters of a last error shown in a row of the history's search (the story has it whole).
+EXCERPT = 160
+
+
+def excerpt(text: str | None) -> str:
+    """The first line of an error, cut to EXCERPT characters."""
+    if not text:
+        return ""
+    line = text.strip().split("\n", 1)[0]
+    return line if len(line) <= EXCERPT else line[: EXCERPT - 1] + "…"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -83,6 +111,8 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["age"] = age
     env.filters["when"] = when
+    env.filters["utc"] = utc
+    env.filters["excerpt"] = excerpt
     env.filters["path"] = lambda value: quote(str(value), safe="")
     return env
 
@@ -122,6 +152,8 @@ class UI:
             Route("/tasks/{id}", self.task, name="ui-task"),
             Route("/workers", self.workers, name="ui-workers"),
             Route("/schedules", self.schedules, name="ui-schedules"),
+            Route("/history", self.history, name="ui-history"),
+            Route("/history/{id}", self.history_task, name="ui-history-task"),
             Route("/ui/events", self.events, name="ui-events"),
             Route("/ui/overview.json", self.overview_json, name="ui-overview-json"),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
@@ -133,15 +165,21 @@ class UI:
         base = (request.scope.get("root_path", "") or "").rstrip("/")
         token = csrf.page_token(request)
         html = self.env.get_template(template).render(
-            base=base, csrf_token=token, readonly=self.readonly, states=list(TaskState), **context
+            base=base,
+            csrf_token=token,
+            readonly=self.readonly,
+            states=list(TaskState),
+            history_on=self.api.history is not None,
+            **context,
         )
         response = HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
         response.headers["Cache-Control"] = "no-store"
         csrf.set_cookie(response, request, token)
         return response
 
-    def not_found(self, request: Request, what: str) -> Response:
-        return self.render(request, "not_found.html", 404, title="Not found", what=what)
+    def not_found(self, request: Request, what: str, **context: Any) -> Response:
+        context = {"history_url": None, "history_note": None, **context}
+        return self.render(request, "not_found.html", 404, title="Not found", what=what, **context)
 
     async def overview(self, request: Request) -> Response:
         snapshot = await self.live.current()
@@ -235,7 +273,7 @@ class UI:
     async def task(self, request: Request) -> Response:
         task = await self._task(request)
         if task is None:
-            return self.not_found(request, f"task {request.path_params['id']!r}")
+            return await self._task_gone(request, request.path_params["id"])
         now_ms = self.backend.clock()
         result = result_encoding = None
         if task.result is not None and task.result_kept(now_ms):
@@ -276,4 +314,88 @@ class UI:
             row["idle_ms"] = min(q["idle_ms"] for q in row["queues"])
         return self.render(
             request, "workers.html", title="Workers", workers=workers, unreadable=read.unreadable
+        )
+
+    # -- the task history (PostgreSQL), when configured ------------------------------------------
+
+    async def _task_gone(self, request: Request, task_id: str) -> Response:
+        """Redis has no such task (never created, or past its retention): the history's story of
+        it is offered when the history has one."""
+        history = self.api.history
+        if history is None or not TASK_ID_PATTERN.fullmatch(task_id):
+            return self.not_found(request, f"task {task_id!r}")
+        try:
+            story = await read(lambda: history.task(task_id))
+        except (InvalidTaskError, HistoryUnavailableError) as exc:
+            note = f"The history could not be searched for it: {exc}"
+            return self.not_found(request, f"task {task_id!r}", history_note=note)
+        if story is None:
+            note = "The task history has no such task either."
+            return self.not_found(request, f"task {task_id!r}", history_note=note)
+        base = (request.scope.get("root_path", "") or "").rstrip("/")
+        url = f"{base}/history/{quote(task_id, safe='')}"
+        return self.not_found(request, f"task {task_id!r}", history_url=url)
+
+    def _history_error(self, request: Request, status: int, message: str) -> Response:
+        return self.render(request, "history_error.html", status, title="History", message=message)
+
+    async def history(self, request: Request) -> Response:
+        """The search: the form's GET query string is the search's arguments (date-times without
+        a zone read as UTC, as the fields say)."""
+        history = self.api.history
+        if history is None:
+            return self._history_error(request, 404, NOT_CONFIGURED)
+        params = request.query_params
+        kept = ("queue", "type", "state", "label", "text", "since", "until", "limit")
+        form = {name: params.get(name, "") for name in kept}
+        tasks: list[Any] = []
+        error, status, next_url = None, 200, None
+        try:
+            arguments = search_arguments(params, naive_utc=True)
+            page = await read(lambda: history.search(**arguments))
+        except InvalidTaskError as exc:
+            error, status = str(exc), 400
+        except HistoryUnavailableError as exc:
+            error, status = str(exc), 503
+        else:
+            tasks = page.tasks
+            if page.next_cursor is not None:
+                query = {k: v for k, v in form.items() if v}
+                next_url = "?" + urlencode({**query, "cursor": page.next_cursor})
+        return self.render(
+            request,
+            "history.html",
+            status,
+            title="History",
+            form=form,
+            history_states=HISTORY_STATES,
+            tasks=tasks,
+            error=error,
+            next_url=next_url,
+            paged=bool(params.get("cursor")),
+            first_url="?" + urlencode({k: v for k, v in form.items() if v}),
+        )
+
+    async def history_task(self, request: Request) -> Response:
+        """A task's whole story: every event (each attempt and how it ended) and its enqueue."""
+        history = self.api.history
+        if history is None:
+            return self._history_error(request, 404, NOT_CONFIGURED)
+        task_id = request.path_params["id"]
+        try:
+            story = await read(lambda: history.task(task_id))
+        except InvalidTaskError as exc:
+            return self._history_error(request, 400, str(exc))
+        except HistoryUnavailableError as exc:
+            return self._history_error(request, 503, str(exc))
+        if story is None:
+            return self.not_found(request, f"task {task_id!r} in the history")
+        task = story.task
+        return self.render(
+            request,
+            "history_task.html",
+            title=f"History of task {task.id}",
+            task=task,
+            events=list(zip(story.events, attempts(story.events), strict=True)),
+            payload=None if task.payload is None else payload_view(task.payload),
         )

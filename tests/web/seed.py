@@ -1,5 +1,6 @@
 """Tasks in every state for the browser tests, with hostile strings wherever a task carries text
-(queue names cannot: they are validated to A-Z a-z 0-9 _ . -)."""
+(queue names cannot: they are validated to A-Z a-z 0-9 _ . -), and history events for the
+history's pages."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 from strego.backends.base import Backend
 from strego.clock import wall_clock_ms
+from strego.history import HistoryEvent
 from strego.message import TaskMessage
 
 #: Markup, an event handler and quote-breakers: each must show as literal text, never run.
@@ -95,3 +97,41 @@ async def seed_history(backend: Backend, minutes: int = 60) -> None:
             else:
                 await backend.fail("images", task.id, "w-img", "timeout", retry_in_ms=LEASE_MS)
     clock_at[0] = now
+
+
+class HistoryEvents:
+    """History events as a server's transitions write them, for PostgresHistory.store."""
+
+    def __init__(self) -> None:
+        self.events: list[HistoryEvent] = []
+        self._n = 0
+
+    def task(
+        self,
+        task_id: str,
+        queue: str,
+        type_: str,
+        at: int,
+        steps: list[tuple[str, str | None, str | None]],
+        *,
+        labels: dict[str, str] | None = None,
+        payload: bytes = b"{}",
+    ) -> None:
+        """The enqueue (pending, with type, labels and payload), then each (state, error,
+        consumer) a second apart."""
+        retried = 0
+        for i, (state, err, consumer) in enumerate([("pending", None, None), *steps]):
+            self._n += 1
+            if state == "retry":
+                retried += 1
+            enqueue = i == 0
+            self.events.append(
+                HistoryEvent(
+                    queue, (at + i * 1000, self._n), task_id, state, at + i * 1000,
+                    retried=retried if state != "active" else None, error=err,
+                    consumer=consumer, type=type_ if enqueue else None,
+                    labels=(labels or {}) if enqueue else None,
+                    payload=payload if enqueue else None,
+                    encoding="json" if enqueue else None, created_ms=at if enqueue else None,
+                )
+            )  # fmt: skip

@@ -5,7 +5,8 @@ throwaway redis-server. One browser for the module; each test opens pages in a s
 Proves: every page renders from Redis data; hostile task data shows as literal text and no dialog
 fires; each action changes the task's state (checked through the API); read-only refuses on the
 server; a cross-site form post is refused; live updates arrive without a reload (SSE, and the
-polling fallback); no console error and no CSP violation; all of it under a path prefix too.
+polling fallback); no console error and no CSP violation; all of it under a path prefix too; the
+task history's search box (with --postgres) finds a task and opens its story.
 Screenshots of each page, light and dark, go to $STREGO_SCREENSHOTS (docs/screenshots to refresh
 the README's), else to the test run's temporary directory."""
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -32,7 +34,14 @@ from strego.backends.redis import RedisBackend
 from strego.backends.redis.keys import Keys
 from strego.clock import wall_clock_ms
 from tests.redis_server import free_port, unavailable
-from tests.web.seed import HOSTILE, HOSTILE_CONSUMER, message, seed, seed_history
+from tests.web.seed import (
+    HOSTILE,
+    HOSTILE_CONSUMER,
+    HistoryEvents,
+    message,
+    seed,
+    seed_history,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -70,7 +79,13 @@ class Server:
     """`strego web` in a subprocess, on its own key prefix of the session's redis-server."""
 
     def __init__(
-        self, redis_url: str, *, loop: str, readonly: bool = False, root_path: str = ""
+        self,
+        redis_url: str,
+        *,
+        loop: str,
+        readonly: bool = False,
+        root_path: str = "",
+        postgres: str | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.loop = loop
@@ -89,6 +104,8 @@ class Server:
             args.append("--no-readonly")
         if root_path:
             args += ["--root-path", root_path]
+        if postgres:
+            args += ["--postgres", postgres]
         run_async(seed, redis_url, self.key_prefix)
         run_async(seed_history, redis_url, self.key_prefix, movable_clock=True)
         self.process = subprocess.Popen(
@@ -488,3 +505,84 @@ def test_under_a_prefix(redis_url: str, page: Watched) -> None:
             "els => els.map(e => e.getAttribute('href') || e.getAttribute('src'))",
         )
         assert all(link.startswith("/ops/strego/") for link in links if link.startswith("/"))
+
+
+def store_history(dsn: str) -> dict[str, str]:
+    """A week of history in PostgreSQL: an email that failed once then completed (order 1234),
+    a dead report with a hostile type, labels, payload, error and consumer, and a dozen more."""
+    from strego.history import PostgresHistory
+    from strego.ids import new_task_id
+
+    now = wall_clock_ms()
+    day = 86_400_000
+    events = HistoryEvents()
+    ids = {"email": new_task_id(now - 2 * day), "hostile": new_task_id(now - 3 * day)}
+    events.task(
+        ids["email"], "mail", "email.send", now - 2 * day,
+        [("active", None, "web-1:4242:0badcafe"), ("retry", "SMTPServerDisconnected: 451", None),
+         ("pending", None, None), ("active", None, "web-2:4243:0badcafe"),
+         ("completed", None, None)],
+        labels={"order": "1234", "tenant": "acme"},
+        payload=b'{"to": "ops@example.com", "order": 1234, "template": "receipt"}',
+    )  # fmt: skip
+    events.task(
+        ids["hostile"], "reports", HOSTILE[0], now - 3 * day,
+        [("active", None, HOSTILE_CONSUMER), ("dead", "\n".join(HOSTILE), None)],
+        labels={HOSTILE[1]: HOSTILE[2]}, payload=json.dumps({"html": HOSTILE}).encode(),
+    )  # fmt: skip
+    for i in range(12):
+        at = now - (i % 6) * day - i * 60_000
+        steps: list[tuple[str, str | None, str | None]] = [("active", None, "web-1:4242:0badcafe")]
+        steps.append(("completed", None, None) if i % 4 else ("dead", "TimeoutError", None))
+        events.task(new_task_id(at), "images", "thumbnail", at, steps, labels={"size": "128"})
+
+    async def main() -> None:
+        history = PostgresHistory(dsn)
+        try:
+            await history.store(events.events)
+        finally:
+            await history.aclose()
+
+    anyio.run(main, backend="trio")
+    return ids
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_history_search_box(
+    redis_url: str, pg_dsn: str, page: Watched, screenshots: Path, loop: str
+) -> None:
+    ids = store_history(pg_dsn)
+    with serving(redis_url, loop=loop, postgres=pg_dsn) as server:
+        p = page.page
+        p.goto(server.base + "/")
+        p.locator("#nav-history").click()
+        assert p.url == server.base + "/history"
+        expect(p.locator("#history-results tbody tr")).to_have_count(14)
+        # the hostile task's type and error show as text in its row
+        hostile = p.locator(f'tr[data-task="{ids["hostile"]}"]')
+        expect(hostile.locator("td").nth(2)).to_have_text(HOSTILE[0])
+        expect(hostile.locator("td").last).to_have_text(HOSTILE[0])  # the error's first line
+        shoot(p, screenshots, "history", loop)
+
+        form = p.locator("#history-search")
+        form.locator('input[name="text"]').fill("1234")
+        form.locator('select[name="state"]').select_option("completed")
+        form.locator('button[type="submit"]').click()
+        expect(p.locator("#history-results tbody tr")).to_have_count(1)
+        assert "text=1234" in p.url and "state=completed" in p.url
+        row = p.locator(f'tr[data-task="{ids["email"]}"]')
+        expect(row.locator("td").nth(1)).to_have_text("mail")
+        row.locator("a").click()
+
+        assert p.url.startswith(server.base + "/history/")
+        events = p.locator("#history-events tbody tr")
+        expect(events).to_have_count(6)
+        expect(events.nth(2)).to_contain_text("SMTPServerDisconnected: 451")
+        expect(events.nth(4).locator("td").nth(2)).to_have_text("2")  # the second attempt
+        expect(p.locator("pre.payload")).to_contain_text('"template": "receipt"')
+        shoot(p, screenshots, "history-task", loop)
+
+        # the story of the hostile task: every string as text, no dialog (checked by `page`)
+        p.goto(f"{server.base}/history/{ids['hostile']}")
+        expect(p.locator("dl.fields .labels")).to_have_text(f"{HOSTILE[1]} = {HOSTILE[2]}")
+        expect(p.locator("#history-events")).to_contain_text(HOSTILE_CONSUMER)

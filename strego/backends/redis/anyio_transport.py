@@ -9,6 +9,8 @@ Retries. A call whose connection failed before its request was written is retrie
 connection. After it was written, only idempotent calls (PING, `Command(idempotent=True)`,
 `ScriptCall(idempotent=True)`) are retried; any other raises ReplyLostError, since it may or may not
 have taken effect. Connecting again backs off exponentially (with jitter) between failed attempts.
+A server certificate that does not verify (BackendCertificateError) or a refused login is raised at
+once: trying again cannot help.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.transport import Command, Script, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
 from strego.errors import (
+    BackendCertificateError,
     BackendConnectionError,
     BackendError,
     BackendTimeoutError,
@@ -266,6 +269,8 @@ class AnyioTransport:
             return await self._reconnect_shared(index)
         try:
             return await self._reconnect_shared(index)
+        except BackendCertificateError:
+            raise  # trying again cannot help
         except BackendConnectionError as exc:
             raise ConnectionLost(str(exc), written=False) from None
 
@@ -279,6 +284,8 @@ class AnyioTransport:
             else:
                 try:
                     conn = await self._connect()
+                except BackendCertificateError:
+                    raise
                 except BackendConnectionError as exc:
                     raise ConnectionLost(str(exc), written=False) from None
             reusable = False
@@ -364,6 +371,8 @@ class AnyioTransport:
                 await anyio.sleep(self._backoff(attempt))
             try:
                 return await self._open()
+            except BackendCertificateError:
+                raise
             except BackendConnectionError:
                 if attempt == self._connect_attempts - 1:
                     raise

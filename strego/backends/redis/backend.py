@@ -132,8 +132,9 @@ class RedisBackend(Schedules):
         runs under asyncio and trio and pipelines concurrent calls (bench/bench_transport.py
         measured it at least as fast as redis-py under asyncio); or for a redis+sentinel:// URL
         (`SentinelTransport`) or a redis+cluster:// URL (`ClusterTransport`): docs/deploy.md.
-        The URL options durable=true, durable_timeout_ms=N and durable_replicas=N set the
-        constructor's options of those names. `transport_options` go to the transport;
+        The URL options durable=true, durable_timeout_ms=N, durable_replicas=N, history=true and
+        history_cap=N set the constructor's options of those names (one URL that every process
+        uses turns history on for all of them). `transport_options` go to the transport;
         `options` to the constructor. To use redis-py instead, pass a `redis.asyncio.Redis` to
         the constructor."""
         from strego.backends.redis.anyio_transport import AnyioTransport

@@ -47,6 +47,7 @@ from strego.backends.redis.transport import Command, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
 from strego.backends.redis.wakeups import Wakeups
 from strego.errors import (
+    BackendCertificateError,
     BackendConnectionError,
     BackendError,
     ReplyLostError,
@@ -134,9 +135,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_shards(reply: Any) -> dict[Address, list[tuple[int, int]]]:
+def parse_shards(reply: Any, *, tls: bool = False) -> dict[Address, list[tuple[int, int]]]:
     """Each primary's slot ranges from a CLUSTER SHARDS reply: per shard, the primary that is
-    online (else any primary)."""
+    online (else any primary). A node listening on a plain and a TLS port lists both: `tls`
+    picks the TLS one."""
     owners: dict[Address, list[tuple[int, int]]] = {}
     for shard in reply:
         fields = {_text(k): v for k, v in _pairs(shard)}
@@ -152,7 +154,8 @@ def parse_shards(reply: Any) -> dict[Address, list[tuple[int, int]]]:
             host = _text(info.get("endpoint") or info.get("ip") or "")
             if host in ("", "?"):
                 host = _text(info.get("ip", ""))
-            port = int(info.get("port") or info.get("tls-port") or 0)
+            ports = ("tls-port", "port") if tls else ("port", "tls-port")
+            port = int(info.get(ports[0]) or info.get(ports[1]) or 0)
             online = _text(info.get("health", "online")) == "online"
             primaries.append((not online, (host, port)))
         if primaries:
@@ -343,7 +346,7 @@ class ClusterTransport:
                 except BackendError as exc:
                     errors.append(f"{address[0]}:{address[1]}: {exc}")
                     continue
-                owners = parse_shards(reply)
+                owners = parse_shards(reply, tls=self._settings.ssl_context is not None)
                 if not owners:
                     errors.append(f"{address[0]}:{address[1]} serves no slot")
                     continue
@@ -491,7 +494,7 @@ class ClusterTransport:
                 part.append(calls[position])
             try:
                 replies = await self.node(address).pipeline(part)
-            except ReplyLostError as exc:
+            except (ReplyLostError, BackendCertificateError) as exc:  # not retried
                 lost.append(exc)
                 self._stale = True
                 return
@@ -531,7 +534,7 @@ class ClusterTransport:
             address = self._route(command, None)
             try:
                 return await self.node(address).blocking(command, timeout_ms)
-            except ReplyLostError:
+            except (ReplyLostError, BackendCertificateError):
                 self._stale = True
                 raise
             except BackendConnectionError as exc:

@@ -22,6 +22,7 @@ import contextlib
 import math
 import select
 import socket
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from itertools import chain
@@ -35,7 +36,12 @@ import hiredis
 from anyio.streams.tls import TLSAttribute
 
 from strego.backends.redis.url import ConnectionSettings
-from strego.errors import BackendConnectionError, BackendError, BackendTimeoutError
+from strego.errors import (
+    BackendCertificateError,
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+)
 
 _NOT_ENOUGH_DATA = object()
 _RECEIVE_SIZE = 65536
@@ -456,6 +462,12 @@ async def open_connection(
     except ConnectionLost as exc:
         raise BackendConnectionError(f"could not connect to {address}: {exc}") from None
     except (OSError, anyio.BrokenResourceError) as exc:
+        if isinstance(exc, ssl.SSLCertVerificationError) or isinstance(
+            exc.__cause__, ssl.SSLCertVerificationError
+        ):
+            raise BackendCertificateError(
+                f"could not connect to {address}: {_describe(exc)}"
+            ) from None
         raise BackendConnectionError(f"could not connect to {address}: {_describe(exc)}") from None
     for reply in replies:
         if isinstance(reply, hiredis.ReplyError):

@@ -17,7 +17,9 @@ PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
 
 
 def queues_key(prefix: str) -> str:
-    """The global registry: a set of every queue name."""
+    """The global registry: a set of every queue name. No script can write it (another Cluster
+    slot): a script that stores a task sets the queue's own `registered` flag when it is unset and
+    tells its caller, who then SADDs the queue (docs/redis.md, "Registry")."""
     return f"{prefix}:{LAYOUT_VERSION}:queues"
 
 
@@ -43,7 +45,7 @@ LISTED = "listed"
 #: every script's header against this table.
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "enqueue": (STREAMS, "tasks", "scheduled", "retry", "unique", "unique_exp", "signal",
-                "completed", "dead", "cancelled", "ready"),
+                "completed", "dead", "cancelled", "ready", "registered"),
     "fetch": (STREAMS, "tasks", "leases", "consumers", "paused", "dead", "ready"),
     "peek": (STREAMS, "consumers", "paused", "ready"),
     "ack": (STREAMS, "tasks", "leases", "completed", "unique", "unique_exp", "consumers",
@@ -62,7 +64,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "requeue_dead": (STREAMS, "tasks", "dead", "ready"),
     "run_now": (STREAMS, "tasks", "scheduled", "retry", "ready"),
     "purge": (STREAMS, "tasks", "scheduled", "retry", "dead", "completed", "cancelled",
-              "unique", "unique_exp"),
+              "unique", "unique_exp", "registered"),
     "remove_idle_consumers": (STREAMS, "consumers"),
     "list_pending": (STREAMS, "tasks"),
     "list_active": (STREAMS, "tasks"),
@@ -70,7 +72,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "oldest_pending": (STREAMS,),
     "put_schedule": ("crons", "cron_defs"),
     "remove_schedule": ("crons", "cron_defs"),
-    "fire_schedule": (STREAMS, "tasks", "crons", "ready"),
+    "fire_schedule": (STREAMS, "tasks", "crons", "ready", "registered"),
 }  # fmt: skip
 
 
@@ -123,6 +125,7 @@ class Keys:
         "paused",
         "queue",
         "ready",
+        "registered",
         "retry",
         "scheduled",
         "signal",
@@ -154,6 +157,9 @@ class Keys:
         #: string: a counter INCRed whenever tasks become pending (or the queue is resumed), so a
         #: fetcher that found the queue idle can tell from one MGET whether to look at it again
         self.ready = base + "ready"
+        #: string: set (with a TTL) while the queue's entry in the global registry is taken care
+        #: of; unset, the next script that stores a task sets it and its caller SADDs the queue
+        self.registered = base + "registered"
         #: hash: per-minute counts `<minute><kind>[:<type>]` -> n (lib/minutes.lua), and zset:
         #: each of its fields -> its minute, so the minutes past retention are found and removed
         self.minutes = base + "minutes"
@@ -193,5 +199,6 @@ class Keys:
             self.tasks, self.scheduled, self.retry, self.dead, self.completed, self.cancelled,
             self.leases, self.unique, self.unique_exp, self.consumers, self.paused, self.signal,
             self.ready, self.minutes, self.minutes_index, self.crons, self.cron_defs,
+            self.registered,
         )  # fmt: skip
         return fixed + self.streams

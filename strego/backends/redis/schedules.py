@@ -20,7 +20,7 @@ from strego.backends.redis.core import _pairs, _str, log
 from strego.backends.redis.fetching import Fetching
 from strego.backends.redis.keys import schedules_key
 from strego.backends.redis.record import encode_envelope
-from strego.backends.redis.transport import Command, ScriptCall
+from strego.backends.redis.transport import Command
 from strego.cron import check_catchup, check_schedule_id, tick_task_id
 from strego.errors import ForeignKeyError, UnreadableRecordError
 from strego.message import TaskMessage
@@ -186,18 +186,9 @@ class Schedules(Fetching):
             self._now(), self.group, schedule.id, schedule.revision, schedule.next_ms,
             tick_ms, next_ms, task_id, template.priority, template.max_retry, envelope,
         )  # fmt: skip
-        calls: list[ScriptCall | Command] = [
-            self._call("fire_schedule", self.keys(queue).script_keys("fire_schedule"), args)
-        ]
-        if enqueue:
-            # the queue registered as enqueue registers it (idempotent, beside the script), in
-            # the same round trip
-            calls.insert(0, Command(("SADD", self._registry, queue), idempotent=True))
-        *registered, reply = await self._send(calls)
-        if isinstance(reply, ForeignKeyError):
-            raise await self._foreign(queue, reply) from None
-        if isinstance(reply, BaseException):
-            raise reply
-        if registered and isinstance(registered[0], BaseException) and reply == b"FIRED":
-            log.error("a tick's task was stored but the queue registry missed %s", queue)
+        reply = await self._schedule_script("fire_schedule", queue, args)
+        if reply == b"FIRED_REGISTER":
+            # the tick's task found the queue's `registered` flag unset: SADDed as by enqueue
+            await self._register_queues([queue])
+            return FireResult.FIRED
         return _FIRE[reply]

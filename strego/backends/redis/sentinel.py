@@ -46,7 +46,7 @@ from strego.backends.redis.connection import (
 from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.transport import Command, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
-from strego.errors import BackendConnectionError, BackendError
+from strego.errors import BackendCertificateError, BackendConnectionError, BackendError
 
 log = logging.getLogger("strego.backends.redis")
 
@@ -166,6 +166,14 @@ def _safe(url: str) -> str:
     """The URL without credentials or options, for error messages."""
     scheme, _, rest = url.partition("://")
     return repr(f"{scheme}://{rest.rpartition('@')[2].split('?', 1)[0]}")
+
+
+def _lasting(error: BackendError) -> bool:
+    """Whether a sentinel's error stays until the settings change: it refused the login (or
+    the question), or its certificate was refused. Not a connection that failed."""
+    return isinstance(error, BackendCertificateError) or not isinstance(
+        error, BackendConnectionError
+    )
 
 
 def _refused(reply: Any) -> bool:
@@ -340,11 +348,15 @@ class SentinelTransport(AnyioTransport):
             if self._discoveries != seen and not self._stale:
                 return  # another task just asked
             errors: list[str] = []
+            # Refusals that asking again cannot change: a login refused, a certificate refused.
+            lasting: list[BackendError] = []
             for host, port in list(self._sentinels):
                 try:
                     address = await self._ask(host, port)
                 except BackendError as exc:
                     errors.append(str(exc))
+                    if _lasting(exc):
+                        lasting.append(exc)
                     continue
                 if address is None:
                     errors.append(f"{host}:{port} knows no master {self.sentinel.service!r}")
@@ -367,9 +379,14 @@ class SentinelTransport(AnyioTransport):
                 self._discoveries += 1
                 await self._watch_all()
                 return
-            raise BackendConnectionError(
-                f"no sentinel named the master of {self.sentinel.service!r}: " + "; ".join(errors)
-            )
+            message = f"no sentinel named the master of {self.sentinel.service!r}: "
+            if len(lasting) == len(errors):
+                # Every sentinel refused us for good: raised as is, not retried for the window.
+                certificates = all(isinstance(e, BackendCertificateError) for e in lasting)
+                raise (BackendCertificateError if certificates else BackendError)(
+                    message + "; ".join(errors)
+                )
+            raise BackendConnectionError(message + "; ".join(errors))
 
     async def _ask(self, host: str, port: int) -> tuple[str, int] | None:
         """The master's address by one sentinel (None if it knows no such master)."""

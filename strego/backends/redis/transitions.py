@@ -5,6 +5,7 @@ script's KEYS from `keys(queue)` and its ARGV, runs it and decodes the reply."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -60,20 +61,18 @@ class Transitions(Reads):
     # -- producing ------------------------------------------------------------------------------
 
     async def enqueue(self, message: TaskMessage) -> TaskInfo:
-        # enqueue_many's two calls for one message, without its grouping (the common call)
+        # enqueue_many's call for one message, without its grouping (the common call)
         check_unique_ttl([message])
         now = self._now()
         queue = message.queue
-        register = Command(("SADD", self._registry, queue), idempotent=True)
-        first, reply, last, *waited = await self._send(
-            [register, self._enqueue_call(queue, now, [message]), register, *self._durable()]
+        reply, *waited = await self._send(
+            [self._enqueue_call(queue, now, [message]), *self._durable()]
         )
         if isinstance(reply, ForeignKeyError):
             raise await self._foreign(queue, reply) from None
         if isinstance(reply, BaseException):
             raise reply
-        self._check_registered([queue], first, last)
-        ((code, detail),) = reply
+        ((code, detail),) = (await self._register([reply], [queue]))[0]
         result = self._enqueued(message, code, detail)
         if isinstance(result, StregoError):
             raise result
@@ -88,20 +87,17 @@ class Transitions(Reads):
         by_queue: dict[str, list[int]] = defaultdict(list)
         for i, message in enumerate(messages):
             by_queue[message.queue].append(i)
-        register = Command(("SADD", self._registry, *by_queue), idempotent=True)
-        calls: list[ScriptCall | Command] = [register]
+        calls: list[ScriptCall | Command] = []
         chunks: list[tuple[str, list[int]]] = []
         for queue, indexes in by_queue.items():
             for start in range(0, len(indexes), ENQUEUE_CHUNK):
                 chunk = indexes[start : start + ENQUEUE_CHUNK]
                 calls.append(self._enqueue_call(queue, now, [messages[i] for i in chunk]))
                 chunks.append((queue, chunk))
-        calls.append(register)
         durable = self._durable()
         sent = await self._send([*calls, *durable])
         waited = sent[len(calls) :]
-        first, *replies, last = sent[: len(calls)]
-        self._check_registered(list(by_queue), first, last)
+        replies = await self._register(sent[: len(calls)], [queue for queue, _ in chunks])
         results: list[TaskInfo | StregoError | None] = [None] * len(messages)
         failed = [r for r in replies if isinstance(r, BaseException)]
         for (queue, chunk), reply in zip(chunks, replies, strict=True):
@@ -142,15 +138,35 @@ class Transitions(Reads):
                 "a failover now could lose them"
             )
 
-    @staticmethod
-    def _check_registered(queues: Sequence[str], first: Any, last: Any) -> None:
-        """Enqueue registers its queues with one SADD before its scripts and one after: the one
-        after is the one `purge` relies on (see there); the one before fails first under OOM,
-        ahead of the scripts. Either is enough to list the queues: the tasks a script wrote are
-        never reported as refused because of the registry, but when both failed the registry
-        misses them, and that is logged."""
-        if isinstance(first, BaseException) and isinstance(last, BaseException):
-            log.error("tasks were stored but the queue registry did not list %s: %s", queues, last)
+    async def _register(self, replies: Sequence[Any], queues: Sequence[str]) -> list[Any]:
+        """The enqueue script calls' `replies` (of `queues`) without the 'REGISTER' that ends
+        a reply whose call set its queue's `registered` flag (lib/registered.lua), once those
+        queues are SADDed to the registry: one more round trip, at a queue's first enqueue (or
+        the first after a purge emptied it, or after the flag's TTL), none on the hot path. A
+        failed SADD never reports the stored tasks refused (servers fetch them by queue name): it
+        is logged, and the flags are cleared so that the next enqueue registers again."""
+        out: list[Any] = []
+        unlisted: dict[str, None] = {}
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, list) and reply and reply[-1] == b"REGISTER":
+                reply = reply[:-1]
+                unlisted[queue] = None
+            out.append(reply)
+        if unlisted:
+            await self._register_queues(list(unlisted))
+        return out
+
+    async def _register_queues(self, queues: Sequence[str]) -> None:
+        """SADD `queues`, whose `registered` flag a script has just set, to the registry."""
+        try:
+            await self.transport.execute(
+                Command(("SADD", self._registry, *queues), idempotent=True)
+            )
+        except BackendError as exc:
+            log.error("tasks were stored but the queue registry did not list %s: %s", queues, exc)
+            forget = [Command(("DEL", self.keys(q).registered), idempotent=True) for q in queues]
+            with contextlib.suppress(BackendError):  # best effort: else the flag's TTL does it
+                await self.transport.pipeline(forget)
 
     def _enqueue_call(self, queue: str, now: Arg, messages: Sequence[TaskMessage]) -> ScriptCall:
         """The enqueue script's call for `messages`, all of `queue`."""
@@ -449,11 +465,13 @@ class Transitions(Reads):
             total += deleted
         if left == 0:
             # The registry is a separate key (another Cluster slot), so it cannot change in the
-            # script: drop the queue, count its tasks again, and put it back if one is there.
-            # Enqueue sends its SADD after its script (same connection, in order), so for a task
-            # T enqueued meanwhile either its SADD comes after this SREM (and lists the queue
-            # again), or it came before: then T's script ran before this SREM, hence before the
-            # count below, which sees T and SADDs. No order of the five commands loses T.
+            # script: drop the queue, count its tasks again (a call that also clears the queue's
+            # `registered` flag if none is left), and put it back if one is there. For a task T
+            # enqueued meanwhile: if T's script ran before the count, the count sees T and
+            # SADDs. If after, the count left the flag set (and SADDs: a task was there) or
+            # cleared it; then T's script, or another that stored a task since, set it again
+            # and its caller SADDs after that script, so after this SREM. No order of the
+            # calls loses T (docs/redis.md, "Registry"; tests/test_redis_manage.py runs them).
             await self.transport.execute(Command(("SREM", self._registry, queue), idempotent=True))
             _, _, left = await self._purge_call(queue, "", "")
             if left:

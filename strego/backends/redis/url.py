@@ -128,24 +128,27 @@ def parse_url(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Connect
 
 
 #: URL options that configure RedisBackend rather than the connection.
-BACKEND_OPTIONS = {"durable", "durable_timeout_ms", "durable_replicas"}
+BACKEND_OPTIONS = {"durable", "durable_timeout_ms", "durable_replicas", "history", "history_cap"}
+_FLAGS = ("durable", "history")
+_INTEGERS = ("durable_timeout_ms", "durable_replicas", "history_cap")
 
 
 def backend_options(url: str) -> tuple[str, dict[str, Any]]:
     """The URL without the RedisBackend options (durable=true|false, durable_timeout_ms=N,
-    durable_replicas=N), and
-    those options as constructor keywords. Raises ValueError on a bad value."""
+    durable_replicas=N, history=true|false, history_cap=N), and those options as constructor
+    keywords. Raises ValueError on a bad value."""
     base, sep, query_text = url.partition("?")
     if not sep:
         return url, {}
     query = parse_qs(query_text, keep_blank_values=True)
     options: dict[str, Any] = {}
-    if "durable" in query:
-        text = query.pop("durable")[-1].lower()
-        if text not in {"1", "true", "yes", "0", "false", "no"}:
-            raise ValueError(f"durable must be true or false, not {text!r}")
-        options["durable"] = text in {"1", "true", "yes"}
-    for name in ("durable_timeout_ms", "durable_replicas"):
+    for name in _FLAGS:
+        if name in query:
+            text = query.pop(name)[-1].lower()
+            if text not in {"1", "true", "yes", "0", "false", "no"}:
+                raise ValueError(f"{name} must be true or false, not {text!r}")
+            options[name] = text in {"1", "true", "yes"}
+    for name in _INTEGERS:
         if name in query:
             text = query.pop(name)[-1]
             try:
