@@ -118,7 +118,7 @@ for _, t in ipairs(tasks) do
   end
   out[#out + 1] = reply
 end
-if pushed then redis.call('INCR', K.ready) end
+if pushed then ready_moved() end
 history_pairs('p', now, hist_p, 0)
 history_pairs('s', now, hist_s, 0)
 if next(taken) and newly_registered(K.registered) then out[#out + 1] = 'REGISTER' end

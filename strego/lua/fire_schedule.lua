@@ -30,7 +30,7 @@ if task_id ~= '' then
                consumer = '', error = '', unique = '', env = ARGV[11]}
     h.sid = push(KEYS[1 + h.priority], group, task_id)
     redis.call('HSET', K.tasks, task_id, build(h))
-    redis.call('INCR', K.ready)
+    ready_moved()
     history_pairs('p', now, {task_id, ARGV[11]}, 0)
     if newly_registered(K.registered) then fired = 'FIRED_REGISTER' end
   end

@@ -46,7 +46,7 @@ for _, ukey in ipairs(stale_keys) do
   redis.call('ZREM', K.unique_exp, ukey)
   redis.call('HDEL', K.unique, ukey)
 end
-if pushed then redis.call('INCR', K.ready) end
+if pushed then ready_moved() end
 local next_due = ''
 if more then
   next_due = 0

@@ -25,5 +25,5 @@ for i = 4, #ARGV do
     if HISTORY then history(id, 'p', clock(ARGV[1]), h.retried) end
   end
 end
-if n > 0 then redis.call('INCR', K.ready) end
+if n > 0 then ready_moved() end
 return n

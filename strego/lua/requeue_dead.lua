@@ -40,5 +40,5 @@ for _, id in ipairs(ids) do
     if h and h.state == 'd' then redis.call('HDEL', K.tasks, id) end  -- retention ended
   end
 end
-if n > 0 then redis.call('INCR', K.ready) end
+if n > 0 then ready_moved() end
 return {n, #ids, until_ms}

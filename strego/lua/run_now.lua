@@ -22,6 +22,6 @@ end
 h.state, h.due = 'p', ''
 h.sid = push(KEYS[1 + h.priority], group, id)
 redis.call('HSET', K.tasks, id, build(h))
-redis.call('INCR', K.ready)
+ready_moved()
 history(id, 'p', now, h.retried)
 return 1

@@ -92,6 +92,8 @@ class RedisBackend(Schedules):
         #: with history on, every transition appends an event to its queue's history stream,
         #: capped at about history_cap entries (docs/redis.md, "History"); 0: off
         self.history_cap = history_cap if history else 0
+        self._wakeups = getattr(self.transport, "wakeups", None)
+        self._sharded_notify = False  # until the first call's checks saw Redis 7
         if durable_timeout_ms < 1:
             raise ValueError("durable_timeout_ms must be at least 1 (WAIT 0 waits forever)")
         if durable_replicas < 1:

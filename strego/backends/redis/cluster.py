@@ -19,9 +19,10 @@ call keeps retrying while slots move or a primary is replaced.
   cluster_timeout. A node that cannot be reached: the map is refreshed and the call sent again
   (only if it never reached the node, or is idempotent, as on one server).
 - NOSCRIPT: the node's own transport loads the script on that node and calls again.
-- MGET over several slots is split per slot; a blocking XREAD over several slots blocks on each
-  slot at once (a connection each) and returns the first reply (a wake-up: the rest are
-  cancelled; XREAD without a group consumes nothing).
+- MGET over several slots is split per slot. Fetches and schedulers wait on `wakeups` (sharded
+  pub/sub, wakeups.py: one subscriber connection per primary); a blocking XREAD over several
+  slots, their fallback, blocks on each slot at once (a connection each) and returns the first
+  reply (a wake-up: the rest are cancelled; XREAD without a group consumes nothing).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.slots import SLOTS, command_keys, key_slot
 from strego.backends.redis.transport import Command, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
+from strego.backends.redis.wakeups import Wakeups
 from strego.errors import (
     BackendCertificateError,
     BackendConnectionError,
@@ -198,6 +200,8 @@ class ClusterTransport:
         self._refresh_lock: anyio.Lock | None = None
         self._refresh_count = 0
         self.stats = ClusterStats()
+        #: the sharded subscriptions that wake waiting fetches and schedulers (wakeups.py)
+        self.wakeups = Wakeups(self)
 
     @classmethod
     def from_url(
@@ -293,6 +297,7 @@ class ClusterTransport:
         raise BackendConnectionError("no cluster node took a subscription: " + "; ".join(errors))
 
     async def aclose(self) -> None:
+        await self.wakeups.aclose()
         nodes, self._nodes = list(self._nodes.values()), {}
         self._refresh_lock = None
         self._stale = True
@@ -310,6 +315,18 @@ class ClusterTransport:
 
     def owner(self, slot: int) -> Address | None:
         return self._slots[slot]
+
+    @property
+    def primaries(self) -> list[Address]:
+        return list(self._primaries)
+
+    def mark_stale(self) -> None:
+        """Read the slot map again before the next call (a slot moved)."""
+        self._stale = True
+
+    async def fresh(self) -> None:
+        """Read the slot map if it is stale or older than REFRESH_S."""
+        await self._fresh()
 
     async def refresh(self) -> None:
         """Read the slot map again now (concurrent callers share one reading)."""
@@ -430,7 +447,11 @@ class ClusterTransport:
                     ) from None
                 await anyio.sleep(self._backoff(rounds))
             elif rounds > 16:
-                raise BackendError(f"calls redirected {rounds} times in a row: {replies}")
+                # MOVED back and forth: the nodes do not agree yet on who serves the slot (just
+                # after a failover), and the map read again says the old owner. Wait for them.
+                if time.monotonic() - started > self.cluster_timeout:
+                    raise BackendError(f"calls redirected {rounds} times in a row: {replies}")
+                await anyio.sleep(self._backoff(rounds - 16))
         return replies
 
     def _waves(

@@ -25,6 +25,7 @@ from strego.backends.redis.keys import (
 from strego.backends.redis.migrate import check_schema
 from strego.backends.redis.scripts import script
 from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
+from strego.backends.redis.wakeups import Wakeups, sharded_pubsub_supported
 from strego.task import validate_queue_name
 
 log = logging.getLogger("strego.backends.redis")
@@ -75,6 +76,11 @@ class RedisCore:
     stats_retention_ms: int
     #: the history streams' MAXLEN, 0 while history is off (docs/redis.md, "History")
     history_cap: int
+    #: on Cluster (Redis 7), fetches and schedulers wait on sharded pub/sub (wakeups.py), and
+    #: the scripts SPUBLISH the wake-ups (from the first call's checks on); None and False
+    #: elsewhere
+    _wakeups: Wakeups | None
+    _sharded_notify: bool
     _keys: dict[str, Keys]
     _registry: str
     _first_call_checked: bool
@@ -112,8 +118,10 @@ class RedisCore:
             tasks = keys[_TASKS_AT[name]]
             assert isinstance(tasks, str) and tasks.endswith(":tasks")
             history = tasks[: -len("tasks")] + "history"
-            return ScriptCall(script(name, self.history_cap), (*keys, history), args)
-        return ScriptCall(script(name), keys, args)
+            return ScriptCall(
+                script(name, self.history_cap, self._sharded_notify), (*keys, history), args
+            )
+        return ScriptCall(script(name, 0, self._sharded_notify), keys, args)
 
     async def _run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         if not self._first_call_checked:
@@ -152,4 +160,10 @@ class RedisCore:
             except Exception as exc:
                 log.debug("checking the maxmemory-policy failed: %s", exc)
             await check_schema(self.transport, self.prefix)
+            if self._wakeups is not None:
+                # Redis 6.2 Cluster: no SPUBLISH in the scripts, waits block on the streams
+                if await sharded_pubsub_supported(self._wakeups.cluster):
+                    self._sharded_notify = True
+                else:
+                    self._wakeups = None
             self._first_call_checked = True

@@ -2,7 +2,9 @@
 skips the queues it found idle while their `ready` counters hold (`IdleQueues`, "The idle-queue
 cache and the `ready` rule" in docs/architecture.md), peeks at the others in one pipeline, runs
 the fetch script on those with work (`Taken` gathers the result), and waits on the streams when
-nothing came. `wait_schedule_change` waits on the queues' signal streams for the scheduler."""
+nothing came. `wait_schedule_change` waits on the queues' signal streams for the scheduler. On
+Cluster both wait on sharded pub/sub instead (`_wakeups`, wakeups.py: one connection per node,
+where blocking on the streams would take one per slot)."""
 
 from __future__ import annotations
 
@@ -94,14 +96,21 @@ class Fetching(Transitions):
     ) -> list[TaskInfo]:
         if not self._first_call_checked:
             await self._first_call_checks()
+        if self._wakeups is not None and block_ms > 0 and count > 0:
+            return await self._fetch_sharded(queues, count, consumer, lease_ms, block_ms, ordered)
         taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
         out = taken.tasks
         if out or block_ms <= 0 or count <= 0 or taken.more:
             return out
+        await self._block_on_streams(taken, block_ms)
+        return (await self._fetch_once(queues, count, consumer, lease_ms, ordered)).tasks
+
+    async def _block_on_streams(self, taken: Taken, block_ms: int) -> None:
+        """Wait until an entry is added after where the fetch pass left each stream."""
         waits = [w for group in taken.waits for w in group]
         if not waits:  # every queue is paused: nothing to wait on but time
             await anyio.sleep(block_ms / 1000)
-            return []
+            return
         streams = [s for s, _ in waits]
         ids = [i for _, i in waits]
         # XREAD without a group only reads: idempotent, so a wait cut by a failover goes on
@@ -112,7 +121,43 @@ class Fetching(Transitions):
             ),
             block_ms,
         )
-        return (await self._fetch_once(queues, count, consumer, lease_ms, ordered)).tasks
+
+    async def _fetch_sharded(
+        self,
+        queues: Sequence[str],
+        count: int,
+        consumer: str,
+        lease_ms: int,
+        block_ms: int,
+        ordered: bool,
+    ) -> list[TaskInfo]:
+        """The blocking fetch on Cluster: subscribed first to the queues' `ready` channels
+        (wakeups.py: one connection per node, not one per slot), then the fetch pass, then a
+        wait for a message. Nothing is lost in between: a task made pending after the
+        subscription publishes, one before it is seen by the pass. (A first pass before the
+        subscription returns at once when it finds tasks.) A wake-up without a task (a
+        lost connection, a moved slot) subscribes and looks again until `block_ms` is over, as
+        a blocked XREAD would go on after a failover."""
+        assert self._wakeups is not None
+        deadline = anyio.current_time() + block_ms / 1000
+        # a busy server finds tasks here and never pays for the subscription
+        taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
+        if taken.tasks or taken.more:
+            return taken.tasks
+        channels = [(self.keys(q).ready.encode(), q) for q in queues]
+        while True:
+            remaining = deadline - anyio.current_time()
+            async with self._wakeups.listen(channels, max(0.0, remaining)) as watch:
+                taken = await self._fetch_once(queues, count, consumer, lease_ms, ordered)
+                remaining = deadline - anyio.current_time()
+                if taken.tasks or taken.more or remaining <= 0:
+                    return taken.tasks
+                if watch is None:  # a channel could not be subscribed: block on the streams
+                    await self._block_on_streams(taken, max(1, int(remaining * 1000)))
+                    return (
+                        await self._fetch_once(queues, count, consumer, lease_ms, ordered)
+                    ).tasks
+                await watch.wait(remaining)
 
     def _idle_of(self, consumer: str, queues: Sequence[str]) -> IdleQueues:
         """The idle-queue findings of `consumer`, kept for its last set of queues only (a server
@@ -285,6 +330,16 @@ class Fetching(Transitions):
             # no longer than one step
             await anyio.sleep(min(timeout_ms, SCHEDULE_STEP_MS) / 1000)
             return
+        if self._wakeups is not None:  # Cluster: subscribe, look, then wait (wakeups.py)
+            channels = [(self.keys(q).signal.encode(), q) for q in queues]
+            async with self._wakeups.listen(channels) as watch:
+                news = None if watch is None else await self._signal_news(queues)
+                if news is False:
+                    assert watch is not None
+                    await watch.wait(timeout_ms / 1000)  # a local timer: no Redis slack
+                if news is not None:
+                    return
+            # a channel could not be subscribed, or a signal stream not read: block on them
         timeout_ms -= REDIS_TIMER_SLACK_MS
         streams = [self.keys(q).signal for q in queues]
         ids = [self._signal_ids.get(q, b"$") for q in queues]
@@ -305,3 +360,23 @@ class Fetching(Transitions):
         for key, entries in _pairs(reply):
             if entries:
                 self._signal_ids[by_key[_str(key)]] = entries[-1][0]
+
+    async def _signal_news(self, queues: Sequence[str]) -> bool | None:
+        """Did a queue's signal stream get an entry since the last one seen (True), or not
+        (False)? A queue seen for the first time starts from its last entry (as XREAD's `$`).
+        None when a stream could not be read (a foreign key: the XREAD wait isolates it)."""
+        last_entries = [
+            Command(("XREVRANGE", self.keys(q).signal, "+", "-", "COUNT", 1), idempotent=True)
+            for q in queues
+        ]
+        replies = await self._send(last_entries)
+        news = False
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, BaseException):
+                return None
+            last = reply[0][0] if reply else _FROM_START
+            seen = self._signal_ids.get(queue)
+            if seen != last:
+                self._signal_ids[queue] = last
+                news = news or seen is not None
+        return news

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from strego.backends.redis.slots import key_slot
 from strego.backends.watch import Watch
 from strego.errors import BackendError
 
@@ -68,8 +69,17 @@ def split_ids(data: bytes) -> list[str]:
 
 
 class Notifier:
-    def __init__(self, open_connection: Callable[[], Awaitable[PubSubConnection]]) -> None:
+    """`on_moved` is called when Redis refused or dropped a channel (sharded pub/sub on
+    Cluster: MOVED to an SSUBSCRIBE, or an SUNSUBSCRIBE pushed when the slot moved away)."""
+
+    def __init__(
+        self,
+        open_connection: Callable[[], Awaitable[PubSubConnection]],
+        *,
+        on_moved: Callable[[], None] | None = None,
+    ) -> None:
         self._open = open_connection
+        self._on_moved = on_moved
         self._conn: PubSubConnection | None = None
         self._channels: dict[bytes, _Channel] = {}
         #: channels Redis confirmed on the current connection
@@ -87,31 +97,48 @@ class Notifier:
         SUBSCRIBE_TIMEOUT_S without Redis: see the module docstring). With `task_id`, only
         messages naming that task are kept."""
         watch = _NotifierWatch(self)
-        wanted = None if task_id is None else {task_id}
+        async with self.join(watch, channels, None if task_id is None else {task_id}):
+            yield watch
+
+    @asynccontextmanager
+    async def join(
+        self,
+        watch: Watch,
+        channels: Sequence[tuple[bytes, str]],
+        wanted: set[str] | None = None,
+        timeout_s: float = SUBSCRIBE_TIMEOUT_S,
+    ) -> AsyncIterator[bool]:
+        """`listen` with a watch of the caller's (one watch may join several notifiers: wait
+        on it with `pump` of each). Yields whether Redis confirmed every channel."""
         for name, queue in channels:
             channel = self._channels.get(name)
             if channel is None:
                 channel = self._channels[name] = _Channel(queue, split_ids)
             channel.watches[watch] = wanted
+        names = [name for name, _ in channels]
         try:
-            await self._subscribed([name for name, _ in channels], watch)
+            await self._subscribed(names, watch, timeout_s)
             watch.take()  # confirmations woke it: not news for its owner
-            yield watch
+            yield set(names) <= self._confirmed
         finally:
-            for name, _ in channels:
+            for name in names:
                 channel = self._channels.get(name)
                 if channel is not None:
                     channel.watches.pop(watch, None)
 
-    async def _subscribed(self, names: list[bytes], watch: Watch) -> None:
-        deadline = anyio.current_time() + SUBSCRIBE_TIMEOUT_S
+    def _unconfirmed(self, names: list[bytes]) -> bool:
+        # a channel Redis refused or dropped is no longer in _channels: not waited for
+        return any(n in self._channels and n not in self._confirmed for n in names)
+
+    async def _subscribed(self, names: list[bytes], watch: Watch, timeout_s: float) -> None:
+        deadline = anyio.current_time() + timeout_s
         sent = self._conn
-        if sent is not None and not set(names) <= self._confirmed:
+        if sent is not None and self._unconfirmed(names):
             try:
-                await sent.subscribe(names)
+                await sent.subscribe([n for n in names if n not in self._confirmed])
             except BackendError:
                 await self._lost(sent)
-        while not set(names) <= self._confirmed:
+        while self._unconfirmed(names):
             now = anyio.current_time()
             if now >= deadline:
                 log.debug("no subscription to %s: waiting falls back on polling", names)
@@ -166,20 +193,49 @@ class Notifier:
             if reply is not None:
                 self._dispatch(reply)
 
-    def _dispatch(self, reply: list[Any]) -> None:
-        if len(reply) < 3:
+    def _dispatch(self, reply: Any) -> None:
+        if isinstance(reply, Exception):  # a refused (S)SUBSCRIBE
+            self._refused(str(reply))
+            return
+        if not isinstance(reply, list) or len(reply) < 3:
             return
         kind, name, data = reply[0], reply[1], reply[2]
         channel = self._channels.get(name)
-        if kind == b"subscribe":
+        if kind in (b"subscribe", b"ssubscribe"):
             self._confirmed.add(name)
             for watch in channel.watches if channel is not None else ():
                 watch.wake()
-        elif kind == b"message" and channel is not None and isinstance(data, bytes):
+        elif kind == b"sunsubscribe":  # pushed by Redis: the channel's slot moved away
+            self._drop([name])
+        elif kind in (b"message", b"smessage") and channel is not None and isinstance(data, bytes):
             for task_id in channel.parse(data):
                 for watch, wanted in channel.watches.items():
                     if wanted is None or task_id in wanted:
                         watch.put(channel.queue, task_id)
+
+    def _refused(self, error: str) -> None:
+        """Redis refused a subscription. MOVED <slot> (sharded, Cluster): the unconfirmed
+        channels of that slot live on another node; anything else: every unconfirmed one."""
+        log.debug("pub/sub subscription refused: %s", error)
+        moved = error.split()[1] if error.startswith("MOVED ") else None
+        self._drop(
+            [
+                name
+                for name in self._channels
+                if name not in self._confirmed and (moved is None or str(key_slot(name)) == moved)
+            ]
+        )
+
+    def _drop(self, names: list[bytes]) -> None:
+        """Forget these channels on this connection (their watches are woken: their owners
+        listen again, on the node that serves them now)."""
+        for name in names:
+            self._confirmed.discard(name)
+            channel = self._channels.pop(name, None)
+            for watch in channel.watches if channel is not None else ():
+                watch.wake()
+        if names and self._on_moved is not None:
+            self._on_moved()
 
     async def _connection(self) -> PubSubConnection | None:
         if self._conn is not None:
@@ -214,6 +270,9 @@ class Notifier:
 
     async def aclose(self) -> None:
         self._closed = True
+        for channel in self._channels.values():
+            for watch in channel.watches:
+                watch.wake()
         conn, self._conn = self._conn, None
         if conn is not None:
             with anyio.CancelScope(shield=True):

@@ -14,6 +14,7 @@ import anyio.abc
 import hiredis
 
 from strego.backends.redis.connection import _connect_stream, _handshake, pack_command
+from strego.backends.redis.slots import key_slot
 from strego.backends.redis.url import ConnectionSettings
 from strego.errors import BackendConnectionError, BackendError
 
@@ -27,19 +28,21 @@ class AnyioPubSub:
     """A connection of its own in subscribe mode. Reads are cancel-safe: a receive cut short
     takes no bytes, and a reply read in part stays in the parser."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, address: str) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, address: str, sharded: bool = False) -> None:
         self._stream = stream
         self._address = address
+        #: SSUBSCRIBE (sharded pub/sub, Cluster) instead of SUBSCRIBE
+        self.sharded = sharded
         self._reader = hiredis.Reader()
         self._send_lock = anyio.Lock()
 
     @classmethod
-    async def open(cls, settings: ConnectionSettings) -> AnyioPubSub:
+    async def open(cls, settings: ConnectionSettings, *, sharded: bool = False) -> AnyioPubSub:
         address = settings.describe()
         try:
             with anyio.fail_after(settings.connect_timeout):
                 stream = await _connect_stream(settings)
-                conn = cls(stream, address)
+                conn = cls(stream, address, sharded)
                 try:
                     payload, count = _handshake(settings)
                     await stream.send(payload)
@@ -59,11 +62,20 @@ class AnyioPubSub:
     async def subscribe(self, channels: Sequence[bytes]) -> None:
         async with self._send_lock:
             try:
-                await self._stream.send(pack_command(("SUBSCRIBE", *channels)))
+                await self._stream.send(self._subscribe_commands(channels))
             except _LOST as exc:
                 raise BackendConnectionError(
                     f"pub/sub connection to {self._address}: {exc}"
                 ) from None
+
+    def _subscribe_commands(self, channels: Sequence[bytes]) -> bytes:
+        if not self.sharded:
+            return pack_command(("SUBSCRIBE", *channels))
+        # one SSUBSCRIBE per slot: the channels of one command must share a slot (CROSSSLOT)
+        by_slot: dict[int, list[bytes]] = {}
+        for channel in channels:
+            by_slot.setdefault(key_slot(channel), []).append(channel)
+        return b"".join(pack_command(("SSUBSCRIBE", *names)) for names in by_slot.values())
 
     async def read(self, timeout_s: float) -> Any:
         reply = self._reader.gets()

@@ -50,12 +50,15 @@ def _compact(text: str) -> str:
 
 
 @cache
-def script(name: str, history_cap: int = 0) -> Script:
+def script(name: str, history_cap: int = 0, sharded_notify: bool = False) -> Script:
     """The script as loaded: its keys named (`K`, from SCRIPT_KEYS), then its text with the
     fragments it includes. A script of HISTORY_SCRIPTS starts with the `HISTORY` lib/history.lua
     reads: `false` (history_cap 0: history off), or its stream (the last KEYS entry, after
-    SCRIPT_KEYS's) and `history_cap`, the stream's MAXLEN."""
+    SCRIPT_KEYS's) and `history_cap`, the stream's MAXLEN. `SHARDED_NOTIFY` (lib/ready.lua,
+    lib/record.lua) is true on Cluster only: the scripts then SPUBLISH the wake-ups of waiting
+    fetches and schedulers (strego/backends/redis/wakeups.py); a single Redis pays nothing."""
     head = lua_key_names(name)
+    head += f"local SHARDED_NOTIFY = {'true' if sharded_notify else 'false'}\n"
     if name in HISTORY_SCRIPTS:
         if history_cap:
             index = key_count(name) + 1

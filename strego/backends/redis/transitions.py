@@ -488,11 +488,12 @@ class Transitions(Reads):
         # the counter moves so that fetchers that found the queue paused look again; after the
         # DEL (one pipeline runs in order), else a peek in between could record it paused under
         # the new value. Counting twice on a retry only costs one more peek.
+        calls = [Command(("DEL", k.paused), idempotent=True),
+                 Command(("INCR", k.ready), idempotent=True)]  # fmt: skip
+        if self._sharded_notify:  # Cluster: wake fetches waiting on the queue (wakeups.py)
+            calls.append(Command(("SPUBLISH", k.ready, "resumed"), idempotent=True))
         try:
-            await self._pipeline(
-                [Command(("DEL", k.paused), idempotent=True),
-                 Command(("INCR", k.ready), idempotent=True)]
-            )  # fmt: skip
+            await self._pipeline(calls)
         except ForeignKeyError as exc:
             raise await self._foreign(queue, exc) from None
 

@@ -9,3 +9,11 @@ local function ready_refused(key)
   end
   return nil
 end
+
+-- Tasks became pending: move the counter. On Cluster (SHARDED_NOTIFY, set by the loader) also
+-- publish its new value on the queue's sharded channel, named like the counter (same slot): the
+-- wake-up of fetches that wait (strego/backends/redis/wakeups.py). One call per script at most.
+local function ready_moved()
+  local n = redis.call('INCR', K.ready)
+  if SHARDED_NOTIFY then redis.call('SPUBLISH', K.ready, n) end
+end

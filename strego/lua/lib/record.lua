@@ -328,6 +328,8 @@ local function signal_if_earliest(scheduled, retry, signal, due)
   local best = earliest(scheduled, retry)
   if best == nil or tonumber(due) < tonumber(best) then
     redis.call('XADD', signal, 'MAXLEN', '~', '16', '*', 'd', due)
+    -- on Cluster, schedulers wait on the sharded channel named like the stream (same slot)
+    if SHARDED_NOTIFY then redis.call('SPUBLISH', signal, due) end
   end
 end
 
