@@ -11,9 +11,8 @@ call keeps retrying while slots move or a primary is replaced.
   asked again on MOVED, on a connection failure, and every REFRESH_S seconds.
 - A call goes to the primary of its first key's slot (strego's scripts touch one queue, one hash
   tag: one slot). A pipeline is split per node, the parts sent at once, and the replies put back
-  in the caller's order. Order across nodes is kept where it matters: a command that follows a
-  script on another node waits for it (enqueue registers its queue after its script;
-  docs/redis.md).
+  in the caller's order. Order across nodes is kept: a command that follows a script on another
+  node in the same pipeline waits for it.
 - MOVED: the call goes to the named node, and the map is refreshed. ASK: it is sent once more to
   the named node after ASKING. TRYAGAIN and CLUSTERDOWN: sent again with backoff until
   cluster_timeout. A node that cannot be reached: the map is refreshed and the call sent again
