@@ -240,21 +240,22 @@ def _batch(text: str) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from strego.backends.redis.anyio_transport import AnyioTransport
     from strego.backends.redis.migrate import Migration, migrate
 
     try:
-        transport = AnyioTransport.from_url(args.redis)
+        # The URL every process uses: its backend options (history, durable) are accepted, and
+        # a Sentinel or Cluster URL gets its own transport. Only the transport is used.
+        backend = _redis_backend(args.redis, args.prefix)
     except ValueError as exc:
         print(f"strego migrate: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> Migration:
-        m = Migration(transport, args.prefix, dry_run=args.dry_run, batch=args.batch)
+        m = Migration(backend.transport, args.prefix, dry_run=args.dry_run, batch=args.batch)
         try:
             await migrate(m)
         finally:
-            await transport.aclose()
+            await backend.aclose()
         return m
 
     try:
@@ -325,7 +326,9 @@ def parser() -> argparse.ArgumentParser:
         "done (or nothing to do), 1 when Redis fails or the data is newer than this strego, "
         "2 for a usage error.",
     )
-    migrate.add_argument("--redis", metavar="URL", required=True, help="the Redis to upgrade")
+    migrate.add_argument(
+        "--redis", metavar="URL", required=True, help="the Redis to upgrade (the servers' URL)"
+    )
     migrate.add_argument("--prefix", default="strego", help="the key prefix (default strego)")
     migrate.add_argument("--dry-run", action="store_true", help="check and report, write nothing")
     migrate.add_argument(

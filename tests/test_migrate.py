@@ -90,6 +90,24 @@ def test_migrate_usage_errors_exit_2() -> None:
     assert bad_url.returncode == 2 and "unsupported Redis URL scheme" in bad_url.stderr
 
 
+def test_migrate_takes_the_url_every_process_uses(clean_redis_url: str) -> None:
+    """Backend options (history, durable) in the URL are the backend's, not the connection's:
+    migrate accepts them; a Sentinel URL reaches its sentinels (here none: exit 1, not 2)."""
+    restore(clean_redis_url)
+    url = f"{clean_redis_url}?history=true&history_cap=1000&durable=true&connect_timeout=5"
+    done = strego("migrate", "--redis", url, "--prefix", PREFIX)
+    assert done.returncode == 0, done.stderr
+    assert stored_version(clean_redis_url) == b"2"
+    bad = strego("migrate", "--redis", f"{clean_redis_url}?history=maybe")
+    assert bad.returncode == 2 and "history must be true or false" in bad.stderr
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sentinel = f"redis+sentinel://127.0.0.1:{port}/mymaster?failover_timeout=0.3"
+    down = strego("migrate", "--redis", sentinel, "--prefix", PREFIX)
+    assert down.returncode == 1 and "no sentinel named the master" in down.stderr, down.stderr
+
+
 def test_migrate_fails_with_1_when_redis_is_down_or_the_data_is_newer(
     clean_redis_url: str,
 ) -> None:

@@ -4,14 +4,17 @@ after the enqueue's writes), and raises NotReplicatedError when none confirms in
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
 from conformance.helpers import message
 from strego.backends.redis import RedisBackend
+from strego.backends.redis.transport import Command, ScriptCall
 from strego.errors import NotReplicatedError
 from tests.redis_server import RedisServer, running_redis_server
+from tests.runtime_support import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -66,3 +69,51 @@ async def test_no_replica_confirms(redis_url: str) -> None:
     finally:
         await backend.aclose()
         await plain.aclose()
+
+
+async def test_durable_registry_entry_is_waited_for_too() -> None:
+    # The queue's first enqueue SADDs it to the registry after the script (and its WAIT): that
+    # SADD must be waited for as well, or a failover right after could lose the queue's entry.
+    # The replica is cut off just before the SADD: the tasks were confirmed, the entry cannot be.
+    with running_redis_server() as master, running_redis_server() as replica:
+        import redis
+
+        redis.Redis(port=replica.port).replicaof("127.0.0.1", master.port)
+        await eventually(
+            lambda: (
+                redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up"
+            ),
+            "the replica in sync",
+        )
+        backend = RedisBackend.from_url(
+            f"{master.url}?durable=true&durable_timeout_ms=300", prefix="reg"
+        )
+        transport = backend.transport
+        real_execute, real_pipeline = transport.execute, transport.pipeline
+
+        def cut_before_sadd(calls: list[Any]) -> None:
+            if any(isinstance(c, Command) and c.args[0] == "SADD" for c in calls):
+                redis.Redis(port=replica.port).replicaof("NO", "ONE")
+
+        async def execute(command: Command) -> Any:
+            cut_before_sadd([command])
+            return await real_execute(command)
+
+        async def pipeline(calls: Sequence[ScriptCall | Command]) -> list[Any]:
+            cut_before_sadd(list(calls))
+            return await real_pipeline(calls)
+
+        transport.execute = execute  # type: ignore[method-assign]
+        transport.pipeline = pipeline  # type: ignore[method-assign]
+        try:
+            with pytest.raises(NotReplicatedError, match="registry"):
+                await backend.enqueue(message("t1", queue="fresh"))
+        finally:
+            await backend.aclose()
+        # the task had reached the replica before it was cut off, the registry entry had not
+        on_replica = RedisBackend.from_url(replica.url, prefix="reg")
+        try:
+            assert await on_replica.get_task("t1", "fresh") is not None
+        finally:
+            await on_replica.aclose()
+        assert redis.Redis(port=replica.port).exists("reg:v1:queues") == 0

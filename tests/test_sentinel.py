@@ -187,6 +187,46 @@ async def test_no_sentinel_answers() -> None:
             await t.execute(Command(("PING",), idempotent=True))
 
 
+async def never_answer(stream: anyio.abc.SocketStream) -> None:
+    """A sentinel that accepts the connection and reads, but never replies."""
+    try:
+        while True:
+            await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+async def test_sentinels_that_never_answer_are_retried_for_the_window() -> None:
+    # A timeout is not a refusal: asking again may help, so it is a connection error (retried
+    # for failover_timeout), not a BackendError raised at once.
+    async with fake_redis(never_answer) as p1, fake_redis(never_answer) as p2:
+        url = f"redis+sentinel://127.0.0.1:{p1},127.0.0.1:{p2}/mymaster?connect_timeout=0.3"
+        async with SentinelTransport.from_url(url) as t:
+            with pytest.raises(BackendConnectionError, match="no sentinel named the master"):
+                await t._discover()
+
+
+async def test_a_sentinel_refusing_the_question_fails_at_once() -> None:
+    async def refuse(stream: anyio.abc.SocketStream) -> None:
+        reader = hiredis.Reader()
+        try:
+            while True:
+                reader.feed(await stream.receive())
+                while (command := reader.gets()) is not False:
+                    if command[0].upper() == b"SENTINEL":
+                        await stream.send(b"-NOPERM not allowed\r\n")
+                    else:
+                        await stream.send(b"+PONG\r\n")
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    async with fake_redis(refuse) as port, transport([port], failover_timeout=30) as t:
+        with anyio.fail_after(10):  # not retried for the 30 s window
+            with pytest.raises(BackendError, match="NOPERM") as raised:
+                await t.execute(Command(("PING",), idempotent=True))
+        assert not isinstance(raised.value, BackendConnectionError)
+
+
 async def test_passwords_of_the_master_and_of_the_sentinels() -> None:
     with running_redis_server(["--requirepass", "mpw"]) as master:
         fake = FakeSentinel(master.port)

@@ -46,7 +46,12 @@ from strego.backends.redis.connection import (
 from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.transport import Command, ScriptCall, to_resend
 from strego.backends.redis.url import ConnectionSettings, parse_url
-from strego.errors import BackendCertificateError, BackendConnectionError, BackendError
+from strego.errors import (
+    BackendCertificateError,
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+)
 
 log = logging.getLogger("strego.backends.redis")
 
@@ -168,12 +173,15 @@ def _safe(url: str) -> str:
     return repr(f"{scheme}://{rest.rpartition('@')[2].split('?', 1)[0]}")
 
 
+class _Refusal(BackendError):
+    """A sentinel's own error reply (to the login or to the question): flagged by `_ask`."""
+
+
 def _lasting(error: BackendError) -> bool:
     """Whether a sentinel's error stays until the settings change: it refused the login (or
-    the question), or its certificate was refused. Not a connection that failed."""
-    return isinstance(error, BackendCertificateError) or not isinstance(
-        error, BackendConnectionError
-    )
+    the question), or its certificate was refused. Not a connection that failed or a sentinel
+    that did not answer in time (BackendTimeoutError): asking again may help those."""
+    return isinstance(error, BackendCertificateError | _Refusal)
 
 
 def _refused(reply: Any) -> bool:
@@ -391,7 +399,12 @@ class SentinelTransport(AnyioTransport):
     async def _ask(self, host: str, port: int) -> tuple[str, int] | None:
         """The master's address by one sentinel (None if it knows no such master)."""
         settings = self.sentinel.for_sentinel(host, port)
-        conn = await open_connection(settings, self.stats, write_timeout=self._write_timeout)
+        try:
+            conn = await open_connection(settings, self.stats, write_timeout=self._write_timeout)
+        except (BackendConnectionError, BackendTimeoutError):
+            raise
+        except BackendError as exc:  # its reply refused the login (AUTH, SELECT)
+            raise _Refusal(str(exc)) from None
         try:
             ask = pack_command(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.sentinel.service))
             (reply,) = await conn.request(ask, 1)
@@ -400,7 +413,7 @@ class SentinelTransport(AnyioTransport):
         finally:
             await conn.aclose()
         if isinstance(reply, hiredis.ReplyError):
-            raise BackendError(f"{settings.describe()}: {reply}")
+            raise _Refusal(f"{settings.describe()}: {reply}")
         if reply is None:
             return None
         return reply[0].decode(), int(reply[1])

@@ -72,7 +72,11 @@ class Transitions(Reads):
             raise await self._foreign(queue, reply) from None
         if isinstance(reply, BaseException):
             raise reply
-        ((code, detail),) = (await self._register([reply], [queue]))[0]
+        try:
+            ((code, detail),) = (await self._register([reply], [queue]))[0]
+        except NotReplicatedError:
+            self._check_replicated(waited, 1)  # the tasks' own shortfall first, when both
+            raise
         result = self._enqueued(message, code, detail)
         if isinstance(result, StregoError):
             raise result
@@ -97,7 +101,11 @@ class Transitions(Reads):
         durable = self._durable()
         sent = await self._send([*calls, *durable])
         waited = sent[len(calls) :]
-        replies = await self._register(sent[: len(calls)], [queue for queue, _ in chunks])
+        try:
+            replies = await self._register(sent[: len(calls)], [queue for queue, _ in chunks])
+        except NotReplicatedError:
+            self._check_replicated(waited, len(messages))
+            raise
         results: list[TaskInfo | StregoError | None] = [None] * len(messages)
         failed = [r for r in replies if isinstance(r, BaseException)]
         for (queue, chunk), reply in zip(chunks, replies, strict=True):
@@ -153,20 +161,44 @@ class Transitions(Reads):
                 unlisted[queue] = None
             out.append(reply)
         if unlisted:
-            await self._register_queues(list(unlisted))
+            await self._register_queues(list(unlisted), for_enqueue=True)
         return out
 
-    async def _register_queues(self, queues: Sequence[str]) -> None:
-        """SADD `queues`, whose `registered` flag a script has just set, to the registry."""
+    async def _register_queues(self, queues: Sequence[str], *, for_enqueue: bool = False) -> None:
+        """SADD `queues`, whose `registered` flag a script has just set, to the registry. For an
+        enqueue with `durable` on (not for fire_schedule, whose writes are not waited for), WAIT
+        after it on the same connection, as after the enqueue's writes (the replicas have the
+        flag, so a failover losing the SADD would leave the queue unlisted): too few replicas
+        raise NotReplicatedError. (The replication stream is ordered, so any later WAIT that
+        succeeds covers this SADD as well.)"""
+        sadd = Command(("SADD", self._registry, *queues), idempotent=True)
+        wait = self._durable() if for_enqueue else []
+        waited: list[Any] = []
         try:
-            await self.transport.execute(
-                Command(("SADD", self._registry, *queues), idempotent=True)
-            )
+            if wait:
+                reply, *waited = await self.transport.pipeline([sadd, *wait])
+                if isinstance(reply, BackendError):
+                    raise reply
+            else:
+                await self.transport.execute(sadd)
         except BackendError as exc:
             log.error("tasks were stored but the queue registry did not list %s: %s", queues, exc)
             forget = [Command(("DEL", self.keys(q).registered), idempotent=True) for q in queues]
             with contextlib.suppress(BackendError):  # best effort: else the flag's TTL does it
                 await self.transport.pipeline(forget)
+            return
+        if not waited:
+            return
+        (replicas,) = waited
+        entry = f"the queue registry's entry for {list(queues)}"
+        if isinstance(replicas, BaseException):
+            raise NotReplicatedError(f"tasks stored, but WAIT after {entry} failed: {replicas}")
+        if int(replicas) < self.durable_replicas:
+            raise NotReplicatedError(
+                f"tasks stored and replicated, but {replicas} replica(s), not "
+                f"{self.durable_replicas}, confirmed {entry} within {self.durable_timeout_ms} ms: "
+                "a failover now could lose it"
+            )
 
     def _enqueue_call(self, queue: str, now: Arg, messages: Sequence[TaskMessage]) -> ScriptCall:
         """The enqueue script's call for `messages`, all of `queue`."""
