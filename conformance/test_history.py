@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from conformance.clock import FakeClock
-from conformance.helpers import LEASE_MS, message
+from conformance.helpers import LEASE_MS, make_dead, message
 from strego.backends.base import Backend
 from strego.errors import InvalidTaskError
 from strego.history import HistoryEvent, history_source
@@ -110,6 +110,29 @@ async def test_unacknowledged_events_come_again_after_rewind(hbackend: Backend) 
     # another drainer takes it over once the first one hands it on (or after CLAIM_IDLE_MS)
     await release_history(hbackend, "d1")
     assert [e.task_id for e in await history_source(hbackend, "d2").read_history(10)] == ["t4"]
+
+
+async def test_events_of_a_queue_purged_empty_are_still_read(hbackend: Backend) -> None:
+    """A purge that empties a queue takes it out of the registry (Redis), where drainers find
+    history streams: its `deleted` events, and those not stored before it, are read all the
+    same, and the purged queue is forgotten once they are stored."""
+    source = history_source(hbackend, "d1")
+    await make_dead(hbackend, "t1")
+    await hbackend.enqueue(message("t2", queue="other"))
+    await source.ack_history(await source.read_history(100))
+    await hbackend.enqueue(message("t3"))
+    assert await hbackend.purge("q", [TaskState.DEAD, TaskState.PENDING]) == 2
+    assert "q" not in await hbackend.queues()
+    events = await source.read_history(100)
+    assert sorted((e.task_id, e.state) for e in events) == [
+        ("t1", "deleted"), ("t3", "deleted"), ("t3", "pending"),
+    ]  # fmt: skip
+    assert (await source.history_backlog()).get("q") == 3
+    await source.ack_history(events)
+    assert await source.read_history(100) == []
+    assert (await source.history_backlog()).get("q", 0) == 0
+    # a drainer that starts now finds nothing either
+    assert await history_source(hbackend, "d2").read_history(100) == []
 
 
 async def test_the_cap_bounds_the_backlog(make_backend: Any, clock: FakeClock) -> None:

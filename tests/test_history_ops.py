@@ -378,3 +378,25 @@ def test_the_history_command_serves_its_metrics(
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert _stored(pg_dsn) == (N, {"pending": N})
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "cap"),
+    [
+        ("redis://127.0.0.1:1/0?history=true&history_cap=500", [], 500),
+        ("redis://127.0.0.1:1/0?history_cap=500", ["--cap", "7"], 7),
+        ("redis://127.0.0.1:1/0", [], DEFAULT_HISTORY_CAP),
+    ],
+)
+def test_the_history_command_takes_the_urls_cap_unless_given_one(
+    url: str, extra: list[str], cap: int
+) -> None:
+    """The servers writing with the URL cap their streams at its history_cap: so does the
+    drainer (which warns as a backlog nears it), unless --cap says otherwise."""
+    from strego.cli import parser
+    from strego.history.cli import redis_backend
+
+    args = parser().parse_args(
+        ["history", "--redis", url, "--postgres", "postgresql://x/y", *extra]
+    )
+    assert redis_backend(args).history_cap == cap

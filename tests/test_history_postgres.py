@@ -120,6 +120,78 @@ async def test_the_drainer_stores_every_transition(hbackend: Any, history: Postg
     assert await history.task("nope") is None
 
 
+async def test_the_events_of_a_queue_purged_empty_are_stored(
+    hbackend: Any, history: PostgresHistory
+) -> None:
+    """The purge empties the queue (on Redis: takes it out of the registry, where drainers find
+    history streams); its `deleted` events are stored all the same, and on Redis the queue
+    leaves the set of purged queues once they are."""
+    await hbackend.enqueue(message("t1"))
+    await hbackend.fetch(["q"], 1, "w1", lease_ms=LEASE_MS)
+    assert await hbackend.fail("q", "t1", "w1", "boom", retry_in_ms=None) == TaskState.DEAD
+    await history.drain(hbackend, until_idle=True)
+    assert await hbackend.purge("q", [TaskState.DEAD]) == 1
+    assert "q" not in await hbackend.queues()
+    await history.drain(hbackend, until_idle=True)
+    story = await history.task("t1")
+    assert story is not None
+    assert [e.state for e in story.events] == ["pending", "active", "dead", "deleted"]
+    assert story.task.state == "deleted"
+    assert sum((await history_source(hbackend).history_backlog()).values()) == 0
+    if isinstance(hbackend, RedisBackend):
+        from strego.backends.redis.keys import history_queues_key
+        from strego.backends.redis.transport import Command
+
+        purged = Command(("SMEMBERS", history_queues_key(hbackend.prefix)))
+        assert not await hbackend.transport.execute(purged)
+
+
+@pytest.mark.redis
+async def test_stopped_drainers_leave_no_consumer_behind(
+    redis_url: str, history: PostgresHistory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each drainer start reads under a name of its own: the next drainer's look for idle
+    entries forgets those idle for CLAIM_IDLE_MS with nothing pending, and takes over the
+    entries of one that stopped mid-batch before forgetting it too."""
+    from strego.backends.redis.transport import Command
+    from strego.history import events
+
+    monkeypatch.setattr(events, "CLAIM_IDLE_MS", 200)
+    backend = RedisBackend.from_url(redis_url, prefix=f"c{uuid.uuid4().hex[:10]}", history=True)
+
+    async def consumers() -> dict[str, int]:
+        reply = await backend.transport.execute(
+            Command(("XINFO", "CONSUMERS", backend.keys("q").history, events.GROUP))
+        )
+        infos = [dict(zip(c[::2], c[1::2], strict=True)) if isinstance(c, list) else c
+                 for c in reply]  # fmt: skip
+        return {i[b"name"].decode(): i[b"pending"] for i in infos}
+
+    try:
+        for i in range(5):  # five drainer starts (worker restarts), each storing one event
+            await backend.enqueue(message(f"t{i}"))
+            await history.drain(backend, until_idle=True)
+            await anyio.sleep(0.3)
+        assert list((await consumers()).values()) == [0]
+        # a drainer stopped mid-batch: its entries are pending under its name
+        await backend.enqueue(message("late"))
+        stopped = history_source(backend, "stopped")
+        assert [e.task_id for e in await stopped.read_history(10)] == ["late"]
+        assert (await consumers())["stopped"] == 1
+        await anyio.sleep(0.3)
+        # the script alone (idle 0): a consumer holding entries is kept
+        forget = ("remove_idle_drainers", (backend.keys("q").history,), (events.GROUP, 0, "me"))
+        assert await backend._run(*forget) == 0
+        assert await consumers() == {"stopped": 1}
+        await history.drain(backend, until_idle=True)
+        story = await history.task("late")
+        assert story is not None and story.task.state == "pending"
+        left = await consumers()
+        assert "stopped" not in left and list(left.values()) == [0]
+    finally:
+        await backend.aclose()
+
+
 async def _rows(dsn: str) -> tuple[list[Any], list[Any]]:
     def read() -> tuple[list[Any], list[Any]]:
         with psycopg.connect(dsn) as conn:

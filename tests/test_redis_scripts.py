@@ -20,6 +20,7 @@ from strego.backends.cursor import encode_cursor
 from strego.backends.redis import RedisBackend
 from strego.backends.redis.keys import HISTORY_SCRIPTS, SCRIPT_KEYS, STREAMS, Keys
 from strego.backends.redis.scripts import NAMES, _compact, _expand, script, source
+from strego.history.events import RedisHistorySource
 from strego.task import TaskState
 
 pytestmark = pytest.mark.anyio
@@ -243,6 +244,7 @@ async def _every_script(backend: RedisBackend, clock: FakeClock) -> None:
     await backend.claim_stale(["q"], "c3", 10, lease_ms=LEASE_MS, max_deliveries=5)
     await backend.promote(["q"])
     await backend.remove_idle_consumers("q", 0)
+    await RedisHistorySource(backend, "d1")._claim_idle(["q"])  # remove_idle_drainers
     await backend.requeue_all_dead("q")
     await backend.enqueue(message("later", process_at_ms=clock() + 60_000))
     assert await backend.run_now("later", "q")

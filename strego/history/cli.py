@@ -7,11 +7,14 @@ import functools
 import logging
 import sys
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from strego.history.events import DEFAULT_HISTORY_CAP
+
+if TYPE_CHECKING:
+    from strego.backends.redis import RedisBackend
 
 
 def _positive(text: str) -> int:
@@ -56,9 +59,8 @@ def add_parser(commands: Any) -> None:
     history.add_argument(
         "--cap",
         type=_positive,
-        default=DEFAULT_HISTORY_CAP,
-        help="the servers' history_cap, to warn as a backlog nears it "
-        f"(default {DEFAULT_HISTORY_CAP})",
+        help="the servers' history_cap, to warn as a backlog nears it (default: the URL's "
+        f"history_cap=N, else {DEFAULT_HISTORY_CAP})",
     )
     history.add_argument(
         "--retention-days",
@@ -116,6 +118,15 @@ def _failure(exc: BaseException, kinds: tuple[type[Exception], ...]) -> BaseExce
     return None
 
 
+def redis_backend(args: argparse.Namespace) -> RedisBackend:
+    """The backend to drain, history on: its cap is --cap if given, else the URL's (its
+    history_cap=N, else the default), as the servers writing with that URL have it."""
+    from strego.backends.redis import RedisBackend
+
+    cap = {} if args.cap is None else {"history_cap": args.cap}
+    return RedisBackend.from_url(args.redis, prefix=args.prefix, history=True, **cap)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level),
@@ -128,16 +139,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import psycopg
 
-    from strego.backends.redis import RedisBackend
     from strego.errors import BackendError
 
     if args.max_batch is not None and args.max_batch < args.batch:
         print("strego history: --max-batch must be at least --batch", file=sys.stderr)
         return 2
     try:
-        backend = RedisBackend.from_url(
-            args.redis, prefix=args.prefix, history=True, history_cap=args.cap
-        )
+        backend = redis_backend(args)
     except ValueError as exc:
         print(f"strego history: {exc}", file=sys.stderr)
         return 2

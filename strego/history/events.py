@@ -293,8 +293,56 @@ class RedisHistorySource:
     def history_cap(self) -> int:
         return self._backend.history_cap
 
+    async def _listed(self) -> tuple[list[str], list[str]]:
+        """The queues of the registry, and those only in the set of purged queues (their
+        history streams may still hold events)."""
+        from strego.backends.redis.core import _str
+        from strego.backends.redis.keys import history_queues_key
+
+        registry, purged = await self._backend.transport.pipeline([
+            self._command(("SMEMBERS", self._backend._registry), idempotent=True),
+            self._command(("SMEMBERS", history_queues_key(self._backend.prefix)),
+                          idempotent=True),
+        ])  # fmt: skip
+        for reply in (registry, purged):
+            if isinstance(reply, BaseException):
+                raise reply
+        queues = sorted(_str(q) for q in registry)
+        listed = set(queues)
+        return queues, sorted(q for q in map(_str, purged) if q not in listed)
+
+    async def _all_queues(self) -> list[str]:
+        queues, purged = await self._listed()
+        return queues + purged
+
     async def _queues(self) -> list[str]:
-        queues = await self._backend.queues()
+        from strego.backends.redis.keys import history_queues_key
+
+        queues, purged = await self._listed()
+        if purged:
+            # Queues a purge took out of the registry: drop each from the set, then look at its
+            # stream, and list it again if events wait there. In this order no event is lost: a
+            # purge lists its queue after its scripts wrote their events, so either after our
+            # SREM (listed again), or before it (then XLEN counts them).
+            key = history_queues_key(self._backend.prefix)
+            await self._backend.transport.execute(
+                self._command(("SREM", key, *purged), idempotent=True)
+            )
+            lengths = await self._backend.transport.pipeline([
+                self._command(("XLEN", self._backend.keys(q).history), idempotent=True)
+                for q in purged
+            ])  # fmt: skip
+            waiting = []
+            for queue, reply in zip(purged, lengths, strict=True):
+                if isinstance(reply, BaseException):
+                    raise reply
+                if int(reply):
+                    waiting.append(queue)
+            if waiting:
+                await self._backend.transport.execute(
+                    self._command(("SADD", key, *waiting), idempotent=True)
+                )
+            queues += waiting
         new = [q for q in queues if q not in self._grouped]
         if new:
             calls = [
@@ -313,13 +361,24 @@ class RedisHistorySource:
     async def _claim_idle(self, queues: Sequence[str]) -> None:
         """Take over the entries other drainers read and left idle for CLAIM_IDLE_MS (their
         drainer stopped): they become this one's pending entries, read first."""
-        calls = [
-            self._command(("XAUTOCLAIM", self._backend.keys(q).history, GROUP, self._consumer,
-                           CLAIM_IDLE_MS, "0-0", "COUNT", 1000, "JUSTID"))
-            for q in queues
-        ]  # fmt: skip
+        calls: list[Any] = []
+        for q in queues:
+            key = self._backend.keys(q).history
+            calls.append(
+                self._command(("XAUTOCLAIM", key, GROUP, self._consumer, CLAIM_IDLE_MS, "0-0",
+                               "COUNT", 1000, "JUSTID"))
+            )  # fmt: skip
+            # then forget the stopped drainers left with nothing (each start has its own name)
+            calls.append(
+                self._backend._call("remove_idle_drainers", (key,),
+                                    (GROUP, CLAIM_IDLE_MS, self._consumer))
+            )  # fmt: skip
+        replies = await self._backend._send(calls)
         claimed = 0
-        for queue, reply in zip(queues, await self._backend.transport.pipeline(calls), strict=True):
+        for queue, reply, forgot in zip(queues, replies[::2], replies[1::2], strict=True):
+            if isinstance(forgot, BaseException):
+                log.warning("history: forgetting stopped drainers of queue %s failed: %s",
+                            queue, forgot)  # fmt: skip
             if isinstance(reply, BaseException):
                 if "NOGROUP" not in str(reply):
                     log.warning("history: taking over idle entries of queue %s failed: %s",
@@ -339,7 +398,7 @@ class RedisHistorySource:
         """Hand this drainer's pending entries (read, not stored) to the next drainer: they are
         marked idle for longer than CLAIM_IDLE_MS, so another drainer takes them over at its
         next look instead of a minute later. Returns how many."""
-        queues = await self._backend.queues()
+        queues = await self._all_queues()
         calls = [
             self._command(("XPENDING", self._backend.keys(q).history, GROUP, "-", "+", 10_000,
                            self._consumer), idempotent=True)
@@ -439,7 +498,7 @@ class RedisHistorySource:
                     raise reply
 
     async def history_backlog(self) -> dict[str, int]:
-        queues = await self._backend.queues()
+        queues = await self._all_queues()
         calls = [self._command(("XLEN", self._backend.keys(q).history), idempotent=True)
                  for q in queues]  # fmt: skip
         replies = await self._backend.transport.pipeline(calls) if calls else []

@@ -360,8 +360,14 @@ class UI:
         else:
             tasks = page.tasks
             if page.next_cursor is not None:
-                query = {k: v for k, v in form.items() if v}
-                next_url = "?" + urlencode({**query, "cursor": page.next_cursor})
+                # every label= of the search (each must match), not only the form's first one
+                query = [
+                    (k, v)
+                    for k in kept
+                    for v in (params.getlist(k) if k == "label" else [form[k]])
+                    if v
+                ]
+                next_url = "?" + urlencode([*query, ("cursor", page.next_cursor)])
         return self.render(
             request,
             "history.html",

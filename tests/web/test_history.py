@@ -151,6 +151,27 @@ async def test_pages_by_cursor(history: PostgresHistory, stored: dict[str, Any])
         assert shown == newest_first
 
 
+async def test_next_page_keeps_every_label(history: PostgresHistory) -> None:
+    """A search by two labels pages through the tasks with both, not with one of them only."""
+    story = HistoryEvents()
+    tagged = ids_at(BULK_AT, 10)
+    for i, task_id in enumerate(tagged):
+        labels = {"batch": "b2", "kind": "x"} if i % 2 else {"batch": "b2"}
+        story.task(task_id, "bulk", "bulk.job", BULK_AT + i, [], labels=labels)
+    await history.store(story.events)
+    both = sorted(tagged[1::2], reverse=True)
+    async with http(create_app(MemoryBackend(), history=history)) as web:
+        shown: list[str] = []
+        url: str | None = "/history?label=kind%3Dx&label=batch%3Db2&limit=2"
+        while url is not None and len(shown) <= len(tagged):
+            page = await web.get(url)
+            assert page.status_code == 200
+            shown += rows(page)
+            nxt = re.search(r'<a href="([^"]+)" rel="next">Next page</a>', page.text)
+            url = "/history" + html.unescape(nxt.group(1)) if nxt else None
+        assert shown == both
+
+
 async def test_story_lists_each_attempt_with_its_error(
     history: PostgresHistory, stored: dict[str, Any]
 ) -> None:

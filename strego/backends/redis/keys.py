@@ -23,6 +23,14 @@ def queues_key(prefix: str) -> str:
     return f"{prefix}:{LAYOUT_VERSION}:queues"
 
 
+def history_queues_key(prefix: str) -> str:
+    """The global set of queues a purge took out of the registry while history is on: their
+    history streams may still hold events not stored, and a drainer finds a stream only through
+    the registry or this set. A drainer takes a queue out again once its stream is empty
+    (docs/history.md, "Purged queues")."""
+    return f"{prefix}:{LAYOUT_VERSION}:history_queues"
+
+
 def schedules_key(prefix: str) -> str:
     """The global index of periodic schedules: a hash, schedule id -> its queue (whose `crons`
     and `cron_defs` hold it)."""
@@ -73,6 +81,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "put_schedule": ("crons", "cron_defs"),
     "remove_schedule": ("crons", "cron_defs"),
     "fire_schedule": (STREAMS, "tasks", "crons", "ready", "registered"),
+    "remove_idle_drainers": ("history",),
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from strego.backends.base import AckItem, Renewal
 from strego.backends.redis import codes
 from strego.backends.redis.core import _str, log
+from strego.backends.redis.keys import history_queues_key
 from strego.backends.redis.reads import Reads
 from strego.backends.redis.record import (
     DEFAULT_MAX_RETRY,
@@ -504,6 +505,13 @@ class Transitions(Reads):
             # cleared it; then T's script, or another that stored a task since, set it again
             # and its caller SADDs after that script, so after this SREM. No order of the
             # calls loses T (docs/redis.md, "Registry"; tests/test_redis_manage.py runs them).
+            if self.history_cap:
+                # Drainers find history streams through the registry: first list the queue
+                # where they also look (after the scripts wrote their events, before the SREM),
+                # so that its events not stored yet are still drained (docs/history.md).
+                await self.transport.execute(
+                    Command(("SADD", history_queues_key(self.prefix), queue), idempotent=True)
+                )
             await self.transport.execute(Command(("SREM", self._registry, queue), idempotent=True))
             _, _, left = await self._purge_call(queue, "", "")
             if left:
