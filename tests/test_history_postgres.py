@@ -751,3 +751,57 @@ async def test_retried_does_not_depend_on_batch_boundaries(
     assert found == reference
     story = await history.task(tid)
     assert story is not None and (story.task.retried, story.task.last_error) == (2, "b")
+
+
+async def test_a_rolled_back_batch_leaves_no_partition_believed_made(
+    history: PostgresHistory,
+) -> None:
+    from strego.ids import new_task_id
+
+    # a batch on a new day makes its partitions, then fails: the rollback undoes them, and the
+    # next batch on the same connection must make them again
+    at = int(datetime(2026, 5, 1, 12, tzinfo=UTC).timestamp() * 1000)
+    tid = new_task_id(at)
+    refused = HistoryEvent("q", (at, 0), tid, "pending", at, type="t", retried=2**31)
+    with pytest.raises(psycopg.DataError):
+        await history.store([refused])
+    await history.store([HistoryEvent("q", (at, 0), tid, "pending", at, type="t")])
+    story = await history.task(tid)
+    assert story is not None and story.task.state == "pending"
+
+
+async def test_migration_2_keeps_the_stored_retry_counts(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from strego.ids import new_task_id
+
+    dsn = _schema_dsn(pg_database)
+    now = int(time.time() * 1000)
+    tid = new_task_id(now)
+
+    def at_version_1() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            with monkeypatch.context() as m:
+                m.setattr(history_schema, "MIGRATIONS", history_schema.MIGRATIONS[:1])
+                m.setattr(history_schema, "VERSION", 1)
+                history_schema.migrate(conn, fresh=False)
+            with conn.transaction():
+                day = history_schema.day_of(now)
+                history_schema.ensure_partitions(conn, "strego_tasks", {day}, set())
+                conn.execute(
+                    "INSERT INTO strego_tasks (id, created_at, queue, state, updated_at, retried,"
+                    " seq_ms, seq_n) VALUES (%s, to_timestamp(%s / 1000.0), 'q', 'retry', now(),"
+                    " 1, %s, 5)",
+                    (tid, now, now),
+                )
+
+    await anyio.to_thread.run_sync(at_version_1)
+    history = PostgresHistory(dsn)  # migrates to the current version
+    # an older event's count does not replace the stored one; a newer one does
+    await history.store([HistoryEvent("q", (now, 4), tid, "retry", now, retried=3)])
+    story = await history.task(tid)
+    assert story is not None and story.task.retried == 1
+    await history.store([HistoryEvent("q", (now, 6), tid, "retry", now, retried=2)])
+    story = await history.task(tid)
+    await history.aclose()
+    assert story is not None and story.task.retried == 2

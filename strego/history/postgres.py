@@ -135,19 +135,10 @@ def _text(value: str) -> str:
 
 def _clean(e: HistoryEvent) -> HistoryEvent:
     """`e` with no 0x00 in its text fields (the same event when it has none: the usual case)."""
+    # one scan of the fields joined (None reads "None": no 0x00) costs less than one per field
+    text = f"{e.queue}{e.task_id}{e.state}{e.error}{e.consumer}{e.type}{e.encoding}"
     labels = e.labels or {}
-    texts = (
-        e.queue,
-        e.task_id,
-        e.state,
-        e.error,
-        e.consumer,
-        e.type,
-        e.encoding,
-        *labels,
-        *labels.values(),
-    )
-    if not any(t is not None and "\x00" in t for t in texts):
+    if "\x00" not in text and not (labels and "\x00" in "".join((*labels, *labels.values()))):
         return e
     return attrs.evolve(
         e, queue=_text(e.queue), task_id=_text(e.task_id), state=_text(e.state),
