@@ -198,7 +198,8 @@ async def _rows(dsn: str) -> tuple[list[Any], list[Any]]:
             tasks = conn.execute(
                 "SELECT id, created_at, queue, type, state, labels, payload, encoding,"
                 " enqueued_at, retried, last_error, consumer, updated_at, seq_ms, seq_n,"
-                " error_seq_ms, error_seq_n, words::text FROM strego_tasks ORDER BY id"
+                " error_seq_ms, error_seq_n, retried_seq_ms, retried_seq_n, words::text"
+                " FROM strego_tasks ORDER BY id"
             ).fetchall()
             events = conn.execute(
                 "SELECT * FROM strego_events ORDER BY queue, seq_ms, seq_n"
@@ -683,3 +684,196 @@ async def test_a_failing_batch_among_concurrent_ones_loses_nothing(
     assert await _rows(pg_dsn) == reference
     assert sum((await history_source(hbackend).history_backlog()).values()) == 0
     assert any("PostgreSQL failed" in r.message for r in caplog.records)
+
+
+# -- events PostgreSQL would refuse, retention under a running writer, `retried` out of order ---
+
+
+async def test_nul_bytes_are_stored_not_refused(hbackend: Any, history: PostgresHistory) -> None:
+    # msgpack and raw payloads often hold 0x00, a handler's error text may: PostgreSQL refuses it
+    # in text and jsonb, and one such event used to stop the drainer for good
+    await hbackend.enqueue(message("z", payload=b"a\x00b"))
+    await hbackend.fetch(["q"], 1, "w\x00", lease_ms=LEASE_MS)
+    assert await hbackend.fail("q", "z", "w\x00", "bad\x00byte", retry_in_ms=None) == TaskState.DEAD
+    with anyio.fail_after(30):
+        await history.drain(hbackend, retry_s=0.01, until_idle=True)
+    story = await history.task("z")
+    assert story is not None
+    t = story.task
+    assert (t.state, t.payload) == ("dead", b"a\x00b")  # bytea keeps every byte
+    assert t.last_error == "bad\ufffdbyte"
+    assert [(r.state, r.consumer) for r in story.events] == [
+        ("pending", None), ("active", "w\ufffd"), ("dead", None),
+    ]  # fmt: skip
+    assert sum((await history_source(hbackend).history_backlog()).values()) == 0
+
+
+async def test_nul_bytes_in_every_text_field_are_stored(history: PostgresHistory) -> None:
+    from strego.ids import new_task_id
+
+    now = int(time.time() * 1000)
+    tid = new_task_id(now)
+    await history.store([
+        HistoryEvent("q", (now, 0), tid, "pending", now, type="t\x00y", payload=b"a\x00b",
+                     encoding="by\x00tes", labels={"k\x00": "v\x00"}),
+        HistoryEvent("q", (now, 1), tid, "retry", now, retried=1, error="e\x00", consumer="c\x00"),
+    ])  # fmt: skip
+    story = await history.task(tid)
+    assert story is not None
+    t = story.task
+    assert (t.type, t.encoding, t.labels) == ("t\ufffdy", "by\ufffdtes", {"k\ufffd": "v\ufffd"})
+    assert (t.payload, t.last_error, t.consumer) == (b"a\x00b", "e\ufffd", "c\ufffd")
+    assert [r.error for r in story.events] == [None, "e\ufffd"]
+    assert [x.id for x in (await history.search(text="a b")).tasks] == [tid]
+
+
+async def test_an_event_postgresql_refuses_is_logged_and_skipped(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a refusal (DataError: here a retry count past int) is no outage: retrying cannot help, so
+    # the batch is split, the rest stored, the refused event logged with its id and acknowledged
+    backend = MemoryBackend(history=True)
+    expected = await _work(backend, 30, "g")
+    assert backend.history is not None
+    now = int(time.time() * 1000)
+    backend.history.add(HistoryEvent("q", (0, 0), "g0007", "retry", now, retried=2**31))
+    history = PostgresHistory(pg_dsn)
+    with anyio.fail_after(30):
+        await history.drain(backend, batch=200, connections=1, retry_s=0.01, until_idle=True)
+    await history.aclose()
+    assert await _count_events(pg_dsn) == expected
+    assert sum((await backend.history.history_backlog()).values()) == 0
+    refused = [r for r in caplog.records if r.levelno == logging.ERROR and "refused" in r.message]
+    assert refused and "g0007" in refused[0].message
+    assert history.stats.refused == 1 and history.stats.failures == 0
+    story = await history.task("g0007")
+    assert story is not None and story.task.state == "completed"
+
+
+async def test_a_late_event_after_retention_is_stored(history: PostgresHistory) -> None:
+    from strego.ids import new_task_id
+
+    now = int(time.time() * 1000)
+    tid = new_task_id(now - 10 * 86_400_000)
+    await history.store([HistoryEvent("q", (now, 0), tid, "pending", now, type="t")])
+    dropped = await history.drop_partitions(datetime.now(UTC) - timedelta(days=5))
+    assert (
+        history_schema.partition_name("strego_tasks", history_schema.day_of(now - 10 * 86_400_000))
+        in dropped
+    )
+    # the task, created 10 days ago, completes now: its row's partition was dropped, and the
+    # connection had seen it
+    with anyio.fail_after(10):
+        await history.store([HistoryEvent("q", (now, 1), tid, "completed", now)])
+    story = await history.task(tid)
+    assert story is not None and story.task.state == "completed"
+
+
+async def test_the_drainer_survives_retention_of_a_partition_it_wrote(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from strego.ids import new_task_id
+
+    backend = MemoryBackend(history=True)
+    assert backend.history is not None
+    now = int(time.time() * 1000)
+    tid = new_task_id(now - 10 * 86_400_000)
+    history = PostgresHistory(pg_dsn)
+    # one drain, one writer (connection): it writes the old task's row, retention drops that
+    # partition (another process's drainer, say), then the task's late event comes
+    backend.history.add(HistoryEvent("q", (0, 0), tid, "pending", now, type="t"))
+    writes: list[int] = []
+    store = history._store
+
+    def then_drop(conn: Any, batch: Any, known: Any = None) -> None:
+        store(conn, batch, known)
+        writes.append(len(batch))
+        if len(writes) == 1:
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                history_schema.drop_before(other, (datetime.now(UTC) - timedelta(days=5)).date())
+            backend.history.add(HistoryEvent("q", (0, 0), tid, "completed", now))  # type: ignore[union-attr]
+
+    history._store = then_drop  # type: ignore[method-assign]
+    with anyio.fail_after(30):
+        await history.drain(backend, connections=1, retry_s=0.01, until_idle=True)
+    await history.aclose()
+    story = await history.task(tid)
+    assert story is not None and story.task.state == "completed"
+    assert sum((await backend.history.history_backlog()).values()) == 0
+
+
+async def test_retried_does_not_depend_on_batch_boundaries(
+    history: PostgresHistory, pg_database: str
+) -> None:
+    from strego.ids import new_task_id
+
+    now = int(time.time() * 1000)
+    tid = new_task_id(now)
+    e1 = HistoryEvent("q", (now, 1), tid, "retry", now, retried=1, error="a")
+    e2 = HistoryEvent("q", (now, 2), tid, "retry", now, retried=2, error="b")
+    e3 = HistoryEvent("q", (now, 3), tid, "active", now, consumer="c")
+    one_go = PostgresHistory(_schema_dsn(pg_database))
+    await one_go.store([e1, e2, e3])
+    # a drainer after a failed batch {e1}: {e2} committed, then the re-read {e1, e3} while the
+    # batch {e3} was still in flight
+    for batch in ([e2], [e1, e3], [e3]):
+        await history.store(batch)
+    found, reference = await _rows(history.dsn), await _rows(one_go.dsn)
+    await one_go.aclose()
+    assert found == reference
+    story = await history.task(tid)
+    assert story is not None and (story.task.retried, story.task.last_error) == (2, "b")
+
+
+async def test_a_rolled_back_batch_leaves_no_partition_believed_made(
+    history: PostgresHistory,
+) -> None:
+    from strego.ids import new_task_id
+
+    # a batch on a new day makes its partitions, then fails: the rollback undoes them, and the
+    # next batch on the same connection must make them again
+    at = int(datetime(2026, 5, 1, 12, tzinfo=UTC).timestamp() * 1000)
+    tid = new_task_id(at)
+    refused = HistoryEvent("q", (at, 0), tid, "pending", at, type="t", retried=2**31)
+    with pytest.raises(psycopg.DataError):
+        await history.store([refused])
+    await history.store([HistoryEvent("q", (at, 0), tid, "pending", at, type="t")])
+    story = await history.task(tid)
+    assert story is not None and story.task.state == "pending"
+
+
+async def test_migration_2_keeps_the_stored_retry_counts(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from strego.ids import new_task_id
+
+    dsn = _schema_dsn(pg_database)
+    now = int(time.time() * 1000)
+    tid = new_task_id(now)
+
+    def at_version_1() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            with monkeypatch.context() as m:
+                m.setattr(history_schema, "MIGRATIONS", history_schema.MIGRATIONS[:1])
+                m.setattr(history_schema, "VERSION", 1)
+                history_schema.migrate(conn, fresh=False)
+            with conn.transaction():
+                day = history_schema.day_of(now)
+                history_schema.ensure_partitions(conn, "strego_tasks", {day}, set())
+                conn.execute(
+                    "INSERT INTO strego_tasks (id, created_at, queue, state, updated_at, retried,"
+                    " seq_ms, seq_n) VALUES (%s, to_timestamp(%s / 1000.0), 'q', 'retry', now(),"
+                    " 1, %s, 5)",
+                    (tid, now, now),
+                )
+
+    await anyio.to_thread.run_sync(at_version_1)
+    history = PostgresHistory(dsn)  # migrates to the current version
+    # an older event's count does not replace the stored one; a newer one does
+    await history.store([HistoryEvent("q", (now, 4), tid, "retry", now, retried=3)])
+    story = await history.task(tid)
+    assert story is not None and story.task.retried == 1
+    await history.store([HistoryEvent("q", (now, 6), tid, "retry", now, retried=2)])
+    story = await history.task(tid)
+    await history.aclose()
+    assert story is not None and story.task.retried == 2

@@ -105,6 +105,8 @@ class DrainStats:
     stored: int = 0
     #: batches that failed (PostgreSQL down, ...) and were read again
     failures: int = 0
+    #: events PostgreSQL refused (a DataError: retrying cannot help), logged and skipped
+    refused: int = 0
     #: events waiting in the streams at the last look (the lag), and per queue
     lag: int = 0
     lag_by_queue: dict[str, int] = attrs.field(factory=dict)
@@ -126,10 +128,33 @@ def _created_ms(task_id: str) -> int:
     return ms if ms is not None and ms < 253402300799000 else 0  # within year 9999
 
 
+def _text(value: str) -> str:
+    """`value` as PostgreSQL takes it: text and jsonb refuse 0x00, stored as U+FFFD instead."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _clean(e: HistoryEvent) -> HistoryEvent:
+    """`e` with no 0x00 in its text fields (the same event when it has none: the usual case)."""
+    # one scan of the fields joined (None reads "None": no 0x00) costs less than one per field
+    text = f"{e.queue}{e.task_id}{e.state}{e.error}{e.consumer}{e.type}{e.encoding}"
+    labels = e.labels or {}
+    if "\x00" not in text and not (labels and "\x00" in "".join((*labels, *labels.values()))):
+        return e
+    return attrs.evolve(
+        e, queue=_text(e.queue), task_id=_text(e.task_id), state=_text(e.state),
+        error=None if e.error is None else _text(e.error),
+        consumer=None if e.consumer is None else _text(e.consumer),
+        type=None if e.type is None else _text(e.type),
+        encoding=None if e.encoding is None else _text(e.encoding),
+        labels=None if e.labels is None else {_text(k): _text(v) for k, v in labels.items()},
+    )  # fmt: skip
+
+
 def _words(event: HistoryEvent) -> str | None:
     if event.type is None:
         return None
     payload = (event.payload or b"")[:WORDS_PAYLOAD].decode("utf-8", errors="ignore")
+    payload = payload.replace("\x00", " ")  # binary payloads: 0x00 separates words
     labels = " ".join(f"{k} {v}" for k, v in (event.labels or {}).items())
     text = f"{event.type} {labels} {payload}"
     # the parser keeps `report.build` or `a@b.c` whole: their parts are words too
@@ -138,7 +163,9 @@ def _words(event: HistoryEvent) -> str | None:
 
 def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
     """One task row per task of `events`: the state of its newest event (by seq), its enqueue's
-    fields, its newest error. The same set of events gives the same rows in any order."""
+    fields, its newest error and retry count (each with its event's seq, so that rows of batches
+    of any boundaries apply in any order to the same end). The same set of events gives the same
+    rows in any order."""
     rows: dict[str, dict[str, Any]] = {}
     for e in sorted(events, key=_event_order):
         row = rows.get(e.task_id)
@@ -146,7 +173,8 @@ def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
             row = rows[e.task_id] = {
                 "id": e.task_id, "created_ms": _created_ms(e.task_id), "type": None,
                 "labels": None, "payload": None, "encoding": None, "enqueued_ms": None,
-                "retried": None, "error": None, "error_seq": None, "words": None,
+                "retried": None, "retried_seq": None, "error": None, "error_seq": None,
+                "words": None,
             }  # fmt: skip
         # plain item stores: this runs for every event of a batch
         row["state"] = e.state
@@ -155,7 +183,7 @@ def fold(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
         row["consumer"] = e.consumer
         row["queue"] = e.queue
         if e.retried is not None:
-            row["retried"] = e.retried
+            row["retried"], row["retried_seq"] = e.retried, e.seq
         if e.error is not None:
             row["error"], row["error_seq"] = e.error, e.seq
         if e.type is not None and row["type"] is None:
@@ -185,24 +213,26 @@ ON CONFLICT DO NOTHING
 """
 
 # Every column is set so that applying rows in any order ends the same: the enqueue's fields are
-# kept once known, the state fields follow the newest event (seq), last_error the newest error.
+# kept once known, the state fields follow the newest event (seq), last_error the newest error,
+# retried the newest count (each of these two by the seq of the event that carried it).
 # The batch's task rows are COPYed into this (a temporary table of the connection), then upserted.
 _STAGE_TASKS = """
 CREATE TEMPORARY TABLE IF NOT EXISTS strego_tasks_in (id text, created_ms bigint, queue text,
     type text, state text, labels text, payload bytea, encoding text, enqueued_ms bigint,
     retried int, error text, consumer text, at_ms bigint, seq_ms bigint, seq_n bigint,
-    error_seq_ms bigint, error_seq_n bigint, words text) ON COMMIT DELETE ROWS
+    error_seq_ms bigint, error_seq_n bigint, words text, retried_seq_ms bigint,
+    retried_seq_n bigint) ON COMMIT DELETE ROWS
 """
 _COPY_TASKS = "COPY strego_tasks_in FROM STDIN"
 
 _UPSERT_TASKS = """
 INSERT INTO strego_tasks AS t (id, created_at, queue, type, state, labels, payload, encoding,
     enqueued_at, retried, last_error, consumer, updated_at, seq_ms, seq_n, error_seq_ms,
-    error_seq_n, words)
+    error_seq_n, words, retried_seq_ms, retried_seq_n)
 SELECT id, to_timestamp(created_ms / 1000.0), queue, type, state, labels::jsonb, payload,
     encoding, to_timestamp(enqueued_ms / 1000.0), retried, error, consumer,
     to_timestamp(at_ms / 1000.0), seq_ms, seq_n, error_seq_ms, error_seq_n,
-    to_tsvector('simple', words)
+    to_tsvector('simple', words), retried_seq_ms, retried_seq_n
 FROM strego_tasks_in
 -- one order for every batch: two batches in flight that share tasks lock their rows in the same
 -- order, so they wait for each other instead of deadlocking
@@ -222,9 +252,18 @@ ON CONFLICT (created_at, id) DO UPDATE SET
                     THEN excluded.consumer ELSE t.consumer END,
     updated_at = CASE WHEN (excluded.seq_ms, excluded.seq_n) > (t.seq_ms, t.seq_n)
                       THEN excluded.updated_at ELSE t.updated_at END,
-    retried = CASE WHEN (excluded.seq_ms, excluded.seq_n) > (t.seq_ms, t.seq_n)
-                   THEN coalesce(excluded.retried, t.retried)
-                   ELSE coalesce(t.retried, excluded.retried) END,
+    retried = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+                   OR (excluded.retried_seq_ms, excluded.retried_seq_n)
+                      > (t.retried_seq_ms, t.retried_seq_n))
+                   THEN excluded.retried ELSE t.retried END,
+    retried_seq_ms = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+                          OR (excluded.retried_seq_ms, excluded.retried_seq_n)
+                             > (t.retried_seq_ms, t.retried_seq_n))
+                          THEN excluded.retried_seq_ms ELSE t.retried_seq_ms END,
+    retried_seq_n = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+                         OR (excluded.retried_seq_ms, excluded.retried_seq_n)
+                            > (t.retried_seq_ms, t.retried_seq_n))
+                         THEN excluded.retried_seq_n ELSE t.retried_seq_n END,
     last_error = CASE WHEN excluded.error_seq_ms IS NOT NULL AND (t.error_seq_ms IS NULL
                       OR (excluded.error_seq_ms, excluded.error_seq_n)
                          > (t.error_seq_ms, t.error_seq_n))
@@ -358,12 +397,28 @@ class PostgresHistory:
         """One batch in one transaction on `conn`; `known`: the partitions `conn` has seen
         (per connection: another's may not be committed yet)."""
         known = self._partitions if known is None else known
+        events = [_clean(e) for e in events]
+        try:
+            try:
+                self._store_batch(conn, events, known)
+            except psycopg.errors.CheckViolation:
+                if not known:
+                    raise
+                # "no partition found for row": one it had seen was dropped since (retention,
+                # here or in another process): make the partitions again, once
+                known.clear()
+                self._store_batch(conn, events, known)
+        except psycopg.Error:
+            known.clear()  # what it knew may be what failed; checking again costs little
+            raise
+
+    def _store_batch(self, conn: _Conn, events: Sequence[HistoryEvent], known: set[str]) -> None:
         rows = fold(events)
         with conn.transaction():
-            schema.ensure_partitions(
+            made = schema.ensure_partitions(
                 conn, "strego_events", schema.days_of(e.at_ms for e in events), known
             )
-            schema.ensure_partitions(
+            made |= schema.ensure_partitions(
                 conn, "strego_tasks", schema.days_of(r["created_ms"] for r in rows), known
             )
             self._insert_events(conn, events)
@@ -371,13 +426,15 @@ class PostgresHistory:
             with conn.cursor().copy(_COPY_TASKS) as copy:
                 for r in rows:
                     error_seq = r["error_seq"] or (None, None)
+                    retried_seq = r["retried_seq"] or (None, None)
                     copy.write_row((
                         r["id"], r["created_ms"], r["queue"], r["type"], r["state"],
                         r["labels"], r["payload"], r["encoding"], r["enqueued_ms"], r["retried"],
                         r["error"], r["consumer"], r["at_ms"], r["seq"][0], r["seq"][1],
-                        error_seq[0], error_seq[1], r["words"],
+                        error_seq[0], error_seq[1], r["words"], retried_seq[0], retried_seq[1],
                     ))  # fmt: skip
             conn.execute(_UPSERT_TASKS)
+        known |= made  # committed: another connection sees them now
 
     @staticmethod
     def _insert_events(conn: _Conn, events: Sequence[HistoryEvent]) -> None:
@@ -581,15 +638,26 @@ class _Writer:
         #: the partitions this connection has made or seen
         self._known: set[str] = set()
 
-    def store(self, events: Sequence[HistoryEvent]) -> None:  # in a worker thread
+    def store(
+        self, events: Sequence[HistoryEvent]
+    ) -> list[tuple[HistoryEvent, psycopg.DataError]]:  # in a worker thread
+        """Store `events`; returns those PostgreSQL refused (a DataError: the same every time,
+        unlike an outage), with why. The batch is then split in halves, each a transaction,
+        down to the refused events alone: the rest is stored."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
             self._conn = self._history._connect()
         try:
             self._history._store(self._conn, events, self._known)
+            return []
+        except psycopg.DataError as exc:
+            if len(events) == 1:
+                return [(events[0], exc)]
         except psycopg.OperationalError:
             self.close()  # made again at the next batch
             raise
+        half = len(events) // 2
+        return self.store(events[:half]) + self.store(events[half:])
 
     def close(self) -> None:
         if self._conn is not None:
@@ -671,6 +739,16 @@ class _Drain:
             len(events), now - self.down_since, self.stats.lag, exc,
         )  # fmt: skip
 
+    def _refused(self, refused: list[tuple[HistoryEvent, psycopg.DataError]]) -> None:
+        # acknowledged with the batch: kept, they would stop the drainer for good
+        self.stats.refused += len(refused)
+        for e, exc in refused:
+            log.error(
+                "history: PostgreSQL refused an event, skipped (not stored): queue %s entry"
+                " %d-%d task %s state %s: %s",
+                e.queue, e.seq[0], e.seq[1], e.task_id, e.state, exc,
+            )  # fmt: skip
+
     async def worker(self, poll_s: float, until_idle: bool) -> None:
         writer = _Writer(self.history)
         try:
@@ -685,11 +763,13 @@ class _Drain:
                     await anyio.sleep(poll_s)
                     continue
                 try:
-                    await anyio.to_thread.run_sync(writer.store, events)
+                    refused = await anyio.to_thread.run_sync(writer.store, events)
                 except psycopg.Error as exc:
                     await self._failed(events, exc)
                     await anyio.sleep(self.retry_s)
                     continue
+                if refused:
+                    self._refused(refused)
                 if self.down_since is not None:
                     log.warning(
                         "history: PostgreSQL is back after %.0f s",

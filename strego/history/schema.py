@@ -14,7 +14,7 @@ from importlib import resources
 import psycopg
 
 #: (version, file) of every migration step, in order; the last version is the current one.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"), (2, "0002_retried_seq.sql"))
 VERSION = MIGRATIONS[-1][0]
 
 #: The partitioned tables, by the column they are partitioned on.
@@ -81,10 +81,12 @@ def partition_name(table: str, day: date) -> str:
 
 def ensure_partitions(
     conn: psycopg.Connection[tuple[object, ...]], table: str, days: set[date], known: set[str]
-) -> None:
-    """Create the day partitions of `table` that `days` need and `known` lacks (adds them).
-    Called in the batch's transaction: a lock held to its end keeps two drainers from creating
-    the same partition at once (IF NOT EXISTS alone races: "relation already exists")."""
+) -> set[str]:
+    """Create the day partitions of `table` that `days` need and `known` lacks; returns their
+    names, for the caller to add to `known` once its transaction commits (a rollback undoes
+    them). Called in the batch's transaction: a lock held to its end keeps two drainers from
+    creating the same partition at once (IF NOT EXISTS alone races: "relation already exists")."""
+    made: set[str] = set()
     locked = False
     for day in sorted(days):
         name = partition_name(table, day)
@@ -101,7 +103,8 @@ def ensure_partitions(
             f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table}"
             f" FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
         )
-        known.add(name)
+        made.add(name)
+    return made
 
 
 def partitions(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, list[date]]:
