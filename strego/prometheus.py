@@ -362,6 +362,10 @@ class DrainerCollector:
             "strego_history_failed_batches",
             "Batches this drainer failed to store (PostgreSQL down, ...) and read again.",
         )
+        refused = CounterMetricFamily(
+            "strego_history_refused_events",
+            "Events PostgreSQL refused (logged at ERROR with their ids) and this drainer skipped.",
+        )
         age = GaugeMetricFamily(
             "strego_history_last_commit_age_seconds",
             "Seconds since this drainer last committed a batch (since it started, before one).",
@@ -369,10 +373,11 @@ class DrainerCollector:
         if stats is not None:
             stored.add_metric((), stats.stored)
             failed.add_metric((), stats.failures)
+            refused.add_metric((), stats.refused)
             since = stats.last_commit if stats.last_commit is not None else stats.started
             if since is not None:
                 age.add_metric((), max(0.0, time.time() - since))
-        return [stored, failed, age]
+        return [stored, failed, refused, age]
 
 
 async def render(

@@ -120,6 +120,7 @@ async def test_the_drainer_counters(hbackend: Any, history: PostgresHistory) -> 
     before = _drainer_samples(history)
     assert total(before, "strego_history_stored_events_total") == 0
     assert total(before, "strego_history_failed_batches_total") == 0
+    assert total(before, "strego_history_refused_events_total") == 0
     assert ("strego_history_last_commit_age_seconds", ()) not in before  # never started
     expected = await _work(hbackend, 10, "d")
     await history.drain(hbackend, until_idle=True)

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from strego.backends.memory import MemoryBackend
 from strego.backends.redis import RedisBackend
@@ -24,6 +25,7 @@ from strego.errors import InvalidCursorError, InvalidTaskError, NaiveDatetimeErr
 from strego.history import HistoryEvent, PostgresHistory, history_source
 from strego.history import schema as history_schema
 from strego.message import TaskMessage
+from strego.prometheus import DrainerCollector
 from strego.task import TaskState
 from tests.postgres_server import Cluster, in_schema, throwaway_cluster, throwaway_database
 from tests.runtime_support import eventually
@@ -746,6 +748,9 @@ async def test_an_event_postgresql_refuses_is_logged_and_skipped(
     refused = [r for r in caplog.records if r.levelno == logging.ERROR and "refused" in r.message]
     assert refused and "g0007" in refused[0].message
     assert history.stats.refused == 1 and history.stats.failures == 0
+    registry = CollectorRegistry()
+    registry.register(DrainerCollector(history))
+    assert b"strego_history_refused_events_total 1.0" in generate_latest(registry)
     story = await history.task("g0007")
     assert story is not None and story.task.state == "completed"
 
