@@ -86,7 +86,10 @@ async def test_durable_registry_entry_is_waited_for_too() -> None:
             "the replica in sync",
         )
         backend = RedisBackend.from_url(
-            f"{master.url}?durable=true&durable_timeout_ms=300", prefix="reg"
+            # generous: the tasks' own WAIT must not fall short on a loaded machine (the
+            # entry's does, after its full timeout)
+            f"{master.url}?durable=true&durable_timeout_ms=3000",
+            prefix="reg",
         )
         transport = backend.transport
         real_execute, real_pipeline = transport.execute, transport.pipeline
