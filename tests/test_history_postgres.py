@@ -894,16 +894,17 @@ async def test_a_rolled_back_batch_leaves_no_partition_believed_made(
     assert story is not None and story.task.state == "pending"
 
 
-async def test_migration_2_keeps_the_stored_retry_counts(
+async def test_migration_2_rewrites_no_row_and_keeps_the_stored_retry_counts(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from strego.ids import new_task_id
 
     dsn = _schema_dsn(pg_database)
     now = int(time.time() * 1000)
-    tid = new_task_id(now)
+    tid, fresh = new_task_id(now), new_task_id(now)
+    row_versions = "SELECT id, xmin::text, ctid::text FROM strego_tasks ORDER BY id"
 
-    def at_version_1() -> None:
+    def at_version_1() -> list[Any]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             with monkeypatch.context() as m:
                 m.setattr(history_schema, "MIGRATIONS", history_schema.MIGRATIONS[:1])
@@ -912,19 +913,33 @@ async def test_migration_2_keeps_the_stored_retry_counts(
             with conn.transaction():
                 day = history_schema.day_of(now)
                 history_schema.ensure_partitions(conn, "strego_tasks", {day}, set())
-                conn.execute(
-                    "INSERT INTO strego_tasks (id, created_at, queue, state, updated_at, retried,"
-                    " seq_ms, seq_n) VALUES (%s, to_timestamp(%s / 1000.0), 'q', 'retry', now(),"
-                    " 1, %s, 5)",
-                    (tid, now, now),
-                )
+                # one row with a count (every enqueue brings one), one without
+                for task_id, retried in ((tid, 1), (fresh, None)):
+                    conn.execute(
+                        "INSERT INTO strego_tasks (id, created_at, queue, state, updated_at,"
+                        " retried, seq_ms, seq_n) VALUES (%s, to_timestamp(%s / 1000.0), 'q',"
+                        " 'retry', now(), %s, %s, 5)",
+                        (task_id, now, retried, now),
+                    )
+            return conn.execute(row_versions).fetchall()
 
-    await anyio.to_thread.run_sync(at_version_1)
-    history = PostgresHistory(dsn)  # migrates to the current version
-    # an older event's count does not replace the stored one; a newer one does
-    await history.store([HistoryEvent("q", (now, 4), tid, "retry", now, retried=3)])
-    story = await history.task(tid)
-    assert story is not None and story.task.retried == 1
+    def rows_now() -> list[Any]:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return conn.execute(row_versions).fetchall()
+
+    before = await anyio.to_thread.run_sync(at_version_1)
+    history = PostgresHistory(dsn)
+    await history.migrate()
+    # the migration only adds the columns: no row is written (it would be nearly every row, under
+    # the ALTER's lock)
+    assert await anyio.to_thread.run_sync(rows_now) == before
+    # an old row's count is kept unless an event newer than the row's seq brings one
+    await history.store([
+        HistoryEvent("q", (now, 4), tid, "retry", now, retried=3),
+        HistoryEvent("q", (now, 4), fresh, "retry", now, retried=3),
+    ])  # fmt: skip
+    found = {t: await history.task(t) for t in (tid, fresh)}
+    assert {t: s.task.retried for t, s in found.items() if s is not None} == {tid: 1, fresh: 3}
     await history.store([HistoryEvent("q", (now, 6), tid, "retry", now, retried=2)])
     story = await history.task(tid)
     await history.aclose()

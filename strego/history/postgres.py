@@ -223,7 +223,9 @@ ON CONFLICT DO NOTHING
 
 # Every column is set so that applying rows in any order ends the same: the enqueue's fields are
 # kept once known, the state fields follow the newest event (seq), last_error the newest error,
-# retried the newest count (each of these two by the seq of the event that carried it).
+# retried the newest count (each of these two by the seq of the event that carried it). A row
+# with a count and no retried_seq was stored before schema version 2: its count came from an
+# event no newer than the row's seq, which stands in for it.
 # The batch's task rows are COPYed into this (a temporary table of the connection), then upserted.
 _STAGE_TASKS = """
 CREATE TEMPORARY TABLE IF NOT EXISTS strego_tasks_in (id text, created_ms bigint, queue text,
@@ -261,17 +263,20 @@ ON CONFLICT (created_at, id) DO UPDATE SET
                     THEN excluded.consumer ELSE t.consumer END,
     updated_at = CASE WHEN (excluded.seq_ms, excluded.seq_n) > (t.seq_ms, t.seq_n)
                       THEN excluded.updated_at ELSE t.updated_at END,
-    retried = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+    retried = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried IS NULL
                    OR (excluded.retried_seq_ms, excluded.retried_seq_n)
-                      > (t.retried_seq_ms, t.retried_seq_n))
+                      > (coalesce(t.retried_seq_ms, t.seq_ms),
+                         coalesce(t.retried_seq_n, t.seq_n)))
                    THEN excluded.retried ELSE t.retried END,
-    retried_seq_ms = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+    retried_seq_ms = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried IS NULL
                           OR (excluded.retried_seq_ms, excluded.retried_seq_n)
-                             > (t.retried_seq_ms, t.retried_seq_n))
+                             > (coalesce(t.retried_seq_ms, t.seq_ms),
+                                coalesce(t.retried_seq_n, t.seq_n)))
                           THEN excluded.retried_seq_ms ELSE t.retried_seq_ms END,
-    retried_seq_n = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+    retried_seq_n = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried IS NULL
                          OR (excluded.retried_seq_ms, excluded.retried_seq_n)
-                            > (t.retried_seq_ms, t.retried_seq_n))
+                            > (coalesce(t.retried_seq_ms, t.seq_ms),
+                               coalesce(t.retried_seq_n, t.seq_n)))
                          THEN excluded.retried_seq_n ELSE t.retried_seq_n END,
     last_error = CASE WHEN excluded.error_seq_ms IS NOT NULL AND (t.error_seq_ms IS NULL
                       OR (excluded.error_seq_ms, excluded.error_seq_n)
