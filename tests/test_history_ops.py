@@ -27,7 +27,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 import strego
 from strego.backends.memory import MemoryBackend
 from strego.backends.redis import RedisBackend
+from strego.backends.redis.keys import history_queues_key
 from strego.backends.redis.transport import Command
+from strego.errors import BackendConnectionError
 from strego.history import PostgresHistory
 from strego.history import events as history_events
 from strego.history.events import DEFAULT_HISTORY_CAP, history_backlog, history_source
@@ -195,6 +197,43 @@ async def test_after_a_failed_batch_each_pending_entry_is_read_again_once(
             again += batch
             assert len(again) <= len(first), "a pending entry came twice"
         assert sorted(e.seq for e in again) == sorted(e.seq for e in first)
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_a_purged_queue_stays_listed_when_looking_at_its_stream_fails(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, anyio_backend: Any
+) -> None:
+    # the drainer takes a purged queue out of the set, then looks at its stream: a failure in
+    # between must list it again, or its events are never read
+    backend = RedisBackend.from_url(redis_url, prefix=f"p{uuid.uuid4().hex[:10]}", history=True)
+    try:
+        await backend.enqueue(message("t1"))
+        await backend.enqueue(message("t2"))
+        assert await backend.purge("q", [strego.TaskState.PENDING]) == 2
+        pipeline = backend.transport.pipeline
+        failed: list[str] = []
+
+        async def fail_once(calls: Any) -> list[Any]:
+            if not failed and isinstance(calls[0], Command) and calls[0].args[0] == "XLEN":
+                failed.append("XLEN")
+                raise BackendConnectionError("connection lost")
+            return await pipeline(calls)
+
+        monkeypatch.setattr(backend.transport, "pipeline", fail_once)
+        source = history_source(backend, "d1")
+        with pytest.raises(BackendConnectionError):
+            await source.read_history(100)
+        assert failed == ["XLEN"]
+        listed = await backend.transport.execute(Command(("SMEMBERS", history_queues_key(
+            backend.prefix))))  # fmt: skip
+        assert [bytes(q) for q in listed] == [b"q"]
+        events = await source.read_history(100)
+        assert sorted((e.task_id, e.state) for e in events) == [
+            ("t1", "deleted"), ("t1", "pending"), ("t2", "deleted"), ("t2", "pending"),
+        ]  # fmt: skip
     finally:
         await backend.aclose()
 

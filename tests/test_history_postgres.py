@@ -755,6 +755,53 @@ async def test_an_event_postgresql_refuses_is_logged_and_skipped(
     assert story is not None and story.task.state == "completed"
 
 
+async def test_an_event_past_a_postgresql_limit_is_logged_and_skipped(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a limit exceeded (ProgramLimitExceeded, an OperationalError in psycopg: here a task id too
+    # long for an index row) is refused the same every time: skipped like a DataError, not
+    # retried forever as an outage
+    backend = MemoryBackend(history=True)
+    expected = await _work(backend, 30, "l")
+    assert backend.history is not None
+    now = int(time.time() * 1000)
+    long_id = "".join(uuid.uuid4().hex for _ in range(300))  # 9600 characters, incompressible
+    backend.history.add(HistoryEvent("q", (0, 0), long_id, "pending", now, type="t"))
+    history = PostgresHistory(pg_dsn)
+    with anyio.fail_after(20):
+        await history.drain(backend, batch=200, connections=1, retry_s=0.01, until_idle=True)
+    await history.aclose()
+    assert await _count_events(pg_dsn) == expected
+    assert sum((await backend.history.history_backlog()).values()) == 0
+    refused = [r for r in caplog.records if r.levelno == logging.ERROR and "refused" in r.message]
+    assert len(refused) == 1 and "index row" in refused[0].message
+    assert history.stats.refused == 1 and history.stats.failures == 0
+
+
+async def test_labels_of_any_size_are_stored_and_their_first_words_searchable(
+    history: PostgresHistory,
+) -> None:
+    # labels have no size limit, a tsvector has one (1 MB): only the labels' first 4096
+    # characters (WORDS_LABELS) are words, or such a task's events would be refused (before:
+    # retried forever)
+    now = int(time.time() * 1000)
+    labels = {f"key{i:06}": f"value{i:06}" for i in range(100_000)}  # 2 MB of distinct words
+    assert len(" ".join(f"{k} {v}" for k, v in labels.items())) > 2_000_000
+    backend = MemoryBackend(history=True)
+    assert backend.history is not None
+    tid = "big"
+    backend.history.add(HistoryEvent("q", (0, 0), tid, "pending", now, type="t", labels=labels))
+    with anyio.fail_after(20):
+        await history.drain(backend, connections=1, retry_s=0.01, until_idle=True)
+    assert history.stats.refused == 0 and history.stats.failures == 0
+    story = await history.task(tid)
+    assert story is not None and story.task.labels == labels
+    assert [t.id for t in (await history.search(text="value000000")).tasks] == [tid]
+    assert (await history.search(text="value099999")).tasks == []
+    found = await history.search(label={"key099999": "value099999"})
+    assert [t.id for t in found.tasks] == [tid]
+
+
 async def test_a_late_event_after_retention_is_stored(history: PostgresHistory) -> None:
     from strego.ids import new_task_id
 
@@ -847,16 +894,17 @@ async def test_a_rolled_back_batch_leaves_no_partition_believed_made(
     assert story is not None and story.task.state == "pending"
 
 
-async def test_migration_2_keeps_the_stored_retry_counts(
+async def test_migration_2_rewrites_no_row_and_keeps_the_stored_retry_counts(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from strego.ids import new_task_id
 
     dsn = _schema_dsn(pg_database)
     now = int(time.time() * 1000)
-    tid = new_task_id(now)
+    tid, fresh = new_task_id(now), new_task_id(now)
+    row_versions = "SELECT id, xmin::text, ctid::text FROM strego_tasks ORDER BY id"
 
-    def at_version_1() -> None:
+    def at_version_1() -> list[Any]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             with monkeypatch.context() as m:
                 m.setattr(history_schema, "MIGRATIONS", history_schema.MIGRATIONS[:1])
@@ -865,19 +913,33 @@ async def test_migration_2_keeps_the_stored_retry_counts(
             with conn.transaction():
                 day = history_schema.day_of(now)
                 history_schema.ensure_partitions(conn, "strego_tasks", {day}, set())
-                conn.execute(
-                    "INSERT INTO strego_tasks (id, created_at, queue, state, updated_at, retried,"
-                    " seq_ms, seq_n) VALUES (%s, to_timestamp(%s / 1000.0), 'q', 'retry', now(),"
-                    " 1, %s, 5)",
-                    (tid, now, now),
-                )
+                # one row with a count (every enqueue brings one), one without
+                for task_id, retried in ((tid, 1), (fresh, None)):
+                    conn.execute(
+                        "INSERT INTO strego_tasks (id, created_at, queue, state, updated_at,"
+                        " retried, seq_ms, seq_n) VALUES (%s, to_timestamp(%s / 1000.0), 'q',"
+                        " 'retry', now(), %s, %s, 5)",
+                        (task_id, now, retried, now),
+                    )
+            return conn.execute(row_versions).fetchall()
 
-    await anyio.to_thread.run_sync(at_version_1)
-    history = PostgresHistory(dsn)  # migrates to the current version
-    # an older event's count does not replace the stored one; a newer one does
-    await history.store([HistoryEvent("q", (now, 4), tid, "retry", now, retried=3)])
-    story = await history.task(tid)
-    assert story is not None and story.task.retried == 1
+    def rows_now() -> list[Any]:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return conn.execute(row_versions).fetchall()
+
+    before = await anyio.to_thread.run_sync(at_version_1)
+    history = PostgresHistory(dsn)
+    await history.migrate()
+    # the migration only adds the columns: no row is written (it would be nearly every row, under
+    # the ALTER's lock)
+    assert await anyio.to_thread.run_sync(rows_now) == before
+    # an old row's count is kept unless an event newer than the row's seq brings one
+    await history.store([
+        HistoryEvent("q", (now, 4), tid, "retry", now, retried=3),
+        HistoryEvent("q", (now, 4), fresh, "retry", now, retried=3),
+    ])  # fmt: skip
+    found = {t: await history.task(t) for t in (tid, fresh)}
+    assert {t: s.task.retried for t, s in found.items() if s is not None} == {tid: 1, fresh: 3}
     await history.store([HistoryEvent("q", (now, 6), tid, "retry", now, retried=2)])
     story = await history.task(tid)
     await history.aclose()

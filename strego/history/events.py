@@ -8,6 +8,7 @@ cap bounds how far a drainer may fall behind before the oldest are trimmed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
 import attrs
 
 from strego.errors import BackendError
@@ -328,21 +330,16 @@ class RedisHistorySource:
             await self._backend.transport.execute(
                 self._command(("SREM", key, *purged), idempotent=True)
             )
-            lengths = await self._backend.transport.pipeline([
-                self._command(("XLEN", self._backend.keys(q).history), idempotent=True)
-                for q in purged
-            ])  # fmt: skip
-            waiting = []
-            for queue, reply in zip(purged, lengths, strict=True):
-                if isinstance(reply, BaseException):
-                    raise reply
-                if int(reply):
-                    waiting.append(queue)
-            if waiting:
-                await self._backend.transport.execute(
-                    self._command(("SADD", key, *waiting), idempotent=True)
-                )
-            queues += waiting
+            try:
+                queues += await self._still_waiting(key, purged)
+            except BaseException:
+                # taken out of the set and not known to be empty: list them all again (always
+                # safe: an empty one is dropped at a later read), or their events are lost
+                with anyio.move_on_after(5, shield=True), contextlib.suppress(BackendError):
+                    await self._backend.transport.execute(
+                        self._command(("SADD", key, *purged), idempotent=True)
+                    )
+                raise
         new = [q for q in queues if q not in self._grouped]
         if new:
             calls = [
@@ -357,6 +354,24 @@ class RedisHistorySource:
                     raise reply
                 self._grouped.add(queue)
         return queues
+
+    async def _still_waiting(self, key: str, purged: list[str]) -> list[str]:
+        """The queues of `purged` whose streams hold events, listed in `key` again."""
+        lengths = await self._backend.transport.pipeline([
+            self._command(("XLEN", self._backend.keys(q).history), idempotent=True)
+            for q in purged
+        ])  # fmt: skip
+        waiting = []
+        for queue, reply in zip(purged, lengths, strict=True):
+            if isinstance(reply, BaseException):
+                raise reply
+            if int(reply):
+                waiting.append(queue)
+        if waiting:
+            await self._backend.transport.execute(
+                self._command(("SADD", key, *waiting), idempotent=True)
+            )
+        return waiting
 
     async def _claim_idle(self, queues: Sequence[str]) -> None:
         """Take over the entries other drainers read and left idle for CLAIM_IDLE_MS (their

@@ -45,6 +45,14 @@ MAX_LIMIT = 1000
 WARN_SHARE = 0.8
 #: How much of a payload is indexed for text search (bytes).
 WORDS_PAYLOAD = 4096
+#: How much of the labels (keys and values, joined) is indexed for text search (characters):
+#: labels have no size limit, and a tsvector past 1 MB is refused.
+WORDS_LABELS = 4096
+
+#: What PostgreSQL refuses in an event: the same every time (a value out of range, a 0x00 in
+#: text, a string too long for a tsvector or an index row), unlike an outage. ProgramLimitExceeded
+#: (SQLSTATE class 54) is an OperationalError in psycopg: listed first, it is not taken for one.
+_REFUSALS = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
 
 _PUNCTUATION = re.compile(r"[^\w]+")
 
@@ -105,7 +113,8 @@ class DrainStats:
     stored: int = 0
     #: batches that failed (PostgreSQL down, ...) and were read again
     failures: int = 0
-    #: events PostgreSQL refused (a DataError: retrying cannot help), logged and skipped
+    #: events PostgreSQL refused (a DataError or a limit exceeded: retrying cannot help), logged
+    #: and skipped
     refused: int = 0
     #: events waiting in the streams at the last look (the lag), and per queue
     lag: int = 0
@@ -155,7 +164,7 @@ def _words(event: HistoryEvent) -> str | None:
         return None
     payload = (event.payload or b"")[:WORDS_PAYLOAD].decode("utf-8", errors="ignore")
     payload = payload.replace("\x00", " ")  # binary payloads: 0x00 separates words
-    labels = " ".join(f"{k} {v}" for k, v in (event.labels or {}).items())
+    labels = " ".join(f"{k} {v}" for k, v in (event.labels or {}).items())[:WORDS_LABELS]
     text = f"{event.type} {labels} {payload}"
     # the parser keeps `report.build` or `a@b.c` whole: their parts are words too
     return f"{text} {_PUNCTUATION.sub(' ', text)}"
@@ -214,7 +223,9 @@ ON CONFLICT DO NOTHING
 
 # Every column is set so that applying rows in any order ends the same: the enqueue's fields are
 # kept once known, the state fields follow the newest event (seq), last_error the newest error,
-# retried the newest count (each of these two by the seq of the event that carried it).
+# retried the newest count (each of these two by the seq of the event that carried it). A row
+# with a count and no retried_seq was stored before schema version 2: its count came from an
+# event no newer than the row's seq, which stands in for it.
 # The batch's task rows are COPYed into this (a temporary table of the connection), then upserted.
 _STAGE_TASKS = """
 CREATE TEMPORARY TABLE IF NOT EXISTS strego_tasks_in (id text, created_ms bigint, queue text,
@@ -252,17 +263,20 @@ ON CONFLICT (created_at, id) DO UPDATE SET
                     THEN excluded.consumer ELSE t.consumer END,
     updated_at = CASE WHEN (excluded.seq_ms, excluded.seq_n) > (t.seq_ms, t.seq_n)
                       THEN excluded.updated_at ELSE t.updated_at END,
-    retried = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+    retried = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried IS NULL
                    OR (excluded.retried_seq_ms, excluded.retried_seq_n)
-                      > (t.retried_seq_ms, t.retried_seq_n))
+                      > (coalesce(t.retried_seq_ms, t.seq_ms),
+                         coalesce(t.retried_seq_n, t.seq_n)))
                    THEN excluded.retried ELSE t.retried END,
-    retried_seq_ms = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+    retried_seq_ms = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried IS NULL
                           OR (excluded.retried_seq_ms, excluded.retried_seq_n)
-                             > (t.retried_seq_ms, t.retried_seq_n))
+                             > (coalesce(t.retried_seq_ms, t.seq_ms),
+                                coalesce(t.retried_seq_n, t.seq_n)))
                           THEN excluded.retried_seq_ms ELSE t.retried_seq_ms END,
-    retried_seq_n = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried_seq_ms IS NULL
+    retried_seq_n = CASE WHEN excluded.retried_seq_ms IS NOT NULL AND (t.retried IS NULL
                          OR (excluded.retried_seq_ms, excluded.retried_seq_n)
-                            > (t.retried_seq_ms, t.retried_seq_n))
+                            > (coalesce(t.retried_seq_ms, t.seq_ms),
+                               coalesce(t.retried_seq_n, t.seq_n)))
                          THEN excluded.retried_seq_n ELSE t.retried_seq_n END,
     last_error = CASE WHEN excluded.error_seq_ms IS NOT NULL AND (t.error_seq_ms IS NULL
                       OR (excluded.error_seq_ms, excluded.error_seq_n)
@@ -640,8 +654,8 @@ class _Writer:
 
     def store(
         self, events: Sequence[HistoryEvent]
-    ) -> list[tuple[HistoryEvent, psycopg.DataError]]:  # in a worker thread
-        """Store `events`; returns those PostgreSQL refused (a DataError: the same every time,
+    ) -> list[tuple[HistoryEvent, psycopg.Error]]:  # in a worker thread
+        """Store `events`; returns those PostgreSQL refused (`_REFUSALS`: the same every time,
         unlike an outage), with why. The batch is then split in halves, each a transaction,
         down to the refused events alone: the rest is stored."""
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -650,7 +664,7 @@ class _Writer:
         try:
             self._history._store(self._conn, events, self._known)
             return []
-        except psycopg.DataError as exc:
+        except _REFUSALS as exc:
             if len(events) == 1:
                 return [(events[0], exc)]
         except psycopg.OperationalError:
@@ -739,7 +753,7 @@ class _Drain:
             len(events), now - self.down_since, self.stats.lag, exc,
         )  # fmt: skip
 
-    def _refused(self, refused: list[tuple[HistoryEvent, psycopg.DataError]]) -> None:
+    def _refused(self, refused: list[tuple[HistoryEvent, psycopg.Error]]) -> None:
         # acknowledged with the batch: kept, they would stop the drainer for good
         self.stats.refused += len(refused)
         for e, exc in refused:

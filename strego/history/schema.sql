@@ -29,7 +29,8 @@ CREATE TABLE strego_tasks (
     error_seq_n bigint,
     -- type, label values and payload text, for search(text=...)
     words tsvector,
-    -- the newest event that carried a retry count (after words: migration 2 added them)
+    -- the newest event that carried a retry count (after words: migration 2 added them); NULL
+    -- with a count in rows stored before version 2, whose own seq stands in for it
     retried_seq_ms bigint,
     retried_seq_n bigint,
     -- (created_at, id): a task is found by its id (whose time is created_at), and an unfiltered
