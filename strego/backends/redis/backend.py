@@ -117,6 +117,9 @@ class RedisBackend(Schedules):
         #: the first call's checks (eviction policy, record version) passed; the lock makes
         #: concurrent first calls wait for them (created in the event loop that first calls)
         self._first_call_checked = False
+        self._schema_checked = False
+        self._wakeups_unchecked = self._wakeups
+        self._sharded_check_at = float("-inf")
         self._first_call_lock: anyio.Lock | None = None
         #: the one pub/sub connection of this backend, shared by every watch
         self._notifier = Notifier(self._open_pubsub)

@@ -25,7 +25,7 @@ from strego.backends.redis.keys import (
 from strego.backends.redis.migrate import check_schema
 from strego.backends.redis.scripts import script
 from strego.backends.redis.transport import Arg, Command, ScriptCall, Transport
-from strego.backends.redis.wakeups import Wakeups, sharded_pubsub_supported
+from strego.backends.redis.wakeups import SHARDED_RECHECK_S, Wakeups, sharded_pubsub_supported
 from strego.task import validate_queue_name
 
 log = logging.getLogger("strego.backends.redis")
@@ -84,6 +84,12 @@ class RedisCore:
     _keys: dict[str, Keys]
     _registry: str
     _first_call_checked: bool
+    #: the eviction and record-version checks passed (the Cluster version check may be left)
+    _schema_checked: bool
+    #: on Cluster, the wake-ups until the Redis version check answered; when it was asked
+    #: last and could not reach a node, the time (anyio clock) it may be asked again
+    _wakeups_unchecked: Wakeups | None
+    _sharded_check_at: float
     _first_call_lock: anyio.Lock | None
 
     def keys(self, queue: str) -> Keys:
@@ -153,17 +159,27 @@ class RedisCore:
         async with self._first_call_lock:
             if self._first_call_checked:
                 return
-            try:
-                await warn_if_evicting(self.transport)
-            except NotReachable:
-                return  # the call itself says why; check on a later one
-            except Exception as exc:
-                log.debug("checking the maxmemory-policy failed: %s", exc)
-            await check_schema(self.transport, self.prefix)
-            if self._wakeups is not None:
-                # Redis 6.2 Cluster: no SPUBLISH in the scripts, waits block on the streams
-                if await sharded_pubsub_supported(self._wakeups.cluster):
-                    self._sharded_notify = True
-                else:
+            if not self._schema_checked:
+                try:
+                    await warn_if_evicting(self.transport)
+                except NotReachable:
+                    return  # the call itself says why; check on a later one
+                except Exception as exc:
+                    log.debug("checking the maxmemory-policy failed: %s", exc)
+                await check_schema(self.transport, self.prefix)
+                self._schema_checked = True
+            wakeups = self._wakeups_unchecked
+            if wakeups is not None:
+                if anyio.current_time() < self._sharded_check_at:
+                    return  # a node was unreachable lately: this call goes on without wake-ups
+                supported = await sharded_pubsub_supported(wakeups.cluster)
+                if supported is None:
+                    # meanwhile the waits block on the streams and the scripts do not publish
+                    self._sharded_check_at = anyio.current_time() + SHARDED_RECHECK_S
                     self._wakeups = None
+                    return
+                # Redis 6.2 Cluster: no SPUBLISH in the scripts, waits block on the streams
+                self._wakeups = wakeups if supported else None
+                self._sharded_notify = supported
+                self._wakeups_unchecked = None
             self._first_call_checked = True

@@ -331,15 +331,23 @@ class Fetching(Transitions):
             await anyio.sleep(min(timeout_ms, SCHEDULE_STEP_MS) / 1000)
             return
         if self._wakeups is not None:  # Cluster: subscribe, look, then wait (wakeups.py)
+            deadline = anyio.current_time() + timeout_ms / 1000
             channels = [(self.keys(q).signal.encode(), q) for q in queues]
-            async with self._wakeups.listen(channels) as watch:
+            async with self._wakeups.listen(channels, timeout_ms / 1000) as watch:
                 news = None if watch is None else await self._signal_news(queues)
                 if news is False:
                     assert watch is not None
-                    await watch.wait(timeout_ms / 1000)  # a local timer: no Redis slack
+                    # a local timer: no Redis slack
+                    await watch.wait(max(0.0, deadline - anyio.current_time()))
                 if news is not None:
                     return
             # a channel could not be subscribed, or a signal stream not read: block on them
+            # for what is left of the caller's time
+            timeout_ms = int((deadline - anyio.current_time()) * 1000)
+            if timeout_ms <= REDIS_TIMER_SLACK_MS:
+                if timeout_ms > 0:
+                    await anyio.sleep(timeout_ms / 1000)
+                return
         timeout_ms -= REDIS_TIMER_SLACK_MS
         streams = [self.keys(q).signal for q in queues]
         ids = [self._signal_ids.get(q, b"$") for q in queues]

@@ -176,7 +176,7 @@ class Notifier:
                 self._reader_done.set()
 
     async def _read_until(self, watch: Watch, deadline: float) -> None:
-        conn = await self._connection()
+        conn = await self._connection(deadline)
         if conn is None:  # Redis cannot be reached: wait for the next attempt (or the deadline)
             await watch.wait_event(min(deadline, self._retry_at) - anyio.current_time())
             return
@@ -237,15 +237,24 @@ class Notifier:
         if names and self._on_moved is not None:
             self._on_moved()
 
-    async def _connection(self) -> PubSubConnection | None:
+    async def _connection(self, deadline: float) -> PubSubConnection | None:
+        """The connection, opened if needed within the caller's `deadline` (an open that
+        outlasts it is cancelled, which is safe, and tried again by the next waiter)."""
         if self._conn is not None:
             return self._conn
         if self._closed or anyio.current_time() < self._retry_at:
             return None
+        limit = anyio.current_time() + SUBSCRIBE_TIMEOUT_S
         try:
-            with anyio.fail_after(SUBSCRIBE_TIMEOUT_S):
+            with anyio.fail_after(min(limit, deadline) - anyio.current_time()):
                 conn = await self._open()
-        except (BackendError, TimeoutError) as exc:
+        except TimeoutError:
+            if anyio.current_time() < limit:  # the caller's time is up, not the open's
+                return None
+            log.debug("pub/sub connection failed: opening took over %ss", SUBSCRIBE_TIMEOUT_S)
+            self._retry_at = anyio.current_time() + RECONNECT_S
+            return None
+        except BackendError as exc:
             log.debug("pub/sub connection failed: %s", exc)
             self._retry_at = anyio.current_time() + RECONNECT_S
             return None

@@ -35,7 +35,7 @@ from strego.backends.redis.pubsub import AnyioPubSub
 from strego.backends.redis.slots import key_slot
 from strego.backends.redis.transport import Command
 from strego.backends.watch import Watch
-from strego.errors import BackendError
+from strego.errors import BackendConnectionError, BackendError, BackendTimeoutError
 
 if TYPE_CHECKING:
     from strego.backends.redis.cluster import Address, ClusterTransport
@@ -43,14 +43,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("strego.backends.redis")
 
 
-async def sharded_pubsub_supported(cluster: ClusterTransport) -> bool:
+#: After a version check that could not reach a node, how long until the next one is asked.
+SHARDED_RECHECK_S = 5.0
+
+
+async def sharded_pubsub_supported(cluster: ClusterTransport) -> bool | None:
     """Does every primary run Redis 7 or newer (SPUBLISH, SSUBSCRIBE)? strego supports Redis 6.2,
-    where a script calling SPUBLISH would fail: there the waits stay on XREAD. Unknown (INFO
-    refused): no."""
-    await cluster.fresh()
+    where a script calling SPUBLISH would fail: there the waits stay on XREAD. INFO refused by
+    Redis: no. None when a node could not be reached (a failover under way): ask again later,
+    a brief outage must not turn this process's wake-ups off for good."""
+    try:
+        await cluster.fresh()
+    except BackendConnectionError as exc:
+        log.debug("checking the Redis versions failed: %s", exc)
+        return None
     for address in cluster.primaries:
         try:
             reply = await cluster.node(address).execute(Command(("INFO", "server"), True))
+        except (BackendConnectionError, BackendTimeoutError) as exc:
+            log.debug("checking the Redis version of %s:%s failed: %s", *address, exc)
+            return None
         except BackendError:
             return False
         version = _info_field(reply, "redis_version") or ""
