@@ -17,7 +17,8 @@ on one node).
   slot map is read again before the next `listen`. A node that is no primary any more loses its
   connection, its waiters woken. A lost connection wakes every waiter of that node.
 - When a channel cannot be subscribed (its owner unknown, refused, or not confirmed within
-  SUBSCRIBE_TIMEOUT_S), `listen` yields None: the caller waits the old way (XREAD per slot).
+  SUBSCRIBE_TIMEOUT_S or the waiter's own time left, whichever is shorter), `listen` yields
+  None: the caller waits the old way (XREAD per slot) for the time it has left.
 """
 
 from __future__ import annotations
