@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from strego.backends.base import AckItem, Renewal
@@ -135,17 +135,29 @@ class Transitions(Reads):
     def _check_replicated(self, waited: list[Any], count: int) -> None:
         """Raise NotReplicatedError unless the WAIT after an enqueue (if any) saw enough
         replicas."""
+        if not waited:  # durable off: no message built on the hot path
+            return
+        self._check_wait(
+            waited,
+            failed=f"{count} task(s) stored, but WAIT failed",
+            short=lambda replicas: (
+                f"{count} task(s) stored on the master, but {replicas} "
+                f"replica(s), not {self.durable_replicas}, confirmed them within "
+                f"{self.durable_timeout_ms} ms: a failover now could lose them"
+            ),
+        )
+
+    def _check_wait(self, waited: list[Any], *, failed: str, short: Callable[[Any], str]) -> None:
+        """Raise NotReplicatedError unless the WAIT whose reply is `waited` (none: nothing was
+        waited for) answered and saw enough replicas; `failed` and `short(replicas)` say which
+        went wrong."""
         if not waited:
             return
         (reply,) = waited
         if isinstance(reply, BaseException):
-            raise NotReplicatedError(f"{count} task(s) stored, but WAIT failed: {reply}")
+            raise NotReplicatedError(f"{failed}: {reply}")
         if int(reply) < self.durable_replicas:
-            raise NotReplicatedError(
-                f"{count} task(s) stored on the master, but {reply} replica(s), not "
-                f"{self.durable_replicas}, confirmed them within {self.durable_timeout_ms} ms: "
-                "a failover now could lose them"
-            )
+            raise NotReplicatedError(short(reply))
 
     async def _register(self, replies: Sequence[Any], queues: Sequence[str]) -> list[Any]:
         """The enqueue script calls' `replies` (of `queues`) without the 'REGISTER' that ends
@@ -188,18 +200,16 @@ class Transitions(Reads):
             with contextlib.suppress(BackendError):  # best effort: else the flag's TTL does it
                 await self.transport.pipeline(forget)
             return
-        if not waited:
-            return
-        (replicas,) = waited
         entry = f"the queue registry's entry for {list(queues)}"
-        if isinstance(replicas, BaseException):
-            raise NotReplicatedError(f"tasks stored, but WAIT after {entry} failed: {replicas}")
-        if int(replicas) < self.durable_replicas:
-            raise NotReplicatedError(
-                f"tasks stored and replicated, but {replicas} replica(s), not "
-                f"{self.durable_replicas}, confirmed {entry} within {self.durable_timeout_ms} ms: "
-                "a failover now could lose it"
-            )
+        self._check_wait(
+            waited,
+            failed=f"tasks stored, but WAIT after {entry} failed",
+            short=lambda replicas: (
+                f"tasks stored and replicated, but {replicas} replica(s), "
+                f"not {self.durable_replicas}, confirmed {entry} within "
+                f"{self.durable_timeout_ms} ms: a failover now could lose it"
+            ),
+        )
 
     def _enqueue_call(self, queue: str, now: Arg, messages: Sequence[TaskMessage]) -> ScriptCall:
         """The enqueue script's call for `messages`, all of `queue`."""
